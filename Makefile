@@ -1,0 +1,33 @@
+# The two commands of the README: `make run` brings the product up on embedded defaults,
+# `make test` installs what the tests need and runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test services
+
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
+	$(PY) -m pip install --quiet -r tests/requirements.txt
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	touch $@
+
+run: $(VENV)/installed
+	$(PY) manage.py runstudios
+
+# PostgreSQL and Redis run on this machine; start them when they are not running.
+services:
+	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /tmp
+	for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1
+
+test: $(VENV)/test-installed services
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
+	STUDIOS_DATA_DIR=$${STUDIOS_DATA_DIR:-$$(mktemp -d)} \
+	$(PY) -m pytest $(PYTEST_ARGS)

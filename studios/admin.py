@@ -1,0 +1,53 @@
+from django.contrib import admin
+
+from .models import ActiveMount, ComputeEnvironment, Dataset, Membership, Organization, Studio, Workspace
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
+    list_display = ["name", "organization", "max_running_studios"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "workspace", "role"]
+    list_filter = ["role", "workspace"]
+
+
+@admin.register(ComputeEnvironment)
+class ComputeEnvironmentAdmin(admin.ModelAdmin):
+    list_display = ["name", "workspace", "kind", "region", "status"]
+    list_filter = ["kind", "status"]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "workspace", "uri", "region"]
+
+
+@admin.register(Studio)
+class StudioAdmin(admin.ModelAdmin):
+    list_display = ["name", "workspace", "status", "template", "compute_environment", "author", "created"]
+    list_filter = ["status", "template"]
+    search_fields = ["name", "author__username"]
+    # The session token lets its holder use the session: operators never see it.
+    exclude = ["session_token"]
+    readonly_fields = ["status", "status_reason", "status_changed", "startup_steps", "session_handle", "session_endpoint"]
+
+
+@admin.register(ActiveMount)
+class ActiveMountAdmin(admin.ModelAdmin):
+    list_display = ["data_path", "studio", "workspace", "writable"]

@@ -1,0 +1,59 @@
+"""The compute backend interface: every kind of compute environment implements these three calls.
+
+Backends know nothing about Django requests, templates or models: they get a ``SessionSpec``
+and return a JSON-serialisable handle that the platform stores and hands back later, from
+any worker process.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Mount:
+    name: str
+    uri: str
+    writable: bool
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    name: str  # unique per studio, e.g. "studio-42"
+    template: str
+    base_path: str  # the proxy's path prefix, e.g. "/studios/42/connect/"
+    cpus: int
+    memory_mb: int
+    token: str  # authenticates the session's callbacks and the proxy's requests to the session
+    callback_url: str  # where the session agent reports progress and readiness
+    work_dir: str
+    mounts: list[Mount] = field(default_factory=list)
+    checkpoint: str = ""  # the checkpoint to restore, empty for a fresh session
+    storage_quota_mb: int = 5120
+
+
+@dataclass(frozen=True)
+class SessionState:
+    alive: bool
+    reason: str = ""  # why it is not alive, in words a user can act on
+
+
+class BackendError(Exception):
+    """The backend could not do what was asked; the message is shown to the user."""
+
+
+class ComputeBackend(ABC):
+    @abstractmethod
+    def template_problem(self, template: str) -> str:
+        """Why ``template`` cannot run here and how to fix it, or "" when it can."""
+
+    @abstractmethod
+    def launch(self, spec: SessionSpec) -> dict:
+        """Start a session and return its handle; the session agent reports readiness itself."""
+
+    @abstractmethod
+    def poll(self, handle: dict) -> SessionState:
+        """Whether the session's compute still exists."""
+
+    @abstractmethod
+    def terminate(self, handle: dict, timeout: float) -> None:
+        """Ask the session to end, wait up to ``timeout`` seconds, then end it by force. Idempotent."""

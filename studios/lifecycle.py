@@ -1,0 +1,252 @@
+"""The studio lifecycle: the only module that changes a studio's status.
+
+Each use case checks the acting user's role, the studio's current status and the workspace's
+limits, changes rows in a transaction under row locks, and dispatches Celery work with
+``transaction.on_commit`` so that a worker never sees a status that was rolled back.
+Starts lock the workspace row first, which serialises the running-studio cap and the
+exclusive-mount rule; the unique constraint on ``ActiveMount`` backs the latter up.
+"""
+
+import logging
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import permissions
+from .models import ACTIVE_STATUSES, ActiveMount, Studio, StudioStatus, Workspace, data_paths_overlap
+
+log = logging.getLogger(__name__)
+
+
+class ActionRefused(Exception):
+    """The action is not possible now; the message tells the user why and what to do."""
+
+
+# The first start-up step; the session agent reports the ones after it as it gets to them.
+FIRST_STEP = {"name": "Provisioning compute", "state": "in-progress", "message": ""}
+
+
+def add_studio(user, workspace, *, datasets=(), **fields):
+    """Create a stopped studio. Fields are validated by the caller's form; the role is checked here."""
+    permissions.require_role(user, workspace, permissions.MAINTAIN, "add studios")
+    try:
+        with transaction.atomic():
+            studio = Studio.objects.create(workspace=workspace, author=user, **fields)
+            studio.datasets.set(datasets)
+    except IntegrityError:
+        raise ActionRefused(f"A studio named {fields.get('name')!r} already exists in this workspace.") from None
+    log.info("studio %s added by %s", studio.pk, user)
+    return studio
+
+
+def _lock(studio_id):
+    return Studio.objects.select_for_update().select_related("compute_environment").get(pk=studio_id)
+
+
+def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
+    """Move a stopped or errored studio to starting and ask a worker to launch its session."""
+    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "start studios")
+    with transaction.atomic():
+        workspace = Workspace.objects.select_for_update().get(pk=studio.workspace_id)
+        studio = _lock(studio.pk)
+        if not studio.can_start:
+            raise ActionRefused(f"{studio.name} is {studio.status}; only a stopped or errored studio can be started.")
+        environment = studio.compute_environment
+        if environment.status != environment.Status.AVAILABLE:
+            raise ActionRefused(
+                f"Compute environment {environment.name} is {environment.status}: {environment.status_reason} "
+                "Ask an admin to fix it, or start the studio as new on another environment."
+            )
+        cap = workspace.max_running_studios
+        if cap is not None and Studio.objects.filter(workspace=workspace, status__in=ACTIVE_STATUSES).count() >= cap:
+            raise ActionRefused(
+                f"This workspace allows {cap} running studio{'s' if cap != 1 else ''} at once; stop one first."
+            )
+        if cpus is not None:
+            studio.cpus = cpus
+        if memory_mb is not None:
+            studio.memory_mb = memory_mb
+        if datasets is not None:
+            studio.datasets.set(datasets)
+        _hold_mounts(studio)
+        studio.transition(StudioStatus.STARTING)
+        studio.startup_steps = [dict(FIRST_STEP)]
+        studio.session_token = secrets.token_urlsafe(32)
+        studio.session_handle = {}
+        studio.session_endpoint = ""
+        studio.save()
+        token = studio.session_token
+        transaction.on_commit(lambda: _dispatch("launch_session", studio.pk, token))
+    log.info("studio %s start requested by %s", studio.pk, user)
+    return studio
+
+
+def held_data_paths(workspace, exclude_studio=None):
+    """Data paths held by starting or running studios: {data path: studio}."""
+    mounts = ActiveMount.objects.filter(workspace=workspace).select_related("studio")
+    if exclude_studio is not None:
+        mounts = mounts.exclude(studio=exclude_studio)
+    return {mount.data_path: mount.studio for mount in mounts}
+
+
+def holder_of(uri, held):
+    """The studio among ``held`` whose data path overlaps ``uri``, if any."""
+    return next((studio for path, studio in held.items() if data_paths_overlap(path, uri)), None)
+
+
+def _hold_mounts(studio):
+    held = held_data_paths(studio.workspace, exclude_studio=studio)
+    ActiveMount.objects.filter(studio=studio).delete()
+    for dataset in studio.datasets.all():
+        holder = holder_of(dataset.uri, held)
+        if holder is not None:
+            raise ActionRefused(
+                f"Dataset {dataset.name} ({dataset.uri}) is mounted by running studio {holder.name}; "
+                "stop that studio or start without this dataset."
+            )
+        try:
+            with transaction.atomic():
+                ActiveMount.objects.create(
+                    workspace_id=studio.workspace_id,
+                    studio=studio,
+                    dataset=dataset,
+                    data_path=dataset.uri.rstrip("/") + "/",
+                    writable=studio.compute_environment.is_writable(dataset.uri),
+                )
+        except IntegrityError:
+            raise ActionRefused(f"Dataset {dataset.name} ({dataset.uri}) is already mounted by another studio.") from None
+
+
+def stop_studio(user, studio):
+    """Move a running studio to stopping and ask a worker to end its session."""
+    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "stop studios")
+    with transaction.atomic():
+        studio = _lock(studio.pk)
+        if studio.status == StudioStatus.STARTING:
+            raise ActionRefused(f"{studio.name} is still starting; stop it once it is running.")
+        if not studio.can_stop:
+            raise ActionRefused(f"{studio.name} is {studio.status}; only a running studio can be stopped.")
+        studio.transition(StudioStatus.STOPPING)
+        studio.save()
+        transaction.on_commit(lambda: _dispatch("stop_session", studio.pk))
+    log.info("studio %s stop requested by %s", studio.pk, user)
+    return studio
+
+
+def delete_studio(user, studio):
+    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "delete studios")
+    with transaction.atomic():
+        studio = _lock(studio.pk)
+        if not studio.can_delete:
+            raise ActionRefused(f"{studio.name} is {studio.status}; stop it before deleting it.")
+        studio.delete()
+    log.info("studio %s (%s) deleted by %s", studio.pk, studio.name, user)
+
+
+# What sessions and workers report. These take no user: the session token or the task is the authority.
+
+
+def _by_token(token):
+    if not token:
+        return None
+    return Studio.objects.select_for_update().filter(session_token=token).first()
+
+
+def session_progress(token, steps):
+    with transaction.atomic():
+        studio = _by_token(token)
+        if studio is None or studio.status != StudioStatus.STARTING:
+            return False
+        studio.startup_steps = steps
+        studio.save(update_fields=["startup_steps"])
+    return True
+
+
+def session_ready(token, endpoint, steps=None):
+    with transaction.atomic():
+        studio = _by_token(token)
+        if studio is None or studio.status != StudioStatus.STARTING:
+            return False
+        studio.transition(StudioStatus.RUNNING)
+        studio.session_endpoint = endpoint
+        if steps is not None:
+            studio.startup_steps = steps
+        studio.save()
+    log.info("studio %s running at %s", studio.pk, endpoint)
+    return True
+
+
+def session_failed(token, reason):
+    with transaction.atomic():
+        studio = _by_token(token)
+        if studio is None or studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
+            return False
+        _end_session(studio, StudioStatus.ERRORED, reason)
+    return True
+
+
+def record_launch(studio_id, token, handle):
+    """Keep the backend's handle; False when the start was superseded, so the caller ends the new session."""
+    with transaction.atomic():
+        studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
+        if studio is None or studio.session_token != token or studio.session_handle:
+            return False
+        if studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
+            return False
+        studio.session_handle = handle
+        studio.save(update_fields=["session_handle"])
+    return True
+
+
+def fail_studio(studio_id, reason, expected=ACTIVE_STATUSES):
+    """Make a studio errored with a reason, if it is still in one of the ``expected`` statuses."""
+    with transaction.atomic():
+        studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
+        if studio is None or studio.status not in expected:
+            return False
+        _end_session(studio, StudioStatus.ERRORED, reason)
+    log.warning("studio %s errored: %s", studio_id, reason)
+    return True
+
+
+def session_stopped(studio_id):
+    with transaction.atomic():
+        studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
+        if studio is None or studio.status != StudioStatus.STOPPING:
+            return False
+        _end_session(studio, StudioStatus.STOPPED)
+    log.info("studio %s stopped", studio_id)
+    return True
+
+
+def _end_session(studio, status, reason=""):
+    studio.transition(status, reason)
+    for step in studio.startup_steps:
+        if step["state"] in ("pending", "in-progress") and status == StudioStatus.ERRORED:
+            step["state"], step["message"] = "errored", reason
+            break
+    studio.session_token = ""
+    studio.session_endpoint = ""
+    studio.session_handle = {}
+    studio.save()
+    ActiveMount.objects.filter(studio=studio).delete()
+
+
+def overdue_starts():
+    limit = timezone.now() - timedelta(seconds=settings.STUDIOS_START_TIMEOUT_SECONDS)
+    return Studio.objects.filter(status=StudioStatus.STARTING, status_changed__lt=limit)
+
+
+def overdue_stops():
+    """Stops that should have finished by now: their task is dispatched again."""
+    limit = timezone.now() - timedelta(seconds=2 * settings.STUDIOS_STOP_TIMEOUT_SECONDS)
+    return Studio.objects.filter(status=StudioStatus.STOPPING, status_changed__lt=limit)
+
+
+def _dispatch(task_name, *args):
+    from . import tasks
+
+    getattr(tasks, task_name).delay(*args)

@@ -1,0 +1,40 @@
+"""Run the whole product in one command: migrations, demo data, a Celery worker with beat, and the web server."""
+
+import os
+import subprocess
+import sys
+
+import uvicorn
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = __doc__
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--no-demo", action="store_true", help="do not create the demo workspace and users")
+
+    def handle(self, *args, host, port, no_demo, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        if not no_demo:
+            call_command("seed_demo")
+        environment = dict(os.environ, STUDIOS_PLATFORM_URL=os.environ.get("STUDIOS_PLATFORM_URL", f"http://127.0.0.1:{port}"))
+        os.environ.update(environment)
+        worker = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "studios_project", "worker", "--beat",
+                "--pool=threads", "--concurrency=8", "--loglevel=INFO",
+                f"--schedule={settings.DATA_DIR / 'celerybeat-schedule'}",
+            ],
+            env=environment,
+        )  # fmt: skip
+        self.stdout.write(f"Studios is running at http://{host}:{port}/ (log in with a user and password above)")
+        try:
+            uvicorn.run("studios_project.asgi:application", host=host, port=port, log_level="info")
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)

@@ -1,0 +1,245 @@
+"""Tenancy, compute environments, datasets and studios: the state the lifecycle changes."""
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+
+class Role(models.TextChoices):
+    """Workspace roles, highest first; each includes the ones after it."""
+
+    OWNER = "owner"
+    ADMIN = "admin"
+    MAINTAIN = "maintain"
+    LAUNCH = "launch"
+    CONNECT = "connect"
+    VIEW = "view"
+
+    @classmethod
+    def rank(cls, role):
+        """Higher is more powerful: view is 0, owner is 5."""
+        return list(reversed(cls.values)).index(role)
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+
+    def __str__(self):
+        return self.name
+
+
+class Workspace(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="workspaces")
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100)
+    max_running_studios = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How many studios may be starting or running at once; empty for no cap."
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "slug"], name="unique_workspace_slug")]
+
+    def __str__(self):
+        return f"{self.organization.slug}/{self.slug}"
+
+    def get_absolute_url(self):
+        return reverse("studio_list", args=[self.organization.slug, self.slug])
+
+
+class Membership(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "user"], name="one_membership_per_workspace")]
+
+    def __str__(self):
+        return f"{self.user} is {self.role} of {self.workspace}"
+
+
+class ComputeEnvironment(models.Model):
+    class Kind(models.TextChoices):
+        LOCAL = "local", "Local"
+        AWS_BATCH = "aws-batch", "AWS Batch"
+
+    class Status(models.TextChoices):
+        AVAILABLE = "available"
+        INVALID = "invalid"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="compute_environments")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.LOCAL)
+    region = models.CharField(max_length=50, default="local")
+    work_dir = models.CharField(
+        max_length=500, help_text="Where checkpoints are kept: a local folder or s3://bucket/prefix."
+    )
+    writable_data_paths = models.JSONField(
+        default=list, blank=True, help_text="Data under these paths may be mounted read-write."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.AVAILABLE)
+    status_reason = models.TextField(blank=True)
+    min_cpus = models.PositiveIntegerField(default=1)
+    max_cpus = models.PositiveIntegerField(default=16)
+    min_memory_mb = models.PositiveIntegerField(default=512)
+    max_memory_mb = models.PositiveIntegerField(default=65536)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="unique_compute_environment_name")]
+
+    def __str__(self):
+        return self.name
+
+    def is_writable(self, uri):
+        return any(data_path_contains(path, uri) for path in self.writable_data_paths)
+
+
+def normalize_data_path(uri):
+    """One spelling per data path, so that equal paths compare equal: a trailing slash."""
+    return uri.rstrip("/") + "/"
+
+
+def data_path_contains(outer, inner):
+    return normalize_data_path(inner).startswith(normalize_data_path(outer))
+
+
+def data_paths_overlap(a, b):
+    return data_path_contains(a, b) or data_path_contains(b, a)
+
+
+class Dataset(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="datasets")
+    name = models.SlugField(max_length=100, help_text="Mounted at /workspace/data/<name>.")
+    uri = models.CharField(max_length=500, help_text="s3://bucket/prefix/ or a local folder.")
+    region = models.CharField(max_length=50, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="unique_dataset_name")]
+
+    def __str__(self):
+        return self.name
+
+
+class Template(models.TextChoices):
+    JUPYTERLAB = "jupyterlab", "JupyterLab"
+    RSTUDIO = "rstudio", "RStudio Server"
+    VSCODE = "vscode", "VS Code"
+
+
+class StudioStatus(models.TextChoices):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERRORED = "errored"
+
+
+# Which status may follow which. Everything else is a bug in the caller, not a user error.
+ALLOWED_TRANSITIONS = {
+    StudioStatus.STOPPED: {StudioStatus.STARTING},
+    StudioStatus.ERRORED: {StudioStatus.STARTING},
+    StudioStatus.STARTING: {StudioStatus.RUNNING, StudioStatus.ERRORED},
+    StudioStatus.RUNNING: {StudioStatus.STOPPING, StudioStatus.ERRORED},
+    StudioStatus.STOPPING: {StudioStatus.STOPPED, StudioStatus.ERRORED},
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+TRANSITIONAL_STATUSES = {StudioStatus.STARTING, StudioStatus.STOPPING}
+ACTIVE_STATUSES = {StudioStatus.STARTING, StudioStatus.RUNNING, StudioStatus.STOPPING}
+
+
+class Studio(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="studios")
+    name = models.CharField(max_length=80)
+    description = models.TextField(blank=True)
+    template = models.CharField(max_length=20, choices=Template.choices, default=Template.JUPYTERLAB)
+    template_version = models.CharField(max_length=20, blank=True)
+    compute_environment = models.ForeignKey(ComputeEnvironment, on_delete=models.PROTECT, related_name="studios")
+    datasets = models.ManyToManyField(Dataset, blank=True, related_name="studios")
+    cpus = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(256)])
+    memory_mb = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(128)])
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studios")
+    created = models.DateTimeField(auto_now_add=True)
+    parent_checkpoint = models.ForeignKey(
+        "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="clones"
+    )
+
+    status = models.CharField(max_length=10, choices=StudioStatus.choices, default=StudioStatus.STOPPED)
+    status_reason = models.TextField(blank=True)
+    status_changed = models.DateTimeField(auto_now_add=True)
+    startup_steps = models.JSONField(default=list, blank=True)
+
+    # The running session: what the backend needs to find it again, and how to reach it.
+    session_token = models.CharField(max_length=64, blank=True)
+    session_handle = models.JSONField(default=dict, blank=True)
+    session_endpoint = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="unique_studio_name")]
+        ordering = ["-created"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("studio_detail", args=[self.pk])
+
+    def transition(self, status, reason=""):
+        """Change the status in memory; the caller saves inside its transaction."""
+        if status not in ALLOWED_TRANSITIONS[self.status]:
+            raise InvalidTransition(f"{self.status} cannot become {status}")
+        self.status = status
+        self.status_reason = reason
+        self.status_changed = timezone.now()
+
+    @property
+    def connect_path(self):
+        return f"/studios/{self.pk}/connect/"
+
+    @property
+    def is_transitional(self):
+        return self.status in TRANSITIONAL_STATUSES
+
+    @property
+    def can_start(self):
+        return self.status in (StudioStatus.STOPPED, StudioStatus.ERRORED)
+
+    @property
+    def can_stop(self):
+        return self.status == StudioStatus.RUNNING
+
+    @property
+    def can_delete(self):
+        return self.status in (StudioStatus.STOPPED, StudioStatus.ERRORED)
+
+    @property
+    def can_connect(self):
+        return self.status == StudioStatus.RUNNING and bool(self.session_endpoint)
+
+
+class ActiveMount(models.Model):
+    """A data path held by a starting or running studio.
+
+    The unique constraint is what makes the exclusive-mount rule hold when two starts race.
+    """
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE)
+    data_path = models.CharField(max_length=500)
+    studio = models.ForeignKey(Studio, on_delete=models.CASCADE, related_name="active_mounts")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE)
+    writable = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "data_path"], name="one_active_mount_per_data_path")
+        ]
+
+    def __str__(self):
+        return f"{self.data_path} held by {self.studio}"

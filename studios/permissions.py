@@ -1,0 +1,58 @@
+"""The role table of SPEC section 1, checked on the server for every page, action and proxied request."""
+
+from django.http import Http404
+
+from .models import Membership, Role, Studio, Workspace
+
+# The lowest role allowed to do each kind of thing.
+VIEW = Role.VIEW
+CONNECT = Role.CONNECT
+MAINTAIN = Role.MAINTAIN
+ADMIN = Role.ADMIN
+
+
+class PermissionRefused(Exception):
+    """The user is a member but their role is too low; the message says which role is needed."""
+
+
+def role_of(user, workspace):
+    if not user.is_authenticated:
+        return None
+    return (
+        Membership.objects.filter(user=user, workspace=workspace).values_list("role", flat=True).first()
+    )
+
+
+def has_role(role, lowest):
+    return role is not None and Role.rank(role) >= Role.rank(lowest)
+
+
+def require_role(user, workspace, lowest, action):
+    """Raise Http404 for non-members (nothing confirms the workspace exists), PermissionRefused for low roles."""
+    role = role_of(user, workspace)
+    if role is None:
+        raise Http404("No such workspace")
+    if not has_role(role, lowest):
+        raise PermissionRefused(f"You need the {lowest} role or higher to {action}; your role is {role}.")
+    return role
+
+
+def workspace_for(user, org_slug, workspace_slug):
+    workspace = Workspace.objects.select_related("organization").filter(
+        organization__slug=org_slug, slug=workspace_slug
+    ).first()
+    role = role_of(user, workspace) if workspace else None
+    if role is None:
+        raise Http404("No such workspace")
+    return workspace, role
+
+
+def studio_for(user, studio_id):
+    """The studio and the user's role in its workspace, or Http404 for non-members and unknown ids."""
+    studio = Studio.objects.select_related("workspace__organization", "compute_environment", "author").filter(
+        pk=studio_id
+    ).first()
+    role = role_of(user, studio.workspace) if studio else None
+    if role is None:
+        raise Http404("No such studio")
+    return studio, role

@@ -1,0 +1,222 @@
+"""The connect proxy: ASGI, inside the web process.
+
+Every request under ``/studios/<id>/connect/`` is authenticated with the Django session,
+checked against the role table (connect and above), and streamed to the session's endpoint
+with the session's token added on the way. The token never reaches the browser, and the
+platform's own cookies never reach the session.
+"""
+
+import asyncio
+import logging
+from urllib.parse import quote
+
+import httpx
+import websockets
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from . import permissions
+from .models import Studio
+
+log = logging.getLogger(__name__)
+
+# Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
+HOP_HEADERS = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade",
+}  # fmt: skip
+# Request headers the proxy sets itself: a browser cannot send its own.
+REPLACED_HEADERS = HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
+PLATFORM_COOKIES = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
+
+_client = None
+
+
+def client():
+    """One pooled HTTP client per web process."""
+    global _client
+    if _client is None:
+        _client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None), follow_redirects=False)
+    return _client
+
+
+class Access:
+    """What the proxy may do for this user and studio."""
+
+    def __init__(self, status, message="", endpoint="", token="", studio=None):
+        self.status, self.message, self.endpoint, self.token, self.studio = status, message, endpoint, token, studio
+
+
+@database_sync_to_async
+def check_access(user, studio_id):
+    if not user.is_authenticated:
+        return Access(401)
+    studio = Studio.objects.select_related("workspace").filter(pk=studio_id).first()
+    role = permissions.role_of(user, studio.workspace) if studio else None
+    if role is None:
+        return Access(404, "No such studio.")
+    if not permissions.has_role(role, permissions.CONNECT):
+        return Access(403, f"You need the connect role or higher to open this session; your role is {role}.", studio=studio)
+    if not studio.can_connect:
+        return Access(409, f"{studio.name} is {studio.status}, not running.", studio=studio)
+    return Access(200, endpoint=studio.session_endpoint, token=studio.session_token, studio=studio)
+
+
+def upstream_headers(scope, token):
+    headers = []
+    for name, value in scope["headers"]:
+        name = name.decode("latin-1").lower()
+        if name == "cookie":
+            kept = [c for c in value.decode("latin-1").split(";") if c.strip().split("=")[0] not in PLATFORM_COOKIES]
+            if kept:
+                headers.append(("cookie", ";".join(kept).strip()))
+        elif name not in REPLACED_HEADERS:
+            headers.append((name, value.decode("latin-1")))
+    headers.append(("x-studios-session-token", token))
+    headers.append(("x-studios-user", scope["user"].get_username()))
+    return headers
+
+
+def upstream_target(scope):
+    path = quote(scope["path"], safe="/%:@!$&'()*+,;=-._~")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return path + (f"?{query}" if query else "")
+
+
+class SessionHTTPProxy:
+    """A raw ASGI application: request and response bodies stream through without buffering."""
+
+    async def __call__(self, scope, receive, send):
+        studio_id = scope["url_route"]["kwargs"]["studio_id"]
+        access = await check_access(scope["user"], studio_id)
+        if access.status != 200:
+            await self.refuse(scope, send, access)
+            return
+        log.info("proxy http user=%s studio=%s %s %s", scope["user"], studio_id, scope["method"], scope["path"])
+
+        async def request_body():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                yield message.get("body", b"")
+                if not message.get("more_body"):
+                    return
+
+        method = scope["method"]
+        request = client().build_request(
+            method,
+            access.endpoint + upstream_target(scope),
+            headers=upstream_headers(scope, access.token),
+            content=request_body() if method not in ("GET", "HEAD") else None,
+        )
+        try:
+            response = await client().send(request, stream=True)
+        except httpx.HTTPError as error:
+            log.warning("proxy: session of studio %s unreachable: %s", studio_id, error)
+            await self.page(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
+            return
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [
+                        (name.encode("latin-1"), value.encode("latin-1"))
+                        for name, value in response.headers.multi_items()
+                        if name.lower() not in HOP_HEADERS
+                    ],
+                }
+            )
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await response.aclose()
+
+    async def refuse(self, scope, send, access):
+        if access.status == 401:
+            location = f"{settings.LOGIN_URL}?next={quote(upstream_target(scope))}"
+            await send({"type": "http.response.start", "status": 302, "headers": [(b"location", location.encode())]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.page(send, access.status, access.message, access.studio)
+
+    async def page(self, send, status, message, studio=None):
+        body = await database_sync_to_async(render_to_string)(
+            "studios/session_unavailable.html", {"message": message, "studio": studio, "status": status}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/html; charset=utf-8")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+class SessionWebSocketProxy(AsyncWebsocketConsumer):
+    """Relays one browser WebSocket to the session, frame by frame, in both directions."""
+
+    upstream = None
+    relay = None
+
+    async def connect(self):
+        studio_id = self.scope["url_route"]["kwargs"]["studio_id"]
+        access = await check_access(self.scope["user"], studio_id)
+        if access.status != 200:
+            await self.close()
+            return
+        url = access.endpoint.replace("http", "ws", 1) + upstream_target(self.scope)
+        # The websockets client writes its own handshake headers; the browser's Origin was
+        # checked against ALLOWED_HOSTS before this consumer ran, so the session is told it
+        # comes from its own address.
+        headers = [
+            (name, value)
+            for name, value in upstream_headers(self.scope, access.token)
+            if not name.startswith("sec-websocket") and name not in ("host", "origin")
+        ]
+        try:
+            self.upstream = await websockets.connect(
+                url,
+                additional_headers=headers,
+                subprotocols=self.scope.get("subprotocols") or None,
+                max_size=None,
+                origin=access.endpoint,
+                user_agent_header=None,
+            )
+        except (OSError, websockets.WebSocketException) as error:
+            log.warning("proxy: websocket to studio %s failed: %s", studio_id, error)
+            await self.close()
+            return
+        log.info("proxy websocket open user=%s studio=%s %s", self.scope["user"], studio_id, self.scope["path"])
+        await self.accept(subprotocol=self.upstream.subprotocol)
+        self.relay = asyncio.create_task(self.relay_from_session())
+
+    async def relay_from_session(self):
+        try:
+            async for message in self.upstream:
+                if isinstance(message, str):
+                    await self.send(text_data=message)
+                else:
+                    await self.send(bytes_data=message)
+        except websockets.ConnectionClosed:
+            pass
+        await self.close()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.upstream is not None:
+            try:
+                await self.upstream.send(text_data if text_data is not None else bytes_data)
+            except websockets.ConnectionClosed:
+                await self.close()
+
+    async def disconnect(self, code):
+        if self.relay is not None:
+            self.relay.cancel()
+        if self.upstream is not None:
+            await self.upstream.close()
+            log.info("proxy websocket closed user=%s studio=%s", self.scope["user"], self.scope["url_route"]["kwargs"]["studio_id"])

@@ -1,0 +1,81 @@
+"""Celery tasks: they take ids, re-read rows, and are safe to run twice or after a crash."""
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from . import lifecycle
+from .backends import BackendError, Mount, SessionSpec, backend_for
+from .models import ACTIVE_STATUSES, Studio, StudioStatus
+
+log = logging.getLogger(__name__)
+
+
+def session_spec(studio):
+    return SessionSpec(
+        name=f"studio-{studio.pk}",
+        template=studio.template,
+        base_path=studio.connect_path,
+        cpus=studio.cpus,
+        memory_mb=studio.memory_mb,
+        token=studio.session_token,
+        callback_url=settings.STUDIOS_PLATFORM_URL.rstrip("/") + "/api/sessions",
+        work_dir=studio.compute_environment.work_dir,
+        mounts=[
+            Mount(name=mount.dataset.name, uri=mount.dataset.uri, writable=mount.writable)
+            for mount in studio.active_mounts.select_related("dataset")
+        ],
+    )
+
+
+@shared_task
+def launch_session(studio_id, token):
+    studio = Studio.objects.select_related("compute_environment").filter(pk=studio_id).first()
+    if studio is None or studio.status != StudioStatus.STARTING or studio.session_token != token:
+        return
+    if studio.session_handle:
+        return
+    try:
+        backend = backend_for(studio.compute_environment)
+        handle = backend.launch(session_spec(studio))
+    except (BackendError, OSError) as error:
+        lifecycle.fail_studio(studio_id, f"Could not provision compute: {error}", expected={StudioStatus.STARTING})
+        return
+    if not lifecycle.record_launch(studio_id, token, handle):
+        log.info("studio %s: start superseded, ending the session just launched", studio_id)
+        backend.terminate(handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
+
+
+@shared_task
+def stop_session(studio_id):
+    studio = Studio.objects.select_related("compute_environment").filter(pk=studio_id).first()
+    if studio is None or studio.status != StudioStatus.STOPPING:
+        return
+    if studio.session_handle:
+        backend_for(studio.compute_environment).terminate(studio.session_handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
+    lifecycle.session_stopped(studio_id)
+
+
+@shared_task
+def reconcile_sessions():
+    """Repair what the database believes from what the backends report."""
+    for studio in lifecycle.overdue_starts().select_related("compute_environment"):
+        if studio.session_handle:
+            backend_for(studio.compute_environment).terminate(studio.session_handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
+        lifecycle.fail_studio(
+            studio.pk,
+            f"The session did not become ready within {settings.STUDIOS_START_TIMEOUT_SECONDS // 60} minutes. "
+            "Check that the compute environment has capacity, then start the studio again.",
+            expected={StudioStatus.STARTING},
+        )
+    for studio in Studio.objects.filter(status__in=ACTIVE_STATUSES).exclude(session_handle={}):
+        state = backend_for(studio.compute_environment).poll(studio.session_handle)
+        if state.alive:
+            continue
+        if studio.status == StudioStatus.STOPPING:
+            lifecycle.session_stopped(studio.pk)
+        else:
+            lifecycle.fail_studio(studio.pk, state.reason, expected={studio.status})
+    for studio in lifecycle.overdue_stops():
+        stop_session.delay(studio.pk)

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("w/<slug:org>/<slug:workspace>/", views.studio_list, name="studio_list"),
+    path("w/<slug:org>/<slug:workspace>/studios/add/", views.studio_add, name="studio_add"),
+    path("studios/<int:studio_id>/", views.studio_detail, name="studio_detail"),
+    path("studios/<int:studio_id>/start/", views.studio_start, name="studio_start"),
+    path("studios/<int:studio_id>/stop/", views.studio_stop, name="studio_stop"),
+    path("studios/<int:studio_id>/delete/", views.studio_delete, name="studio_delete"),
+    path("api/sessions/<str:what>", views.session_report, name="session_report"),
+]

@@ -1,0 +1,202 @@
+"""Pages and actions. Thin: parse the request, call the lifecycle service, render."""
+
+import json
+import shlex
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from . import lifecycle, permissions
+from .backends import BackendError, backend_for
+from .forms import ResourcesForm, StudioForm
+from .models import Membership, StudioStatus, Template
+from .permissions import PermissionRefused
+
+SEARCH_KEYS = {
+    "author": "author__username",
+    "username": "author__username",
+    "ce": "compute_environment__name",
+    "computeenvname": "compute_environment__name",
+    "status": "status",
+}
+
+
+def refused(request, error, status=403):
+    return render(request, "studios/refused.html", {"message": str(error)}, status=status)
+
+
+def search(studios, query):
+    """Filter by name words and ``key:value`` terms (author:, ce:, status: and their newer spellings)."""
+    try:
+        terms = shlex.split(query)
+    except ValueError:
+        terms = query.split()
+    for term in terms:
+        key, sep, value = term.partition(":")
+        if sep and key.lower() in SEARCH_KEYS:
+            studios = studios.filter(**{SEARCH_KEYS[key.lower()]: value})
+        else:
+            studios = studios.filter(name__icontains=term)
+    return studios
+
+
+@login_required
+def home(request):
+    memberships = Membership.objects.filter(user=request.user).select_related("workspace__organization")
+    return render(request, "studios/home.html", {"memberships": memberships})
+
+
+@login_required
+def studio_list(request, org, workspace):
+    workspace, role = permissions.workspace_for(request.user, org, workspace)
+    query = request.GET.get("q", "").strip()
+    studios = search(
+        workspace.studios.select_related("compute_environment", "author"), query
+    )
+    context = {
+        "workspace": workspace,
+        "role": role,
+        "studios": studios,
+        "query": query,
+        "polling": any(studio.is_transitional for studio in studios),
+        "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
+        "can_connect": permissions.has_role(role, permissions.CONNECT),
+    }
+    template = "studios/partials/studio_table.html" if request.htmx else "studios/studio_list.html"
+    return render(request, template, context)
+
+
+def template_problems(workspace):
+    """{compute environment id: {template: problem}} for the add form's availability notes."""
+    problems = {}
+    for environment in workspace.compute_environments.all():
+        try:
+            backend = backend_for(environment)
+            problems[environment.pk] = {t: backend.template_problem(t) for t in Template.values}
+        except BackendError as error:
+            problems[environment.pk] = {t: str(error) for t in Template.values}
+    return problems
+
+
+@login_required
+def studio_add(request, org, workspace):
+    workspace, role = permissions.workspace_for(request.user, org, workspace)
+    try:
+        permissions.require_role(request.user, workspace, permissions.MAINTAIN, "add studios")
+    except PermissionRefused as error:
+        return refused(request, error)
+    form = StudioForm(request.POST or None, workspace=workspace)
+    if request.method == "POST" and form.is_valid():
+        try:
+            studio = lifecycle.add_studio(request.user, workspace, **form.cleaned_data)
+        except lifecycle.ActionRefused as error:
+            form.add_error(None, str(error))
+        else:
+            messages.success(request, f"Studio {studio.name} added. Start it when you are ready.")
+            return redirect(studio)
+    environments = workspace.compute_environments.order_by("name")
+    problems = template_problems(workspace)
+    return render(
+        request,
+        "studios/studio_add.html",
+        {"workspace": workspace, "form": form, "environments": environments, "problems": problems},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def studio_detail(request, studio_id):
+    studio, role = permissions.studio_for(request.user, studio_id)
+    context = {
+        "studio": studio,
+        "workspace": studio.workspace,
+        "role": role,
+        "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
+        "can_connect": permissions.has_role(role, permissions.CONNECT),
+        "connect_url": request.build_absolute_uri(studio.connect_path),
+        "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
+    }
+    if request.htmx:
+        return render(request, "studios/partials/studio_status.html", context)
+    context["start_form"] = ResourcesForm(
+        workspace=studio.workspace,
+        studio=studio,
+        initial={"cpus": studio.cpus, "memory_mb": studio.memory_mb, "datasets": studio.datasets.all()},
+    )
+    return render(request, "studios/studio_detail.html", context)
+
+
+def _studio_action(request, studio, action, done_message, success_url=None):
+    try:
+        action(request.user, studio)
+    except PermissionRefused as error:
+        return refused(request, error)
+    except lifecycle.ActionRefused as error:
+        messages.error(request, str(error))
+        return redirect(studio)
+    messages.success(request, done_message.format(name=studio.name))
+    return redirect(success_url or studio)
+
+
+@login_required
+@require_POST
+def studio_start(request, studio_id):
+    """Start, optionally with new CPUs, memory and mounts when the form sends them."""
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    changes = {}
+    if "cpus" in request.POST:
+        form = ResourcesForm(request.POST, workspace=studio.workspace, studio=studio)
+        if not form.is_valid():
+            for errors in form.errors.values():
+                for error in errors:
+                    messages.error(request, error)
+            return redirect(studio)
+        changes = form.cleaned_data
+
+    def start(user, studio):
+        lifecycle.start_studio(user, studio, **changes)
+
+    return _studio_action(request, studio, start, "Starting {name}.")
+
+
+@login_required
+@require_POST
+def studio_stop(request, studio_id):
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    return _studio_action(request, studio, lifecycle.stop_studio, "Stopping {name}.")
+
+
+@login_required
+@require_POST
+def studio_delete(request, studio_id):
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    return _studio_action(
+        request, studio, lifecycle.delete_studio, "Deleted {name}.", success_url=studio.workspace.get_absolute_url()
+    )
+
+
+# The session agent's callbacks, authenticated by the session's token.
+
+SESSION_REPORTS = {
+    "progress": lambda token, body: lifecycle.session_progress(token, body.get("steps", [])),
+    "ready": lambda token, body: lifecycle.session_ready(token, body["endpoint"], body.get("steps")),
+    "failed": lambda token, body: lifecycle.session_failed(token, body.get("reason", "The session failed.")),
+}
+
+
+@csrf_exempt
+@require_POST
+def session_report(request, what):
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    try:
+        body = json.loads(request.body)
+        accepted = SESSION_REPORTS[what](token, body)
+    except (ValueError, KeyError, TypeError):
+        return JsonResponse({"error": "malformed report"}, status=400)
+    if not accepted:
+        return JsonResponse({"error": "no starting or running session has this token"}, status=409)
+    return HttpResponse(status=200)

@@ -1,0 +1,75 @@
+import pytest
+
+from studios.models import Role
+
+from .factories import make_member, make_user, make_workspace
+
+
+@pytest.fixture
+def workspace(db):
+    return make_workspace()
+
+
+@pytest.fixture
+def members(workspace):
+    """One user per role, named after the role, plus a non-member called outsider."""
+    users = {role: make_member(workspace, role, username=role) for role in Role.values}
+    users["outsider"] = make_user("outsider")
+    return users
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Demo users are made by the dozen; the production hasher is slow by design."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+class LivePlatform:
+    """The product served for real on loopback: the ASGI app under uvicorn and a Celery worker."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def session_cookie(self, user):
+        """A logged-in Django session for ``user``, as the browser would hold it."""
+        from django.test import Client
+
+        client = Client()
+        client.force_login(user)
+        return client.cookies[django_settings().SESSION_COOKIE_NAME].value
+
+
+def django_settings():
+    from django.conf import settings
+
+    return settings
+
+
+@pytest.fixture
+def live_platform(transactional_db, settings, tmp_path):
+    """Serve the platform on a free port with a real Celery worker on the real Redis broker."""
+    import socket
+    import threading
+
+    import uvicorn
+    from celery.contrib.testing.worker import start_worker
+
+    from studios_project.asgi import application
+    from studios_project.celery import app as celery_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    settings.STUDIOS_PLATFORM_URL = f"http://127.0.0.1:{port}"
+    settings.DATA_DIR = tmp_path / "data"
+    settings.STUDIOS_STOP_TIMEOUT_SECONDS = 10
+    server = uvicorn.Server(uvicorn.Config(application, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        threading.Event().wait(0.05)
+    celery_app.control.purge()
+    with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"):
+        yield LivePlatform(f"http://127.0.0.1:{port}")
+    server.should_exit = True
+    thread.join(timeout=10)

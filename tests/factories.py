@@ -1,0 +1,51 @@
+"""Factory functions for the objects tests need."""
+
+import itertools
+
+from django.contrib.auth import get_user_model
+
+from studios.models import ComputeEnvironment, Dataset, Membership, Organization, Role, Studio, Workspace
+
+_numbers = itertools.count(1)
+PASSWORD = "correct horse battery"
+
+
+def make_workspace(max_running_studios=None, work_dir="/tmp/studios-test-work"):
+    n = next(_numbers)
+    organization = Organization.objects.create(name=f"Org {n}", slug=f"org-{n}")
+    workspace = Workspace.objects.create(
+        organization=organization, name=f"Workspace {n}", slug=f"ws-{n}", max_running_studios=max_running_studios
+    )
+    ComputeEnvironment.objects.create(
+        workspace=workspace, name="local", work_dir=work_dir, writable_data_paths=["/data/scratch"], max_cpus=8
+    )
+    return workspace
+
+
+def make_user(username=None):
+    user = get_user_model().objects.create_user(username or f"user{next(_numbers)}", password=PASSWORD)
+    return user
+
+
+def make_member(workspace, role, username=None):
+    user = make_user(username)
+    Membership.objects.create(workspace=workspace, user=user, role=role)
+    return user
+
+
+def make_dataset(workspace, name="reads", uri="/data/reads"):
+    return Dataset.objects.create(workspace=workspace, name=name, uri=uri)
+
+
+def make_studio(workspace, name=None, author=None, **fields):
+    author = author or make_member(workspace, Role.MAINTAIN)
+    datasets = fields.pop("datasets", [])
+    studio = Studio.objects.create(
+        workspace=workspace,
+        name=name or f"studio-{next(_numbers)}",
+        author=author,
+        compute_environment=workspace.compute_environments.get(name="local"),
+        **fields,
+    )
+    studio.datasets.set(datasets)
+    return studio

@@ -1,0 +1,284 @@
+"""The studio state machine: every allowed and refused transition, the limits, and their races."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, connection
+from django.utils import timezone
+
+from studios import lifecycle
+from studios.models import ALLOWED_TRANSITIONS, ActiveMount, InvalidTransition, Role, Studio, StudioStatus
+
+from .factories import make_dataset, make_member, make_studio, make_workspace
+
+ALL = list(StudioStatus)
+
+
+def set_status(studio, status, **fields):
+    Studio.objects.filter(pk=studio.pk).update(status=status, **fields)
+    studio.refresh_from_db()
+    return studio
+
+
+@pytest.mark.parametrize("before", ALL)
+@pytest.mark.parametrize("after", ALL)
+def test_transition_table(db, before, after):
+    studio = Studio(status=before)
+    if after in ALLOWED_TRANSITIONS[before]:
+        studio.transition(after)
+        assert studio.status == after
+    else:
+        with pytest.raises(InvalidTransition):
+            studio.transition(after)
+        assert studio.status == before
+
+
+@pytest.fixture
+def owner(workspace):
+    return make_member(workspace, Role.OWNER)
+
+
+@pytest.fixture
+def studio(workspace, owner):
+    return make_studio(workspace, name="genomics", author=owner)
+
+
+def test_new_studio_is_stopped(workspace, owner):
+    studio = lifecycle.add_studio(
+        owner, workspace, name="fresh", compute_environment=workspace.compute_environments.get(), cpus=2, memory_mb=2048
+    )
+    assert studio.status == StudioStatus.STOPPED
+
+
+@pytest.mark.parametrize("status", [StudioStatus.STOPPED, StudioStatus.ERRORED])
+def test_start_from_stopped_or_errored(studio, owner, status):
+    set_status(studio, status, status_reason="earlier failure")
+    lifecycle.start_studio(owner, studio)
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STARTING
+    assert studio.status_reason == ""
+    assert studio.session_token
+    assert studio.startup_steps[0]["name"] == "Provisioning compute"
+
+
+@pytest.mark.parametrize("status", [StudioStatus.STARTING, StudioStatus.RUNNING, StudioStatus.STOPPING])
+def test_start_refused_while_active(studio, owner, status):
+    set_status(studio, status)
+    with pytest.raises(lifecycle.ActionRefused, match=f"genomics is {status}"):
+        lifecycle.start_studio(owner, studio)
+    studio.refresh_from_db()
+    assert studio.status == status
+
+
+def test_stop_running_studio(studio, owner):
+    set_status(studio, StudioStatus.RUNNING)
+    lifecycle.stop_studio(owner, studio)
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STOPPING
+
+
+def test_stop_refused_while_starting(studio, owner):
+    set_status(studio, StudioStatus.STARTING)
+    with pytest.raises(lifecycle.ActionRefused, match="still starting"):
+        lifecycle.stop_studio(owner, studio)
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STARTING
+
+
+@pytest.mark.parametrize("status", [StudioStatus.STOPPED, StudioStatus.ERRORED, StudioStatus.STOPPING])
+def test_stop_refused_unless_running(studio, owner, status):
+    set_status(studio, status)
+    with pytest.raises(lifecycle.ActionRefused, match="only a running studio"):
+        lifecycle.stop_studio(owner, studio)
+
+
+@pytest.mark.parametrize("status", [StudioStatus.STARTING, StudioStatus.RUNNING, StudioStatus.STOPPING])
+def test_delete_refused_while_active(studio, owner, status):
+    set_status(studio, status)
+    with pytest.raises(lifecycle.ActionRefused, match="stop it before deleting"):
+        lifecycle.delete_studio(owner, studio)
+    assert Studio.objects.filter(pk=studio.pk).exists()
+
+
+@pytest.mark.parametrize("status", [StudioStatus.STOPPED, StudioStatus.ERRORED])
+def test_delete_when_stopped_or_errored(studio, owner, status):
+    set_status(studio, status)
+    lifecycle.delete_studio(owner, studio)
+    assert not Studio.objects.filter(pk=studio.pk).exists()
+
+
+def test_start_refused_on_invalid_compute_environment(studio, owner):
+    studio.compute_environment.status = "invalid"
+    studio.compute_environment.status_reason = "The job queue is DISABLED."
+    studio.compute_environment.save()
+    with pytest.raises(lifecycle.ActionRefused, match="job queue is DISABLED"):
+        lifecycle.start_studio(owner, studio)
+
+
+def test_start_past_the_workspace_cap_is_refused(db):
+    workspace = make_workspace(max_running_studios=1)
+    owner = make_member(workspace, Role.OWNER)
+    first, second = make_studio(workspace, author=owner), make_studio(workspace, author=owner)
+    lifecycle.start_studio(owner, first)
+    with pytest.raises(lifecycle.ActionRefused, match="allows 1 running studio at once"):
+        lifecycle.start_studio(owner, second)
+    second.refresh_from_db()
+    assert second.status == StudioStatus.STOPPED
+
+
+def test_a_data_path_held_by_a_running_studio_cannot_be_mounted(workspace, owner):
+    reads = make_dataset(workspace, "reads", "/data/reads")
+    nested = make_dataset(workspace, "run1", "/data/reads/run1/")
+    first = make_studio(workspace, author=owner, datasets=[reads])
+    second = make_studio(workspace, author=owner, datasets=[nested])
+    lifecycle.start_studio(owner, first)
+    with pytest.raises(lifecycle.ActionRefused, match=f"mounted by running studio {first.name}"):
+        lifecycle.start_studio(owner, second)
+    assert not ActiveMount.objects.filter(studio=second).exists()
+    # Once the first studio has stopped, the path is free again.
+    set_status(first, StudioStatus.STOPPING)
+    lifecycle.session_stopped(first.pk)
+    lifecycle.start_studio(owner, second)
+    assert ActiveMount.objects.get(studio=second).data_path == "/data/reads/run1/"
+
+
+def test_mounts_under_a_writable_data_path_are_writable(workspace, owner):
+    scratch = make_dataset(workspace, "scratch", "/data/scratch/me")
+    reads = make_dataset(workspace, "reads", "/data/reads")
+    studio = make_studio(workspace, author=owner, datasets=[scratch, reads])
+    lifecycle.start_studio(owner, studio)
+    assert {m.dataset.name: m.writable for m in studio.active_mounts.all()} == {"scratch": True, "reads": False}
+
+
+def test_the_database_refuses_a_second_mount_of_a_data_path(workspace, owner):
+    reads = make_dataset(workspace)
+    first, second = make_studio(workspace, author=owner), make_studio(workspace, author=owner)
+    ActiveMount.objects.create(workspace=workspace, studio=first, dataset=reads, data_path="/data/reads/")
+    with pytest.raises(IntegrityError):
+        ActiveMount.objects.create(workspace=workspace, studio=second, dataset=reads, data_path="/data/reads/")
+
+
+class TestSessionReports:
+    def test_ready_makes_a_starting_studio_running(self, studio, owner):
+        lifecycle.start_studio(owner, studio)
+        studio.refresh_from_db()
+        assert lifecycle.session_ready(studio.session_token, "http://127.0.0.1:5555")
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.RUNNING
+        assert studio.session_endpoint == "http://127.0.0.1:5555"
+
+    def test_reports_with_a_wrong_token_change_nothing(self, studio, owner):
+        lifecycle.start_studio(owner, studio)
+        assert not lifecycle.session_ready("not-the-token", "http://127.0.0.1:5555")
+        assert not lifecycle.session_ready("", "http://127.0.0.1:5555")
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.STARTING
+
+    def test_failure_errors_the_studio_with_the_reason_and_frees_its_mounts(self, workspace, studio, owner):
+        studio.datasets.set([make_dataset(workspace)])
+        lifecycle.start_studio(owner, studio)
+        studio.refresh_from_db()
+        assert lifecycle.session_failed(studio.session_token, "JupyterLab exited with code 1")
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.ERRORED
+        assert studio.status_reason == "JupyterLab exited with code 1"
+        assert studio.startup_steps[0]["state"] == "errored"
+        assert not studio.active_mounts.exists()
+
+    def test_the_session_report_endpoint_checks_the_token(self, client, studio, owner):
+        lifecycle.start_studio(owner, studio)
+        studio.refresh_from_db()
+        url = "/api/sessions/ready"
+        body = '{"endpoint": "http://127.0.0.1:5555"}'
+        assert client.post(url, body, "application/json", HTTP_AUTHORIZATION="Bearer wrong").status_code == 409
+        assert client.post(url, "not json", "application/json").status_code == 400
+        ok = client.post(url, body, "application/json", HTTP_AUTHORIZATION=f"Bearer {studio.session_token}")
+        assert ok.status_code == 200
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.RUNNING
+
+
+def test_a_start_older_than_the_timeout_becomes_errored(studio, owner, settings):
+    from studios.tasks import reconcile_sessions
+
+    lifecycle.start_studio(owner, studio)
+    Studio.objects.filter(pk=studio.pk).update(status_changed=timezone.now() - timedelta(minutes=31))
+    reconcile_sessions()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.ERRORED
+    assert "did not become ready within 30 minutes" in studio.status_reason
+
+
+def test_a_recent_start_is_left_alone(studio, owner):
+    from studios.tasks import reconcile_sessions
+
+    lifecycle.start_studio(owner, studio)
+    reconcile_sessions()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STARTING
+
+
+# Races: real threads, real PostgreSQL row locks.
+
+
+def race(functions):
+    """Run the functions at the same moment in threads; return what each returned or raised."""
+    barrier = threading.Barrier(len(functions))
+    results = [None] * len(functions)
+
+    def run(index, function):
+        barrier.wait()
+        try:
+            results[index] = function()
+        except Exception as error:  # noqa: BLE001 - the outcome is what the test inspects
+            results[index] = error
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def refusals(results):
+    return [r for r in results if isinstance(r, lifecycle.ActionRefused)]
+
+
+@pytest.fixture
+def race_world(transactional_db):
+    if connection.vendor != "postgresql":
+        pytest.skip("races need PostgreSQL's row locks")
+    workspace = make_workspace(max_running_studios=1)
+    owner = make_member(workspace, Role.OWNER)
+    return workspace, owner
+
+
+def test_two_starts_of_one_studio_race_and_one_wins(race_world):
+    workspace, owner = race_world
+    studio = make_studio(workspace, author=owner)
+    results = race([lambda: lifecycle.start_studio(owner, studio) for _ in range(4)])
+    assert len(refusals(results)) == 3, results
+    assert all("is starting" in str(r) for r in refusals(results))
+
+
+def test_starts_racing_past_the_cap_admit_only_one(race_world):
+    workspace, owner = race_world
+    studios = [make_studio(workspace, author=owner) for _ in range(4)]
+    results = race([lambda s=s: lifecycle.start_studio(owner, s) for s in studios])
+    assert len(refusals(results)) == 3, results
+    assert Studio.objects.filter(status=StudioStatus.STARTING).count() == 1
+
+
+def test_starts_racing_for_one_data_path_admit_only_one(race_world):
+    workspace, owner = race_world
+    workspace.max_running_studios = None
+    workspace.save()
+    reads = make_dataset(workspace)
+    studios = [make_studio(workspace, author=owner, datasets=[reads]) for _ in range(4)]
+    results = race([lambda s=s: lifecycle.start_studio(owner, s) for s in studios])
+    assert len(refusals(results)) == 3, results
+    assert ActiveMount.objects.count() == 1

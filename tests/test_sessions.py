@@ -1,0 +1,179 @@
+"""Real sessions: JupyterLab started by a real Celery worker, reached through the real proxy."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+import uuid
+
+import httpx
+import pytest
+import websockets
+
+from studios.models import Role, Studio, StudioStatus
+from studios.tasks import reconcile_sessions
+
+from .factories import make_dataset, make_member, make_studio
+
+START_TIMEOUT = 120
+
+
+class Browser:
+    """An HTTP client holding a user's platform login, posting forms with their CSRF token."""
+
+    def __init__(self, platform, user=None):
+        self.http = httpx.Client(base_url=platform.url, timeout=30)
+        if user is not None:
+            self.http.cookies.set("sessionid", platform.session_cookie(user))
+
+    def post_form(self, path, data=None):
+        page = self.http.get("/")
+        token = self.http.cookies.get("csrftoken") or re.search(r'"X-CSRFToken": "([^"]+)"', page.text).group(1)
+        return self.http.post(path, data={"csrfmiddlewaretoken": token, **(data or {})}, headers={"Referer": str(self.http.base_url)})
+
+    def cookie_header(self):
+        return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+
+
+def wait_for_status(studio, wanted, timeout=START_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        studio.refresh_from_db()
+        if studio.status == wanted:
+            return studio
+        if studio.status == StudioStatus.ERRORED:
+            pytest.fail(f"studio errored: {studio.status_reason}")
+        time.sleep(0.25)
+    pytest.fail(f"studio still {studio.status} after {timeout} s, wanted {wanted}")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = open(f"/proc/{pid}/stat").read()
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+async def execute(platform, browser, studio, code):
+    """Run ``code`` in a new kernel over the proxied kernel WebSocket; return what it printed."""
+    xsrf = browser.http.cookies.get("_xsrf", "")
+    kernel = browser.http.post(
+        f"{studio.connect_path}api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}
+    )
+    assert kernel.status_code == 201, kernel.text
+    url = platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/{kernel.json()['id']}/channels"
+    async with websockets.connect(
+        url, additional_headers={"Cookie": browser.cookie_header()}, origin=platform.url
+    ) as socket:
+        msg_id = uuid.uuid4().hex
+        await socket.send(
+            json.dumps(
+                {
+                    "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                               "msg_type": "execute_request", "version": "5.3", "date": ""},
+                    "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                    "content": {"code": code, "silent": False, "store_history": False,
+                                "user_expressions": {}, "allow_stdin": False},
+                }  # fmt: skip
+            )
+        )
+        while True:
+            message = json.loads(await asyncio.wait_for(socket.recv(), 60))
+            if message.get("parent_header", {}).get("msg_id") == msg_id and message["msg_type"] == "stream":
+                return message["content"]["text"]
+
+
+@pytest.fixture
+def session_world(live_platform, tmp_path):
+    from .factories import make_workspace
+
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    users = {role: make_member(workspace, role) for role in (Role.MAINTAIN, Role.CONNECT, Role.VIEW)}
+    users["outsider"] = make_member(make_workspace(), Role.OWNER)
+    (tmp_path / "reads").mkdir()
+    (tmp_path / "reads" / "sample.txt").write_text("ACGT\n")
+    dataset = make_dataset(workspace, "reads", str(tmp_path / "reads"))
+    studio = make_studio(workspace, name="live", author=users[Role.MAINTAIN], datasets=[dataset], cpus=1, memory_mb=1024)
+    return live_platform, studio, users
+
+
+def test_a_real_jupyterlab_session_end_to_end(session_world):
+    platform, studio, users = session_world
+    maintainer = Browser(platform, users[Role.MAINTAIN])
+
+    response = maintainer.post_form(f"/studios/{studio.pk}/start/")
+    assert response.status_code == 302
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    assert [step["state"] for step in studio.startup_steps] == ["succeeded"] * 3
+    token = studio.session_token
+    agent_pid = studio.session_handle["pid"]
+    endpoint_port = int(studio.session_endpoint.rsplit(":", 1)[1])
+
+    # HTTP through the proxy: the lab page and the REST API, never the session's token.
+    lab = maintainer.http.get(f"{studio.connect_path}lab")
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
+    assert token not in lab.text and token not in str(lab.headers)
+    contents = maintainer.http.get(f"{studio.connect_path}api/contents/data/reads")
+    assert [item["name"] for item in contents.json()["content"]] == ["sample.txt"]
+
+    # A kernel over the proxied WebSocket.
+    assert asyncio.run(execute(platform, maintainer, studio, "print(6 * 7)")).strip() == "42"
+
+    # Another member with the connect role opens the same session by its URL.
+    colleague = Browser(platform, users[Role.CONNECT])
+    assert colleague.http.get(f"{studio.connect_path}api/status").status_code == 200
+
+    # Stop: stopping, then stopped, and the processes are gone.
+    assert maintainer.post_form(f"/studios/{studio.pk}/stop/").status_code == 302
+    studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=60)
+    assert not pid_alive(agent_pid)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{endpoint_port}/", timeout=2)
+    gone = maintainer.http.get(f"{studio.connect_path}lab")
+    assert gone.status_code == 409 and "is stopped" in gone.text
+
+
+def test_proxy_refuses_view_role_non_members_and_anonymous(session_world):
+    platform, studio, users = session_world
+    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")
+    viewer = Browser(platform, users[Role.VIEW]).http.get(f"{studio.connect_path}lab")
+    assert viewer.status_code == 403 and "You need the connect role" in viewer.text
+    assert Browser(platform, users["outsider"]).http.get(f"{studio.connect_path}lab").status_code == 404
+    anonymous = Browser(platform).http.get(f"{studio.connect_path}lab")
+    assert anonymous.status_code == 302
+    assert anonymous.headers["location"] == f"/accounts/login/?next={studio.connect_path}lab"
+
+
+def test_proxy_refuses_websockets_below_connect_role(session_world):
+    platform, studio, users = session_world
+    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")
+    url = platform.url.replace("http", "ws") + f"{studio.connect_path}api/events/subscribe"
+
+    async def attempt(cookie):
+        async with websockets.connect(url, additional_headers={"Cookie": cookie}, origin=platform.url):
+            pass
+
+    for who in (Role.VIEW, "outsider"):
+        cookie = f"sessionid={platform.session_cookie(users[who])}"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            asyncio.run(attempt(cookie))
+        assert refused.value.response.status_code == 403
+
+
+def test_a_killed_session_makes_the_studio_errored(session_world):
+    platform, studio, users = session_world
+    Browser(platform, users[Role.MAINTAIN]).post_form(f"/studios/{studio.pk}/start/")
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    os.killpg(studio.session_handle["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(studio.session_handle["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    reconcile_sessions()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.ERRORED
+    assert "ended unexpectedly" in studio.status_reason
+    assert not studio.active_mounts.exists()

@@ -8,6 +8,7 @@ platform's own cookies never reach the session.
 
 import asyncio
 import logging
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote
 
 import httpx
@@ -35,10 +36,14 @@ _client = None
 
 
 def client():
-    """One pooled HTTP client per web process."""
+    """One pooled HTTP client per web process. It keeps no cookies: they belong to each browser."""
     global _client
     if _client is None:
-        _client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None), follow_redirects=False)
+        _client = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, read=None),
+            follow_redirects=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=())),
+        )
     return _client
 
 
@@ -203,9 +208,9 @@ class SessionWebSocketProxy(AsyncWebsocketConsumer):
                     await self.send(text_data=message)
                 else:
                     await self.send(bytes_data=message)
-        except websockets.ConnectionClosed:
-            pass
-        await self.close()
+            await self.close()
+        except (websockets.ConnectionClosed, OSError):
+            pass  # either side went away; disconnect() tidies up
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.upstream is not None:

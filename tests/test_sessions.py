@@ -58,8 +58,8 @@ def pid_alive(pid):
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-async def execute(platform, browser, studio, code):
-    """Run ``code`` in a new kernel over the proxied kernel WebSocket; return what it printed."""
+async def execute(platform, browser, studio, code, idle=0):
+    """Run ``code`` in a new kernel over the proxied kernel WebSocket, ``idle`` seconds after opening it."""
     xsrf = browser.http.cookies.get("_xsrf", "")
     kernel = browser.http.post(
         f"{studio.connect_path}api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}
@@ -69,6 +69,7 @@ async def execute(platform, browser, studio, code):
     async with websockets.connect(
         url, additional_headers={"Cookie": browser.cookie_header()}, origin=platform.url
     ) as socket:
+        await asyncio.sleep(idle)
         msg_id = uuid.uuid4().hex
         await socket.send(
             json.dumps(
@@ -120,8 +121,8 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
     contents = maintainer.http.get(f"{studio.connect_path}api/contents/data/reads")
     assert [item["name"] for item in contents.json()["content"]] == ["sample.txt"]
 
-    # A kernel over the proxied WebSocket.
-    assert asyncio.run(execute(platform, maintainer, studio, "print(6 * 7)")).strip() == "42"
+    # A kernel over the proxied WebSocket, which stays open while idle (longer than Redis's read timeout).
+    assert asyncio.run(execute(platform, maintainer, studio, "print(6 * 7)", idle=6)).strip() == "42"
 
     # Another member with the connect role opens the same session by its URL.
     colleague = Browser(platform, users[Role.CONNECT])

@@ -1,0 +1,73 @@
+"""A member's first session, clicked through in headless Chromium."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from studios.models import Role, Studio, StudioStatus
+
+from ..factories import PASSWORD, make_member, make_workspace
+
+pytestmark = pytest.mark.browser
+
+
+def log_in(page, base_url, username):
+    page.goto(f"{base_url}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Your workspaces")).to_be_visible()
+
+
+def test_log_in_add_start_connect_and_run_a_cell(live_platform, browser, tmp_path):
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    make_member(workspace, Role.MAINTAIN, username="mia")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_platform.url)
+    page = context.new_page()
+
+    log_in(page, live_platform.url, "mia")
+    page.get_by_role("link", name=re.compile(workspace.name)).click()
+    expect(page.get_by_text("No studios yet.")).to_be_visible()
+
+    page.get_by_role("link", name="Add studio").click()
+    page.get_by_label("Name").fill("first-analysis")
+    page.get_by_label("Compute environment").select_option(label="local")
+    page.get_by_label("CPUs").fill("1")
+    page.get_by_label("Memory (MB)").fill("1024")
+    page.get_by_role("button", name="Add studio").click()
+    expect(page.get_by_role("heading", name="first-analysis")).to_be_visible()
+    expect(page.locator("#status-badge")).to_have_text("stopped")
+
+    page.get_by_role("button", name="Start", exact=True).click()
+    expect(page.locator("#status-badge")).to_have_text("starting")
+    # The page follows the start without a reload, through htmx polling.
+    expect(page.locator("#status-badge")).to_have_text("running", timeout=120_000)
+    expect(page.get_by_text("Starting JupyterLab")).to_be_visible()
+
+    page.get_by_role("button", name="Copy URL").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    studio = Studio.objects.get(name="first-analysis")
+    assert page.evaluate("navigator.clipboard.readText()") == f"{live_platform.url}{studio.connect_path}"
+
+    with context.expect_page() as new_tab:
+        page.get_by_role("link", name="Connect").click()
+    lab = new_tab.value
+    lab.wait_for_url(re.compile(rf"/studios/{studio.pk}/connect/lab"))
+    lab.locator(".jp-LauncherCard[title^='Python 3']").first.click(timeout=120_000)
+    # JupyterLab drops a run asked for before its kernel is connected, as a user would see.
+    expect(lab.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
+    cell = lab.locator(".jp-Notebook .jp-Cell .cm-content").first
+    cell.click()
+    cell.type("print(sum(range(10)))")
+    lab.keyboard.press("Shift+Enter")
+    expect(lab.locator(".jp-OutputArea-output").first).to_have_text("45", timeout=60_000)
+    assert studio.session_token not in lab.content()
+
+    page.bring_to_front()
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#status-badge")).to_have_text("stopped", timeout=60_000)
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STOPPED
+    context.close()

@@ -1,0 +1,116 @@
+"""The connect proxy against a real upstream HTTP server: what it forwards, strips and streams."""
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from studios.models import Role, Studio, StudioStatus
+
+from .factories import make_member, make_studio
+
+
+class EchoSession(BaseHTTPRequestHandler):
+    """Answers every request with what it received; /set-cookie also sets a cookie."""
+
+    protocol_version = "HTTP/1.1"
+
+    def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        answer = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+            }
+        ).encode()
+        if self.path.endswith("/big"):
+            answer = b"x" * (3 * 2**20)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        if self.path.endswith("/set-cookie"):
+            self.send_header("Set-Cookie", "_xsrf=from-session; Path=/")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def echo_studio(live_platform, workspace):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoSession)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    studio = make_studio(workspace, name="echo")
+    Studio.objects.filter(pk=studio.pk).update(
+        status=StudioStatus.RUNNING,
+        session_endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+        session_token="the-session-token",
+    )
+    studio.refresh_from_db()
+    yield live_platform, studio
+    server.shutdown()
+
+
+def client_for(platform, user, **cookies):
+    http = httpx.Client(base_url=platform.url, timeout=30)
+    http.cookies.set("sessionid", platform.session_cookie(user))
+    for name, value in cookies.items():
+        http.cookies.set(name, value)
+    return http
+
+
+def test_proxy_adds_the_token_and_user_and_strips_platform_cookies(echo_studio, workspace):
+    platform, studio = echo_studio
+    user = make_member(workspace, Role.CONNECT, username="carol")
+    http = client_for(platform, user, csrftoken="platform-csrf", _xsrf="session-xsrf")
+    response = http.get(
+        f"{studio.connect_path}api/contents/a%20b?x=1&y=%2F",
+        headers={"X-Studios-Session-Token": "forged", "X-Studios-User": "mallory"},
+    )
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["path"] == f"{studio.connect_path}api/contents/a%20b?x=1&y=%2F"
+    assert seen["headers"]["x-studios-session-token"] == "the-session-token"
+    assert seen["headers"]["x-studios-user"] == "carol"
+    assert "sessionid" not in seen["headers"]["cookie"]
+    assert "csrftoken" not in seen["headers"]["cookie"]
+    assert "_xsrf=session-xsrf" in seen["headers"]["cookie"]
+    assert "the-session-token" not in str(response.headers)
+
+
+def test_request_and_response_bodies_stream_through_intact(echo_studio, workspace):
+    platform, studio = echo_studio
+    http = client_for(platform, make_member(workspace, Role.CONNECT))
+    upload = bytes(range(256)) * 8192  # 2 MB
+    response = http.put(f"{studio.connect_path}api/contents/upload", content=upload)
+    assert response.json()["body_sha256"] == hashlib.sha256(upload).hexdigest()
+    assert response.json()["method"] == "PUT"
+    assert len(http.get(f"{studio.connect_path}big").content) == 3 * 2**20
+
+
+def test_a_cookie_the_session_sets_reaches_only_that_browser(echo_studio, workspace):
+    platform, studio = echo_studio
+    first = client_for(platform, make_member(workspace, Role.CONNECT))
+    second = client_for(platform, make_member(workspace, Role.CONNECT))
+    response = first.get(f"{studio.connect_path}set-cookie")
+    assert response.headers["set-cookie"].startswith("_xsrf=from-session")
+    seen = second.get(f"{studio.connect_path}api/status").json()
+    assert "from-session" not in seen["headers"].get("cookie", "")
+
+
+def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):
+    studio = make_studio(workspace, name="gone")
+    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")
+    http = client_for(live_platform, make_member(workspace, Role.CONNECT))
+    response = http.get(f"{studio.connect_path}lab")
+    assert response.status_code == 502
+    assert "did not answer" in response.text

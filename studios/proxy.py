@@ -16,10 +16,11 @@ import websockets
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db.models import OuterRef, Subquery
 from django.template.loader import render_to_string
 
 from . import permissions
-from .models import Studio
+from .models import Membership, Studio
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,16 @@ class Access:
 
 @database_sync_to_async
 def check_access(user, studio_id):
+    """The role table for one proxied request, in one query (this runs for every request)."""
     if not user.is_authenticated:
         return Access(401)
-    studio = Studio.objects.select_related("workspace").filter(pk=studio_id).first()
-    role = permissions.role_of(user, studio.workspace) if studio else None
-    if role is None:
+    role = Membership.objects.filter(workspace=OuterRef("workspace"), user=user).values("role")[:1]
+    studio = Studio.objects.filter(pk=studio_id).annotate(role=Subquery(role)).first()
+    if studio is None or studio.role is None:
         return Access(404, "No such studio.")
-    if not permissions.has_role(role, permissions.CONNECT):
-        return Access(403, f"You need the connect role or higher to open this session; your role is {role}.", studio=studio)
+    if not permissions.has_role(studio.role, permissions.CONNECT):
+        message = f"You need the connect role or higher to open this session; your role is {studio.role}."
+        return Access(403, message, studio=studio)
     if not studio.can_connect:
         return Access(409, f"{studio.name} is {studio.status}, not running.", studio=studio)
     return Access(200, endpoint=studio.session_endpoint, token=studio.session_token, studio=studio)

@@ -131,7 +131,7 @@ class Agent:
         Path(os.environ.get("HOME", self.session_dir / "home")).mkdir(parents=True, exist_ok=True)
         self.step("Mounting data", "in-progress")
         self.mount_data(root_dir)
-        self.step("Mounting data", "succeeded", f"{len(self.mounts)} dataset(s)")
+        self.step("Mounting data", "succeeded", ", ".join(m["name"] for m in self.mounts) or "no datasets")
         ide_step = f"Starting {IDE_NAMES.get(self.template, self.template)}"
         self.step(ide_step, "in-progress")
         port = free_port()

@@ -1,0 +1,186 @@
+"""The studio list, its search and polling, the add form's validation, the admin and the demo data."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.urls import reverse
+
+from studios.models import ComputeEnvironment, Membership, Role, Studio, StudioStatus
+
+from .factories import make_dataset, make_member, make_studio
+
+
+@pytest.fixture
+def maintainer(workspace):
+    return make_member(workspace, Role.MAINTAIN, username="mia")
+
+
+@pytest.fixture
+def listed(workspace, maintainer):
+    """Three studios by two authors on two compute environments."""
+    other_author = make_member(workspace, Role.MAINTAIN, username="olaf")
+    gpu = ComputeEnvironment.objects.create(workspace=workspace, name="gpu-queue", kind="aws-batch", region="eu-west-1", work_dir="s3://b/w")
+    make_studio(workspace, name="rnaseq-deseq2", author=maintainer)
+    make_studio(workspace, name="rnaseq-salmon", author=other_author, compute_environment_id=gpu.pk)
+    make_studio(workspace, name="variant-calling", author=other_author, status=StudioStatus.RUNNING)
+
+
+def names(response):
+    return sorted(s.name for s in response.context["studios"])
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("", ["rnaseq-deseq2", "rnaseq-salmon", "variant-calling"]),
+        ("rnaseq", ["rnaseq-deseq2", "rnaseq-salmon"]),
+        ("RNASEQ salmon", ["rnaseq-salmon"]),
+        ("author:olaf", ["rnaseq-salmon", "variant-calling"]),
+        ("username:mia", ["rnaseq-deseq2"]),
+        ("ce:gpu-queue", ["rnaseq-salmon"]),
+        ("computeEnvName:local author:olaf", ["variant-calling"]),
+        ("rnaseq author:olaf ce:gpu-queue", ["rnaseq-salmon"]),
+        ("status:running", ["variant-calling"]),
+        ("author:nobody", []),
+        ('"unbalanced', []),
+    ],
+)
+def test_search_by_name_author_and_compute_environment(client, workspace, maintainer, listed, query, expected):
+    client.force_login(maintainer)
+    response = client.get(workspace.get_absolute_url(), {"q": query})
+    assert response.status_code == 200
+    assert names(response) == expected
+
+
+def test_list_shows_each_studios_columns(client, workspace, maintainer, listed):
+    client.force_login(maintainer)
+    page = client.get(workspace.get_absolute_url()).content.decode()
+    for text in ("rnaseq-salmon", "gpu-queue", "AWS Batch", "eu-west-1", "JupyterLab", "olaf", "running", "stopped"):
+        assert text in page
+
+
+def test_list_polls_only_while_a_status_is_transitional(client, workspace, maintainer):
+    client.force_login(maintainer)
+    studio = make_studio(workspace, author=maintainer)
+    assert b'hx-trigger="every' not in client.get(workspace.get_absolute_url()).content
+    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.STARTING)
+    assert b'hx-trigger="every' in client.get(workspace.get_absolute_url()).content
+    partial = client.get(studio.get_absolute_url(), HTTP_HX_REQUEST="true")
+    assert b'id="studio-status"' in partial.content and b"<html" not in partial.content
+    assert b'hx-trigger="every' in partial.content
+
+
+class TestAddForm:
+    @pytest.fixture
+    def post(self, client, workspace, maintainer):
+        client.force_login(maintainer)
+        url = reverse("studio_add", args=[workspace.organization.slug, workspace.slug])
+        environment = workspace.compute_environments.get(name="local")
+
+        def post(**changes):
+            form = {"name": "new", "template": "jupyterlab", "compute_environment": environment.pk, "cpus": 2, "memory_mb": 4096}
+            form.update(changes)
+            return client.post(url, {k: v for k, v in form.items() if v is not None})
+
+        return post
+
+    def test_a_valid_studio_is_created_stopped_with_its_settings(self, post, workspace, maintainer):
+        reads = make_dataset(workspace)
+        response = post(name="fresh", description="QC", cpus=3, memory_mb=2048, datasets=[reads.pk])
+        studio = Studio.objects.get(name="fresh")
+        assert response["Location"] == studio.get_absolute_url()
+        assert (studio.status, studio.cpus, studio.memory_mb, studio.author) == ("stopped", 3, 2048, maintainer)
+        assert list(studio.datasets.all()) == [reads]
+
+    def test_the_defaults_are_two_cpus_and_8192_mb(self, client, workspace, maintainer):
+        client.force_login(maintainer)
+        page = client.get(reverse("studio_add", args=[workspace.organization.slug, workspace.slug])).content.decode()
+        assert 'name="cpus" value="2"' in page and 'name="memory_mb" value="8192"' in page
+
+    @pytest.mark.parametrize(
+        "changes, message",
+        [
+            ({"name": "taken"}, "A studio named &#x27;taken&#x27; already exists"),
+            ({"name": ""}, "This field is required"),
+            ({"cpus": 9}, "offers 1 to 8 CPUs"),
+            ({"cpus": 0}, "greater than or equal to 1"),
+            ({"memory_mb": 100}, "offers 512 to 65536 MB"),
+            ({"memory_mb": "lots"}, "Enter a whole number"),
+            ({"datasets": [999999]}, "Select a valid choice"),
+            ({"template": "vscode"}, "VS Code cannot run on local"),
+            ({"template": "emacs"}, "Select a valid choice"),
+            ({"compute_environment": 999999}, "Select a valid choice"),
+        ],
+    )
+    def test_bad_input_is_explained_and_creates_nothing(self, post, workspace, changes, message):
+        make_studio(workspace, name="taken")
+        before = Studio.objects.count()
+        response = post(**changes)
+        assert response.status_code == 400
+        assert message in response.content.decode()
+        assert Studio.objects.count() == before
+
+    def test_a_dataset_held_by_a_running_studio_is_shown_unavailable_and_refused(self, post, client, workspace):
+        from studios import lifecycle
+
+        reads = make_dataset(workspace)
+        owner = make_member(workspace, Role.OWNER)
+        holder = make_studio(workspace, name="holder", author=owner, datasets=[reads])
+        lifecycle.start_studio(owner, holder)
+        page = client.get(reverse("studio_add", args=[workspace.organization.slug, workspace.slug])).content.decode()
+        assert "unavailable: mounted by holder" in page
+        response = post(datasets=[reads.pk])
+        assert response.status_code == 400
+        assert "reads is mounted by running studio holder" in response.content.decode()
+        assert not Studio.objects.filter(name="new").exists()
+
+    def test_compute_environments_of_other_workspaces_are_not_offered(self, post):
+        from .factories import make_workspace
+
+        foreign = make_workspace().compute_environments.get()
+        response = post(compute_environment=foreign.pk)
+        assert response.status_code == 400
+        assert not Studio.objects.filter(name="new").exists()
+
+
+def test_start_with_changed_resources_is_validated(client, workspace, maintainer):
+    client.force_login(maintainer)
+    studio = make_studio(workspace, author=maintainer)
+    response = client.post(reverse("studio_start", args=[studio.pk]), {"cpus": 99, "memory_mb": 1024}, follow=True)
+    assert "offers 1 to 8 CPUs" in response.content.decode()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STOPPED
+    client.post(reverse("studio_start", args=[studio.pk]), {"cpus": 4, "memory_mb": 1024})
+    studio.refresh_from_db()
+    assert (studio.status, studio.cpus, studio.memory_mb) == (StudioStatus.STARTING, 4, 1024)
+
+
+def test_refused_actions_say_why(client, workspace, maintainer):
+    client.force_login(maintainer)
+    studio = make_studio(workspace, author=maintainer, status=StudioStatus.STARTING)
+    response = client.post(reverse("studio_stop", args=[studio.pk]), follow=True)
+    assert "still starting; stop it once it is running" in response.content.decode()
+
+
+def test_operators_manage_every_model_in_the_admin(admin_client, workspace, maintainer):
+    make_studio(workspace, author=maintainer)
+    for model in ("organization", "workspace", "membership", "computeenvironment", "dataset", "studio", "activemount"):
+        assert admin_client.get(f"/admin/studios/{model}/").status_code == 200
+        assert admin_client.get(f"/admin/studios/{model}/add/").status_code == 200
+    assert admin_client.get("/admin/checkpoints/checkpoint/").status_code == 200
+    studio = Studio.objects.get()
+    Studio.objects.filter(pk=studio.pk).update(session_token="secret-session-token")
+    assert b"secret-session-token" not in admin_client.get(f"/admin/studios/studio/{studio.pk}/change/").content
+
+
+def test_seed_demo_creates_one_user_per_role_with_the_printed_password(db, capsys):
+    call_command("seed_demo")
+    call_command("seed_demo")  # twice: it converges
+    password = [line for line in capsys.readouterr().out.splitlines() if line.startswith("password: ")][-1].split(": ")[1]
+    for role in Role.values:
+        user = get_user_model().objects.get(username=role)
+        assert user.check_password(password)
+        assert Membership.objects.get(user=user).role == role
+    environment = ComputeEnvironment.objects.get()
+    assert environment.kind == "local"
+    assert environment.workspace.datasets.count() == 1

@@ -15,10 +15,12 @@ class ResourcesForm(forms.Form):
         queryset=Dataset.objects.none(), required=False, widget=forms.CheckboxSelectMultiple
     )
 
-    def __init__(self, *args, workspace, studio=None, **kwargs):
+    def __init__(self, *args, workspace, studio=None, environment=None, **kwargs):
+        """``studio``: the studio being started (its own mounts do not count as held); ``environment``: fixed."""
         super().__init__(*args, **kwargs)
         self.workspace = workspace
         self.studio = studio
+        self.fixed_environment = environment or (studio.compute_environment if studio else None)
         self.held = held_data_paths(workspace, exclude_studio=studio)
         self.fields["datasets"].queryset = workspace.datasets.order_by("name")
 
@@ -31,7 +33,7 @@ class ResourcesForm(forms.Form):
         ]
 
     def environment(self):
-        return self.studio.compute_environment if self.studio else self.cleaned_data.get("compute_environment")
+        return self.fixed_environment or self.cleaned_data.get("compute_environment")
 
     def clean(self):
         cleaned = super().clean()
@@ -55,17 +57,13 @@ class ResourcesForm(forms.Form):
         return cleaned
 
 
-class StudioForm(ResourcesForm):
+class CloneForm(ResourcesForm):
+    """A new studio's name and description, with its resources and mounts (Start as new)."""
+
     name = forms.CharField(max_length=80)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
-    template = forms.ChoiceField(choices=Template.choices, initial=Template.JUPYTERLAB)
-    compute_environment = forms.ModelChoiceField(queryset=ComputeEnvironment.objects.none())
 
-    field_order = ["name", "description", "template", "compute_environment", "datasets", "cpus", "memory_mb"]
-
-    def __init__(self, *args, workspace, **kwargs):
-        super().__init__(*args, workspace=workspace, **kwargs)
-        self.fields["compute_environment"].queryset = workspace.compute_environments.order_by("name")
+    field_order = ["name", "description", "datasets", "cpus", "memory_mb"]
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
@@ -74,6 +72,17 @@ class StudioForm(ResourcesForm):
         if Studio.objects.filter(workspace=self.workspace, name=name).exists():
             raise ValidationError(f"A studio named {name!r} already exists in this workspace.")
         return name
+
+
+class StudioForm(CloneForm):
+    template = forms.ChoiceField(choices=Template.choices, initial=Template.JUPYTERLAB)
+    compute_environment = forms.ModelChoiceField(queryset=ComputeEnvironment.objects.none())
+
+    field_order = ["name", "description", "template", "compute_environment", "datasets", "cpus", "memory_mb"]
+
+    def __init__(self, *args, workspace, **kwargs):
+        super().__init__(*args, workspace=workspace, **kwargs)
+        self.fields["compute_environment"].queryset = workspace.compute_environments.order_by("name")
 
     def clean(self):
         cleaned = super().clean()

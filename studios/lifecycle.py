@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from checkpoints import records
+
 from . import permissions
 from .models import ACTIVE_STATUSES, ActiveMount, Studio, StudioStatus, Workspace, data_paths_overlap
 
@@ -72,6 +74,8 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         if datasets is not None:
             studio.datasets.set(datasets)
         _hold_mounts(studio)
+        studio.restored_from = records.restore_source(studio)
+        studio.current_checkpoint = records.new_session_checkpoint(studio)
         studio.transition(StudioStatus.STARTING)
         studio.startup_steps = [dict(FIRST_STEP)]
         studio.session_token = secrets.token_urlsafe(32)
@@ -82,6 +86,36 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         transaction.on_commit(lambda: _dispatch("launch_session", studio.pk, token))
     log.info("studio %s start requested by %s", studio.pk, user)
     return studio
+
+
+def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, memory_mb):
+    """A new studio with the parent's template, compute environment and checkpoint history, started
+    from ``checkpoint``. Later changes to either studio never touch the other."""
+    parent = checkpoint.studio
+    permissions.require_role(user, parent.workspace, permissions.MAINTAIN, "start studios as new")
+    if parent.current_checkpoint_id == checkpoint.pk:
+        raise ActionRefused(
+            f"Checkpoint {checkpoint.name} is in use by {parent.name}'s running session; "
+            "choose another checkpoint, or stop the studio and start it as new."
+        )
+    if not checkpoint.restorable:
+        raise ActionRefused(f"Checkpoint {checkpoint.name} has no saved content ({checkpoint.state}); choose another.")
+    with transaction.atomic():
+        clone = add_studio(
+            user,
+            parent.workspace,
+            name=name,
+            description=description or parent.name,
+            template=parent.template,
+            template_version=parent.template_version,
+            compute_environment=parent.compute_environment,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            datasets=datasets,
+        )
+        clone.parent_checkpoint = records.copy_history(parent, clone, checkpoint)
+        clone.save(update_fields=["parent_checkpoint"])
+        return start_studio(user, clone)
 
 
 def held_data_paths(workspace, exclude_studio=None):
@@ -142,7 +176,9 @@ def delete_studio(user, studio):
         studio = _lock(studio.pk)
         if not studio.can_delete:
             raise ActionRefused(f"{studio.name} is {studio.status}; stop it before deleting it.")
+        work_dir = studio.compute_environment.work_dir
         studio.delete()
+        transaction.on_commit(lambda: _clean_checkpoints(work_dir))
     log.info("studio %s (%s) deleted by %s", studio.pk, studio.name, user)
 
 
@@ -165,13 +201,14 @@ def session_progress(token, steps):
     return True
 
 
-def session_ready(token, endpoint, steps=None):
+def session_ready(token, endpoint, agent_endpoint="", steps=None):
     with transaction.atomic():
         studio = _by_token(token)
         if studio is None or studio.status != StudioStatus.STARTING:
             return False
         studio.transition(StudioStatus.RUNNING)
         studio.session_endpoint = endpoint
+        studio.agent_endpoint = agent_endpoint
         if steps is not None:
             studio.startup_steps = steps
         studio.save()
@@ -179,13 +216,26 @@ def session_ready(token, endpoint, steps=None):
     return True
 
 
-def session_failed(token, reason):
+def session_failed(token, reason, checkpoint_invalid=False):
+    """The session could not start or has died; ``checkpoint_invalid`` when its restore failed verification."""
     with transaction.atomic():
         studio = _by_token(token)
         if studio is None or studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
             return False
+        if checkpoint_invalid and studio.restored_from is not None:
+            records.mark_invalid(studio.restored_from, reason)
         _end_session(studio, StudioStatus.ERRORED, reason)
     return True
+
+
+def session_checkpoint_saved(token, manifest_key, manifest_sha256, size_bytes, final=False):
+    with transaction.atomic():
+        studio = _by_token(token)
+        if studio is None or studio.current_checkpoint_id is None:
+            return False
+        if studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING, StudioStatus.STOPPING):
+            return False
+        return records.record_saved(studio.current_checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
 
 
 def record_launch(studio_id, token, handle):
@@ -231,6 +281,9 @@ def _end_session(studio, status, reason=""):
     studio.session_token = ""
     studio.session_endpoint = ""
     studio.session_handle = {}
+    studio.agent_endpoint = ""
+    studio.current_checkpoint = None
+    studio.restored_from = None
     studio.save()
     ActiveMount.objects.filter(studio=studio).delete()
 
@@ -244,6 +297,12 @@ def overdue_stops():
     """Stops that should have finished by now: their task is dispatched again."""
     limit = timezone.now() - timedelta(seconds=2 * settings.STUDIOS_STOP_TIMEOUT_SECONDS)
     return Studio.objects.filter(status=StudioStatus.STOPPING, status_changed__lt=limit)
+
+
+def _clean_checkpoints(work_dir):
+    from checkpoints.tasks import clean_store
+
+    clean_store.delay(work_dir)
 
 
 def _dispatch(task_name, *args):

@@ -175,11 +175,19 @@ class Studio(models.Model):
     status_reason = models.TextField(blank=True)
     status_changed = models.DateTimeField(auto_now_add=True)
     startup_steps = models.JSONField(default=list, blank=True)
+    # The checkpoint the running session saves into, and the one it was restored from.
+    current_checkpoint = models.ForeignKey(
+        "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    restored_from = models.ForeignKey(
+        "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     # The running session: what the backend needs to find it again, and how to reach it.
     session_token = models.CharField(max_length=64, blank=True)
     session_handle = models.JSONField(default=dict, blank=True)
     session_endpoint = models.CharField(max_length=200, blank=True)
+    agent_endpoint = models.CharField(max_length=200, blank=True, help_text="The session agent's control address.")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="unique_studio_name")]

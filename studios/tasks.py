@@ -2,6 +2,7 @@
 
 import logging
 
+import httpx
 from celery import shared_task
 from django.conf import settings
 
@@ -26,7 +27,10 @@ def session_spec(studio):
             Mount(name=mount.dataset.name, uri=mount.dataset.uri, writable=mount.writable)
             for mount in studio.active_mounts.select_related("dataset")
         ],
-    )
+        restore={
+            "name": source.name, "manifest_key": source.manifest_key, "manifest_sha256": source.manifest_sha256
+        } if (source := studio.restored_from) else {},
+    )  # fmt: skip
 
 
 @shared_task
@@ -55,6 +59,29 @@ def stop_session(studio_id):
     if studio.session_handle:
         backend_for(studio.compute_environment).terminate(studio.session_handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
     lifecycle.session_stopped(studio_id)
+
+
+@shared_task
+def checkpoint_running_sessions():
+    for studio_id in Studio.objects.filter(status=StudioStatus.RUNNING).exclude(agent_endpoint="").values_list("pk", flat=True):
+        checkpoint_session.delay(studio_id)
+
+
+@shared_task
+def checkpoint_session(studio_id):
+    """Ask a running session's agent for a checkpoint now; it reports the result itself."""
+    studio = Studio.objects.filter(pk=studio_id, status=StudioStatus.RUNNING).exclude(agent_endpoint="").first()
+    if studio is None:
+        return
+    try:
+        response = httpx.post(
+            f"{studio.agent_endpoint}/checkpoint",
+            headers={"Authorization": f"Bearer {studio.session_token}"},
+            timeout=settings.STUDIOS_STOP_TIMEOUT_SECONDS,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        log.warning("studio %s: checkpoint failed: %s", studio_id, error)
 
 
 @shared_task

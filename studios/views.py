@@ -10,6 +10,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from checkpoints import records
+
 from . import lifecycle, permissions
 from .backends import BackendError, backend_for
 from .forms import ResourcesForm, StudioForm
@@ -119,9 +121,11 @@ def studio_detail(request, studio_id):
         "can_connect": permissions.has_role(role, permissions.CONNECT),
         "connect_url": request.build_absolute_uri(studio.connect_path),
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
+        "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
     }
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)
+    context["checkpoints"] = studio.checkpoints.all()
     context["start_form"] = ResourcesForm(
         workspace=studio.workspace,
         studio=studio,
@@ -183,8 +187,15 @@ def studio_delete(request, studio_id):
 
 SESSION_REPORTS = {
     "progress": lambda token, body: lifecycle.session_progress(token, body.get("steps", [])),
-    "ready": lambda token, body: lifecycle.session_ready(token, body["endpoint"], body.get("steps")),
-    "failed": lambda token, body: lifecycle.session_failed(token, body.get("reason", "The session failed.")),
+    "ready": lambda token, body: lifecycle.session_ready(
+        token, body["endpoint"], body.get("agent_endpoint", ""), body.get("steps")
+    ),
+    "failed": lambda token, body: lifecycle.session_failed(
+        token, body.get("reason", "The session failed."), bool(body.get("checkpoint_invalid"))
+    ),
+    "checkpoint": lambda token, body: lifecycle.session_checkpoint_saved(
+        token, body["manifest_key"], body["manifest_sha256"], int(body["size_bytes"]), bool(body.get("final"))
+    ),
 }
 
 

@@ -130,16 +130,26 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("STUDIOS_TASK_QUEUE", "studios")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# How often running sessions save a checkpoint.
+STUDIOS_CHECKPOINT_INTERVAL_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_INTERVAL_SECONDS", 5 * 60))
+# Stored checkpoint content younger than this is never removed, so that a save in progress is safe.
+STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_GC_GRACE_SECONDS", 60 * 60))
+
 CELERY_BEAT_SCHEDULE = {
     "reconcile-sessions": {"task": "studios.tasks.reconcile_sessions", "schedule": 60.0},
+    "checkpoint-sessions": {
+        "task": "studios.tasks.checkpoint_running_sessions",
+        "schedule": float(STUDIOS_CHECKPOINT_INTERVAL_SECONDS),
+    },
+    "clean-checkpoint-stores": {"task": "checkpoints.tasks.clean_all_stores", "schedule": 60.0 * 60},
 }
 
 # The address sessions use to report readiness and progress back to the platform.
 STUDIOS_PLATFORM_URL = os.environ.get("STUDIOS_PLATFORM_URL", "http://127.0.0.1:8000")
 # A studio still starting after this long is errored by the reconcile task.
 STUDIOS_START_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_START_TIMEOUT_SECONDS", 30 * 60))
-# How long a stop waits for a session to exit before it is killed.
-STUDIOS_STOP_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_STOP_TIMEOUT_SECONDS", 30))
+# How long a stop waits for a session to save its final checkpoint and exit before it is killed.
+STUDIOS_STOP_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_STOP_TIMEOUT_SECONDS", 5 * 60))
 
 LOGGING = {
     "version": 1,

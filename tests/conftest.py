@@ -62,7 +62,7 @@ def live_platform(transactional_db, settings, tmp_path):
     port = sock.getsockname()[1]
     settings.STUDIOS_PLATFORM_URL = f"http://127.0.0.1:{port}"
     settings.DATA_DIR = tmp_path / "data"
-    settings.STUDIOS_STOP_TIMEOUT_SECONDS = 10
+    settings.STUDIOS_STOP_TIMEOUT_SECONDS = 60
     server = uvicorn.Server(uvicorn.Config(application, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -73,3 +73,15 @@ def live_platform(transactional_db, settings, tmp_path):
         yield LivePlatform(f"http://127.0.0.1:{port}")
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 (and Batch) as a real HTTP endpoint on loopback; returns its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

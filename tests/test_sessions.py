@@ -60,7 +60,8 @@ def pid_alive(pid):
 
 async def execute(platform, browser, studio, code, idle=0):
     """Run ``code`` in a new kernel over the proxied kernel WebSocket, ``idle`` seconds after opening it."""
-    xsrf = browser.http.cookies.get("_xsrf", "")
+    browser.http.get(f"{studio.connect_path}lab")  # JupyterLab sets its _xsrf cookie on its page
+    xsrf = next(c.value for c in browser.http.cookies.jar if c.name == "_xsrf" and c.path == studio.connect_path)
     kernel = browser.http.post(
         f"{studio.connect_path}api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}
     )

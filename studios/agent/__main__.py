@@ -1,14 +1,17 @@
 """The session agent: the first process of every session, on every backend.
 
-It has no Django dependency (standard library only) so that it runs inside any image. It
-prepares the session, starts the template's IDE on the base path the proxy expects, reports
-progress and readiness to the platform with the session's token, supervises the IDE, and
-stops it cleanly on SIGTERM.
+It has no Django dependency so that it runs inside any image. It restores the session's
+checkpoint into the writable layer, prepares the data mounts, starts the template's IDE on
+the base path the proxy expects, reports progress and readiness to the platform with the
+session's token, takes checkpoints when the platform asks (and a final one when it gets
+SIGTERM), and stops the IDE cleanly.
 
 Configuration comes from the environment: STUDIOS_TEMPLATE, STUDIOS_BASE_PATH,
-STUDIOS_SESSION_TOKEN, STUDIOS_CALLBACK_URL, STUDIOS_SESSION_DIR, STUDIOS_MOUNTS (JSON).
+STUDIOS_SESSION_TOKEN, STUDIOS_CALLBACK_URL, STUDIOS_WORK_DIR, STUDIOS_MOUNTS and
+STUDIOS_RESTORE (JSON), HOME (the writable layer).
 """
 
+import hmac
 import json
 import logging
 import os
@@ -16,15 +19,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from checkpoints import snapshot
+from checkpoints.store import store_for
 
 log = logging.getLogger("studios.agent")
 
 READY_TIMEOUT_SECONDS = 180
 IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
+MOUNT_DIR = "data"  # inside the writable layer; never part of a checkpoint
 
 
 def free_port():
@@ -57,11 +66,15 @@ class Agent:
         self.base_path = environ["STUDIOS_BASE_PATH"]
         self.token = environ["STUDIOS_SESSION_TOKEN"]
         self.callback_url = environ["STUDIOS_CALLBACK_URL"].rstrip("/")
-        self.session_dir = Path(environ["STUDIOS_SESSION_DIR"])
+        self.store = store_for(environ["STUDIOS_WORK_DIR"])
         self.mounts = json.loads(environ.get("STUDIOS_MOUNTS", "[]"))
+        self.restore_point = json.loads(environ.get("STUDIOS_RESTORE", "{}"))
+        self.layer = Path(environ["HOME"])
         self.ide = None
         self.stopping = False
         self.steps = []
+        self.manifest = None  # the last saved or restored manifest: the next checkpoint only stores changes
+        self.checkpoint_lock = threading.Lock()
 
     def report(self, what, **payload):
         request = urllib.request.Request(
@@ -72,7 +85,7 @@ class Agent:
         )
         for attempt in range(5):
             try:
-                with urllib.request.urlopen(request, timeout=10) as response:
+                with urllib.request.urlopen(request, timeout=30) as response:
                     return response.status
             except urllib.error.HTTPError as error:
                 log.warning("platform answered %s to %s", error.code, what)
@@ -91,17 +104,55 @@ class Agent:
             self.steps.append({"name": name, "state": state, "message": message})
         self.report("progress", steps=self.steps)
 
-    def fail(self, reason):
+    def fail(self, reason, **details):
         log.error("%s", reason)
         for step in self.steps:
             if step["state"] == "in-progress":
                 step.update(state="errored", message=reason)
-        self.report("failed", reason=reason)
+        self.report("failed", reason=reason, **details)
         raise SystemExit(1)
 
-    def mount_data(self, root_dir):
+    def restore(self):
+        name = self.restore_point["name"]
+        self.step("Restoring checkpoint", "in-progress", name)
+        began = time.monotonic()
+        try:
+            self.manifest = snapshot.restore(
+                self.layer, self.store, self.restore_point["manifest_key"], self.restore_point["manifest_sha256"]
+            )
+        except snapshot.CorruptCheckpoint as error:
+            self.fail(
+                f"Checkpoint {name} cannot be restored: {error}. It is now marked invalid; start the studio "
+                "again to restore the checkpoint before it, or start as new from another checkpoint.",
+                checkpoint_invalid=True,
+            )
+        except OSError as error:
+            self.fail(f"Checkpoint {name} could not be read from the work directory: {error}. Start the studio again.")
+        files = sum(1 for entry in self.manifest["entries"] if entry["type"] == "file")
+        self.step("Restoring checkpoint", "succeeded", f"{name}: {files} files in {time.monotonic() - began:.1f} s")
+
+    def checkpoint(self, final=False):
+        """Save the writable layer and tell the platform; one at a time."""
+        with self.checkpoint_lock:
+            began = time.monotonic()
+            saved = snapshot.take(self.layer, self.store, previous=self.manifest, excluded=(MOUNT_DIR,))
+            self.manifest = saved.manifest
+            status = self.report(
+                "checkpoint",
+                manifest_key=saved.manifest_key,
+                manifest_sha256=saved.manifest_sha256,
+                size_bytes=saved.size_bytes,
+                final=final,
+            )
+            log.info(
+                "checkpoint%s: %d bytes in the layer, %d stored, %.2f s, platform answered %s",
+                " (final)" if final else "", saved.size_bytes, saved.stored_bytes, time.monotonic() - began, status,
+            )  # fmt: skip
+            return {"size_bytes": saved.size_bytes, "stored_bytes": saved.stored_bytes, "recorded": status == 200}
+
+    def mount_data(self):
         """Without an isolating runtime, datasets appear as links under the session's data folder."""
-        data_dir = root_dir / "data"
+        data_dir = self.layer / MOUNT_DIR
         data_dir.mkdir(parents=True, exist_ok=True)
         for mount in self.mounts:
             link = data_dir / mount["name"]
@@ -116,6 +167,8 @@ class Agent:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.ide.poll() is not None:
+                if self.stopping:
+                    raise SystemExit(0)
                 self.fail(f"The IDE exited with code {self.ide.returncode} while starting; see the session log.")
             try:
                 with urllib.request.urlopen(request, timeout=2):
@@ -124,27 +177,60 @@ class Agent:
                 time.sleep(0.2)
         self.fail(f"The IDE did not answer within {READY_TIMEOUT_SECONDS} seconds.")
 
+    def serve_control(self):
+        """The platform's way in: POST /checkpoint with the session token."""
+        agent = self
+
+        class Control(BaseHTTPRequestHandler):
+            def do_POST(self):
+                supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+                if not hmac.compare_digest(supplied, agent.token.encode()):
+                    self.send_error(403)
+                    return
+                if self.path != "/checkpoint":
+                    self.send_error(404)
+                    return
+                body = json.dumps(agent.checkpoint()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args):
+                log.info("control: " + format, *args)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Control)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
     def run(self):
         signal.signal(signal.SIGTERM, self.on_sigterm)
         self.steps = [{"name": "Provisioning compute", "state": "succeeded", "message": ""}]
-        root_dir = self.session_dir / "workspace"
-        Path(os.environ.get("HOME", self.session_dir / "home")).mkdir(parents=True, exist_ok=True)
+        self.layer.mkdir(parents=True, exist_ok=True)
+        if self.restore_point:
+            self.restore()
         self.step("Mounting data", "in-progress")
-        self.mount_data(root_dir)
+        self.mount_data()
         self.step("Mounting data", "succeeded", ", ".join(m["name"] for m in self.mounts) or "no datasets")
         ide_step = f"Starting {IDE_NAMES.get(self.template, self.template)}"
         self.step(ide_step, "in-progress")
         port = free_port()
-        self.ide = subprocess.Popen(ide_command(self.template, port, self.base_path, root_dir))
+        self.ide = subprocess.Popen(ide_command(self.template, port, self.base_path, self.layer))
         self.wait_until_ready(port)
         self.steps[-1].update(state="succeeded")
-        if self.report("ready", endpoint=f"http://127.0.0.1:{port}", steps=self.steps) != 200:
+        control = self.serve_control()
+        ready = self.report("ready", endpoint=f"http://127.0.0.1:{port}", agent_endpoint=control, steps=self.steps)
+        if ready != 200:
             self.stop_ide()
             raise SystemExit("the platform did not accept this session; exiting")
+        self.checkpoint()  # the first one, as the session starts
         code = self.ide.wait()
         if not self.stopping:
             self.report("failed", reason=f"The IDE exited unexpectedly with code {code}. Start the studio again.")
             raise SystemExit(code or 1)
+        self.checkpoint(final=True)
+        log.info("stopped cleanly")
 
     def stop_ide(self):
         if self.ide is not None and self.ide.poll() is None:
@@ -155,10 +241,12 @@ class Agent:
                 self.ide.kill()
 
     def on_sigterm(self, signum, frame):
-        log.info("SIGTERM: stopping the IDE")
+        """Stop the IDE; the main thread then takes the final checkpoint and exits."""
+        log.info("SIGTERM: stopping the IDE, then saving a final checkpoint")
         self.stopping = True
-        self.stop_ide()
-        raise SystemExit(0)
+        if self.ide is None or self.ide.poll() is not None:
+            raise SystemExit(0)  # nothing has started yet: nothing to save
+        threading.Thread(target=self.stop_ide, daemon=True).start()
 
 
 if __name__ == "__main__":

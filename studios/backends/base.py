@@ -5,8 +5,9 @@ and return a JSON-serialisable handle that the platform stores and hands back la
 any worker process.
 """
 
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,22 @@ class SessionSpec:
     memory_mb: int
     token: str  # authenticates the session's callbacks and the proxy's requests to the session
     callback_url: str  # where the session agent reports progress and readiness
-    work_dir: str
+    work_dir: str  # where checkpoints are stored: a local folder or s3://bucket/prefix
     mounts: list[Mount] = field(default_factory=list)
-    checkpoint: str = ""  # the checkpoint to restore, empty for a fresh session
+    restore: dict = field(default_factory=dict)  # the checkpoint to restore: name, manifest_key, manifest_sha256
     storage_quota_mb: int = 5120
+
+    def environment(self):
+        """What the session agent reads from its environment, on every backend."""
+        return {
+            "STUDIOS_TEMPLATE": self.template,
+            "STUDIOS_BASE_PATH": self.base_path,
+            "STUDIOS_SESSION_TOKEN": self.token,
+            "STUDIOS_CALLBACK_URL": self.callback_url,
+            "STUDIOS_WORK_DIR": self.work_dir,
+            "STUDIOS_MOUNTS": json.dumps([asdict(mount) for mount in self.mounts]),
+            "STUDIOS_RESTORE": json.dumps(self.restore),
+        }
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,11 @@ Isolation in an OCI runtime, mounts and limits come with the isolation issue.
 """
 
 import importlib.util
-import json
 import os
+import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
 
@@ -58,18 +57,22 @@ class LocalBackend(ComputeBackend):
 
     def launch(self, spec: SessionSpec) -> dict:
         session_dir = self.sessions_dir / spec.name
-        session_dir.mkdir(parents=True, exist_ok=True)
+        home = session_dir / "home"
+        # Every start gets a fresh writable layer: what was there before comes back only from a checkpoint.
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        # Without an isolating runtime, the writable layer is the session's home: pip installs
+        # into its ~/.local, which the session's Python finds first.
+        site_packages = home / ".local/lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": f"{home / '.local/bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "PYTHONPATH": str(PROJECT_ROOT),
-            "HOME": str(session_dir / "home"),
-            "STUDIOS_TEMPLATE": spec.template,
-            "STUDIOS_BASE_PATH": spec.base_path,
-            "STUDIOS_SESSION_TOKEN": spec.token,
-            "STUDIOS_CALLBACK_URL": spec.callback_url,
+            "PYTHONPATH": f"{site_packages}:{PROJECT_ROOT}",
+            "PIP_PREFIX": str(home / ".local"),
+            "HOME": str(home),
             "STUDIOS_SESSION_DIR": str(session_dir),
-            "STUDIOS_MOUNTS": json.dumps([asdict(mount) for mount in spec.mounts]),
+            **{name: value for name, value in os.environ.items() if name.startswith("AWS_")},
+            **spec.environment(),
         }
         log_path = session_dir / "agent.log"
         with open(log_path, "ab") as log_file:

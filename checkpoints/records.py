@@ -1,0 +1,73 @@
+"""Checkpoint records: naming, what a start restores, what a session reports, renames and clones."""
+
+import logging
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from studios import permissions
+
+from .models import Checkpoint, clean_checkpoint_name
+
+log = logging.getLogger(__name__)
+
+
+def new_session_checkpoint(studio):
+    """The record a new session saves into: ``<studio name>_<n>``, n counting the studio's checkpoints."""
+    n = studio.checkpoints.count() + 1
+    while studio.checkpoints.filter(name=f"{studio.name}_{n}").exists():
+        n += 1
+    return Checkpoint.objects.create(studio=studio, name=clean_checkpoint_name(f"{studio.name}_{n}"))
+
+
+def restore_source(studio):
+    """What a start restores: the newest checkpoint the studio's own sessions saved, else the clone's source."""
+    own = studio.checkpoints.filter(copied_from__isnull=True, state__in=[Checkpoint.State.INTERIM, Checkpoint.State.FINALIZED])
+    newest = own.exclude(manifest_key="").order_by("-saved").first()
+    if newest is None and studio.parent_checkpoint_id and studio.parent_checkpoint.restorable:
+        return studio.parent_checkpoint
+    return newest
+
+
+def record_saved(checkpoint_id, manifest_key, manifest_sha256, size_bytes, final):
+    """A complete version of a checkpoint was written: point the record at it."""
+    state = Checkpoint.State.FINALIZED if final else Checkpoint.State.INTERIM
+    updated = Checkpoint.objects.filter(pk=checkpoint_id).exclude(state=Checkpoint.State.INVALID).update(
+        manifest_key=manifest_key, manifest_sha256=manifest_sha256, size_bytes=size_bytes, state=state, saved=timezone.now()
+    )
+    return bool(updated)
+
+
+def mark_invalid(checkpoint, reason):
+    Checkpoint.objects.filter(pk=checkpoint.pk).update(state=Checkpoint.State.INVALID, invalid_reason=reason)
+    log.warning("checkpoint %s marked invalid: %s", checkpoint.pk, reason)
+
+
+def rename_checkpoint(user, checkpoint, name):
+    """Rename within the studio; raises ValidationError with the reason for a bad or taken name."""
+    permissions.require_role(user, checkpoint.studio.workspace, permissions.MAINTAIN, "rename checkpoints")
+    name = clean_checkpoint_name(name)
+    try:
+        with transaction.atomic():
+            Checkpoint.objects.filter(pk=checkpoint.pk).update(name=name)
+    except IntegrityError:
+        raise ValidationError(f"{checkpoint.studio.name} already has a checkpoint named {name}.") from None
+    return name
+
+
+def copy_history(parent, clone, source):
+    """Give ``clone`` the parent's checkpoint history, sharing the stored content; return the copy of ``source``."""
+    copies = {}
+    for checkpoint in parent.checkpoints.filter(state__in=[Checkpoint.State.INTERIM, Checkpoint.State.FINALIZED]):
+        copies[checkpoint.pk] = Checkpoint.objects.create(
+            studio=clone,
+            name=checkpoint.name,
+            state=checkpoint.state,
+            saved=checkpoint.saved,
+            size_bytes=checkpoint.size_bytes,
+            manifest_key=checkpoint.manifest_key,
+            manifest_sha256=checkpoint.manifest_sha256,
+            copied_from=checkpoint,
+        )
+    return copies[source.pk]

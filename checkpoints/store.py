@@ -1,0 +1,125 @@
+"""Where checkpoint content lives: a local folder or ``s3://bucket/prefix``, behind one small interface.
+
+Everything sits under ``<work dir>/.studios/checkpoints/``. No Django here: the session agent,
+which writes checkpoints from inside the session, uses this module too.
+"""
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from pathlib import Path
+
+CHECKPOINTS_DIR = ".studios/checkpoints"
+
+
+class MissingContent(Exception):
+    """A piece of a checkpoint is not in the store."""
+
+
+class ContentStore(ABC):
+    @abstractmethod
+    def has(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def put(self, key: str, content: bytes) -> None:
+        """Write durably and atomically: a reader sees all of it or nothing."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The content, or MissingContent."""
+
+    @abstractmethod
+    def listing(self, prefix: str):
+        """(key, last modified as an aware datetime) for every key under ``prefix``."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+
+class LocalStore(ContentStore):
+    def __init__(self, work_dir):
+        self.root = Path(work_dir) / CHECKPOINTS_DIR
+
+    def has(self, key):
+        return (self.root / key).exists()
+
+    def put(self, key, content):
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(content)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def get(self, key):
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            raise MissingContent(key) from None
+
+    def listing(self, prefix):
+        base = self.root / prefix
+        if not base.exists():
+            return
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.startswith(".incoming-"):
+                modified = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+                yield str(path.relative_to(self.root)), modified
+
+    def delete(self, key):
+        (self.root / key).unlink(missing_ok=True)
+
+
+class S3Store(ContentStore):
+    """S3 through boto3. Credentials and endpoint come from the usual AWS environment variables."""
+
+    def __init__(self, uri, client=None):
+        import boto3
+
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/{CHECKPOINTS_DIR}/".lstrip("/")
+        self.client = client or boto3.client("s3")
+
+    def has(self, key):
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            return True
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def put(self, key, content):
+        # One PUT is atomic on S3: the object appears whole once the call has succeeded.
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=content)
+
+    def get(self, key):
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise MissingContent(key) from None
+
+    def listing(self, prefix):
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"].removeprefix(self.prefix), item["LastModified"]
+
+    def delete(self, key):
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+
+def store_for(work_dir):
+    if work_dir.startswith("s3://"):
+        return S3Store(work_dir)
+    return LocalStore(work_dir)

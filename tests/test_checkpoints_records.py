@@ -1,0 +1,194 @@
+"""Checkpoint records: naming and renaming, Start as new, and the cleanup of shared content."""
+
+import os
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from checkpoints import snapshot
+from checkpoints.cleanup import CleanupError
+from checkpoints.models import Checkpoint, CheckpointStore
+from checkpoints.store import LocalStore
+from checkpoints.tasks import clean_store
+from studios import lifecycle
+from studios.models import Role, Studio, StudioStatus
+
+from .factories import make_member, make_studio, make_workspace
+
+
+@pytest.fixture
+def maintainer(workspace):
+    return make_member(workspace, Role.MAINTAIN, username="mia")
+
+
+@pytest.fixture
+def saved_studio(workspace, maintainer):
+    """A stopped studio with two saved checkpoints."""
+    studio = make_studio(workspace, name="atlas", author=maintainer)
+    for n in (1, 2):
+        Checkpoint.objects.create(
+            studio=studio, name=f"atlas_{n}", state="finalized", manifest_key=f"manifests/{n}.json.zst",
+            manifest_sha256="0" * 64, saved=timezone.now(), size_bytes=1000 * n,
+        )  # fmt: skip
+    return studio
+
+
+def test_each_start_creates_the_next_named_checkpoint_and_restores_the_newest(saved_studio, maintainer):
+    studio = lifecycle.start_studio(maintainer, saved_studio)
+    assert studio.current_checkpoint.name == "atlas_3"
+    assert studio.current_checkpoint.state == Checkpoint.State.EMPTY
+    assert studio.restored_from.name == "atlas_2"
+
+
+class TestRename:
+    @pytest.fixture
+    def rename(self, client, saved_studio, maintainer):
+        client.force_login(maintainer)
+        checkpoint = saved_studio.checkpoints.get(name="atlas_1")
+
+        def rename(name):
+            response = client.post(reverse("checkpoint_rename", args=[checkpoint.pk]), {"name": name}, follow=True)
+            checkpoint.refresh_from_db()
+            return response.content.decode(), checkpoint.name
+
+        return rename
+
+    def test_spaces_become_underscores(self, rename):
+        page, name = rename("  before the upgrade ")
+        assert name == "before_the_upgrade"
+        assert "Checkpoint renamed to before_the_upgrade." in page
+
+    @pytest.mark.parametrize(
+        "bad, reason",
+        [
+            ("", "Give the checkpoint a name."),
+            ("   ", "Give the checkpoint a name."),
+            ("x" * 121, "at most 120 characters"),
+            ("a/b", "cannot contain / or"),
+            ("a\\b", "cannot contain / or"),
+            ("bell\x07", "control characters"),
+            ("atlas_2", "already has a checkpoint named atlas_2"),
+        ],
+    )
+    def test_bad_names_are_refused_with_the_reason(self, rename, bad, reason):
+        page, name = rename(bad)
+        assert name == "atlas_1"
+        assert reason in page.replace("&#x27;", "'")
+
+    @pytest.mark.parametrize("role", [Role.LAUNCH, Role.CONNECT, Role.VIEW])
+    def test_renaming_needs_maintain_role(self, client, saved_studio, workspace, role):
+        client.force_login(make_member(workspace, role))
+        checkpoint = saved_studio.checkpoints.get(name="atlas_1")
+        response = client.post(reverse("checkpoint_rename", args=[checkpoint.pk]), {"name": "mine"})
+        assert response.status_code == 403
+        checkpoint.refresh_from_db()
+        assert checkpoint.name == "atlas_1"
+
+    def test_non_members_get_404(self, client, saved_studio):
+        client.force_login(make_member(make_workspace(), Role.OWNER))
+        checkpoint = saved_studio.checkpoints.get(name="atlas_1")
+        assert client.post(reverse("checkpoint_rename", args=[checkpoint.pk]), {"name": "x"}).status_code == 404
+
+
+class TestStartAsNew:
+    def test_the_clone_gets_the_history_and_starts_from_the_chosen_checkpoint(self, client, saved_studio, maintainer):
+        client.force_login(maintainer)
+        source = saved_studio.checkpoints.get(name="atlas_1")
+        page = client.get(reverse("start_as_new", args=[source.pk])).content.decode()
+        assert ">\natlas</textarea>" in page  # the description defaults to the parent's name
+        response = client.post(reverse("start_as_new", args=[source.pk]), {"name": "atlas-v2", "description": "atlas", "cpus": 2, "memory_mb": 2048})
+        clone = Studio.objects.get(name="atlas-v2")
+        assert response["Location"] == clone.get_absolute_url()
+        assert (clone.template, clone.compute_environment) == (saved_studio.template, saved_studio.compute_environment)
+        assert clone.status == StudioStatus.STARTING
+        assert clone.restored_from.copied_from == source
+        assert sorted(c.name for c in clone.checkpoints.exclude(copied_from=None)) == ["atlas_1", "atlas_2"]
+        assert clone.current_checkpoint.name == "atlas-v2_3"
+        assert saved_studio.checkpoints.count() == 2  # the parent is untouched
+
+    def test_the_checkpoint_in_use_cannot_be_the_source(self, saved_studio, maintainer):
+        running = lifecycle.start_studio(maintainer, saved_studio)
+        with pytest.raises(lifecycle.ActionRefused, match="in use by atlas's running session"):
+            lifecycle.start_as_new(maintainer, running.current_checkpoint, name="x", cpus=1, memory_mb=1024)
+        assert not Studio.objects.filter(name="x").exists()
+
+    def test_bad_input_creates_nothing(self, client, saved_studio, maintainer):
+        client.force_login(maintainer)
+        source = saved_studio.checkpoints.get(name="atlas_1")
+        response = client.post(reverse("start_as_new", args=[source.pk]), {"name": "atlas", "cpus": 999, "memory_mb": 2048})
+        assert response.status_code == 400
+        page = response.content.decode()
+        assert "already exists" in page and "offers 1 to 8 CPUs" in page
+        assert Studio.objects.count() == 1
+
+    @pytest.mark.parametrize("role", [Role.LAUNCH, Role.CONNECT, Role.VIEW])
+    def test_start_as_new_needs_maintain_role(self, client, saved_studio, workspace, role):
+        client.force_login(make_member(workspace, role))
+        source = saved_studio.checkpoints.get(name="atlas_1")
+        response = client.post(reverse("start_as_new", args=[source.pk]), {"name": "mine", "cpus": 1, "memory_mb": 1024})
+        assert response.status_code == 403
+        assert not Studio.objects.filter(name="mine").exists()
+
+
+class TestCleanup:
+    @pytest.fixture
+    def stored(self, tmp_path, settings, maintainer, workspace):
+        """A studio with one real checkpoint in a local store, and a clone sharing its content."""
+        settings.STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = 0
+        environment = workspace.compute_environments.get()
+        environment.work_dir = str(tmp_path / "work")
+        environment.save()
+        layer = tmp_path / "layer"
+        layer.mkdir()
+        (layer / "weights.bin").write_bytes(os.urandom(100_000))
+        store = LocalStore(environment.work_dir)
+        saved = snapshot.take(layer, store)
+        parent = make_studio(workspace, name="parent", author=maintainer)
+        source = Checkpoint.objects.create(
+            studio=parent, name="parent_1", state="finalized", manifest_key=saved.manifest_key,
+            manifest_sha256=saved.manifest_sha256, saved=timezone.now(),
+        )  # fmt: skip
+        clone = lifecycle.start_as_new(maintainer, source, name="clone", cpus=1, memory_mb=1024)
+        Studio.objects.filter(pk=clone.pk).update(status=StudioStatus.STOPPED)
+        return environment.work_dir, store, saved, parent, Studio.objects.get(pk=clone.pk)
+
+    def objects(self, store):
+        return sorted(key for key, _ in store.listing(""))
+
+    def test_content_shared_with_a_clone_outlives_the_parent(self, stored, maintainer):
+        work_dir, store, saved, parent, clone = stored
+        everything = self.objects(store)
+        lifecycle.delete_studio(maintainer, parent)
+        assert clean_store(work_dir) == 0
+        assert self.objects(store) == everything
+        lifecycle.delete_studio(maintainer, clone)
+        assert clean_store(work_dir) == len(everything)
+        assert self.objects(store) == []
+        assert CheckpointStore.objects.get(work_dir=work_dir).removed_objects == len(everything)
+
+    def test_content_younger_than_the_grace_period_is_kept(self, stored, maintainer, settings):
+        work_dir, store, saved, parent, clone = stored
+        settings.STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = 3600
+        lifecycle.delete_studio(maintainer, parent)
+        lifecycle.delete_studio(maintainer, clone)
+        assert clean_store(work_dir) == 0
+
+    def test_a_failed_cleanup_is_recorded_and_removes_nothing(self, stored, maintainer):
+        work_dir, store, saved, parent, clone = stored
+        lifecycle.delete_studio(maintainer, parent)
+        store.delete(saved.manifest_key)  # the clone's manifest is gone: nothing can be proven unreferenced
+        before = self.objects(store)
+        with pytest.raises(CleanupError):
+            clean_store(work_dir)
+        record = CheckpointStore.objects.get(work_dir=work_dir)
+        assert record.failures == 1 and "cannot be read" in record.last_error and record.next_attempt
+        assert self.objects(store) == before
+
+
+def test_checkpoints_are_scheduled_at_the_configured_interval():
+    from django.conf import settings
+
+    schedule = settings.CELERY_BEAT_SCHEDULE["checkpoint-sessions"]
+    assert schedule["task"] == "studios.tasks.checkpoint_running_sessions"
+    assert schedule["schedule"] == settings.STUDIOS_CHECKPOINT_INTERVAL_SECONDS == 300

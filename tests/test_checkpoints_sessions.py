@@ -1,0 +1,182 @@
+"""Checkpoints of real sessions: what survives a stop, a SIGKILL, a corrupt store, and a clone."""
+
+import asyncio
+import io
+import os
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+
+from checkpoints.models import Checkpoint
+from studios import lifecycle
+from studios.models import Role, StudioStatus
+from studios.tasks import checkpoint_session, reconcile_sessions
+
+from .factories import make_member, make_studio, make_workspace
+from .test_sessions import Browser, execute, pid_alive, wait_for_status
+
+
+def make_wheel(directory):
+    """A tiny pure-Python wheel, so that the test installs a real package without a network."""
+    path = Path(directory) / "greeting-1.0-py3-none-any.whl"
+    files = {
+        "greeting/__init__.py": "def hello():\n    return 'hello from a checkpoint'\n",
+        "greeting-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: greeting\nVersion: 1.0\n",
+        "greeting-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+        wheel.writestr("greeting-1.0.dist-info/RECORD", "".join(f"{name},,\n" for name in files) + "greeting-1.0.dist-info/RECORD,,\n")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def home_of(studio):
+    """The running session's writable layer, as the host sees it."""
+    return Path(studio.session_handle["log"]).parent / "home"
+
+
+@pytest.fixture
+def world(live_platform, tmp_path):
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    maintainer = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(workspace, name="keeper", author=maintainer, cpus=1, memory_mb=1024)
+    return live_platform, studio, maintainer
+
+
+def start(platform, studio, user):
+    lifecycle.start_studio(user, studio)
+    return wait_for_status(studio, StudioStatus.RUNNING)
+
+
+def stop(studio, user):
+    lifecycle.stop_studio(user, studio)
+    return wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_installed_package_and_config_survive_a_restart(world, tmp_path):
+    platform, studio, user = world
+    wheel = make_wheel(tmp_path)
+    studio = start(platform, studio, user)
+    browser = Browser(platform, user)
+    installed = asyncio.run(
+        execute(
+            platform, browser, studio,
+            "import subprocess, sys, pathlib\n"
+            f"r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '{wheel}'], capture_output=True, text=True)\n"
+            "cfg = pathlib.Path.home() / '.config' / 'tool.toml'\n"
+            "cfg.parent.mkdir(parents=True, exist_ok=True); cfg.write_text('threads = 8\\n')\n"
+            "print(r.returncode)",
+        )  # fmt: skip
+    )
+    assert installed.strip() == "0"
+    stop(studio, user)
+    first = Checkpoint.objects.get(studio=studio, name="keeper_1")
+    assert first.state == Checkpoint.State.FINALIZED and first.size_bytes > 0
+
+    studio = start(platform, studio, user)
+    assert "Restoring checkpoint" in [step["name"] for step in studio.startup_steps]
+    printed = asyncio.run(
+        execute(
+            platform, Browser(platform, user), studio,
+            "import greeting, pathlib; print(greeting.hello(), (pathlib.Path.home() / '.config/tool.toml').read_text().strip())",
+        )  # fmt: skip
+    )
+    assert printed.strip() == "hello from a checkpoint threads = 8"
+    assert studio.current_checkpoint.name == "keeper_2"
+    stop(studio, user)
+
+
+def test_a_killed_session_loses_only_what_changed_since_its_last_checkpoint(world):
+    platform, studio, user = world
+    studio = start(platform, studio, user)
+    home = home_of(studio)
+    (home / "notes.txt").write_text("saved\n")
+    checkpoint_session(studio.pk)
+    (home / "notes.txt").write_text("changed after the checkpoint\n")
+    (home / "later.txt").write_text("never saved\n")
+    pid = studio.session_handle["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    while pid_alive(pid):
+        time.sleep(0.1)
+    reconcile_sessions()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.ERRORED
+    assert Checkpoint.objects.get(studio=studio, name="keeper_1").state == Checkpoint.State.INTERIM
+
+    studio = start(platform, studio, user)
+    home = home_of(studio)
+    assert (home / "notes.txt").read_text() == "saved\n"
+    assert not (home / "later.txt").exists()
+    stop(studio, user)
+
+
+def test_a_corrupt_checkpoint_fails_the_start_and_is_marked_invalid(world, tmp_path):
+    platform, studio, user = world
+    studio = start(platform, studio, user)
+    (home_of(studio) / "results.csv").write_text("a,b\n1,2\n" * 1000)
+    stop(studio, user)
+    for chunk in (tmp_path / "work/.studios/checkpoints/objects").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"garbage")
+    studio = lifecycle.start_studio(user, studio)
+    deadline = time.monotonic() + 60
+    while studio.status == StudioStatus.STARTING and time.monotonic() < deadline:
+        time.sleep(0.2)
+        studio.refresh_from_db()
+    assert studio.status == StudioStatus.ERRORED
+    assert "Checkpoint keeper_1 cannot be restored" in studio.status_reason
+    assert Checkpoint.objects.get(studio=studio, name="keeper_1").state == Checkpoint.State.INVALID
+
+
+def test_checkpoints_on_an_s3_work_directory(live_platform, moto_server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="lab-work")
+    workspace = make_workspace(work_dir="s3://lab-work/studios")
+    user = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(workspace, name="cloudy", author=user, cpus=1, memory_mb=1024)
+    studio = start(live_platform, studio, user)
+    (home_of(studio) / "model.txt").write_text("trained\n")
+    stop(studio, user)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lab-work")["Contents"]]
+    assert any(k.startswith("studios/.studios/checkpoints/objects/") for k in keys)
+    assert any(k.startswith("studios/.studios/checkpoints/manifests/") for k in keys)
+    studio = start(live_platform, studio, user)
+    assert (home_of(studio) / "model.txt").read_text() == "trained\n"
+    stop(studio, user)
+
+
+def test_a_clone_and_its_parent_never_change_each_other(world):
+    platform, parent, user = world
+    parent = start(platform, parent, user)
+    (home_of(parent) / "shared.txt").write_text("from the parent\n")
+    stop(parent, user)
+    source = Checkpoint.objects.get(studio=parent, name="keeper_1")
+
+    clone = lifecycle.start_as_new(user, source, name="keeper-clone", cpus=1, memory_mb=1024)
+    assert clone.description == "keeper"
+    clone = wait_for_status(clone, StudioStatus.RUNNING)
+    assert (home_of(clone) / "shared.txt").read_text() == "from the parent\n"
+    assert [c.name for c in clone.checkpoints.filter(copied_from__isnull=False)] == ["keeper_1"]
+    (home_of(clone) / "shared.txt").write_text("changed by the clone\n")
+    stop(clone, user)
+
+    parent = start(platform, parent, user)
+    assert (home_of(parent) / "shared.txt").read_text() == "from the parent\n"
+    (home_of(parent) / "parent-only.txt").write_text("later\n")
+    stop(parent, user)
+
+    clone = start(platform, clone, user)
+    assert (home_of(clone) / "shared.txt").read_text() == "changed by the clone\n"
+    assert not (home_of(clone) / "parent-only.txt").exists()
+    stop(clone, user)

@@ -1,0 +1,105 @@
+"""Snapshot and restore of a writable layer, on a local folder and on S3 (moto's server on loopback)."""
+
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from checkpoints import snapshot
+from checkpoints.store import LocalStore, S3Store
+
+
+def tree(root):
+    """Everything a user would notice about a folder: paths, kinds, contents, modes, link targets."""
+    result = {}
+    for path in sorted(Path(root).rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            result[relative] = ("link", os.readlink(path))
+        elif path.is_dir():
+            result[relative] = ("dir", path.stat().st_mode & 0o7777)
+        else:
+            result[relative] = ("file", path.read_bytes(), path.stat().st_mode & 0o7777)
+    return result
+
+
+@pytest.fixture
+def layer(tmp_path):
+    root = tmp_path / "layer"
+    (root / ".local/lib/python3.11/site-packages/pkg").mkdir(parents=True)
+    (root / ".local/lib/python3.11/site-packages/pkg/__init__.py").write_text("VALUE = 1\n")
+    (root / ".config").mkdir()
+    (root / ".config/settings.toml").write_text("theme = 'dark'\n")
+    (root / "empty").write_bytes(b"")
+    (root / "big.bin").write_bytes(os.urandom(9 * 2**20))
+    (root / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "script.sh").chmod(0o755)
+    (root / "latest").symlink_to(".config/settings.toml")
+    (root / "data").mkdir()
+    (root / "data/reads.fastq").write_text("@r1\nACGT\n")
+    return root
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "work")
+    server = request.getfixturevalue("moto_server")
+    client = boto3.client("s3", endpoint_url=server, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket="lab")
+    return S3Store("s3://lab/studios/work", client=client)
+
+
+def test_restore_recreates_the_layer_except_mounted_data(layer, store, tmp_path):
+    saved = snapshot.take(layer, store)
+    target = tmp_path / "restored"
+    target.mkdir()
+    snapshot.restore(target, store, saved.manifest_key, saved.manifest_sha256)
+    expected = {path: kind for path, kind in tree(layer).items() if not path.startswith("data")}
+    assert tree(target) == expected
+    assert saved.size_bytes == sum(p.stat().st_size for p in layer.rglob("*") if p.is_file() and not p.is_symlink() and "data" not in p.parts)
+
+
+def test_a_checkpoint_costs_what_changed(layer, store):
+    first = snapshot.take(layer, store)
+    unchanged = snapshot.take(layer, store, previous=first.manifest)
+    assert unchanged.stored_bytes < 2048  # only the manifest
+    with open(layer / "big.bin", "r+b") as file:
+        file.seek(5 * 2**20)
+        file.write(os.urandom(2**20))
+    changed = snapshot.take(layer, store, previous=unchanged.manifest)
+    assert 2**20 < changed.stored_bytes < 4 * 2**20 + 4096  # one 4 MiB chunk of the three
+    assert first.stored_bytes > 9 * 2**20
+
+
+def test_identical_content_is_stored_once(layer, store):
+    (layer / "copy.bin").write_bytes((layer / "big.bin").read_bytes())
+    saved = snapshot.take(layer, store)
+    assert saved.stored_bytes < 9 * 2**20 + 2**20  # the copy added nothing but its manifest entry
+
+
+@pytest.mark.parametrize("damage", ["flip", "remove"])
+def test_a_damaged_chunk_fails_the_restore_with_the_reason(layer, store, tmp_path, damage):
+    saved = snapshot.take(layer, store)
+    digest = next(iter(snapshot.chunks_of(saved.manifest)))
+    key = snapshot.object_key(digest)
+    if damage == "remove":
+        store.delete(key)
+    else:
+        import zstandard
+
+        store.put(key, zstandard.ZstdCompressor().compress(b"not what was saved"))
+    (tmp_path / "restored").mkdir()
+    with pytest.raises(snapshot.CorruptCheckpoint, match=digest[:12]):
+        snapshot.restore(tmp_path / "restored", store, saved.manifest_key, saved.manifest_sha256)
+
+
+def test_a_manifest_that_does_not_match_its_checksum_is_refused(layer, store, tmp_path):
+    saved = snapshot.take(layer, store)
+    (tmp_path / "restored").mkdir()
+    with pytest.raises(snapshot.CorruptCheckpoint, match="does not match its checksum"):
+        snapshot.restore(tmp_path / "restored", store, saved.manifest_key, "0" * 64)
+    store.delete(saved.manifest_key)
+    with pytest.raises(snapshot.CorruptCheckpoint, match="missing"):
+        snapshot.restore(tmp_path / "restored", store, saved.manifest_key, saved.manifest_sha256)

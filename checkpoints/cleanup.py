@@ -21,7 +21,7 @@ class CleanupError(Exception):
 
 
 def live_content(work_dir, store):
-    manifests, chunks = set(), set()
+    manifests, objects = set(), set()
     records = Checkpoint.objects.filter(studio__compute_environment__work_dir=work_dir).exclude(manifest_key="")
     for key, digest in records.values_list("manifest_key", "manifest_sha256").distinct():
         try:
@@ -29,8 +29,8 @@ def live_content(work_dir, store):
         except snapshot.CorruptCheckpoint as error:
             raise CleanupError(f"a live checkpoint cannot be read ({error}); removing nothing") from None
         manifests.add(key)
-        chunks |= snapshot.chunks_of(manifest)
-    return manifests, {snapshot.object_key(digest) for digest in chunks}
+        objects |= snapshot.referenced_objects(manifest)
+    return manifests, objects
 
 
 def sweep(work_dir):

@@ -82,8 +82,7 @@ def test_identical_content_is_stored_once(layer, store):
 @pytest.mark.parametrize("damage", ["flip", "remove"])
 def test_a_damaged_chunk_fails_the_restore_with_the_reason(layer, store, tmp_path, damage):
     saved = snapshot.take(layer, store)
-    digest = next(iter(snapshot.chunks_of(saved.manifest)))
-    key = snapshot.object_key(digest)
+    key = sorted(snapshot.referenced_objects(saved.manifest))[0]
     if damage == "remove":
         store.delete(key)
     else:
@@ -91,7 +90,7 @@ def test_a_damaged_chunk_fails_the_restore_with_the_reason(layer, store, tmp_pat
 
         store.put(key, zstandard.ZstdCompressor().compress(b"not what was saved"))
     (tmp_path / "restored").mkdir()
-    with pytest.raises(snapshot.CorruptCheckpoint, match=digest[:12]):
+    with pytest.raises(snapshot.CorruptCheckpoint, match=key):
         snapshot.restore(tmp_path / "restored", store, saved.manifest_key, saved.manifest_sha256)
 
 
@@ -103,3 +102,16 @@ def test_a_manifest_that_does_not_match_its_checksum_is_refused(layer, store, tm
     store.delete(saved.manifest_key)
     with pytest.raises(snapshot.CorruptCheckpoint, match="missing"):
         snapshot.restore(tmp_path / "restored", store, saved.manifest_key, saved.manifest_sha256)
+
+
+def test_many_small_files_are_packed_into_few_objects(tmp_path, store):
+    layer = tmp_path / "site-packages"
+    for n in range(2000):
+        (layer / f"module{n // 100}").mkdir(parents=True, exist_ok=True)
+        (layer / f"module{n // 100}" / f"file{n}.py").write_text(f"VALUE = {n}\n" + "# padding\n" * (n % 50))
+    saved = snapshot.take(layer, store)
+    assert len(snapshot.referenced_objects(saved.manifest)) <= 2
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    snapshot.restore(restored, store, saved.manifest_key, saved.manifest_sha256)
+    assert tree(restored) == tree(layer)

@@ -18,7 +18,15 @@ from django.utils import timezone
 from checkpoints import records
 
 from . import permissions
-from .models import ACTIVE_STATUSES, ActiveMount, Studio, StudioStatus, Workspace, data_paths_overlap
+from .models import (
+    ACTIVE_STATUSES,
+    ActiveMount,
+    Studio,
+    StudioStatus,
+    Workspace,
+    data_paths_overlap,
+    normalize_data_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         if environment.status != environment.Status.AVAILABLE:
             raise ActionRefused(
                 f"Compute environment {environment.name} is {environment.status}: {environment.status_reason} "
-                "Ask an admin to fix it, or start the studio as new on another environment."
+                "Ask an admin of the workspace to fix it."
             )
         cap = workspace.max_running_studios
         if cap is not None and Studio.objects.filter(workspace=workspace, status__in=ACTIVE_STATUSES).count() >= cap:
@@ -147,7 +155,7 @@ def _hold_mounts(studio):
                     workspace_id=studio.workspace_id,
                     studio=studio,
                     dataset=dataset,
-                    data_path=dataset.uri.rstrip("/") + "/",
+                    data_path=normalize_data_path(dataset.uri),
                     writable=studio.compute_environment.is_writable(dataset.uri),
                 )
         except IntegrityError:

@@ -97,9 +97,11 @@ def reconcile_sessions():
             expected={StudioStatus.STARTING},
         )
     for studio in Studio.objects.filter(status__in=ACTIVE_STATUSES).exclude(session_handle={}):
-        state = backend_for(studio.compute_environment).poll(studio.session_handle)
+        backend = backend_for(studio.compute_environment)
+        state = backend.poll(studio.session_handle)
         if state.alive:
             continue
+        backend.terminate(studio.session_handle, 0)  # whatever is left of it
         if studio.status == StudioStatus.STOPPING:
             lifecycle.session_stopped(studio.pk)
         else:

@@ -104,17 +104,17 @@ class LocalBackend(ComputeBackend):
         )
 
     def terminate(self, handle: dict, timeout: float) -> None:
-        if not self._alive(handle):
-            return
-        pid = handle["pid"]
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._alive(handle):
-                return
-            time.sleep(0.1)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _reap(pid)
+        """SIGTERM (the agent saves a final checkpoint), SIGKILL after ``timeout``, then drop the layer."""
+        if self._alive(handle):
+            pid = handle["pid"]
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self._alive(handle) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _reap(pid)
+        if handle.get("log"):
+            shutil.rmtree(Path(handle["log"]).parent / "home", ignore_errors=True)

@@ -192,3 +192,16 @@ def test_checkpoints_are_scheduled_at_the_configured_interval():
     schedule = settings.CELERY_BEAT_SCHEDULE["checkpoint-sessions"]
     assert schedule["task"] == "studios.tasks.checkpoint_running_sessions"
     assert schedule["schedule"] == settings.STUDIOS_CHECKPOINT_INTERVAL_SECONDS == 300
+
+
+def test_the_detail_page_shows_the_checkpoints_and_the_last_save(client, saved_studio, maintainer):
+    studio = lifecycle.start_studio(maintainer, saved_studio)
+    Checkpoint.objects.filter(pk=studio.current_checkpoint_id).update(
+        state="interim", manifest_key="manifests/3.json.zst", saved=timezone.now(), size_bytes=3 * 2**20
+    )
+    client.force_login(maintainer)
+    page = client.get(studio.get_absolute_url()).content.decode()
+    assert "Last checkpoint atlas_3: 3.0\xa0MB" in page
+    for name in ("atlas_1", "atlas_2", "atlas_3"):
+        assert f'value="{name}"' in page  # each with its rename field
+    assert page.count("Start as new") == 2  # not from the checkpoint in use

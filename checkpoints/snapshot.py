@@ -7,6 +7,10 @@ Python environment) are appended to pack objects of about 8 MiB, so that a layer
 thousands of small files costs tens of writes, not tens of thousands. A reference is
 ``[sha256, object key, offset, length]`` into a stored object.
 
+When the layer is an overlay's upper directory, its whiteouts (files deleted from the lower
+layer) and opaque directories are kept too, so a restored layer hides what the session had
+deleted.
+
 A file whose size and modification time match the previous manifest is not read again, and
 content whose hash the previous manifest already references is not written again, so the
 cost of a checkpoint grows with what changed. Clones restore from, and so reuse, their
@@ -34,6 +38,7 @@ PACK_SIZE = 8 * 2**20
 MANIFESTS = "manifests/"
 OBJECTS = "objects/"
 WORKERS = 8
+OPAQUE = "trusted.overlay.opaque"  # overlayfs: this directory hides the lower layer's
 
 
 class CorruptCheckpoint(Exception):
@@ -122,6 +127,13 @@ class _Writer:
         return sum(write.result() for write in self.writes)
 
 
+def _is_opaque(path):
+    try:
+        return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
 def take(layer, store, previous=None, excluded=("data",)):
     """Save the layer as a new checkpoint in ``store``; ``previous`` is the last manifest, if any."""
     layer = Path(layer)
@@ -135,6 +147,10 @@ def take(layer, store, previous=None, excluded=("data",)):
             entry = {"path": relative, "mode": stat.S_IMODE(info.st_mode), "mtime_ns": info.st_mtime_ns}
             if stat.S_ISDIR(info.st_mode):
                 entry["type"] = "dir"
+                if _is_opaque(layer / relative):
+                    entry["opaque"] = True
+            elif stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                entry["type"] = "whiteout"
             elif stat.S_ISLNK(info.st_mode):
                 entry.update(type="link", target=os.readlink(layer / relative))
             elif stat.S_ISREG(info.st_mode):
@@ -216,9 +232,13 @@ def restore(layer, store, key, expected_sha256):
             path = layer / entry["path"]
             if entry["type"] == "dir":
                 path.mkdir(parents=True, exist_ok=True)
+                if entry.get("opaque"):
+                    os.setxattr(path, OPAQUE, b"y")
                 directories.append((path, entry))
             elif entry["type"] == "link":
                 path.symlink_to(entry["target"])
+            elif entry["type"] == "whiteout":
+                os.mknod(path, stat.S_IFCHR | entry["mode"], os.makedev(0, 0))
             else:
                 with open(path, "wb") as file:
                     for ref in entry["chunks"]:

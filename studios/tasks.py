@@ -27,6 +27,7 @@ def session_spec(studio):
             Mount(name=mount.dataset.name, uri=mount.dataset.uri, writable=mount.writable)
             for mount in studio.active_mounts.select_related("dataset")
         ],
+        storage_quota_mb=settings.STUDIOS_WRITABLE_LAYER_MB,
         restore={
             "name": source.name, "manifest_key": source.manifest_key, "manifest_sha256": source.manifest_sha256
         } if (source := studio.restored_from) else {},

@@ -131,6 +131,11 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("STUDIOS_TASK_QUEUE", "studios")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Local sessions run in containers (runc or crun) when the host allows it ("auto"), or as plain
+# processes ("off"). Each start gets a fresh writable layer of this size.
+STUDIOS_LOCAL_ISOLATION = os.environ.get("STUDIOS_LOCAL_ISOLATION", "auto")
+STUDIOS_WRITABLE_LAYER_MB = int(os.environ.get("STUDIOS_WRITABLE_LAYER_MB", 5120))
+
 # How often running sessions save a checkpoint.
 STUDIOS_CHECKPOINT_INTERVAL_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_INTERVAL_SECONDS", 5 * 60))
 # Stored checkpoint content younger than this is never removed, so that a save in progress is safe.

@@ -45,6 +45,15 @@ def django_settings():
     return settings
 
 
+def end_sessions_left_running():
+    """A failed test may leave sessions (and their containers and mounts) behind: end them."""
+    from studios.backends import backend_for
+    from studios.models import Studio
+
+    for studio in Studio.objects.exclude(session_handle={}).select_related("compute_environment"):
+        backend_for(studio.compute_environment).terminate(studio.session_handle, 5)
+
+
 @pytest.fixture
 def live_platform(transactional_db, settings, tmp_path):
     """Serve the platform on a free port with a real Celery worker on the real Redis broker."""
@@ -71,6 +80,7 @@ def live_platform(transactional_db, settings, tmp_path):
     celery_app.control.purge()
     with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"):
         yield LivePlatform(f"http://127.0.0.1:{port}")
+    end_sessions_left_running()
     server.should_exit = True
     thread.join(timeout=10)
 

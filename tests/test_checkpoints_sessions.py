@@ -37,9 +37,25 @@ def make_wheel(directory):
     return path
 
 
-def home_of(studio):
-    """The running session's writable layer, as the host sees it."""
-    return Path(studio.session_handle["log"]).parent / "home"
+class Files:
+    """A user's files in the session's folder, through JupyterLab's contents API behind the proxy."""
+
+    def __init__(self, platform, studio, user):
+        self.browser, self.studio = Browser(platform, user), studio
+        self.browser.http.get(f"{studio.connect_path}lab")  # JupyterLab sets its _xsrf cookie on its page
+        self.xsrf = next(c.value for c in self.browser.http.cookies.jar if c.name == "_xsrf")
+
+    def write(self, name, text):
+        response = self.browser.http.put(
+            f"{self.studio.connect_path}api/contents/{name}",
+            json={"type": "file", "format": "text", "content": text},
+            headers={"X-XSRFToken": self.xsrf},
+        )
+        assert response.status_code in (200, 201), response.text
+
+    def read(self, name):
+        response = self.browser.http.get(f"{self.studio.connect_path}api/contents/{name}")
+        return response.json()["content"] if response.status_code == 200 else None
 
 
 @pytest.fixture
@@ -96,11 +112,11 @@ def test_installed_package_and_config_survive_a_restart(world, tmp_path):
 def test_a_killed_session_loses_only_what_changed_since_its_last_checkpoint(world):
     platform, studio, user = world
     studio = start(platform, studio, user)
-    home = home_of(studio)
-    (home / "notes.txt").write_text("saved\n")
+    files = Files(platform, studio, user)
+    files.write("notes.txt", "saved\n")
     checkpoint_session(studio.pk)
-    (home / "notes.txt").write_text("changed after the checkpoint\n")
-    (home / "later.txt").write_text("never saved\n")
+    files.write("notes.txt", "changed after the checkpoint\n")
+    files.write("later.txt", "never saved\n")
     pid = studio.session_handle["pid"]
     os.killpg(pid, signal.SIGKILL)
     while pid_alive(pid):
@@ -111,16 +127,16 @@ def test_a_killed_session_loses_only_what_changed_since_its_last_checkpoint(worl
     assert Checkpoint.objects.get(studio=studio, name="keeper_1").state == Checkpoint.State.INTERIM
 
     studio = start(platform, studio, user)
-    home = home_of(studio)
-    assert (home / "notes.txt").read_text() == "saved\n"
-    assert not (home / "later.txt").exists()
+    files = Files(platform, studio, user)
+    assert files.read("notes.txt") == "saved\n"
+    assert files.read("later.txt") is None
     stop(studio, user)
 
 
 def test_a_corrupt_checkpoint_fails_the_start_and_is_marked_invalid(world, tmp_path):
     platform, studio, user = world
     studio = start(platform, studio, user)
-    (home_of(studio) / "results.csv").write_text("a,b\n1,2\n" * 1000)
+    Files(platform, studio, user).write("results.csv", "a,b\n1,2\n" * 1000)
     stop(studio, user)
     for chunk in (tmp_path / "work/.studios/checkpoints/objects").rglob("*"):
         if chunk.is_file():
@@ -146,37 +162,39 @@ def test_checkpoints_on_an_s3_work_directory(live_platform, moto_server, monkeyp
     user = make_member(workspace, Role.MAINTAIN)
     studio = make_studio(workspace, name="cloudy", author=user, cpus=1, memory_mb=1024)
     studio = start(live_platform, studio, user)
-    (home_of(studio) / "model.txt").write_text("trained\n")
+    Files(live_platform, studio, user).write("model.txt", "trained\n")
     stop(studio, user)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lab-work")["Contents"]]
     assert any(k.startswith("studios/.studios/checkpoints/objects/") for k in keys)
     assert any(k.startswith("studios/.studios/checkpoints/manifests/") for k in keys)
     studio = start(live_platform, studio, user)
-    assert (home_of(studio) / "model.txt").read_text() == "trained\n"
+    assert Files(live_platform, studio, user).read("model.txt") == "trained\n"
     stop(studio, user)
 
 
 def test_a_clone_and_its_parent_never_change_each_other(world):
     platform, parent, user = world
     parent = start(platform, parent, user)
-    (home_of(parent) / "shared.txt").write_text("from the parent\n")
+    Files(platform, parent, user).write("shared.txt", "from the parent\n")
     stop(parent, user)
     source = Checkpoint.objects.get(studio=parent, name="keeper_1")
 
     clone = lifecycle.start_as_new(user, source, name="keeper-clone", cpus=1, memory_mb=1024)
     assert clone.description == "keeper"
     clone = wait_for_status(clone, StudioStatus.RUNNING)
-    assert (home_of(clone) / "shared.txt").read_text() == "from the parent\n"
+    assert Files(platform, clone, user).read("shared.txt") == "from the parent\n"
     assert [c.name for c in clone.checkpoints.filter(copied_from__isnull=False)] == ["keeper_1"]
-    (home_of(clone) / "shared.txt").write_text("changed by the clone\n")
+    Files(platform, clone, user).write("shared.txt", "changed by the clone\n")
     stop(clone, user)
 
     parent = start(platform, parent, user)
-    assert (home_of(parent) / "shared.txt").read_text() == "from the parent\n"
-    (home_of(parent) / "parent-only.txt").write_text("later\n")
+    files = Files(platform, parent, user)
+    assert files.read("shared.txt") == "from the parent\n"
+    files.write("parent-only.txt", "later\n")
     stop(parent, user)
 
     clone = start(platform, clone, user)
-    assert (home_of(clone) / "shared.txt").read_text() == "changed by the clone\n"
-    assert not (home_of(clone) / "parent-only.txt").exists()
+    files = Files(platform, clone, user)
+    assert files.read("shared.txt") == "changed by the clone\n"
+    assert files.read("parent-only.txt") is None
     stop(clone, user)

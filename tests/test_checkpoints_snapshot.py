@@ -115,3 +115,49 @@ def test_many_small_files_are_packed_into_few_objects(tmp_path, store):
     restored.mkdir()
     snapshot.restore(restored, store, saved.manifest_key, saved.manifest_sha256)
     assert tree(restored) == tree(layer)
+
+
+@pytest.fixture
+def overlay(tmp_path):
+    """A real overlay filesystem: a lower layer with files, and an upper layer the session writes to."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting an overlay needs root")
+    lower, upper, work, merged = (tmp_path / name for name in ("lower", "upper", "work", "merged"))
+    for folder in (lower / "etc/app", upper, work, merged):
+        folder.mkdir(parents=True)
+    (lower / "etc/app/default.conf").write_text("lower\n")
+    (lower / "etc/app/extra.conf").write_text("lower\n")
+    (lower / "etc/motd").write_text("hello\n")
+
+    def mount():
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], check=True)
+
+    def unmount():
+        subprocess.run(["umount", str(merged)], check=True)
+
+    mount()
+    yield merged, upper, work, mount, unmount
+    subprocess.run(["umount", str(merged)], check=False)
+
+
+def test_deletions_in_an_overlay_survive_a_restore(overlay, tmp_path):
+    merged, upper, work, mount, unmount = overlay
+    (merged / "etc/motd").unlink()
+    import shutil
+
+    shutil.rmtree(merged / "etc/app")
+    (merged / "etc/app").mkdir()
+    (merged / "etc/app/mine.conf").write_text("session\n")
+    unmount()
+    store = LocalStore(tmp_path / "store")
+    saved = snapshot.take(upper, store)
+    shutil.rmtree(upper)
+    shutil.rmtree(work)
+    upper.mkdir()
+    work.mkdir()
+    snapshot.restore(upper, store, saved.manifest_key, saved.manifest_sha256)
+    mount()
+    assert not (merged / "etc/motd").exists()
+    assert sorted(p.name for p in (merged / "etc/app").iterdir()) == ["mine.conf"]

@@ -85,8 +85,12 @@ async def execute(platform, browser, studio, code, idle=0):
         )
         while True:
             message = json.loads(await asyncio.wait_for(socket.recv(), 60))
-            if message.get("parent_header", {}).get("msg_id") == msg_id and message["msg_type"] == "stream":
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if message["msg_type"] == "stream":
                 return message["content"]["text"]
+            if message["msg_type"] == "error":
+                return "\n".join(message["content"]["traceback"])
 
 
 @pytest.fixture

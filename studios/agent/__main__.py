@@ -8,7 +8,15 @@ SIGTERM), and stops the IDE cleanly.
 
 Configuration comes from the environment: STUDIOS_TEMPLATE, STUDIOS_BASE_PATH,
 STUDIOS_SESSION_TOKEN, STUDIOS_CALLBACK_URL, STUDIOS_WORK_DIR, STUDIOS_MOUNTS and
-STUDIOS_RESTORE (JSON), HOME (the writable layer).
+STUDIOS_RESTORE (JSON); STUDIOS_LAYER (the writable layer checkpoints capture; HOME by
+default) and STUDIOS_LAYER_EXCLUDE (JSON: paths in it never saved); STUDIOS_ROOT_DIR (the
+IDE's folder; HOME by default); STUDIOS_DATA_MOUNTED=1 when the runtime has mounted the
+datasets at /workspace/data already.
+
+``python -m studios.agent restore`` only restores the checkpoint into the layer and prints
+its start-up steps as JSON: an isolating backend runs it on the host before it mounts the
+layer under the container's root. The agent in the container then gets STUDIOS_RESTORED=1
+and those steps in STUDIOS_EARLIER_STEPS.
 """
 
 import hmac
@@ -33,7 +41,6 @@ log = logging.getLogger("studios.agent")
 
 READY_TIMEOUT_SECONDS = 180
 IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
-MOUNT_DIR = "data"  # inside the writable layer; never part of a checkpoint
 
 
 def free_port():
@@ -69,10 +76,15 @@ class Agent:
         self.store = store_for(environ["STUDIOS_WORK_DIR"])
         self.mounts = json.loads(environ.get("STUDIOS_MOUNTS", "[]"))
         self.restore_point = json.loads(environ.get("STUDIOS_RESTORE", "{}"))
-        self.layer = Path(environ["HOME"])
+        self.restored = environ.get("STUDIOS_RESTORED") == "1"
+        self.layer = Path(environ.get("STUDIOS_LAYER", environ["HOME"]))
+        self.layer_excluded = json.loads(environ.get("STUDIOS_LAYER_EXCLUDE", '["data"]'))
+        self.root_dir = Path(environ.get("STUDIOS_ROOT_DIR", environ["HOME"]))
+        self.data_mounted = environ.get("STUDIOS_DATA_MOUNTED") == "1"
         self.ide = None
         self.stopping = False
-        self.steps = []
+        self.steps = [{"name": "Provisioning compute", "state": "succeeded", "message": ""}]
+        self.steps += json.loads(environ.get("STUDIOS_EARLIER_STEPS", "[]"))
         self.manifest = None  # the last saved or restored manifest: the next checkpoint only stores changes
         self.checkpoint_lock = threading.Lock()
 
@@ -135,7 +147,7 @@ class Agent:
         """Save the writable layer and tell the platform; one at a time."""
         with self.checkpoint_lock:
             began = time.monotonic()
-            saved = snapshot.take(self.layer, self.store, previous=self.manifest, excluded=(MOUNT_DIR,))
+            saved = snapshot.take(self.layer, self.store, previous=self.manifest, excluded=self.layer_excluded)
             self.manifest = saved.manifest
             status = self.report(
                 "checkpoint",
@@ -151,8 +163,13 @@ class Agent:
             return {"size_bytes": saved.size_bytes, "stored_bytes": saved.stored_bytes, "recorded": status == 200}
 
     def mount_data(self):
-        """Without an isolating runtime, datasets appear as links under the session's data folder."""
-        data_dir = self.layer / MOUNT_DIR
+        """Check the runtime's mounts, or, without an isolating runtime, link the datasets into the IDE's folder."""
+        if self.data_mounted:
+            missing = [m["name"] for m in self.mounts if not os.path.isdir(f"/workspace/data/{m['name']}")]
+            if missing:
+                self.fail(f"Datasets {', '.join(missing)} are not mounted; check that their paths exist.")
+            return
+        data_dir = self.root_dir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         for mount in self.mounts:
             link = data_dir / mount["name"]
@@ -204,11 +221,21 @@ class Agent:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{server.server_address[1]}"
 
-    def run(self):
-        signal.signal(signal.SIGTERM, self.on_sigterm)
-        self.steps = [{"name": "Provisioning compute", "state": "succeeded", "message": ""}]
+    def restore_only(self):
         self.layer.mkdir(parents=True, exist_ok=True)
         if self.restore_point:
+            self.restore()
+        print(json.dumps(self.steps[1:]))
+
+    def run(self):
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        self.layer.mkdir(parents=True, exist_ok=True)
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        if self.restore_point and self.restored:
+            # Restored before this process started: only what the next checkpoint builds on.
+            point = self.restore_point
+            self.manifest = snapshot.load_manifest(self.store, point["manifest_key"], point["manifest_sha256"])
+        elif self.restore_point:
             self.restore()
         self.step("Mounting data", "in-progress")
         self.mount_data()
@@ -216,7 +243,7 @@ class Agent:
         ide_step = f"Starting {IDE_NAMES.get(self.template, self.template)}"
         self.step(ide_step, "in-progress")
         port = free_port()
-        self.ide = subprocess.Popen(ide_command(self.template, port, self.base_path, self.layer))
+        self.ide = subprocess.Popen(ide_command(self.template, port, self.base_path, self.root_dir))
         self.wait_until_ready(port)
         self.steps[-1].update(state="succeeded")
         control = self.serve_control()
@@ -251,4 +278,5 @@ class Agent:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
-    Agent(os.environ).run()
+    agent = Agent(os.environ)
+    agent.restore_only() if sys.argv[1:] == ["restore"] else agent.run()

@@ -1,20 +1,28 @@
-"""The local backend: a session is the session agent running as a supervised child process.
+"""The local backend: sessions on this machine.
 
-The agent runs in its own process group with a clean environment (no platform secrets), so
-that it outlives a restart of the worker that launched it and can be found again by pid.
-Isolation in an OCI runtime, mounts and limits come with the isolation issue.
+Where the host allows it (Linux, root, runc or crun installed), a session is a container
+(see ``container.py``): its own mount and PID namespaces, an overlay root with a fresh 5 GB
+writable layer, cgroup limits, datasets bind-mounted at /workspace/data. Elsewhere it falls
+back to the session agent as a plain child process whose writable layer is its home folder,
+and says so: no isolation, no limits, no read-only mounts.
+
+Either way the agent runs in its own process group with a clean environment (no platform
+secrets), so that it outlives a restart of the worker that launched it and is found again by
+pid.
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
-from subprocess import DEVNULL, STDOUT, Popen
 
-from .base import ComputeBackend, SessionSpec, SessionState
+from . import container
+from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,8 +55,16 @@ IDE_INSTALL_HINTS = {
 
 
 class LocalBackend(ComputeBackend):
-    def __init__(self, sessions_dir):
+    def __init__(self, sessions_dir, isolation="auto", hidden=(), layer_quota_mb=5120):
+        """``isolation``: "auto" (containers when the host allows) or "off"; ``hidden``: host paths sessions never see."""
         self.sessions_dir = Path(sessions_dir)
+        self.isolation_problem = container.isolation_problem() if isolation == "auto" else "isolation is turned off"
+        self.hidden = [str(path) for path in hidden]
+        self.layer_quota_mb = layer_quota_mb
+
+    @property
+    def isolated(self):
+        return not self.isolation_problem
 
     def template_problem(self, template: str) -> str:
         if template == "jupyterlab" and importlib.util.find_spec("jupyterlab") is not None:
@@ -57,35 +73,100 @@ class LocalBackend(ComputeBackend):
 
     def launch(self, spec: SessionSpec) -> dict:
         session_dir = self.sessions_dir / spec.name
+        session_dir.mkdir(parents=True, exist_ok=True)
+        log_path = session_dir / "agent.log"
+        base_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONPATH": str(PROJECT_ROOT),
+            **{name: value for name, value in os.environ.items() if name.startswith("AWS_")},
+            **spec.environment(),
+        }
+        with open(log_path, "ab") as log_file:
+            if self.isolated:
+                handle = self._launch_container(spec, session_dir, base_env, log_file)
+            else:
+                handle = self._launch_process(session_dir, base_env, log_file)
+        return {**handle, "log": str(log_path), "memory_mb": spec.memory_mb}
+
+    def _launch_process(self, session_dir, env, log_file):
         home = session_dir / "home"
         # Every start gets a fresh writable layer: what was there before comes back only from a checkpoint.
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
-        # Without an isolating runtime, the writable layer is the session's home: pip installs
-        # into its ~/.local, which the session's Python finds first.
+        # The writable layer is the session's home: pip installs into its ~/.local, which the
+        # session's Python finds first.
         site_packages = home / ".local/lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
         env = {
-            "PATH": f"{home / '.local/bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            **env,
+            "PATH": f"{home / '.local/bin'}:{env['PATH']}",
             "PYTHONPATH": f"{site_packages}:{PROJECT_ROOT}",
             "PIP_PREFIX": str(home / ".local"),
             "HOME": str(home),
-            "STUDIOS_SESSION_DIR": str(session_dir),
-            **{name: value for name, value in os.environ.items() if name.startswith("AWS_")},
-            **spec.environment(),
         }
-        log_path = session_dir / "agent.log"
-        with open(log_path, "ab") as log_file:
-            process = Popen(
-                [sys.executable, "-m", "studios.agent"],
-                cwd=session_dir,
-                env=env,
-                stdin=DEVNULL,
-                stdout=log_file,
-                stderr=STDOUT,
-                start_new_session=True,
+        process = subprocess.Popen(
+            [sys.executable, "-m", "studios.agent"],
+            cwd=session_dir, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return {"pid": process.pid, "started": _start_time(process.pid), "isolated": False}
+
+    def _launch_container(self, spec, session_dir, env, log_file):
+        layout = container.Layout(session_dir)
+        container_id = f"{spec.name}-{spec.token[:8].lower()}"
+        missing = [m.name for m in spec.mounts if not m.uri.startswith("s3://") and not os.path.isdir(m.uri)]
+        if missing:
+            raise BackendError(f"the folders of datasets {', '.join(missing)} do not exist on this machine")
+        try:
+            container.prepare_layer(layout, spec.storage_quota_mb or self.layer_quota_mb)
+            earlier_steps = self._restore(spec, layout, env, log_file) if spec.restore else []
+            container.mount_root(layout, "/")
+            mounts = [container.bind(layout.upper, container.LAYER_IN_CONTAINER, writable=False)]
+            if not spec.work_dir.startswith("s3://"):
+                Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+                mounts.append(container.bind(spec.work_dir, spec.work_dir, writable=True))
+            mounts += [
+                container.bind(mount.uri, f"{container.DATA_IN_CONTAINER}/{mount.name}", mount.writable)
+                for mount in spec.mounts
+                if not mount.uri.startswith("s3://")
+            ]
+            config = container.oci_config(
+                container_id=container_id,
+                args=[sys.executable, "-m", "studios.agent"],
+                env={
+                    **env,
+                    "HOME": "/root",
+                    "STUDIOS_LAYER": container.LAYER_IN_CONTAINER,
+                    "STUDIOS_LAYER_EXCLUDE": json.dumps(container.LAYER_EXCLUDED),
+                    "STUDIOS_ROOT_DIR": "/workspace",
+                    "STUDIOS_DATA_MOUNTED": "1",
+                    "STUDIOS_RESTORED": "1",
+                    "STUDIOS_EARLIER_STEPS": json.dumps(earlier_steps),
+                },
+                cwd="/workspace",
+                cpus=spec.cpus,
+                memory_mb=spec.memory_mb,
+                mounts=mounts,
+                hidden=self.hidden,
             )
-        return {"pid": process.pid, "started": _start_time(process.pid), "log": str(log_path)}
+            pid = container.start(layout, config, container_id, log_file)
+        except (OSError, subprocess.CalledProcessError) as error:
+            container.delete(container_id)
+            container.remove(layout)
+            detail = getattr(error, "stderr", b"") or b""
+            raise BackendError(f"the container could not start: {error} {detail.decode(errors='replace')}".strip()) from None
+        return {"pid": pid, "started": _start_time(pid), "isolated": True, "container": container_id}
+
+    def _restore(self, spec, layout, env, log_file):
+        """Restore the checkpoint into the empty layer on the host, before it is mounted under the root."""
+        restore = subprocess.run(
+            [sys.executable, "-m", "studios.agent", "restore"],
+            env={**env, "HOME": str(layout.session_dir), "STUDIOS_LAYER": str(layout.upper)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, text=True,
+        )  # fmt: skip
+        if restore.returncode != 0:
+            raise BackendError(f"the checkpoint {spec.restore['name']} could not be restored")
+        return json.loads(restore.stdout.strip().splitlines()[-1])
 
     def _alive(self, handle):
         pid = handle.get("pid")
@@ -96,6 +177,8 @@ class LocalBackend(ComputeBackend):
         return started is not None and started == handle.get("started")
 
     def poll(self, handle: dict) -> SessionState:
+        if handle.get("container") and container.oom_kills(handle["container"]):
+            return SessionState(alive=False, reason=f"out of memory (limit {handle['memory_mb']} MB)")
         if self._alive(handle):
             return SessionState(alive=True)
         return SessionState(
@@ -111,10 +194,19 @@ class LocalBackend(ComputeBackend):
             deadline = time.monotonic() + timeout
             while self._alive(handle) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if handle.get("container"):
+                container.signal_container(handle["container"], "KILL")
+            else:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             _reap(pid)
-        if handle.get("log"):
-            shutil.rmtree(Path(handle["log"]).parent / "home", ignore_errors=True)
+        if not handle.get("log"):
+            return
+        session_dir = Path(handle["log"]).parent
+        if handle.get("container"):
+            container.delete(handle["container"])
+            container.remove(container.Layout(session_dir))
+        else:
+            shutil.rmtree(session_dir / "home", ignore_errors=True)

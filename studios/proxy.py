@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery
 from django.template.loader import render_to_string
 
-from . import permissions
+from . import permissions, presence
 from .models import Membership, Studio
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,14 @@ class SessionHTTPProxy:
 
 
 class SessionWebSocketProxy(AsyncWebsocketConsumer):
-    """Relays one browser WebSocket to the session, frame by frame, in both directions."""
+    """Relays one browser WebSocket to the session, frame by frame, in both directions.
+
+    While it is open, the member counts as connected to the studio (``presence``).
+    """
 
     upstream = None
     relay = None
+    connection_id = None
 
     async def connect(self):
         studio_id = self.scope["url_route"]["kwargs"]["studio_id"]
@@ -203,6 +207,7 @@ class SessionWebSocketProxy(AsyncWebsocketConsumer):
         log.info("proxy websocket open user=%s studio=%s %s", self.scope["user"], studio_id, self.scope["path"])
         await self.accept(subprotocol=self.upstream.subprotocol)
         self.relay = asyncio.create_task(self.relay_from_session())
+        self.connection_id = await presence.connection_opened(self.scope["user"], access.studio.pk)
 
     async def relay_from_session(self):
         try:
@@ -223,8 +228,11 @@ class SessionWebSocketProxy(AsyncWebsocketConsumer):
                 await self.close()
 
     async def disconnect(self, code):
+        studio_id = self.scope["url_route"]["kwargs"]["studio_id"]
         if self.relay is not None:
             self.relay.cancel()
         if self.upstream is not None:
             await self.upstream.close()
-            log.info("proxy websocket closed user=%s studio=%s", self.scope["user"], self.scope["url_route"]["kwargs"]["studio_id"])
+            log.info("proxy websocket closed user=%s studio=%s", self.scope["user"], studio_id)
+        if self.connection_id is not None:
+            await presence.connection_closed(self.connection_id, studio_id, self.scope["user"])

@@ -5,6 +5,7 @@ import shlex
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
@@ -55,7 +56,7 @@ def studio_list(request, org, workspace):
     workspace, role = permissions.workspace_for(request.user, org, workspace)
     query = request.GET.get("q", "").strip()
     studios = search(
-        workspace.studios.select_related("compute_environment", "author"), query
+        workspace.studios.select_related("compute_environment", "author").prefetch_related("connections__user"), query
     )
     context = {
         "workspace": workspace,
@@ -111,6 +112,7 @@ def studio_add(request, org, workspace):
 @login_required
 def studio_detail(request, studio_id):
     studio, role = permissions.studio_for(request.user, studio_id)
+    prefetch_related_objects([studio], "connections__user")
     context = {
         "studio": studio,
         "workspace": studio.workspace,

@@ -141,6 +141,9 @@ STUDIOS_START_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_START_TIMEOUT_SECOND
 # How long a stop waits for a session to exit before it is killed.
 STUDIOS_STOP_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_STOP_TIMEOUT_SECONDS", 30))
 
+# How often each web process vouches for the session connections it holds; three missed beats make them ghosts.
+STUDIOS_HEARTBEAT_SECONDS = int(os.environ.get("STUDIOS_HEARTBEAT_SECONDS", 10))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -164,7 +164,10 @@ def test_refused_actions_say_why(client, workspace, maintainer):
 
 def test_operators_manage_every_model_in_the_admin(admin_client, workspace, maintainer):
     make_studio(workspace, author=maintainer)
-    for model in ("organization", "workspace", "membership", "computeenvironment", "dataset", "studio", "activemount"):
+    for model in (
+        "organization", "workspace", "membership", "computeenvironment", "dataset", "studio", "activemount",
+        "sessionconnection", "webprocess",
+    ):
         assert admin_client.get(f"/admin/studios/{model}/").status_code == 200
         assert admin_client.get(f"/admin/studios/{model}/add/").status_code == 200
     assert admin_client.get("/admin/checkpoints/checkpoint/").status_code == 200

@@ -56,7 +56,7 @@ class ResourcesForm(forms.Form):
 
 
 class StudioForm(ResourcesForm):
-    name = forms.CharField(max_length=80)
+    name = forms.CharField(max_length=80, help_text="Unique in this workspace, e.g. rnaseq-qc.")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     template = forms.ChoiceField(choices=Template.choices, initial=Template.JUPYTERLAB)
     compute_environment = forms.ModelChoiceField(queryset=ComputeEnvironment.objects.none())
@@ -65,7 +65,10 @@ class StudioForm(ResourcesForm):
 
     def __init__(self, *args, workspace, **kwargs):
         super().__init__(*args, workspace=workspace, **kwargs)
-        self.fields["compute_environment"].queryset = workspace.compute_environments.order_by("name")
+        environments = workspace.compute_environments.order_by("name")
+        self.fields["compute_environment"].queryset = environments
+        if len(environments) == 1:
+            self.fields["compute_environment"].initial = environments[0]
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()

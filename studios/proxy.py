@@ -7,6 +7,7 @@ platform's own cookies never reach the session.
 """
 
 import asyncio
+import io
 import logging
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote
@@ -16,10 +17,10 @@ import websockets
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db.models import OuterRef, Subquery
-from django.template.loader import render_to_string
 
-from . import permissions, presence
+from . import permissions, presence, views
 from .models import Membership, Studio
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ class SessionHTTPProxy:
             response = await client().send(request, stream=True)
         except httpx.HTTPError as error:
             log.warning("proxy: session of studio %s unreachable: %s", studio_id, error)
-            await self.page(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
+            message = "The session did not answer. It may be stopping or restarting; try again."
+            await self.page(scope, send, 502, message, access.studio)
             return
         try:
             await send(
@@ -150,20 +152,19 @@ class SessionHTTPProxy:
             await send({"type": "http.response.start", "status": 302, "headers": [(b"location", location.encode())]})
             await send({"type": "http.response.body", "body": b""})
             return
-        await self.page(send, access.status, access.message, access.studio)
+        await self.page(scope, send, access.status, access.message, access.studio)
 
-    async def page(self, send, status, message, studio=None):
-        body = await database_sync_to_async(render_to_string)(
-            "studios/session_unavailable.html", {"message": message, "studio": studio, "status": status}
+    async def page(self, scope, send, status, message, studio=None):
+        """A platform page instead of the session, from a Django view (which may set the CSRF cookie its form needs)."""
+        request = ASGIRequest(scope, io.BytesIO())
+        request.user = scope["user"]
+        response = await database_sync_to_async(views.session_unavailable)(
+            request, status, message, studio, studio.role if studio else None
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"text/html; charset=utf-8")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+        headers += [(b"set-cookie", cookie.OutputString().encode("latin-1")) for cookie in response.cookies.values()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": response.content})
 
 
 class SessionWebSocketProxy(AsyncWebsocketConsumer):

@@ -4,12 +4,20 @@ import re
 
 from django import template
 
+from studios import permissions
+
 register = template.Library()
 
 
 @register.filter
 def get_item(mapping, key):
     return mapping.get(key, {})
+
+
+@register.filter
+def actions_for(studio, role):
+    """``{% with actions=studio|actions_for:role %}``: what the pages offer (``permissions.studio_actions``)."""
+    return permissions.studio_actions(role, studio)
 
 
 @register.filter

@@ -1,7 +1,15 @@
 from django.contrib import admin
 
 from .models import (
-    ActiveMount, ComputeEnvironment, Dataset, Membership, Organization, SessionConnection, Studio, WebProcess, Workspace,
+    ActiveMount,
+    ComputeEnvironment,
+    Dataset,
+    Membership,
+    Organization,
+    SessionConnection,
+    Studio,
+    WebProcess,
+    Workspace,
 )
 
 

@@ -26,7 +26,8 @@ def listen(live_platform):
 
     def listen(user, path):
         headers = {"Cookie": f"sessionid={live_platform.session_cookie(user)}"} if user else {}
-        return connect(live_platform.url.replace("http", "ws") + path, additional_headers=headers, origin=live_platform.url)
+        url = live_platform.url.replace("http", "ws") + path
+        return connect(url, additional_headers=headers, origin=live_platform.url)
 
     return listen
 

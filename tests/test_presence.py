@@ -88,8 +88,9 @@ def ghost_and_live(workspace):
     long_ago = timezone.now() - timedelta(minutes=5)
     WebProcess.objects.create(id="dead", heartbeat=long_ago)
     WebProcess.objects.create(id="alive", heartbeat=timezone.now())
-    SessionConnection.objects.create(studio=studio, user=make_member(workspace, Role.CONNECT, username="ghost"), opened=long_ago, web_process="dead")
-    SessionConnection.objects.create(studio=studio, user=make_member(workspace, Role.CONNECT, username="gina"), opened=long_ago, web_process="alive")
+    for username, web_process in (("ghost", "dead"), ("gina", "alive")):
+        user = make_member(workspace, Role.CONNECT, username=username)
+        SessionConnection.objects.create(studio=studio, user=user, opened=long_ago, web_process=web_process)
     return studio
 
 

@@ -211,15 +211,21 @@ class SessionWebSocketProxy(AsyncWebsocketConsumer):
         self.connection_id = await presence.connection_opened(self.scope["user"], access.studio.pk)
 
     async def relay_from_session(self):
+        """Relay the session's frames; when the session's side ends, however it ends, close the browser's too.
+
+        (A browser socket left open to a dead session would keep its member "connected" for good.)
+        """
         try:
             async for message in self.upstream:
                 if isinstance(message, str):
                     await self.send(text_data=message)
                 else:
                     await self.send(bytes_data=message)
-            await self.close()
-        except (websockets.ConnectionClosed, OSError):
-            pass  # either side went away; disconnect() tidies up
+        except websockets.ConnectionClosed:
+            pass  # the session went away without a closing handshake
+        except OSError:
+            return  # the browser went away; disconnect() tidies up
+        await self.close()
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.upstream is not None:

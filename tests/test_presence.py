@@ -1,5 +1,6 @@
 """Presence: members connected to a studio, from the proxy's open WebSockets, without ghosts."""
 
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -8,6 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.utils import timezone
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
@@ -37,6 +39,9 @@ def websocket_session(live_platform, workspace):
 
     def echo(websocket):
         for message in websocket:
+            if message == "die":  # as a killed session does: no closing handshake
+                websocket.socket.shutdown(socket.SHUT_RDWR)
+                return
             websocket.send(message)
 
     server = serve(echo, "127.0.0.1", 0)
@@ -58,20 +63,30 @@ def websocket_session(live_platform, workspace):
 def test_a_member_with_two_open_sockets_is_connected_once_until_the_last_closes(websocket_session, workspace, client):
     studio, open_socket = websocket_session
     mia = make_member(workspace, Role.CONNECT, username="mia")
-    first, second = open_socket(mia), open_socket(mia)
-    first.send("ping")
-    assert first.recv(timeout=5) == "ping"
-    wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 2)
-    assert connected(studio) == ["mia"]
     client.force_login(mia)
-    assert "mia, connected since" in client.get(workspace.get_absolute_url()).content.decode()
+    with open_socket(mia) as first, open_socket(mia) as second:
+        first.send("ping")
+        assert first.recv(timeout=5) == "ping"
+        wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 2)
+        assert connected(studio) == ["mia"]
+        assert "mia, connected since" in client.get(workspace.get_absolute_url()).content.decode()
 
-    first.close()
-    wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 1)
-    assert connected(studio) == ["mia"]
-    second.close()
+        first.close()
+        wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 1)
+        assert connected(studio) == ["mia"]
+        second.close()
+        wait_until(lambda: not SessionConnection.objects.filter(studio=studio).exists())
+        assert "mia, connected since" not in client.get(workspace.get_absolute_url()).content.decode()
+
+
+def test_a_session_that_dies_closes_its_members_sockets_and_ends_their_presence(websocket_session, workspace):
+    studio, open_socket = websocket_session
+    with open_socket(make_member(workspace, Role.CONNECT)) as member_socket:
+        wait_until(lambda: SessionConnection.objects.filter(studio=studio).exists())
+        member_socket.send("die")
+        with pytest.raises(ConnectionClosed):
+            member_socket.recv(timeout=5)
     wait_until(lambda: not SessionConnection.objects.filter(studio=studio).exists())
-    assert "mia, connected since" not in client.get(workspace.get_absolute_url()).content.decode()
 
 
 def test_a_web_process_serving_sockets_keeps_a_heartbeat(websocket_session, workspace):

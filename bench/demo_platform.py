@@ -68,7 +68,8 @@ class DemoUser:
         self.http = httpx.Client(base_url=base, timeout=60)
         page = self.http.get("/accounts/login/")
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-        self.http.post("/accounts/login/", data={"username": username, "password": password, "csrfmiddlewaretoken": token})
+        credentials = {"username": username, "password": password, "csrfmiddlewaretoken": token}
+        self.http.post("/accounts/login/", data=credentials)
 
     def post(self, path, data=None):
         return self.http.post(path, data={"csrfmiddlewaretoken": self.http.cookies.get("csrftoken"), **(data or {})})

@@ -46,7 +46,8 @@ def _lock_studio(studio_id):
 def _record_open(user, studio_id):
     """The new connection's id, and whether it is the member's first connection to the studio."""
     with transaction.atomic():
-        _lock_studio(studio_id)
+        if _lock_studio(studio_id) is None:
+            return None, False  # deleted since the proxy let the socket through
         first = not SessionConnection.objects.filter(studio_id=studio_id, user=user).exists()
         connection = SessionConnection.objects.create(studio_id=studio_id, user=user, web_process=PROCESS_ID)
     return connection.pk, first

@@ -22,9 +22,11 @@ def actions_for(studio, role):
 
 @register.filter
 def initials(user):
-    """Up to two letters: of the first and last name, else of the username's parts (jane.doe: JD), else its first two."""
-    parts = [user.first_name, user.last_name] if user.first_name and user.last_name else re.split(r"[._\-\s@]+", user.username)
-    parts = [part for part in parts if part]
+    """Two letters: of the first and last names, else of the username's parts (jane.doe: JD), else its first two."""
+    if user.first_name and user.last_name:
+        parts = [user.first_name, user.last_name]
+    else:
+        parts = [part for part in re.split(r"[._\-\s@]+", user.username) if part]
     letters = "".join(part[0] for part in parts[:2]) if len(parts) > 1 else user.username[:2]
     return letters.upper()
 

@@ -9,88 +9,34 @@ dir, then, as the demo ``maintain`` user over HTTP:
 Prints medians. Usage: .venv/bin/python bench/session_bench.py [RUNS] [REQUESTS]
 """
 
-import os
-import re
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
+from demo_platform import DemoUser, demo_platform, setup_django
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 REQUESTS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main():
-    data_dir = tempfile.mkdtemp(prefix="studios-bench-")
-    port = free_port()
-    env = dict(os.environ, STUDIOS_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="studios_project.settings")
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        env.pop(name, None)
-    log = open(Path(data_dir) / "platform.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "runstudios", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                httpx.get(f"{base}/accounts/login/")
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        password = (Path(data_dir) / "demo_password").read_text().strip()
-        http = httpx.Client(base_url=base, timeout=60)
-        page = http.get("/accounts/login/")
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-        http.post("/accounts/login/", data={"username": "maintain", "password": password, "csrfmiddlewaretoken": token})
-
-        def post(path, data=None):
-            csrf = http.cookies.get("csrftoken")
-            return http.post(path, data={"csrfmiddlewaretoken": csrf, **(data or {})})
-
-        added = post(
-            "/w/demo/analysis/studios/add/",
-            {"name": "bench", "template": "jupyterlab", "compute_environment": "1", "cpus": "1", "memory_mb": "2048"},
-        )
-        studio_id = int(re.search(r"/studios/(\d+)/", added.headers["location"]).group(1))
-
-        def status():
-            partial = http.get(f"/studios/{studio_id}/", headers={"HX-Request": "true"}).text
-            return re.search(r'id="status-badge">(\w+)<', partial).group(1)
-
-        def wait_for(wanted):
-            while (current := status()) != wanted:
-                if current == "errored":
-                    raise SystemExit("studio errored")
-                time.sleep(0.05)
+    with demo_platform() as (base, password, env):
+        maintainer = DemoUser(base, "maintain", password)
+        http = maintainer.http
+        studio_id = maintainer.add_studio("bench")
 
         start_times = []
         for run in range(RUNS):
             began = time.perf_counter()
-            post(f"/studios/{studio_id}/start/")
-            wait_for("running")
+            maintainer.post(f"/studios/{studio_id}/start/")
+            maintainer.wait_for(studio_id, "running")
             start_times.append(time.perf_counter() - began)
             if run < RUNS - 1:
-                post(f"/studios/{studio_id}/stop/")
-                wait_for("stopped")
+                maintainer.post(f"/studios/{studio_id}/stop/")
+                maintainer.wait_for(studio_id, "stopped")
 
-        sys.path.insert(0, str(ROOT))
-        os.environ.update(env)
-        import django
-
-        django.setup()
+        setup_django(env)
         from studios.models import Studio
 
         studio = Studio.objects.get(pk=studio_id)
@@ -104,17 +50,14 @@ def main():
                 began = time.perf_counter()
                 assert client.get(path).status_code == 200
                 samples.append(time.perf_counter() - began)
-        post(f"/studios/{studio_id}/stop/")
-        wait_for("stopped")
+        maintainer.post(f"/studios/{studio_id}/stop/")
+        maintainer.wait_for(studio_id, "stopped")
 
         print(f"start to running, median of {RUNS}: {statistics.median(start_times):.2f} s "
               f"(runs: {', '.join(f'{t:.2f}' for t in start_times)})")  # fmt: skip
         proxied, plain = statistics.median(via_proxy) * 1000, statistics.median(straight) * 1000
         print(f"GET api/status, median of {REQUESTS}: via proxy {proxied:.2f} ms, direct {plain:.2f} ms, "
               f"added by the proxy {proxied - plain:.2f} ms")  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 if __name__ == "__main__":

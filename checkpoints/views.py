@@ -34,7 +34,7 @@ def checkpoint_rename(request, checkpoint_id):
         messages.error(request, f"Checkpoint {checkpoint.name} was not renamed: {' '.join(error.messages)}")
     else:
         messages.success(request, f"Checkpoint renamed to {name}.")
-    return redirect(checkpoint.studio.get_absolute_url() + "#checkpoints")
+    return redirect(checkpoint.studio.get_absolute_url() + "?tab=checkpoints")
 
 
 @login_required

@@ -1,6 +1,16 @@
 from django.contrib import admin
 
-from .models import ActiveMount, ComputeEnvironment, Dataset, Membership, Organization, Studio, Workspace
+from .models import (
+    ActiveMount,
+    ComputeEnvironment,
+    Dataset,
+    Membership,
+    Organization,
+    SessionConnection,
+    Studio,
+    WebProcess,
+    Workspace,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -51,3 +61,14 @@ class StudioAdmin(admin.ModelAdmin):
 @admin.register(ActiveMount)
 class ActiveMountAdmin(admin.ModelAdmin):
     list_display = ["data_path", "studio", "workspace", "writable"]
+
+
+@admin.register(SessionConnection)
+class SessionConnectionAdmin(admin.ModelAdmin):
+    list_display = ["studio", "user", "opened", "web_process"]
+    list_filter = ["web_process"]
+
+
+@admin.register(WebProcess)
+class WebProcessAdmin(admin.ModelAdmin):
+    list_display = ["id", "heartbeat"]

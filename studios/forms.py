@@ -60,7 +60,7 @@ class ResourcesForm(forms.Form):
 class CloneForm(ResourcesForm):
     """A new studio's name and description, with its resources and mounts (Start as new)."""
 
-    name = forms.CharField(max_length=80)
+    name = forms.CharField(max_length=80, help_text="Unique in this workspace, e.g. rnaseq-qc.")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
     field_order = ["name", "description", "datasets", "cpus", "memory_mb"]
@@ -82,7 +82,10 @@ class StudioForm(CloneForm):
 
     def __init__(self, *args, workspace, **kwargs):
         super().__init__(*args, workspace=workspace, **kwargs)
-        self.fields["compute_environment"].queryset = workspace.compute_environments.order_by("name")
+        environments = workspace.compute_environments.order_by("name")
+        self.fields["compute_environment"].queryset = environments
+        if len(environments) == 1:
+            self.fields["compute_environment"].initial = environments[0]
 
     def clean(self):
         cleaned = super().clean()

@@ -208,6 +208,17 @@ class Studio(models.Model):
         self.status_changed = timezone.now()
 
     @property
+    def connected_members(self):
+        """[(member, since)] of everyone with an open session connection, once each, first to connect first.
+
+        Reads ``connections`` and their users: prefetch ``connections__user`` when listing studios.
+        """
+        since = {}
+        for connection in sorted(self.connections.all(), key=lambda connection: connection.opened):
+            since.setdefault(connection.user, connection.opened)
+        return list(since.items())
+
+    @property
     def connect_path(self):
         return f"/studios/{self.pk}/connect/"
 
@@ -251,3 +262,29 @@ class ActiveMount(models.Model):
 
     def __str__(self):
         return f"{self.data_path} held by {self.studio}"
+
+
+class WebProcess(models.Model):
+    """A web process serving the proxy. Its heartbeat vouches for the session connections it holds."""
+
+    id = models.CharField(max_length=100, primary_key=True)
+    heartbeat = models.DateTimeField()
+
+    def __str__(self):
+        return self.id
+
+
+class SessionConnection(models.Model):
+    """One WebSocket a member's browser holds open to a running session, through the proxy.
+
+    Written only when the WebSocket opens and closes. ``web_process`` names the process holding it: when that
+    process dies without closing its connections, its heartbeat goes stale and the rows are forgotten.
+    """
+
+    studio = models.ForeignKey(Studio, on_delete=models.CASCADE, related_name="connections")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="session_connections")
+    opened = models.DateTimeField(default=timezone.now)
+    web_process = models.CharField(max_length=100, db_index=True)
+
+    def __str__(self):
+        return f"{self.user} on {self.studio} since {self.opened:%H:%M}"

@@ -27,6 +27,17 @@ def has_role(role, lowest):
     return role is not None and Role.rank(role) >= Role.rank(lowest)
 
 
+def studio_actions(role, studio):
+    """The actions the pages offer this role on this studio in its status. The server checks each again."""
+    actions = []
+    if has_role(role, CONNECT) and studio.can_connect:
+        actions += ["connect", "copy-url"]
+    if has_role(role, MAINTAIN):
+        allowed = {"start": studio.can_start, "stop": studio.can_stop, "delete": studio.can_delete}
+        actions += [action for action, possible in allowed.items() if possible]
+    return actions
+
+
 def require_role(user, workspace, lowest, action):
     """Raise Http404 for non-members (nothing confirms the workspace exists), PermissionRefused for low roles."""
     role = role_of(user, workspace)

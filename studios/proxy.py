@@ -7,6 +7,7 @@ platform's own cookies never reach the session.
 """
 
 import asyncio
+import io
 import logging
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote
@@ -16,10 +17,10 @@ import websockets
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db.models import OuterRef, Subquery
-from django.template.loader import render_to_string
 
-from . import permissions
+from . import permissions, presence, views
 from .models import Membership, Studio
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ class SessionHTTPProxy:
             response = await client().send(request, stream=True)
         except httpx.HTTPError as error:
             log.warning("proxy: session of studio %s unreachable: %s", studio_id, error)
-            await self.page(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
+            message = "The session did not answer. It may be stopping or restarting; try again."
+            await self.page(scope, send, 502, message, access.studio)
             return
         try:
             await send(
@@ -150,27 +152,30 @@ class SessionHTTPProxy:
             await send({"type": "http.response.start", "status": 302, "headers": [(b"location", location.encode())]})
             await send({"type": "http.response.body", "body": b""})
             return
-        await self.page(send, access.status, access.message, access.studio)
+        await self.page(scope, send, access.status, access.message, access.studio)
 
-    async def page(self, send, status, message, studio=None):
-        body = await database_sync_to_async(render_to_string)(
-            "studios/session_unavailable.html", {"message": message, "studio": studio, "status": status}
+    async def page(self, scope, send, status, message, studio=None):
+        """A platform page instead of the session, from a Django view (which may set the CSRF cookie its form needs)."""
+        request = ASGIRequest(scope, io.BytesIO())
+        request.user = scope["user"]
+        response = await database_sync_to_async(views.session_unavailable)(
+            request, status, message, studio, studio.role if studio else None
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"text/html; charset=utf-8")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+        headers += [(b"set-cookie", cookie.OutputString().encode("latin-1")) for cookie in response.cookies.values()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": response.content})
 
 
 class SessionWebSocketProxy(AsyncWebsocketConsumer):
-    """Relays one browser WebSocket to the session, frame by frame, in both directions."""
+    """Relays one browser WebSocket to the session, frame by frame, in both directions.
+
+    While it is open, the member counts as connected to the studio (``presence``).
+    """
 
     upstream = None
     relay = None
+    connection_id = None
 
     async def connect(self):
         studio_id = self.scope["url_route"]["kwargs"]["studio_id"]
@@ -203,17 +208,24 @@ class SessionWebSocketProxy(AsyncWebsocketConsumer):
         log.info("proxy websocket open user=%s studio=%s %s", self.scope["user"], studio_id, self.scope["path"])
         await self.accept(subprotocol=self.upstream.subprotocol)
         self.relay = asyncio.create_task(self.relay_from_session())
+        self.connection_id = await presence.connection_opened(self.scope["user"], access.studio.pk)
 
     async def relay_from_session(self):
+        """Relay the session's frames; when the session's side ends, however it ends, close the browser's too.
+
+        (A browser socket left open to a dead session would keep its member "connected" for good.)
+        """
         try:
             async for message in self.upstream:
                 if isinstance(message, str):
                     await self.send(text_data=message)
                 else:
                     await self.send(bytes_data=message)
-            await self.close()
-        except (websockets.ConnectionClosed, OSError):
-            pass  # either side went away; disconnect() tidies up
+        except websockets.ConnectionClosed:
+            pass  # the session went away without a closing handshake
+        except OSError:
+            return  # the browser went away; disconnect() tidies up
+        await self.close()
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.upstream is not None:
@@ -223,8 +235,11 @@ class SessionWebSocketProxy(AsyncWebsocketConsumer):
                 await self.close()
 
     async def disconnect(self, code):
+        studio_id = self.scope["url_route"]["kwargs"]["studio_id"]
         if self.relay is not None:
             self.relay.cancel()
         if self.upstream is not None:
             await self.upstream.close()
-            log.info("proxy websocket closed user=%s studio=%s", self.scope["user"], self.scope["url_route"]["kwargs"]["studio_id"])
+            log.info("proxy websocket closed user=%s studio=%s", self.scope["user"], studio_id)
+        if self.connection_id is not None:
+            await presence.connection_closed(self.connection_id, studio_id, self.scope["user"])

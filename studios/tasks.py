@@ -6,7 +6,7 @@ import httpx
 from celery import shared_task
 from django.conf import settings
 
-from . import lifecycle
+from . import lifecycle, presence
 from .backends import BackendError, Mount, SessionSpec, backend_for
 from .models import ACTIVE_STATUSES, Studio, StudioStatus
 
@@ -87,7 +87,8 @@ def checkpoint_session(studio_id):
 
 @shared_task
 def reconcile_sessions():
-    """Repair what the database believes from what the backends report."""
+    """Repair what the database believes from what the backends report, and forget ghost connections."""
+    presence.forget_dead_processes_and_announce()
     for studio in lifecycle.overdue_starts().select_related("compute_environment"):
         if studio.session_handle:
             backend_for(studio.compute_environment).terminate(studio.session_handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)

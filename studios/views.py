@@ -5,9 +5,10 @@ import shlex
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 
 from checkpoints import records
@@ -57,7 +58,7 @@ def studio_list(request, org, workspace):
     workspace, role = permissions.workspace_for(request.user, org, workspace)
     query = request.GET.get("q", "").strip()
     studios = search(
-        workspace.studios.select_related("compute_environment", "author"), query
+        workspace.studios.select_related("compute_environment", "author").prefetch_related("connections__user"), query
     )
     context = {
         "workspace": workspace,
@@ -66,21 +67,20 @@ def studio_list(request, org, workspace):
         "query": query,
         "polling": any(studio.is_transitional for studio in studios),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
-        "can_connect": permissions.has_role(role, permissions.CONNECT),
     }
     template = "studios/partials/studio_table.html" if request.htmx else "studios/studio_list.html"
     return render(request, template, context)
 
 
 def template_problems(workspace):
-    """{compute environment id: {template: problem}} for the add form's availability notes."""
+    """{compute environment id: {template name: problem}} for the add form's availability notes."""
     problems = {}
     for environment in workspace.compute_environments.all():
         try:
             backend = backend_for(environment)
-            problems[environment.pk] = {t: backend.template_problem(t) for t in Template.values}
+            problems[environment.pk] = {label: backend.template_problem(value) for value, label in Template.choices}
         except BackendError as error:
-            problems[environment.pk] = {t: str(error) for t in Template.values}
+            problems[environment.pk] = {label: str(error) for label in Template.labels}
     return problems
 
 
@@ -110,26 +110,45 @@ def studio_add(request, org, workspace):
     )
 
 
+DETAIL_TABS = [("configuration", "Configuration"), ("checkpoints", "Checkpoints"), ("activity", "Activity")]
+# The Activity tab's words for the latest status change.
+STATUS_EVENTS = {
+    StudioStatus.STARTING: "Start requested",
+    StudioStatus.RUNNING: "Session running",
+    StudioStatus.STOPPING: "Stop requested",
+    StudioStatus.STOPPED: "Stopped",
+    StudioStatus.ERRORED: "Errored",
+}
+
+
 @login_required
 def studio_detail(request, studio_id):
     studio, role = permissions.studio_for(request.user, studio_id)
+    prefetch_related_objects([studio], "connections__user")
     context = {
         "studio": studio,
         "workspace": studio.workspace,
         "role": role,
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
-        "can_connect": permissions.has_role(role, permissions.CONNECT),
-        "connect_url": request.build_absolute_uri(studio.connect_path),
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
         "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
     }
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)
-    context["checkpoints"] = studio.checkpoints.all()
-    context["start_form"] = ResourcesForm(
-        workspace=studio.workspace,
-        studio=studio,
-        initial={"cpus": studio.cpus, "memory_mb": studio.memory_mb, "datasets": studio.datasets.all()},
+    tab = request.GET.get("tab")
+    environment = studio.compute_environment
+    context.update(
+        tabs=DETAIL_TABS,
+        tab=tab if tab in dict(DETAIL_TABS) else "configuration",
+        # A studio never started has no status change to tell.
+        status_event=STATUS_EVENTS[studio.status] if studio.startup_steps else "",
+        checkpoints=studio.checkpoints.all(),
+        isolation_problem=backend_for(environment).isolation_problem if environment.kind == "local" else "",
+        start_form=ResourcesForm(
+            workspace=studio.workspace,
+            studio=studio,
+            initial={"cpus": studio.cpus, "memory_mb": studio.memory_mb, "datasets": studio.datasets.all()},
+        ),
     )
     return render(request, "studios/studio_detail.html", context)
 
@@ -181,6 +200,19 @@ def studio_delete(request, studio_id):
     return _studio_action(
         request, studio, lifecycle.delete_studio, "Deleted {name}.", success_url=studio.workspace.get_absolute_url()
     )
+
+
+@ensure_csrf_cookie
+def session_unavailable(request, status, message, studio=None, role=None):
+    """What the connect proxy answers instead of the session; called by the proxy, not routed.
+
+    A shared link to a studio that is not running tells its status and, to maintainers, offers Start.
+    """
+    context = {"status": status, "message": message, "studio": studio, "role": role}
+    if studio is not None and status != 404:
+        context["workspace"] = studio.workspace
+        context["actions"] = [action for action in permissions.studio_actions(role, studio) if action == "start"]
+    return render(request, "studios/session_unavailable.html", context, status=status)
 
 
 # The session agent's callbacks, authenticated by the session's token.

@@ -1,4 +1,5 @@
-"""ASGI routing: Django for pages, the session proxy for everything under /studios/<id>/connect/."""
+"""ASGI routing: Django for pages, the session proxy for everything under /studios/<id>/connect/, and the
+presence WebSockets of the pages under /ws/."""
 
 import os
 
@@ -12,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from studios.consumers import PresenceConsumer  # noqa: E402
 from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy  # noqa: E402
 
 CONNECT_PATH = r"^studios/(?P<studio_id>\d+)/connect/"
@@ -25,7 +27,15 @@ application = ProtocolTypeRouter(
             ]
         ),
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter([re_path(CONNECT_PATH, SessionWebSocketProxy.as_asgi())]))
+            AuthMiddlewareStack(
+                URLRouter(
+                    [
+                        re_path(CONNECT_PATH, SessionWebSocketProxy.as_asgi()),
+                        re_path(r"^ws/workspaces/(?P<workspace_id>\d+)/presence/$", PresenceConsumer.as_asgi()),
+                        re_path(r"^ws/studios/(?P<studio_id>\d+)/presence/$", PresenceConsumer.as_asgi()),
+                    ]
+                )
+            )
         ),
     }
 )

@@ -157,6 +157,9 @@ STUDIOS_START_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_START_TIMEOUT_SECOND
 # How long a stop waits for a session to save its final checkpoint and exit before it is killed.
 STUDIOS_STOP_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_STOP_TIMEOUT_SECONDS", 5 * 60))
 
+# How often each web process vouches for the session connections it holds; three missed beats make them ghosts.
+STUDIOS_HEARTBEAT_SECONDS = int(os.environ.get("STUDIOS_HEARTBEAT_SECONDS", 10))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

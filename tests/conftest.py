@@ -62,6 +62,7 @@ def live_platform(transactional_db, settings, tmp_path):
 
     import uvicorn
     from celery.contrib.testing.worker import start_worker
+    from channels.layers import channel_layers
 
     from studios_project.asgi import application
     from studios_project.celery import app as celery_app
@@ -72,6 +73,8 @@ def live_platform(transactional_db, settings, tmp_path):
     settings.STUDIOS_PLATFORM_URL = f"http://127.0.0.1:{port}"
     settings.DATA_DIR = tmp_path / "data"
     settings.STUDIOS_STOP_TIMEOUT_SECONDS = 60
+    # The channel layer binds its receiving to one event loop: each server's loop gets a fresh layer.
+    channel_layers.backends.clear()
     server = uvicorn.Server(uvicorn.Config(application, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -200,8 +200,8 @@ def test_the_detail_page_shows_the_checkpoints_and_the_last_save(client, saved_s
         state="interim", manifest_key="manifests/3.json.zst", saved=timezone.now(), size_bytes=3 * 2**20
     )
     client.force_login(maintainer)
-    page = client.get(studio.get_absolute_url()).content.decode()
-    assert "Last checkpoint atlas_3: 3.0\xa0MB" in page
+    assert "Last checkpoint atlas_3: 3.0\xa0MB" in client.get(studio.get_absolute_url()).content.decode()
+    page = client.get(studio.get_absolute_url(), {"tab": "checkpoints"}).content.decode()
     for name in ("atlas_1", "atlas_2", "atlas_3"):
         assert f'value="{name}"' in page  # each with its rename field
     assert page.count("Start as new") == 2  # not from the checkpoint in use

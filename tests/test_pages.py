@@ -5,7 +5,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.urls import reverse
 
-from studios.models import ComputeEnvironment, Membership, Role, Studio, StudioStatus
+from checkpoints.models import Checkpoint
+from studios.models import ComputeEnvironment, Membership, Role, SessionConnection, Studio, StudioStatus
 
 from .factories import make_dataset, make_member, make_studio
 
@@ -164,7 +165,10 @@ def test_refused_actions_say_why(client, workspace, maintainer):
 
 def test_operators_manage_every_model_in_the_admin(admin_client, workspace, maintainer):
     make_studio(workspace, author=maintainer)
-    for model in ("organization", "workspace", "membership", "computeenvironment", "dataset", "studio", "activemount"):
+    for model in (
+        "organization", "workspace", "membership", "computeenvironment", "dataset", "studio", "activemount",
+        "sessionconnection", "webprocess",
+    ):
         assert admin_client.get(f"/admin/studios/{model}/").status_code == 200
         assert admin_client.get(f"/admin/studios/{model}/add/").status_code == 200
     assert admin_client.get("/admin/checkpoints/checkpoint/").status_code == 200
@@ -184,3 +188,59 @@ def test_seed_demo_creates_one_user_per_role_with_the_printed_password(db, capsy
     environment = ComputeEnvironment.objects.get()
     assert environment.kind == "local"
     assert environment.workspace.datasets.count() == 1
+
+
+ROW_ACTIONS = ("Connect", "Copy URL", "Start", "Stop", "Delete")
+
+
+def offered(page, studio):
+    """The actions in the list's menu for ``studio``."""
+    row = page.split(f'href="{studio.get_absolute_url()}"')[1].split("</tr>")[0]
+    return [action for action in ROW_ACTIONS if f">{action}</" in row]
+
+
+@pytest.mark.parametrize(
+    "role, on_running, on_stopped",
+    [
+        (Role.OWNER, ["Connect", "Copy URL", "Stop"], ["Start", "Delete"]),
+        (Role.ADMIN, ["Connect", "Copy URL", "Stop"], ["Start", "Delete"]),
+        (Role.MAINTAIN, ["Connect", "Copy URL", "Stop"], ["Start", "Delete"]),
+        (Role.LAUNCH, ["Connect", "Copy URL"], []),
+        (Role.CONNECT, ["Connect", "Copy URL"], []),
+        (Role.VIEW, [], []),
+    ],
+)
+def test_the_actions_menu_offers_only_what_the_role_and_status_allow(
+    client, workspace, members, role, on_running, on_stopped
+):
+    running = make_studio(
+        workspace, name="running-one", status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9"
+    )
+    stopped = make_studio(workspace, name="stopped-one")
+    client.force_login(members[role])
+    page = client.get(workspace.get_absolute_url()).content.decode()
+    assert offered(page, running) == on_running
+    assert offered(page, stopped) == on_stopped
+    assert page.count('<details class="menu">') == bool(on_running) + bool(on_stopped)
+
+
+def test_detail_tabs_show_configuration_checkpoints_and_activity(client, workspace, maintainer):
+    studio = make_studio(workspace, name="tabbed", author=maintainer, cpus=3)
+    client.force_login(maintainer)
+    configuration = client.get(studio.get_absolute_url()).content.decode()
+    assert 'aria-current="page">Configuration' in configuration and "<dd>3</dd>" in configuration
+
+    checkpoints = client.get(studio.get_absolute_url(), {"tab": "checkpoints"}).content.decode()
+    assert "No checkpoints yet: one is taken when the studio starts" in checkpoints
+    Checkpoint.objects.create(studio=studio, name="tabbed_1", state="finalized", size_bytes=3 * 2**20)
+    checkpoints = client.get(studio.get_absolute_url(), {"tab": "checkpoints"}).content.decode()
+    assert "tabbed_1" in checkpoints and "3.0\xa0MB" in checkpoints and "Finalized" in checkpoints
+
+    activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
+    assert "Nobody is connected" in activity and "Created by mia" in activity
+    started = [{"name": "Starting JupyterLab", "state": "succeeded", "message": ""}]
+    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, startup_steps=started)
+    carol = make_member(workspace, Role.CONNECT, username="carol")
+    SessionConnection.objects.create(studio=studio, user=carol, web_process="p")
+    activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
+    assert "<strong>carol</strong>" in activity and "Session running" in activity

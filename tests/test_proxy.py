@@ -2,12 +2,14 @@
 
 import hashlib
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
+from studios import lifecycle
 from studios.models import Role, Studio, StudioStatus
 
 from .factories import make_member, make_studio
@@ -114,3 +116,24 @@ def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):
     response = http.get(f"{studio.connect_path}lab")
     assert response.status_code == 502
     assert "did not answer" in response.text
+
+
+def test_a_stopped_studios_link_tells_its_status_and_offers_start_to_maintainers(live_platform, workspace):
+    studio = make_studio(workspace, name="paused")
+    colleague = client_for(live_platform, make_member(workspace, Role.CONNECT))
+    page = colleague.get(f"{studio.connect_path}lab")
+    assert page.status_code == 409 and "paused is stopped" in page.text
+    assert ">Start</button>" not in page.text and "Ask a member with the maintain role" in page.text
+
+    maintainer = client_for(live_platform, make_member(workspace, Role.MAINTAIN))
+    page = maintainer.get(f"{studio.connect_path}lab")
+    assert page.status_code == 409 and ">Start</button>" in page.text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    started = maintainer.post(f"/studios/{studio.pk}/start/", data={"csrfmiddlewaretoken": token})
+    assert started.status_code == 302 and started.headers["location"] == studio.get_absolute_url()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STARTING
+    # While it starts, the link waits for it, and opens the session once it runs.
+    waiting = maintainer.get(f"{studio.connect_path}lab")
+    assert waiting.status_code == 409 and 'http-equiv="refresh"' in waiting.text
+    lifecycle.fail_studio(studio.pk, "The test is over.")  # the launch, if it ran, ends its own session

@@ -1,4 +1,10 @@
+import colorsys
+import hashlib
+import re
+
 from django import template
+
+from studios import permissions
 
 register = template.Library()
 
@@ -6,3 +12,45 @@ register = template.Library()
 @register.filter
 def get_item(mapping, key):
     return mapping.get(key, {})
+
+
+@register.filter
+def actions_for(studio, role):
+    """``{% with actions=studio|actions_for:role %}``: what the pages offer (``permissions.studio_actions``)."""
+    return permissions.studio_actions(role, studio)
+
+
+@register.filter
+def initials(user):
+    """Two letters: of the first and last names, else of the username's parts (jane.doe: JD), else its first two."""
+    if user.first_name and user.last_name:
+        parts = [user.first_name, user.last_name]
+    else:
+        parts = [part for part in re.split(r"[._\-\s@]+", user.username) if part]
+    letters = "".join(part[0] for part in parts[:2]) if len(parts) > 1 else user.username[:2]
+    return letters.upper()
+
+
+def _luminance(rgb):
+    """Relative luminance (WCAG 2.2) of an sRGB colour with channels in 0..1."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast_with_white(rgb):
+    return 1.05 / (_luminance(rgb) + 0.05)
+
+
+@register.filter
+def avatar_colour(username):
+    """A background for white initials, derived from the username: a hue of its own, dark enough for 4.5:1.
+
+    The initials carry their own background, so they read the same in light and dark themes.
+    """
+    digest = hashlib.sha256(username.encode()).digest()
+    hue = int.from_bytes(digest[:2], "big") % 360 / 360
+    saturation = 0.55 + digest[2] % 4 * 0.1
+    lightness = 0.5
+    while contrast_with_white(rgb := colorsys.hls_to_rgb(hue, lightness, saturation)) < 4.5:
+        lightness -= 0.02
+    return "#" + "".join(f"{round(c * 255):02x}" for c in rgb)

@@ -23,3 +23,21 @@ def browser(monkeypatch):
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def open_page(browser, live_platform):
+    """A page in a browser context of its own, logged in as ``user`` (or not logged in), at a viewport size."""
+    contexts = []
+
+    def open_page(user=None, width=1280, height=900):
+        context = browser.new_context(viewport={"width": width, "height": height}, base_url=live_platform.url)
+        contexts.append(context)
+        if user is not None:
+            cookie = {"name": "sessionid", "value": live_platform.session_cookie(user), "url": live_platform.url}
+            context.add_cookies([cookie])
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()

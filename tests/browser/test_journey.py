@@ -1,37 +1,39 @@
-"""A member's first session, clicked through in headless Chromium."""
+"""The full maintain journey, clicked through in headless Chromium: add, start, connect, run a cell, share the
+link with a colleague who lands in the same session, stop, delete."""
 
 import re
 
 import pytest
 from playwright.sync_api import expect
 
-from studios.models import Role, Studio, StudioStatus
+from studios.models import Role, Studio
 
 from ..factories import PASSWORD, make_member, make_workspace
 
 pytestmark = pytest.mark.browser
 
 
-def log_in(page, base_url, username):
-    page.goto(f"{base_url}/accounts/login/")
+def log_in(page, username):
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Your workspaces")).to_be_visible()
 
 
-def test_log_in_add_start_connect_and_run_a_cell(live_platform, browser, tmp_path):
+def test_a_maintainer_adds_starts_shares_stops_and_deletes_a_studio(live_platform, browser, tmp_path):
     workspace = make_workspace(work_dir=str(tmp_path / "work"))
     make_member(workspace, Role.MAINTAIN, username="mia")
+    make_member(workspace, Role.CONNECT, username="carl")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_platform.url)
     page = context.new_page()
 
-    log_in(page, live_platform.url, "mia")
+    page.goto(f"{live_platform.url}/accounts/login/")
+    log_in(page, "mia")
+    expect(page.get_by_role("heading", name="Your workspaces")).to_be_visible()
     page.get_by_role("link", name=re.compile(workspace.name)).click()
     expect(page.get_by_text("No studios yet.")).to_be_visible()
 
-    page.get_by_role("link", name="Add studio").click()
+    page.get_by_role("link", name="Add your first studio").click()
     page.get_by_label("Name").fill("first-analysis")
     page.get_by_label("Compute environment").select_option(label="local")
     page.get_by_label("CPUs").fill("1")
@@ -49,7 +51,8 @@ def test_log_in_add_start_connect_and_run_a_cell(live_platform, browser, tmp_pat
     page.get_by_role("button", name="Copy URL").click()
     expect(page.get_by_role("button", name="Copied")).to_be_visible()
     studio = Studio.objects.get(name="first-analysis")
-    assert page.evaluate("navigator.clipboard.readText()") == f"{live_platform.url}{studio.connect_path}"
+    shared_url = page.evaluate("navigator.clipboard.readText()")
+    assert shared_url == f"{live_platform.url}{studio.connect_path}"
 
     with context.expect_page() as new_tab:
         page.get_by_role("link", name="Connect").click()
@@ -65,9 +68,26 @@ def test_log_in_add_start_connect_and_run_a_cell(live_platform, browser, tmp_pat
     expect(lab.locator(".jp-OutputArea-output").first).to_have_text("45", timeout=60_000)
     assert studio.session_token not in lab.content()
 
+    # A colleague opens the shared link, logs in, and lands in the same session: mia's notebook is there.
+    colleague = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    colleague.goto(shared_url)
+    log_in(colleague, "carl")
+    colleague.wait_for_url(re.compile(rf"/studios/{studio.pk}/connect/lab"))
+    expect(colleague.locator(".jp-DirListing-item[title*='Untitled.ipynb']")).to_be_visible(timeout=60_000)
+    # Both show under the studio's status on mia's page.
     page.bring_to_front()
+    for username in ("mia", "carl"):
+        expect(page.get_by_title(re.compile(rf"^{username}, connected since"))).to_be_visible(timeout=5_000)
+
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#status-badge")).to_have_text("stopped", timeout=60_000)
-    studio.refresh_from_db()
-    assert studio.status == StudioStatus.STOPPED
+    # The sessions' connections ended with the session.
+    expect(page.locator(".avatar")).to_have_count(0, timeout=10_000)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_text("Deleted first-analysis.")).to_be_visible()
+    expect(page.get_by_text("No studios yet.")).to_be_visible()
+    assert not Studio.objects.filter(pk=studio.pk).exists()
     context.close()
+    colleague.context.close()

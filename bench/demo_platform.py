@@ -1,0 +1,93 @@
+"""The whole product (``manage.py runstudios``) on embedded defaults in a temporary data dir, and its demo
+users over HTTP: what the benchmarks measure against."""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def demo_platform():
+    """Serve the product with its demo data; yields (base URL, the demo users' password, the environment)."""
+    data_dir = tempfile.mkdtemp(prefix="studios-bench-")
+    port = free_port()
+    env = dict(os.environ, STUDIOS_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="studios_project.settings")
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        env.pop(name, None)
+    log = open(Path(data_dir) / "platform.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runstudios", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                httpx.get(f"{base}/accounts/login/")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield base, (Path(data_dir) / "demo_password").read_text().strip(), env
+    finally:
+        # Not SIGTERM: uvicorn re-raises it once it has shut down, which kills runstudios before it stops its
+        # Celery worker. On SIGINT (Ctrl+C) it stops the worker.
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+
+
+def setup_django(env):
+    """Django set up on the platform's own database, to read what the pages do not show."""
+    sys.path.insert(0, str(ROOT))
+    # Playwright's sync API runs an event loop in this thread; these reads are synchronous all the same.
+    os.environ.update(env, DJANGO_ALLOW_ASYNC_UNSAFE="true")
+    import django
+
+    django.setup()
+
+
+class DemoUser:
+    """A demo user logged in over HTTP, posting forms as the pages do."""
+
+    def __init__(self, base, username, password):
+        self.http = httpx.Client(base_url=base, timeout=60)
+        page = self.http.get("/accounts/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        credentials = {"username": username, "password": password, "csrfmiddlewaretoken": token}
+        self.http.post("/accounts/login/", data=credentials)
+
+    def post(self, path, data=None):
+        return self.http.post(path, data={"csrfmiddlewaretoken": self.http.cookies.get("csrftoken"), **(data or {})})
+
+    def add_studio(self, name):
+        """A JupyterLab studio on the demo workspace's local compute environment; its id."""
+        added = self.post(
+            "/w/demo/analysis/studios/add/",
+            {"name": name, "template": "jupyterlab", "compute_environment": "1", "cpus": "1", "memory_mb": "2048"},
+        )
+        return int(re.search(r"/studios/(\d+)/", added.headers["location"]).group(1))
+
+    def status(self, studio_id):
+        partial = self.http.get(f"/studios/{studio_id}/", headers={"HX-Request": "true"}).text
+        return re.search(r'id="status-badge">(\w+)<', partial).group(1)
+
+    def wait_for(self, studio_id, wanted):
+        while (current := self.status(studio_id)) != wanted:
+            if current == "errored":
+                raise SystemExit("studio errored")
+            time.sleep(0.05)

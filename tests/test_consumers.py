@@ -1,0 +1,79 @@
+"""The presence WebSocket of the studio list and detail pages: who may listen, and what they hear."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from studios import presence
+from studios.models import Role, SessionConnection
+
+from .factories import make_studio, make_workspace
+
+ROLES = Role.values + ["outsider", "anonymous"]
+
+
+@pytest.fixture
+def studios(live_platform, workspace, members):
+    # The outsider owns another workspace: a role there gives nothing here.
+    members["outsider"].memberships.create(workspace=make_workspace(), role=Role.OWNER)
+    return make_studio(workspace, name="first", author=members[Role.OWNER]), make_studio(workspace, name="second")
+
+
+@pytest.fixture
+def listen(live_platform):
+    """Open a page's presence WebSocket as ``user`` (None: not logged in)."""
+
+    def listen(user, path):
+        headers = {"Cookie": f"sessionid={live_platform.session_cookie(user)}"} if user else {}
+        url = live_platform.url.replace("http", "ws") + path
+        return connect(url, additional_headers=headers, origin=live_platform.url)
+
+    return listen
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_members_of_every_role_may_listen_and_nobody_else(studios, workspace, members, listen, role):
+    user = None if role == "anonymous" else members[role]
+    for path in (f"/ws/workspaces/{workspace.pk}/presence/", f"/ws/studios/{studios[0].pk}/presence/"):
+        if role in Role.values:
+            with listen(user, path) as page:
+                assert f'id="avatars-{studios[0].pk}"' in page.recv(timeout=5)
+        else:
+            with pytest.raises(InvalidStatus) as refused:
+                listen(user, path)
+            assert refused.value.response.status_code == 403
+
+
+def test_an_unknown_workspace_or_studio_is_refused(studios, members, listen):
+    for path in ("/ws/workspaces/999999/presence/", "/ws/studios/999999/presence/"):
+        with pytest.raises(InvalidStatus):
+            listen(members[Role.OWNER], path)
+
+
+def test_pages_hear_each_member_arrive_once_and_leave(studios, workspace, members, listen):
+    first, second = studios
+    mia = members[Role.CONNECT]
+    opened = async_to_sync(presence.connection_opened)
+    closed = async_to_sync(presence.connection_closed)
+    with (
+        listen(members[Role.VIEW], f"/ws/workspaces/{workspace.pk}/presence/") as whole_list,
+        listen(members[Role.VIEW], f"/ws/studios/{second.pk}/presence/") as detail_of_second,
+    ):
+        for page in (whole_list, detail_of_second):
+            assert "connected since" not in page.recv(timeout=5)  # the current avatars: nobody yet
+
+        one = opened(mia, first.pk)
+        arrived = whole_list.recv(timeout=2)
+        assert f'id="avatars-{first.pk}"' in arrived and "connect, connected since" in arrived
+        two = opened(mia, first.pk)  # a second tab: nothing changes for the pages
+        closed(one, first.pk, mia)  # one tab still open: nothing changes either
+        with pytest.raises(TimeoutError):
+            whole_list.recv(timeout=0.5)
+        closed(two, first.pk, mia)
+        left = whole_list.recv(timeout=2)
+        assert f'id="avatars-{first.pk}"' in left and "connected since" not in left
+        # The detail page of the other studio heard nothing of this one.
+        with pytest.raises(TimeoutError):
+            detail_of_second.recv(timeout=0.5)
+    assert not SessionConnection.objects.exists()

@@ -1,0 +1,149 @@
+"""Presence: members connected to a studio, from the proxy's open WebSockets, without ghosts."""
+
+import socket
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.utils import timezone
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from websockets.sync.server import serve
+
+from studios import presence
+from studios.models import Role, SessionConnection, Studio, StudioStatus, WebProcess
+from studios.tasks import reconcile_sessions
+from studios.templatetags.studios_extras import avatar_colour, contrast_with_white, initials
+
+from .factories import make_member, make_studio, make_user
+
+
+def wait_until(predicate, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.02)
+
+
+def connected(studio):
+    return [member.username for member, _ in Studio.objects.get(pk=studio.pk).connected_members]
+
+
+@pytest.fixture
+def websocket_session(live_platform, workspace):
+    """A running studio whose session echoes WebSocket messages, and a way to open sockets to it as a member."""
+
+    def echo(websocket):
+        for message in websocket:
+            if message == "die":  # as a killed session does: no closing handshake
+                websocket.socket.shutdown(socket.SHUT_RDWR)
+                return
+            websocket.send(message)
+
+    server = serve(echo, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    studio = make_studio(workspace, name="shared")
+    Studio.objects.filter(pk=studio.pk).update(
+        status=StudioStatus.RUNNING, session_endpoint=f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+    )
+
+    def open_socket(user):
+        url = live_platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/k/channels"
+        cookie = f"sessionid={live_platform.session_cookie(user)}"
+        return connect(url, additional_headers={"Cookie": cookie}, origin=live_platform.url)
+
+    yield studio, open_socket
+    server.shutdown()
+
+
+def test_a_member_with_two_open_sockets_is_connected_once_until_the_last_closes(websocket_session, workspace, client):
+    studio, open_socket = websocket_session
+    mia = make_member(workspace, Role.CONNECT, username="mia")
+    client.force_login(mia)
+    with open_socket(mia) as first, open_socket(mia) as second:
+        first.send("ping")
+        assert first.recv(timeout=5) == "ping"
+        wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 2)
+        assert connected(studio) == ["mia"]
+        assert "mia, connected since" in client.get(workspace.get_absolute_url()).content.decode()
+
+        first.close()
+        wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 1)
+        assert connected(studio) == ["mia"]
+        second.close()
+        wait_until(lambda: not SessionConnection.objects.filter(studio=studio).exists())
+        assert "mia, connected since" not in client.get(workspace.get_absolute_url()).content.decode()
+
+
+def test_a_session_that_dies_closes_its_members_sockets_and_ends_their_presence(websocket_session, workspace):
+    studio, open_socket = websocket_session
+    with open_socket(make_member(workspace, Role.CONNECT)) as member_socket:
+        wait_until(lambda: SessionConnection.objects.filter(studio=studio).exists())
+        member_socket.send("die")
+        with pytest.raises(ConnectionClosed):
+            member_socket.recv(timeout=5)
+    wait_until(lambda: not SessionConnection.objects.filter(studio=studio).exists())
+
+
+def test_a_web_process_serving_sockets_keeps_a_heartbeat(websocket_session, workspace):
+    studio, open_socket = websocket_session
+    with open_socket(make_member(workspace, Role.CONNECT)):
+        wait_until(lambda: WebProcess.objects.filter(id=presence.PROCESS_ID).exists())
+    assert timezone.now() - WebProcess.objects.get(id=presence.PROCESS_ID).heartbeat < timedelta(seconds=5)
+
+
+@pytest.fixture
+def ghost_and_live(workspace):
+    """A studio with one member connected through a live web process and another through a dead one."""
+    studio = make_studio(workspace, name="after-restart", status=StudioStatus.RUNNING)
+    long_ago = timezone.now() - timedelta(minutes=5)
+    WebProcess.objects.create(id="dead", heartbeat=long_ago)
+    WebProcess.objects.create(id="alive", heartbeat=timezone.now())
+    for username, web_process in (("ghost", "dead"), ("gina", "alive")):
+        user = make_member(workspace, Role.CONNECT, username=username)
+        SessionConnection.objects.create(studio=studio, user=user, opened=long_ago, web_process=web_process)
+    return studio
+
+
+def test_connections_of_a_dead_web_process_are_forgotten_and_pages_are_told(ghost_and_live, workspace, client):
+    layer = get_channel_layer()
+    page = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(presence.workspace_group(workspace.pk), page)
+
+    reconcile_sessions()
+
+    assert connected(ghost_and_live) == ["gina"]
+    assert not WebProcess.objects.filter(id="dead").exists()
+    pushed = async_to_sync(layer.receive)(page)
+    assert pushed["studio"] == ghost_and_live.pk
+    assert "gina, connected since" in pushed["html"] and "ghost" not in pushed["html"]
+    client.force_login(workspace.memberships.get(user__username="gina").user)
+    assert "ghost, connected since" not in client.get(workspace.get_absolute_url()).content.decode()
+
+
+def test_a_connection_opened_just_now_is_kept_before_its_process_first_beats(workspace):
+    studio = make_studio(workspace, status=StudioStatus.RUNNING)
+    SessionConnection.objects.create(studio=studio, user=make_member(workspace, Role.CONNECT), web_process="booting")
+    presence.forget_dead_processes()
+    assert SessionConnection.objects.filter(studio=studio).exists()
+
+
+def test_avatars_have_readable_distinct_colours_and_initials(db):
+    usernames = ["owner", "admin", "maintain", "launch", "connect", "view", "mia", "olaf", "jane.doe", "x"]
+    colours = [avatar_colour(name) for name in usernames]
+    assert len(set(colours)) == len(usernames)
+    for colour in colours:
+        rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        assert contrast_with_white(rgb) >= 4.5, colour
+    assert avatar_colour("mia") == avatar_colour("mia")
+    assert [initials(make_user(name)) for name in ("jane.doe", "mia", "x")] == ["JD", "MI", "X"]
+
+
+def test_initials_prefer_the_full_name(db):
+    user = make_user("jd42")
+    user.first_name, user.last_name = "Ada", "Lovelace"
+    assert initials(user) == "AL"

@@ -1,5 +1,5 @@
 """The full maintain journey, clicked through in headless Chromium: add, start, connect, run a cell, share the
-link with a colleague who lands in the same session, stop, delete."""
+link with a colleague who lands in the same session, stop, start as new, delete."""
 
 import re
 
@@ -84,10 +84,27 @@ def test_a_maintainer_adds_starts_shares_stops_and_deletes_a_studio(live_platfor
     # The sessions' connections ended with the session.
     expect(page.locator(".avatar")).to_have_count(0, timeout=10_000)
 
+    # Start as new from its last checkpoint: the clone has the notebook, and the parent's history.
+    page.get_by_role("link", name="Start as new").click()
+    page.get_by_label("Name").fill("first-analysis-v2")
+    page.get_by_role("button", name="Start as new").click()
+    expect(page.get_by_role("heading", name="first-analysis-v2")).to_be_visible()
+    expect(page.locator("#status-badge")).to_have_text("running", timeout=120_000)
+    clone = Studio.objects.get(name="first-analysis-v2")
+    notebook = page.request.get(f"{live_platform.url}{clone.connect_path}api/contents/Untitled.ipynb")
+    assert notebook.ok, notebook.text()
+    page.get_by_role("link", name="Checkpoints").click()
+    expect(page.get_by_text("inherited")).to_be_visible()
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#status-badge")).to_have_text("stopped", timeout=60_000)
+    page.goto(f"{live_platform.url}{studio.get_absolute_url()}")
+
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete").click()
     expect(page.get_by_text("Deleted first-analysis.")).to_be_visible()
-    expect(page.get_by_text("No studios yet.")).to_be_visible()
+    # The clone, with its own copy of the history, outlives its parent.
+    expect(page.get_by_role("link", name="first-analysis-v2", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="first-analysis", exact=True)).to_have_count(0)
     assert not Studio.objects.filter(pk=studio.pk).exists()
     context.close()
     colleague.context.close()

@@ -121,6 +121,15 @@ STATUS_EVENTS = {
 }
 
 
+def studio_layer_usage(studio):
+    if not studio.can_connect or not studio.session_handle:
+        return None
+    try:
+        return backend_for(studio.compute_environment).storage_usage(studio.session_handle)
+    except BackendError:
+        return None
+
+
 @login_required
 def studio_detail(request, studio_id):
     studio, role = permissions.studio_for(request.user, studio_id)
@@ -132,6 +141,7 @@ def studio_detail(request, studio_id):
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
         "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
+        "layer_usage": studio_layer_usage(studio),
     }
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)

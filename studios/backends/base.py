@@ -67,6 +67,10 @@ class ComputeBackend(ABC):
     def poll(self, handle: dict) -> SessionState:
         """Whether the session's compute still exists."""
 
+    def storage_usage(self, handle: dict):
+        """(bytes used, bytes in all) of the session's writable layer, where the backend can tell."""
+        return None
+
     @abstractmethod
     def terminate(self, handle: dict, timeout: float) -> None:
         """Ask the session to end, wait up to ``timeout`` seconds, then end it by force. Idempotent."""

@@ -186,6 +186,15 @@ class LocalBackend(ComputeBackend):
             reason=f"The session's process ended unexpectedly; its log is {handle.get('log')}. Start the studio again.",
         )
 
+    def storage_usage(self, handle: dict):
+        if not handle.get("container"):
+            return None
+        layer = container.Layout(Path(handle["log"]).parent).layer
+        if not os.path.ismount(layer):
+            return None
+        stats = os.statvfs(layer)
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize, stats.f_blocks * stats.f_frsize
+
     def terminate(self, handle: dict, timeout: float) -> None:
         """SIGTERM (the agent saves a final checkpoint), SIGKILL after ``timeout``, then drop the layer."""
         if self._alive(handle):

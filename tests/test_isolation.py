@@ -1,0 +1,147 @@
+"""Isolated local sessions in real runc containers: the host untouched, mounts, limits, the layer quota."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from checkpoints.models import Checkpoint
+from studios import lifecycle
+from studios.backends import container
+from studios.models import Role, StudioStatus
+from studios.tasks import reconcile_sessions
+
+from .factories import make_dataset, make_member, make_studio, make_workspace
+from .test_sessions import Browser, execute, wait_for_status
+
+pytestmark = pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem())
+
+
+@pytest.fixture
+def world(live_platform, tmp_path):
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    environment = workspace.compute_environments.get()
+    environment.writable_data_paths = [str(tmp_path / "scratch")]
+    environment.save()
+    user = make_member(workspace, Role.MAINTAIN)
+    return live_platform, workspace, user
+
+
+def run(platform, studio, user, code):
+    return asyncio.run(execute(platform, Browser(platform, user), studio, code)).strip()
+
+
+def started(platform, workspace, user, **fields):
+    studio = make_studio(workspace, author=user, cpus=fields.pop("cpus", 1), memory_mb=fields.pop("memory_mb", 1024), **fields)
+    lifecycle.start_studio(user, studio)
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    assert studio.session_handle["isolated"] is True
+    return studio
+
+
+def test_changes_to_the_root_filesystem_land_in_the_layer_never_on_the_host(world):
+    platform, workspace, user = world
+    studio = started(platform, workspace, user)
+    probe = Path("/etc/studios-isolation-probe")
+    printed = run(platform, studio, user, f"open('{probe}', 'w').write('inside'); print(open('{probe}').read(), __import__('os').getpid())")
+    content, pid_inside = printed.split()
+    assert content == "inside"
+    assert not probe.exists()  # the host's /etc is untouched
+    assert int(pid_inside) < 100  # its own PID namespace
+    upper = container.Layout(Path(studio.session_handle["log"]).parent).upper
+    assert (upper / "etc/studios-isolation-probe").read_text() == "inside"
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_datasets_are_mounted_read_only_unless_under_a_writable_path(world, tmp_path):
+    platform, workspace, user = world
+    (tmp_path / "reads").mkdir()
+    (tmp_path / "reads/sample.fastq").write_text("@r1\nACGT\n")
+    (tmp_path / "scratch/me").mkdir(parents=True)
+    reads = make_dataset(workspace, "reads", str(tmp_path / "reads"))
+    scratch = make_dataset(workspace, "scratch", str(tmp_path / "scratch/me"))
+    studio = started(platform, workspace, user, datasets=[reads, scratch])
+    printed = run(
+        platform, studio, user,
+        "import os, errno\n"
+        "listing = sorted(os.listdir('/workspace/data'))\n"
+        "try:\n    open('/workspace/data/reads/new.txt', 'w')\n    ro = 'writable'\n"
+        "except OSError as e:\n    ro = errno.errorcode[e.errno]\n"
+        "open('/workspace/data/scratch/result.txt', 'w').write('42')\n"
+        "print(listing, ro, open('/workspace/data/reads/sample.fastq').read().split()[1])",
+    )  # fmt: skip
+    assert printed == "['reads', 'scratch'] EROFS ACGT"
+    assert (tmp_path / "scratch/me/result.txt").read_text() == "42"
+    assert not (tmp_path / "reads/new.txt").exists()
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_cpu_and_memory_limits_are_cgroup_settings(world):
+    platform, workspace, user = world
+    studio = started(platform, workspace, user, cpus=1, memory_mb=768)
+    cid = studio.session_handle["container"]
+    assert Path(f"/sys/fs/cgroup/cpu/studios/{cid}/cpu.cfs_quota_us").read_text().strip() == "100000"
+    assert int(Path(f"/sys/fs/cgroup/memory/studios/{cid}/memory.limit_in_bytes").read_text()) == 768 * 2**20
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_exceeding_memory_kills_the_session_and_says_why(world):
+    platform, workspace, user = world
+    studio = started(platform, workspace, user, memory_mb=512)
+    browser = Browser(platform, user)
+
+    async def allocate():
+        try:
+            await asyncio.wait_for(execute(platform, browser, studio, "x = bytearray(1500 * 2**20); print('survived')"), 30)
+        except (TimeoutError, Exception):
+            pass
+
+    asyncio.run(allocate())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reconcile_sessions()
+        studio.refresh_from_db()
+        if studio.status == StudioStatus.ERRORED:
+            break
+        time.sleep(0.5)
+    assert studio.status == StudioStatus.ERRORED
+    assert studio.status_reason == "out of memory (limit 512 MB)"
+    first = Checkpoint.objects.get(studio=studio)
+    assert first.restorable  # the checkpoint taken at start is intact
+
+
+def test_the_writable_layer_has_a_quota(world, settings):
+    platform, workspace, user = world
+    settings.STUDIOS_WRITABLE_LAYER_MB = 64
+    studio = started(platform, workspace, user)
+    printed = run(
+        platform, studio, user,
+        "import os\ntry:\n    with open('/root/big', 'wb') as f:\n        for _ in range(100):\n            f.write(os.urandom(2**20))\n"
+        "    print('wrote it all')\nexcept OSError as e:\n    print(e.strerror)",
+    )  # fmt: skip
+    assert printed == "No space left on device"
+    # The platform and the session's IDE carry on.
+    assert Browser(platform, user).http.get(f"{studio.connect_path}api/status").status_code == 200
+    page = Browser(platform, user).http.get(studio.get_absolute_url()).text
+    assert "Writable layer:" in page
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_the_detail_page_says_whether_sessions_are_isolated(world, settings):
+    platform, workspace, user = world
+    studio = make_studio(workspace, author=user)
+    browser = Browser(platform, user)
+    assert "Each session runs in its own container" in browser.http.get(studio.get_absolute_url()).text
+    settings.STUDIOS_LOCAL_ISOLATION = "off"
+    page = browser.http.get(studio.get_absolute_url()).text
+    assert "are not isolated (isolation is turned off)" in page
+    lifecycle.start_studio(user, studio)
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    assert studio.session_handle["isolated"] is False
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

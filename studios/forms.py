@@ -24,11 +24,27 @@ class ResourcesForm(forms.Form):
         self.held = held_data_paths(workspace, exclude_studio=studio)
         self.fields["datasets"].queryset = workspace.datasets.order_by("name")
 
+    def displayed_environment(self):
+        """The compute environment the form is about, before validation: fixed, chosen, or the only one."""
+        if self.fixed_environment or "compute_environment" not in self.fields:
+            return self.fixed_environment
+        chosen = self["compute_environment"].value()
+        return self.fields["compute_environment"].queryset.filter(pk=chosen).first() if chosen else None
+
     def dataset_choices(self):
-        """Each dataset with the studio holding its data path (None when free), for the template."""
+        """Each dataset with the studio holding its data path (None when free), whether it would be mounted
+        writable, and whether it lies in another region than the compute environment."""
         chosen = {str(pk) for pk in (self["datasets"].value() or [])}
+        environment = self.displayed_environment()
         return [
-            {"dataset": dataset, "holder": holder_of(dataset.uri, self.held), "checked": str(dataset.pk) in chosen}
+            {
+                "dataset": dataset,
+                "holder": holder_of(dataset.uri, self.held),
+                "checked": str(dataset.pk) in chosen,
+                "writable": environment.is_writable(dataset.uri) if environment else None,
+                "other_region": bool(environment and dataset.region and dataset.region != environment.region),
+                "environment": environment,
+            }
             for dataset in self.fields["datasets"].queryset
         ]
 

@@ -145,3 +145,28 @@ def test_the_detail_page_says_whether_sessions_are_isolated(world, settings):
     assert studio.session_handle["isolated"] is False
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_s3_datasets_are_mounted_with_fuse(world, moto_server, monkeypatch):
+    import boto3
+
+    platform, workspace, user = world
+    for name, value in (("AWS_ENDPOINT_URL", moto_server), ("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="cohort")
+    s3.put_object(Bucket="cohort", Key="runs/run1/sample.fastq", Body=b"@r1\nACGT\n")
+    reads = make_dataset(workspace, "cohort-runs", "s3://cohort/runs/")
+    studio = started(platform, workspace, user, datasets=[reads])
+    printed = run(
+        platform, studio, user,
+        "import os, errno\n"
+        "try:\n    open('/workspace/data/cohort-runs/new.txt', 'w').write('x')\n    ro = 'writable'\n"
+        "except OSError as e:\n    ro = errno.errorcode[e.errno]\n"
+        "print(os.listdir('/workspace/data/cohort-runs'), open('/workspace/data/cohort-runs/run1/sample.fastq').read().split()[1], ro)",
+    )  # fmt: skip
+    assert printed == "['run1'] ACGT EROFS"
+    assert "new.txt" not in str(s3.list_objects_v2(Bucket="cohort").get("Contents"))
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    assert not any("/data/cohort-runs" in line for line in Path("/proc/self/mounts").read_text().splitlines())

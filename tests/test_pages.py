@@ -244,3 +244,20 @@ def test_detail_tabs_show_configuration_checkpoints_and_activity(client, workspa
     SessionConnection.objects.create(studio=studio, user=carol, web_process="p")
     activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
     assert "<strong>carol</strong>" in activity and "Session running" in activity
+
+
+def test_the_forms_say_which_mounts_will_be_writable_and_warn_about_regions(client, workspace, maintainer):
+    client.force_login(maintainer)
+    environment = workspace.compute_environments.get()
+    environment.region = "eu-west-1"
+    environment.save()
+    make_dataset(workspace, "scratch", "/data/scratch/mia")
+    far = make_dataset(workspace, "reads", "/data/reads")
+    far.region = "us-east-1"
+    far.save()
+    studio = make_studio(workspace, author=maintainer)
+    for url in (studio.get_absolute_url(), reverse("studio_add", args=[workspace.organization.slug, workspace.slug])):
+        page = " ".join(client.get(url).content.decode().split())
+        assert 'scratch <span class="muted">/data/scratch/mia</span> <span class="small">read-write</span>' in page
+        assert 'reads <span class="muted">/data/reads</span> <span class="small">read-only</span>' in page
+        assert "in us-east-1, not eu-west-1 like local" in page

@@ -12,6 +12,7 @@ With the host's root as the lower layer, a session can read the rest of the host
 writes never reach them): configure a template root filesystem where that matters.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -63,6 +64,7 @@ class Layout:
         self.upper = self.layer / "upper"
         self.work = self.layer / "work"
         self.rootfs = self.session_dir / "rootfs"
+        self.data = self.session_dir / "data"  # S3 datasets, mounted on the host with rclone
 
 
 def prepare_layer(layout, quota_mb):
@@ -86,13 +88,42 @@ def mount_root(layout, lower):
 
 def remove(layout):
     """Unmount and delete whatever a session left; safe to call at any point."""
-    for mount_point in (layout.rootfs, layout.layer):
-        if os.path.ismount(mount_point):
-            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+    unmount_all_under(layout.session_dir)
     for path in (layout.rootfs, layout.layer):
         if path.exists() and not os.path.ismount(path):
             shutil.rmtree(path, ignore_errors=True)
+    # Only empty mount points: a data mount that failed to unmount must never be emptied.
+    for mount_point in layout.data.glob("*"):
+        with contextlib.suppress(OSError):
+            mount_point.rmdir()
+    with contextlib.suppress(OSError):
+        layout.data.rmdir()
     layout.image.unlink(missing_ok=True)
+
+
+def mount_s3(uri, mount_point, writable, log_file):
+    """Mount ``s3://bucket/prefix`` at ``mount_point`` on the host with rclone (FUSE), as the platform's
+    AWS identity (the usual AWS_* variables, AWS_ENDPOINT_URL for an S3-compatible store)."""
+    Path(mount_point).mkdir(parents=True, exist_ok=True)
+    # rclone's S3 client cannot take AWS_CA_BUNDLE; it trusts the system's CAs (SSL_CERT_FILE) instead.
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "AWS_CA_BUNDLE"},
+        "RCLONE_S3_PROVIDER": "AWS" if not os.environ.get("AWS_ENDPOINT_URL") else "Other",
+        "RCLONE_S3_ENV_AUTH": "true",
+        "RCLONE_S3_ENDPOINT": os.environ.get("AWS_ENDPOINT_URL", ""),
+        "RCLONE_S3_REGION": os.environ.get("AWS_DEFAULT_REGION", ""),
+    }
+    command = ["rclone", "mount", f":s3:{uri.removeprefix('s3://')}", str(mount_point), "--daemon", "--dir-cache-time", "10s"]
+    command += ["--vfs-cache-mode", "writes"] if writable else ["--read-only"]
+    subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True)
+
+
+def unmount_all_under(directory):
+    """Lazily unmount every mount below ``directory`` (FUSE data mounts), deepest first."""
+    prefix = str(Path(directory).resolve()) + "/"
+    mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mount_point in sorted((m for m in mounted if m.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
 
 
 def bind(source, destination, writable):

@@ -125,11 +125,12 @@ class LocalBackend(ComputeBackend):
             if not spec.work_dir.startswith("s3://"):
                 Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
                 mounts.append(container.bind(spec.work_dir, spec.work_dir, writable=True))
-            mounts += [
-                container.bind(mount.uri, f"{container.DATA_IN_CONTAINER}/{mount.name}", mount.writable)
-                for mount in spec.mounts
-                if not mount.uri.startswith("s3://")
-            ]
+            for mount in spec.mounts:
+                source = mount.uri
+                if mount.uri.startswith("s3://"):
+                    source = layout.data / mount.name
+                    container.mount_s3(mount.uri, source, mount.writable, log_file)
+                mounts.append(container.bind(source, f"{container.DATA_IN_CONTAINER}/{mount.name}", mount.writable))
             config = container.oci_config(
                 container_id=container_id,
                 args=[sys.executable, "-m", "studios.agent"],

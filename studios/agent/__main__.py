@@ -279,4 +279,7 @@ class Agent:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
     agent = Agent(os.environ)
-    agent.restore_only() if sys.argv[1:] == ["restore"] else agent.run()
+    if sys.argv[1:] == ["restore"]:
+        agent.restore_only()
+    else:
+        agent.run()

@@ -149,6 +149,8 @@ def test_a_corrupt_checkpoint_fails_the_start_and_is_marked_invalid(world, tmp_p
     assert studio.status == StudioStatus.ERRORED
     assert "Checkpoint keeper_1 cannot be restored" in studio.status_reason
     assert Checkpoint.objects.get(studio=studio, name="keeper_1").state == Checkpoint.State.INVALID
+    # Nothing of the failed start is left mounted (its writable layer, in a container).
+    assert f"/sessions/studio-{studio.pk}/" not in Path("/proc/self/mounts").read_text()
 
 
 def test_checkpoints_on_an_s3_work_directory(live_platform, moto_server, monkeypatch):
@@ -198,3 +200,4 @@ def test_a_clone_and_its_parent_never_change_each_other(world):
     assert files.read("shared.txt") == "changed by the clone\n"
     assert files.read("parent-only.txt") is None
     stop(clone, user)
+

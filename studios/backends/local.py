@@ -151,9 +151,12 @@ class LocalBackend(ComputeBackend):
                 hidden=self.hidden,
             )
             pid = container.start(layout, config, container_id, log_file)
-        except (OSError, subprocess.CalledProcessError) as error:
+        except BaseException as error:
+            # Whatever went wrong (a failed restore included), leave no container, mount or image behind.
             container.delete(container_id)
             container.remove(layout)
+            if not isinstance(error, (OSError, subprocess.CalledProcessError)):
+                raise
             detail = getattr(error, "stderr", b"") or b""
             raise BackendError(f"the container could not start: {error} {detail.decode(errors='replace')}".strip()) from None
         return {"pid": pid, "started": _start_time(pid), "isolated": True, "container": container_id}

@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -85,13 +86,28 @@ def template_problems(workspace):
     return problems
 
 
-@login_required
-def studio_add(request, org, workspace):
-    workspace, role = permissions.workspace_for(request.user, org, workspace)
-    try:
-        permissions.require_role(request.user, workspace, permissions.MAINTAIN, "add studios")
-    except PermissionRefused as error:
-        return refused(request, error)
+def workspace_page(lowest, action):
+    """A page of a workspace for ``lowest`` and above: a 404 for non-members, the refusal page for lower
+    roles. The view gets the workspace and the user's role in place of the URL's slugs."""
+
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def page(request, org, workspace, **kwargs):
+            workspace, role = permissions.workspace_for(request.user, org, workspace)
+            try:
+                permissions.require_role(request.user, workspace, lowest, action)
+            except PermissionRefused as error:
+                return refused(request, error)
+            return view(request, workspace, role, **kwargs)
+
+        return page
+
+    return decorate
+
+
+@workspace_page(permissions.MAINTAIN, "add studios")
+def studio_add(request, workspace, role):
     form = StudioForm(request.POST or None, workspace=workspace)
     if request.method == "POST" and form.is_valid():
         try:
@@ -235,25 +251,15 @@ def session_unavailable(request, status, message, studio=None, role=None):
     return render(request, "studios/session_unavailable.html", context, status=status)
 
 
-@login_required
-def environment_list(request, org, workspace):
-    workspace, role = permissions.workspace_for(request.user, org, workspace)
-    try:
-        permissions.require_role(request.user, workspace, permissions.ADMIN, "manage compute environments")
-    except PermissionRefused as error:
-        return refused(request, error)
+@workspace_page(permissions.ADMIN, "manage compute environments")
+def environment_list(request, workspace, role):
     context = {"workspace": workspace, "role": role, "environments": workspace.compute_environments.order_by("name")}
     return render(request, "studios/environment_list.html", context)
 
 
-@login_required
-def environment_edit(request, org, workspace, environment_id=None):
+@workspace_page(permissions.ADMIN, "manage compute environments")
+def environment_edit(request, workspace, role, environment_id=None):
     """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving checks it at once."""
-    workspace, role = permissions.workspace_for(request.user, org, workspace)
-    try:
-        permissions.require_role(request.user, workspace, permissions.ADMIN, "manage compute environments")
-    except PermissionRefused as error:
-        return refused(request, error)
     environment = None
     if environment_id is not None:
         environment = get_object_or_404(

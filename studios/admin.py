@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 
 from . import environments
 from .forms import CredentialsForm
@@ -57,7 +59,13 @@ class ComputeEnvironmentAdmin(admin.ModelAdmin):
 
     @admin.display(description="Stored credentials")
     def credentials(self, environment):
-        return "an access key pair (encrypted, never shown)" if environment.has_credentials else "none: the platform's own AWS role"
+        if environment.has_credentials:
+            return "an access key pair (encrypted, never shown)"
+        return "none: the platform's own AWS role"
+
+    @method_decorator(sensitive_post_parameters("secret_access_key"))
+    def changeform_view(self, request, *args, **kwargs):
+        return super().changeform_view(request, *args, **kwargs)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -28,7 +28,9 @@ def save_batch_environment(user, workspace, environment):
         with transaction.atomic():
             environment.save()
     except IntegrityError:
-        raise ActionRefused(f"A compute environment named {environment.name!r} already exists in this workspace.") from None
+        raise ActionRefused(
+            f"A compute environment named {environment.name!r} already exists in this workspace."
+        ) from None
     log.info("compute environment %s (%s) saved by %s", environment.pk, environment.name, user)
     return check_environment(environment.pk)
 

@@ -133,9 +133,12 @@ class CredentialsForm(forms.Form):
         cleaned = super().clean()
         key_id, secret = cleaned.get("access_key_id", "").strip(), cleaned.get("secret_access_key", "")
         if bool(key_id) != bool(secret):
-            self.add_error("secret_access_key" if key_id else "access_key_id", "Enter both the access key ID and the secret access key.")
+            missing = "secret_access_key" if key_id else "access_key_id"
+            self.add_error(missing, "Enter both the access key ID and the secret access key.")
         elif key_id and not re.fullmatch(r"[A-Z0-9]{16,128}", key_id):
-            self.add_error("access_key_id", "An AWS access key ID is 16 or more capital letters and digits, like AKIAIOSFODNN7EXAMPLE.")
+            self.add_error(
+                "access_key_id", "An AWS access key ID is 16 or more capital letters and digits, like AKIAIOSFODNN7EXAMPLE."
+            )
         elif key_id and cleaned.get("forget_credentials"):
             self.add_error("forget_credentials", "Either enter a new key pair or forget the stored one, not both.")
         cleaned["access_key_id"] = key_id
@@ -150,6 +153,7 @@ class CredentialsForm(forms.Form):
 
 
 S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
+JOB_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}|arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/[A-Za-z0-9_-]+")
 
 
 class BatchEnvironmentForm(CredentialsForm, forms.ModelForm):
@@ -194,7 +198,7 @@ class BatchEnvironmentForm(CredentialsForm, forms.ModelForm):
 
     def clean_job_queue(self):
         queue = self.cleaned_data["job_queue"].strip()
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}|arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/[A-Za-z0-9_-]+", queue):
+        if not JOB_QUEUE.fullmatch(queue):
             raise ValidationError("Enter the job queue's name (letters, digits, - and _) or its ARN.")
         return queue
 

@@ -320,7 +320,8 @@ def _possible_loss(studio, cause):
     """Tell the user what a session that ended without its final checkpoint may have lost."""
     checkpoint = studio.current_checkpoint
     if checkpoint is not None and checkpoint.saved is not None:
-        since = f"since checkpoint {checkpoint.name} was saved at {timezone.localtime(checkpoint.saved):%Y-%m-%d %H:%M %Z}"
+        saved = timezone.localtime(checkpoint.saved)
+        since = f"since checkpoint {checkpoint.name} was saved at {saved:%Y-%m-%d %H:%M %Z}"
     else:
         since = "in this session (none of it was saved)"
     return f"{cause}: changes made {since} may be lost."

@@ -68,9 +68,8 @@ def stop_session(studio_id):
     if studio.session_handle:
         timeout = settings.STUDIOS_STOP_TIMEOUT_SECONDS if saved else 0
         backend_for(studio.compute_environment).terminate(studio.session_handle, timeout)
-    lifecycle.session_stopped(
-        studio_id, unsaved="" if saved else "The session did not save a final checkpoint when asked, so it was stopped anyway"
-    )
+    unsaved = "" if saved else "The session did not save a final checkpoint when asked, so it was stopped anyway"
+    lifecycle.session_stopped(studio_id, unsaved=unsaved)
 
 
 @shared_task

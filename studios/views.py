@@ -10,6 +10,7 @@ from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from checkpoints import records
@@ -257,6 +258,7 @@ def environment_list(request, workspace, role):
     return render(request, "studios/environment_list.html", context)
 
 
+@sensitive_post_parameters("secret_access_key")
 @workspace_page(permissions.ADMIN, "manage compute environments")
 def environment_edit(request, workspace, role, environment_id=None):
     """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving checks it at once."""

@@ -81,7 +81,9 @@ def launch(user, studio):
 def report_ready(client, studio, agent_endpoint="http://10.0.3.7:9999"):
     """What the agent sends once its IDE answers, from the job's host."""
     body = json.dumps({"endpoint": "http://10.0.3.7:8888", "agent_endpoint": agent_endpoint})
-    response = client.post("/api/sessions/ready", body, "application/json", HTTP_AUTHORIZATION=f"Bearer {studio.session_token}")
+    response = client.post(
+        "/api/sessions/ready", body, "application/json", HTTP_AUTHORIZATION=f"Bearer {studio.session_token}"
+    )
     assert response.status_code == 200
     studio.refresh_from_db()
     return studio
@@ -172,7 +174,9 @@ def test_a_queue_that_cannot_run_sessions_makes_the_environment_invalid_and_stud
     environment = ComputeEnvironment.objects.get(name="batch")
     assert environment.status == "invalid" and reason in environment.status_reason
     assert "Saved batch, but studios cannot start on it" in saved
-    studio = make_studio(workspace, name="blocked", author=members[Role.MAINTAIN], compute_environment_id=environment.pk)
+    studio = make_studio(
+        workspace, name="blocked", author=members[Role.MAINTAIN], compute_environment_id=environment.pk
+    )
     client.force_login(members[Role.MAINTAIN])
     started = client.post(reverse("studio_start", args=[studio.pk]), follow=True).content.decode()
     assert "Compute environment batch is invalid" in started
@@ -188,7 +192,10 @@ def test_the_periodic_check_follows_the_queue(environment, aws, eager_tasks, set
     aws.client.update_job_queue(jobQueue="studios", state="DISABLED")
     tasks.check_compute_environments()
     environment.refresh_from_db()
-    assert (environment.status, environment.status_reason) == ("invalid", "Job queue studios is DISABLED; enable it in AWS Batch.")
+    assert (environment.status, environment.status_reason) == (
+        "invalid",
+        "Job queue studios is DISABLED; enable it in AWS Batch.",
+    )
     aws.client.update_job_queue(jobQueue="studios", state="ENABLED")
     tasks.check_compute_environments()
     environment.refresh_from_db()
@@ -233,7 +240,9 @@ def test_editing_keeps_replaces_or_forgets_the_key_pair(client, workspace, membe
     assert environment.max_cpus == 8
     assert environment.aws_credentials() == {"aws_access_key_id": KEY_ID, "aws_secret_access_key": SECRET}
 
-    client.post(edit_url(environment), form(access_key_id="AKIAI44QH8DHBEXAMPLE", secret_access_key="je7MtGbClwBF/2Zp9Utk"))
+    client.post(
+        edit_url(environment), form(access_key_id="AKIAI44QH8DHBEXAMPLE", secret_access_key="je7MtGbClwBF/2Zp9Utk")
+    )
     environment.refresh_from_db()
     assert environment.aws_credentials()["aws_access_key_id"] == "AKIAI44QH8DHBEXAMPLE"
 
@@ -246,7 +255,8 @@ def test_the_secret_is_stored_encrypted_and_never_shown_or_logged(client, worksp
     caplog.set_level(logging.DEBUG)
     aws.make_queue()
     client.force_login(members[Role.ADMIN])
-    client.post(add_url(workspace), form(access_key_id=KEY_ID, secret_access_key=SECRET))
+    saved = client.post(add_url(workspace), form(access_key_id=KEY_ID, secret_access_key=SECRET))
+    assert saved.wsgi_request.sensitive_post_parameters == ("secret_access_key",)  # error reports hide it
     environment = ComputeEnvironment.objects.get(name="batch")
     assert SECRET not in environment.sealed_credentials and KEY_ID not in environment.sealed_credentials
     studio = make_studio(workspace, name="rnaseq", author=members[Role.MAINTAIN], compute_environment_id=environment.pk)
@@ -283,6 +293,7 @@ def test_the_django_admin_changes_credentials_without_showing_them(client, envir
     assert 'name="secret_access_key"' in page
     response = client.post(url, fields)
     assert response.status_code == 302
+    assert response.wsgi_request.sensitive_post_parameters == ("secret_access_key",)
     environment.refresh_from_db()
     assert environment.aws_credentials()["aws_secret_access_key"] == SECRET
     assert environment.status == "available" and environment.status_checked is not None
@@ -297,7 +308,10 @@ def test_credentials_sealed_under_another_key_make_the_environment_invalid(clien
     tasks.check_compute_environment(ComputeEnvironment.objects.get(name="batch").pk)
     environment = ComputeEnvironment.objects.get(name="batch")
     assert environment.status == "invalid"
-    assert "cannot be decrypted with this platform's STUDIOS_SECRETS_KEY; an admin must enter them again" in environment.status_reason
+    assert (
+        "cannot be decrypted with this platform's STUDIOS_SECRETS_KEY; an admin must enter them again"
+        in environment.status_reason
+    )
 
 
 # Starting: the job a start submits.
@@ -306,12 +320,21 @@ def test_credentials_sealed_under_another_key_make_the_environment_invalid(clien
 def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_with_the_agents_environment(
     workspace, studio, maintainer, aws, settings
 ):
-    studio.datasets.set([make_dataset(workspace, "reads", "s3://lab-data/reads/"), make_dataset(workspace, "out", "s3://lab-results/out/")])
+    studio.datasets.set(
+        [
+            make_dataset(workspace, "reads", "s3://lab-data/reads/"),
+            make_dataset(workspace, "out", "s3://lab-results/out/"),
+        ]
+    )
     studio = launch(maintainer, studio)
     job = aws.describe(job_id(studio))
     assert job["jobName"] == f"studio-{studio.pk}"
     assert job["jobQueue"].endswith(":job-queue/studios")
-    assert job["tags"] == {"studios:workspace": str(workspace), "studios:studio": "rnaseq", "studios:user": maintainer.username}
+    assert job["tags"] == {
+        "studios:workspace": str(workspace),
+        "studios:studio": "rnaseq",
+        "studios:user": maintainer.username,
+    }
     assert aws.job(job_id(studio)).container_overrides["resourceRequirements"] == [
         {"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "4096"},
     ]  # fmt: skip
@@ -325,7 +348,11 @@ def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_with_the_agents_e
         {"name": "reads", "uri": "s3://lab-data/reads/", "writable": False},
     ]
     assert environment["STUDIOS_RESTORE"] == "{}"
-    assert (environment["HOME"], environment["STUDIOS_BIND_HOST"], environment["AWS_DEFAULT_REGION"]) == ("/workspace", "0.0.0.0", REGION)
+    assert (environment["HOME"], environment["STUDIOS_BIND_HOST"], environment["AWS_DEFAULT_REGION"]) == (
+        "/workspace",
+        "0.0.0.0",
+        REGION,
+    )
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(environment)
     definition = aws.client.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
     assert definition["jobDefinitionName"] == "studios-jupyterlab-4_2"
@@ -357,7 +384,10 @@ def test_one_job_definition_per_image_is_reused_and_registered_again_when_the_im
     assert start_new("four").endswith("studios-jupyterlab-4_2:2")
     assert revisions(aws, "studios-jupyterlab-4_2") == [(1, built_here), (2, pushed)]
 
-    settings.STUDIOS_TEMPLATE_IMAGES = {**settings.STUDIOS_TEMPLATE_IMAGES, "jupyterlab": pushed.replace(":4.2", ":4.3")}
+    settings.STUDIOS_TEMPLATE_IMAGES = {
+        **settings.STUDIOS_TEMPLATE_IMAGES,
+        "jupyterlab": pushed.replace(":4.2", ":4.3"),
+    }
     assert start_new("five").endswith("studios-jupyterlab-4_3:1")
 
 
@@ -365,7 +395,9 @@ def test_a_job_queue_that_refuses_the_job_errors_the_start(studio, maintainer, a
     aws.client.delete_job_queue(jobQueue="studios")
     studio = launch(maintainer, studio)
     assert studio.status == StudioStatus.ERRORED
-    assert studio.status_reason.startswith("Could not provision compute: AWS Batch did not accept the job on queue studios")
+    assert studio.status_reason.startswith(
+        "Could not provision compute: AWS Batch did not accept the job on queue studios"
+    )
 
 
 def test_templates_the_agent_cannot_guard_yet_are_not_offered(client, workspace, environment, maintainer):
@@ -375,7 +407,10 @@ def test_templates_the_agent_cannot_guard_yet_are_not_offered(client, workspace,
         {"name": "r", "template": "rstudio", "compute_environment": environment.pk, "cpus": 2, "memory_mb": 4096},
     )
     assert response.status_code == 400
-    assert "RStudio Server cannot run on batch. RStudio Server is not offered on AWS Batch yet" in response.content.decode()
+    assert (
+        "RStudio Server cannot run on batch. RStudio Server is not offered on AWS Batch yet"
+        in response.content.decode()
+    )
 
 
 # Status follows the job.
@@ -445,7 +480,11 @@ def test_a_running_job_whose_agent_is_ready_makes_the_studio_running(client, stu
             "CannotStartContainerError: Error response from daemon: failed to create task",
             "AWS Batch could not start the session's container: CannotStartContainerError",
         ),
-        ("FAILED", "Essential container in task exited", "The AWS Batch job failed: Essential container in task exited."),
+        (
+            "FAILED",
+            "Essential container in task exited",
+            "The AWS Batch job failed: Essential container in task exited.",
+        ),
         ("SUCCEEDED", None, "The session ended on its own (its AWS Batch job SUCCEEDED). Start the studio again."),
     ],
     ids=["memory", "image-pull", "permissions", "host-gone", "container-start", "other", "succeeded"],
@@ -472,7 +511,10 @@ def test_a_job_that_fails_while_starting_marks_the_step_errored(studio, maintain
     studio.refresh_from_db()
     assert studio.status == StudioStatus.ERRORED
     assert studio.startup_steps[0]["state"] == "errored"
-    assert "could not pull the session image: CannotPullContainerError: manifest unknown" in studio.startup_steps[0]["message"]
+    assert (
+        "could not pull the session image: CannotPullContainerError: manifest unknown"
+        in studio.startup_steps[0]["message"]
+    )
 
 
 def test_a_job_batch_no_longer_knows_errors_the_studio(client, studio, maintainer, aws):
@@ -592,7 +634,9 @@ def test_a_stuck_stop_can_be_forced_after_ten_minutes_which_ends_the_job(
     force_stop = reverse("studio_force_stop", args=[studio.pk])
     assert force_stop not in client.get(studio.get_absolute_url()).content.decode()
     early = client.post(force_stop, follow=True).content.decode()
-    assert "rnaseq is still saving its final checkpoint; force stop is offered once a stop has taken 10 minutes." in early
+    assert (
+        "rnaseq is still saving its final checkpoint; force stop is offered once a stop has taken 10 minutes." in early
+    )
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STOPPING
 

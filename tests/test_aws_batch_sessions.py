@@ -61,7 +61,11 @@ class BatchHost:
         self.batch.set_state(job_id, "STARTING")
         with open(self.log_dir / f"{job_id}.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, *command[1:]], env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, *command[1:]],
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.processes.append(process)
         self.batch.set_state(job_id, "RUNNING")
@@ -117,14 +121,18 @@ def wait_for_job(studio, previous=None, timeout=60):
     pytest.fail("no job was submitted")
 
 
-def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_checkpoints_to_s3(live_platform, batch_host):
+def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_checkpoints_to_s3(
+    live_platform, batch_host
+):
     workspace = make_workspace()
     environment = ComputeEnvironment.objects.create(
         workspace=workspace, name="batch", kind="aws-batch", region=REGION, job_queue="studios",
         work_dir="s3://lab-work/studios",
     )  # fmt: skip
     user = make_member(workspace, Role.MAINTAIN)
-    studio = make_studio(workspace, name="cloud", author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024)
+    studio = make_studio(
+        workspace, name="cloud", author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024
+    )
 
     lifecycle.start_studio(user, studio)
     job = wait_for_job(studio)
@@ -170,4 +178,3 @@ def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_che
     assert "Restoring checkpoint" in [step["name"] for step in studio.startup_steps]
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
-

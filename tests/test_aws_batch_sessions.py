@@ -106,6 +106,7 @@ def batch_host(live_platform, moto_server, monkeypatch, settings, tmp_path):
     host = BatchHost(batch, tmp_path)
     yield host
     host.close()
+    httpx.post(f"{moto_server}/moto-api/reset")  # the server is shared by the session's other tests
 
 
 def wait_for_job(studio, previous=None, timeout=60):

@@ -17,6 +17,7 @@ datasets at /workspace/data already.
 its start-up steps as JSON: an isolating backend runs it on the host before it mounts the
 layer under the container's root. The agent in the container then gets STUDIOS_RESTORED=1
 and those steps in STUDIOS_EARLIER_STEPS.
+
 STUDIOS_BIND_HOST is the address the IDE and the control endpoint listen on: 127.0.0.1 unless the
 platform reaches the session from another host (AWS Batch: 0.0.0.0). Both require the session
 token on every request.

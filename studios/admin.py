@@ -1,5 +1,10 @@
+from django import forms
 from django.contrib import admin
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 
+from . import environments
+from .forms import CredentialsForm
 from .models import (
     ActiveMount,
     ComputeEnvironment,
@@ -37,10 +42,34 @@ class MembershipAdmin(admin.ModelAdmin):
     list_filter = ["role", "workspace"]
 
 
+class ComputeEnvironmentAdminForm(CredentialsForm, forms.ModelForm):
+    class Meta:
+        model = ComputeEnvironment
+        fields = "__all__"
+
+
 @admin.register(ComputeEnvironment)
 class ComputeEnvironmentAdmin(admin.ModelAdmin):
-    list_display = ["name", "workspace", "kind", "region", "status"]
+    """Credentials are write-only here as on the workspace's pages; the status is what the last check found."""
+
+    form = ComputeEnvironmentAdminForm
+    list_display = ["name", "workspace", "kind", "region", "job_queue", "status"]
     list_filter = ["kind", "status"]
+    readonly_fields = ["credentials", "status", "status_reason", "status_checked"]
+
+    @admin.display(description="Stored credentials")
+    def credentials(self, environment):
+        if environment.has_credentials:
+            return "an access key pair (encrypted, never shown)"
+        return "none: the platform's own AWS role"
+
+    @method_decorator(sensitive_post_parameters("secret_access_key"))
+    def changeform_view(self, request, *args, **kwargs):
+        return super().changeform_view(request, *args, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        environments.check_environment(obj.pk)
 
 
 @admin.register(Dataset)

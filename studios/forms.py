@@ -1,3 +1,5 @@
+import re
+
 from django import forms
 from django.core.exceptions import ValidationError
 
@@ -113,4 +115,126 @@ class StudioForm(CloneForm):
                 problem = str(error)
             if problem:
                 self.add_error("template", f"{Template(template).label} cannot run on {environment.name}. {problem}")
+        return cleaned
+
+
+class CredentialsForm(forms.Form):
+    """An AWS access key pair for a compute environment: write-only, never shown back."""
+
+    access_key_id = forms.CharField(
+        label="AWS access key ID", required=False, max_length=128, widget=forms.TextInput(attrs={"autocomplete": "off"})
+    )
+    secret_access_key = forms.CharField(
+        label="AWS secret access key",
+        required=False,
+        max_length=128,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+    forget_credentials = forms.BooleanField(
+        label="Forget the stored key pair and use the platform's own AWS role", required=False
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stored = self.instance.has_credentials
+        self.fields["access_key_id"].help_text = (
+            "A key pair is stored (never shown). Enter a new pair to replace it; leave both empty to keep it."
+            if stored
+            else "Leave both empty to use the platform's own AWS role or instance profile."
+        )
+        if not stored:
+            self.fields["forget_credentials"].widget = forms.HiddenInput()
+
+    def clean(self):
+        cleaned = super().clean()
+        key_id, secret = cleaned.get("access_key_id", "").strip(), cleaned.get("secret_access_key", "")
+        if bool(key_id) != bool(secret):
+            missing = "secret_access_key" if key_id else "access_key_id"
+            self.add_error(missing, "Enter both the access key ID and the secret access key.")
+        elif key_id and not re.fullmatch(r"[A-Z0-9]{16,128}", key_id):
+            self.add_error(
+                "access_key_id", "An AWS access key ID is 16 or more capital letters and digits, like AKIAIOSFODNN7EXAMPLE."
+            )
+        elif key_id and cleaned.get("forget_credentials"):
+            self.add_error("forget_credentials", "Either enter a new key pair or forget the stored one, not both.")
+        cleaned["access_key_id"] = key_id
+        return cleaned
+
+    def save(self, commit=True):
+        if self.cleaned_data["access_key_id"]:
+            self.instance.set_credentials(self.cleaned_data["access_key_id"], self.cleaned_data["secret_access_key"])
+        elif self.cleaned_data.get("forget_credentials"):
+            self.instance.forget_credentials()
+        return super().save(commit)
+
+
+S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
+JOB_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}|arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/[A-Za-z0-9_-]+")
+
+
+class BatchEnvironmentForm(CredentialsForm, forms.ModelForm):
+    """An AWS Batch compute environment, as a workspace admin adds or edits it."""
+
+    writable_data_paths = forms.CharField(
+        label="Writable data paths",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "s3://lab-results/\ns3://scratch/team-a/"}),
+        help_text="One s3:// bucket or prefix a line: datasets under them may be mounted read-write.",
+    )
+
+    class Meta:
+        model = ComputeEnvironment
+        fields = ["name", "region", "job_queue", "work_dir", "writable_data_paths", "max_cpus", "max_memory_mb"]
+        labels = {"job_queue": "Job queue", "work_dir": "Work directory", "max_cpus": "Most CPUs a studio may ask for",
+                  "max_memory_mb": "Most memory a studio may ask for (MB)"}  # fmt: skip
+        help_texts = {"work_dir": "s3://bucket/prefix: where checkpoints are kept."}
+        widgets = {"work_dir": forms.TextInput(attrs={"placeholder": "s3://lab-work/studios"})}
+
+    def __init__(self, *args, workspace, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.workspace = workspace
+        self.initial["writable_data_paths"] = "\n".join(self.instance.writable_data_paths)
+        if self.instance.pk is None:
+            self.initial["region"] = ""
+        self.fields["job_queue"].required = True
+        self.fields["region"].widget.attrs["placeholder"] = "eu-west-1"
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        taken = self.workspace.compute_environments.filter(name=name).exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise ValidationError(f"A compute environment named {name!r} already exists in this workspace.")
+        return name
+
+    def clean_region(self):
+        region = self.cleaned_data["region"].strip()
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+            raise ValidationError("Enter an AWS region such as eu-west-1.")
+        return region
+
+    def clean_job_queue(self):
+        queue = self.cleaned_data["job_queue"].strip()
+        if not JOB_QUEUE.fullmatch(queue):
+            raise ValidationError("Enter the job queue's name (letters, digits, - and _) or its ARN.")
+        return queue
+
+    def clean_work_dir(self):
+        work_dir = self.cleaned_data["work_dir"].strip()
+        if not S3_URI.fullmatch(work_dir):
+            raise ValidationError("Sessions on AWS Batch keep checkpoints on S3: enter s3://bucket/prefix.")
+        return work_dir
+
+    def clean_writable_data_paths(self):
+        paths = [line.strip() for line in self.cleaned_data["writable_data_paths"].splitlines() if line.strip()]
+        wrong = [path for path in paths if not S3_URI.fullmatch(path)]
+        if wrong:
+            raise ValidationError(f"Not an s3:// bucket or prefix: {', '.join(wrong)}.")
+        return paths
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("max_cpus") is not None and cleaned["max_cpus"] < self.instance.min_cpus:
+            self.add_error("max_cpus", f"Studios need at least {self.instance.min_cpus} CPU.")
+        if cleaned.get("max_memory_mb") is not None and cleaned["max_memory_mb"] < self.instance.min_memory_mb:
+            self.add_error("max_memory_mb", f"Studios need at least {self.instance.min_memory_mb} MB.")
         return cleaned

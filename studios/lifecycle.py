@@ -178,6 +178,27 @@ def stop_studio(user, studio):
     return studio
 
 
+def force_stop_studio(user, studio):
+    """Mark a studio whose stop has not finished stopped now, and end its compute without waiting for it."""
+    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "force stop studios")
+    with transaction.atomic():
+        studio = _lock(studio.pk)
+        if studio.status != StudioStatus.STOPPING:
+            raise ActionRefused(f"{studio.name} is {studio.status}; only a studio that is stopping can be force stopped.")
+        if not studio.can_force_stop:
+            raise ActionRefused(
+                f"{studio.name} is still saving its final checkpoint; force stop is offered once a stop has taken "
+                f"{settings.STUDIOS_FORCE_STOP_AFTER_SECONDS // 60} minutes."
+            )
+        environment_id, handle = studio.compute_environment_id, studio.session_handle
+        reason = _possible_loss(studio, f"Force stopped by {user} before the session saved a final checkpoint")
+        _end_session(studio, StudioStatus.STOPPED, reason)
+        if handle:
+            transaction.on_commit(lambda: _dispatch("end_compute", environment_id, handle))
+    log.info("studio %s force stopped by %s", studio.pk, user)
+    return studio
+
+
 def delete_studio(user, studio):
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "delete studios")
     with transaction.atomic():
@@ -270,14 +291,40 @@ def fail_studio(studio_id, reason, expected=ACTIVE_STATUSES):
     return True
 
 
-def session_stopped(studio_id):
+def session_stopped(studio_id, unsaved=""):
+    """The session's compute has ended; ``unsaved`` says why its final checkpoint may be missing."""
     with transaction.atomic():
         studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
         if studio is None or studio.status != StudioStatus.STOPPING:
             return False
-        _end_session(studio, StudioStatus.STOPPED)
-    log.info("studio %s stopped", studio_id)
+        _end_session(studio, StudioStatus.STOPPED, _possible_loss(studio, unsaved) if unsaved else "")
+    log.info("studio %s stopped%s", studio_id, f" ({unsaved})" if unsaved else "")
     return True
+
+
+def provisioning_progress(studio_id, message):
+    """Where the backend stands provisioning a starting session's compute, until the session reports itself."""
+    with transaction.atomic():
+        studio = Studio.objects.select_for_update().filter(pk=studio_id, status=StudioStatus.STARTING).first()
+        if studio is None or not studio.startup_steps:
+            return False
+        step = studio.startup_steps[0]
+        if step["name"] != FIRST_STEP["name"] or step["state"] != "in-progress" or step["message"] == message:
+            return False
+        step["message"] = message
+        studio.save(update_fields=["startup_steps"])
+    return True
+
+
+def _possible_loss(studio, cause):
+    """Tell the user what a session that ended without its final checkpoint may have lost."""
+    checkpoint = studio.current_checkpoint
+    if checkpoint is not None and checkpoint.saved is not None:
+        saved = timezone.localtime(checkpoint.saved)
+        since = f"since checkpoint {checkpoint.name} was saved at {saved:%Y-%m-%d %H:%M %Z}"
+    else:
+        since = "in this session (none of it was saved)"
+    return f"{cause}: changes made {since} may be lost."
 
 
 def _end_session(studio, status, reason=""):

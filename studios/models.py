@@ -1,10 +1,14 @@
 """Tenancy, compute environments, datasets and studios: the state the lifecycle changes."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
+
+from . import credentials
 
 
 class Role(models.TextChoices):
@@ -80,8 +84,14 @@ class ComputeEnvironment(models.Model):
     writable_data_paths = models.JSONField(
         default=list, blank=True, help_text="Data under these paths may be mounted read-write."
     )
+    job_queue = models.CharField(
+        max_length=300, blank=True, help_text="AWS Batch: the job queue sessions are submitted to (name or ARN)."
+    )
+    # An access key pair, encrypted (see credentials.py); empty to use the platform's own AWS role.
+    sealed_credentials = models.TextField(blank=True, editable=False)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.AVAILABLE)
     status_reason = models.TextField(blank=True)
+    status_checked = models.DateTimeField(null=True, blank=True, help_text="When the status was last checked.")
     min_cpus = models.PositiveIntegerField(default=1)
     max_cpus = models.PositiveIntegerField(default=16)
     min_memory_mb = models.PositiveIntegerField(default=512)
@@ -95,6 +105,22 @@ class ComputeEnvironment(models.Model):
 
     def is_writable(self, uri):
         return any(data_path_contains(path, uri) for path in self.writable_data_paths)
+
+    @property
+    def has_credentials(self):
+        return bool(self.sealed_credentials)
+
+    def set_credentials(self, access_key_id, secret_access_key):
+        self.sealed_credentials = credentials.seal(
+            {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key}
+        )
+
+    def forget_credentials(self):
+        self.sealed_credentials = ""
+
+    def aws_credentials(self):
+        """boto3 keyword arguments for the stored access key pair; empty for the platform's own role."""
+        return credentials.unseal(self.sealed_credentials) if self.sealed_credentials else {}
 
 
 def normalize_data_path(uri):
@@ -233,6 +259,12 @@ class Studio(models.Model):
     @property
     def can_stop(self):
         return self.status == StudioStatus.RUNNING
+
+    @property
+    def can_force_stop(self):
+        """A stop that has not finished after a while may be forced; before that, it is given time."""
+        overdue = timedelta(seconds=settings.STUDIOS_FORCE_STOP_AFTER_SECONDS)
+        return self.status == StudioStatus.STOPPING and timezone.now() - self.status_changed >= overdue
 
     @property
     def can_delete(self):

@@ -33,7 +33,12 @@ def studio_actions(role, studio):
     if has_role(role, CONNECT) and studio.can_connect:
         actions += ["connect", "copy-url"]
     if has_role(role, MAINTAIN):
-        allowed = {"start": studio.can_start, "stop": studio.can_stop, "delete": studio.can_delete}
+        allowed = {
+            "start": studio.can_start,
+            "stop": studio.can_stop,
+            "force-stop": studio.can_force_stop,
+            "delete": studio.can_delete,
+        }
         actions += [action for action, possible in allowed.items() if possible]
     return actions
 

@@ -6,9 +6,9 @@ import httpx
 from celery import shared_task
 from django.conf import settings
 
-from . import lifecycle, presence
+from . import environments, lifecycle, presence
 from .backends import BackendError, Mount, SessionSpec, backend_for
-from .models import ACTIVE_STATUSES, Studio, StudioStatus
+from .models import ACTIVE_STATUSES, ComputeEnvironment, Studio, StudioStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,17 @@ def session_spec(studio):
         restore={
             "name": source.name, "manifest_key": source.manifest_key, "manifest_sha256": source.manifest_sha256
         } if (source := studio.restored_from) else {},
+        labels={"workspace": str(studio.workspace), "studio": studio.name, "user": studio.author.username},
     )  # fmt: skip
 
 
 @shared_task
 def launch_session(studio_id, token):
-    studio = Studio.objects.select_related("compute_environment").filter(pk=studio_id).first()
+    studio = (
+        Studio.objects.select_related("compute_environment", "workspace__organization", "author")
+        .filter(pk=studio_id)
+        .first()
+    )
     if studio is None or studio.status != StudioStatus.STARTING or studio.session_token != token:
         return
     if studio.session_handle:
@@ -54,12 +59,25 @@ def launch_session(studio_id, token):
 
 @shared_task
 def stop_session(studio_id):
+    """Have the session save a final checkpoint, then end its compute; when the session does not answer in
+    time, end it anyway and tell the user what may be lost."""
     studio = Studio.objects.select_related("compute_environment").filter(pk=studio_id).first()
     if studio is None or studio.status != StudioStatus.STOPPING:
         return
+    saved = request_checkpoint(studio)
     if studio.session_handle:
-        backend_for(studio.compute_environment).terminate(studio.session_handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
-    lifecycle.session_stopped(studio_id)
+        timeout = settings.STUDIOS_STOP_TIMEOUT_SECONDS if saved else 0
+        backend_for(studio.compute_environment).terminate(studio.session_handle, timeout)
+    unsaved = "" if saved else "The session did not save a final checkpoint when asked, so it was stopped anyway"
+    lifecycle.session_stopped(studio_id, unsaved=unsaved)
+
+
+@shared_task
+def end_compute(environment_id, handle):
+    """End a session's compute without waiting for it (a force stop)."""
+    environment = ComputeEnvironment.objects.filter(pk=environment_id).first()
+    if environment is not None:
+        backend_for(environment).terminate(handle, 0)
 
 
 @shared_task
@@ -68,12 +86,10 @@ def checkpoint_running_sessions():
         checkpoint_session.delay(studio_id)
 
 
-@shared_task
-def checkpoint_session(studio_id):
-    """Ask a running session's agent for a checkpoint now; it reports the result itself."""
-    studio = Studio.objects.filter(pk=studio_id, status=StudioStatus.RUNNING).exclude(agent_endpoint="").first()
-    if studio is None:
-        return
+def request_checkpoint(studio):
+    """Ask a session's agent for a checkpoint now and wait for it; whether it was saved and recorded."""
+    if not studio.agent_endpoint:
+        return False
     try:
         response = httpx.post(
             f"{studio.agent_endpoint}/checkpoint",
@@ -81,8 +97,30 @@ def checkpoint_session(studio_id):
             timeout=settings.STUDIOS_STOP_TIMEOUT_SECONDS,
         )
         response.raise_for_status()
-    except httpx.HTTPError as error:
-        log.warning("studio %s: checkpoint failed: %s", studio_id, error)
+        return bool(response.json().get("recorded"))
+    except (httpx.HTTPError, ValueError) as error:
+        log.warning("studio %s: checkpoint failed: %s", studio.pk, error)
+        return False
+
+
+@shared_task
+def checkpoint_session(studio_id):
+    """Ask a running session's agent for a checkpoint now; it reports the result itself."""
+    studio = Studio.objects.filter(pk=studio_id, status=StudioStatus.RUNNING).exclude(agent_endpoint="").first()
+    if studio is not None:
+        request_checkpoint(studio)
+
+
+def _fail_overdue_start(studio):
+    reason = f"The session did not become ready within {settings.STUDIOS_START_TIMEOUT_SECONDS // 60} minutes."
+    try:
+        backend = backend_for(studio.compute_environment)
+        reason += " " + backend.start_timeout_hint(studio.session_handle)
+        if studio.session_handle:
+            backend.terminate(studio.session_handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
+    except BackendError as error:
+        reason += f" Its compute could not be ended ({error}); end it by hand."
+    lifecycle.fail_studio(studio.pk, f"{reason} Then start the studio again.", expected={StudioStatus.STARTING})
 
 
 @shared_task
@@ -90,18 +128,17 @@ def reconcile_sessions():
     """Repair what the database believes from what the backends report, and forget ghost connections."""
     presence.forget_dead_processes_and_announce()
     for studio in lifecycle.overdue_starts().select_related("compute_environment"):
-        if studio.session_handle:
-            backend_for(studio.compute_environment).terminate(studio.session_handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
-        lifecycle.fail_studio(
-            studio.pk,
-            f"The session did not become ready within {settings.STUDIOS_START_TIMEOUT_SECONDS // 60} minutes. "
-            "Check that the compute environment has capacity, then start the studio again.",
-            expected={StudioStatus.STARTING},
-        )
+        _fail_overdue_start(studio)
     for studio in Studio.objects.filter(status__in=ACTIVE_STATUSES).exclude(session_handle={}):
-        backend = backend_for(studio.compute_environment)
-        state = backend.poll(studio.session_handle)
+        try:
+            backend = backend_for(studio.compute_environment)
+            state = backend.poll(studio.session_handle)
+        except BackendError as error:
+            log.warning("studio %s: cannot poll its session: %s", studio.pk, error)
+            continue
         if state.alive:
+            if studio.status == StudioStatus.STARTING and state.progress:
+                lifecycle.provisioning_progress(studio.pk, state.progress)
             continue
         backend.terminate(studio.session_handle, 0)  # whatever is left of it
         if studio.status == StudioStatus.STOPPING:
@@ -110,3 +147,14 @@ def reconcile_sessions():
             lifecycle.fail_studio(studio.pk, state.reason, expected={studio.status})
     for studio in lifecycle.overdue_stops():
         stop_session.delay(studio.pk)
+
+
+@shared_task
+def check_compute_environments():
+    for environment_id in ComputeEnvironment.objects.values_list("pk", flat=True):
+        check_compute_environment.delay(environment_id)
+
+
+@shared_task
+def check_compute_environment(environment_id):
+    environments.check_environment(environment_id)

@@ -6,9 +6,13 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("w/<slug:org>/<slug:workspace>/", views.studio_list, name="studio_list"),
     path("w/<slug:org>/<slug:workspace>/studios/add/", views.studio_add, name="studio_add"),
+    path("w/<slug:org>/<slug:workspace>/compute/", views.environment_list, name="environment_list"),
+    path("w/<slug:org>/<slug:workspace>/compute/add/", views.environment_edit, name="environment_add"),
+    path("w/<slug:org>/<slug:workspace>/compute/<int:environment_id>/", views.environment_edit, name="environment_edit"),
     path("studios/<int:studio_id>/", views.studio_detail, name="studio_detail"),
     path("studios/<int:studio_id>/start/", views.studio_start, name="studio_start"),
     path("studios/<int:studio_id>/stop/", views.studio_stop, name="studio_stop"),
+    path("studios/<int:studio_id>/force-stop/", views.studio_force_stop, name="studio_force_stop"),
     path("studios/<int:studio_id>/delete/", views.studio_delete, name="studio_delete"),
     path("api/sessions/<str:what>", views.session_report, name="session_report"),
 ]

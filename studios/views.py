@@ -2,21 +2,23 @@
 
 import json
 import shlex
+from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import lifecycle, permissions
+from . import environments, lifecycle, permissions
 from .backends import BackendError, backend_for
-from .forms import ResourcesForm, StudioForm
-from .models import Membership, StudioStatus, Template
+from .forms import BatchEnvironmentForm, ResourcesForm, StudioForm
+from .models import ComputeEnvironment, Membership, StudioStatus, Template
 from .permissions import PermissionRefused
 
 SEARCH_KEYS = {
@@ -67,6 +69,7 @@ def studio_list(request, org, workspace):
         "query": query,
         "polling": any(studio.is_transitional for studio in studios),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
+        "can_admin": permissions.has_role(role, permissions.ADMIN),
     }
     template = "studios/partials/studio_table.html" if request.htmx else "studios/studio_list.html"
     return render(request, template, context)
@@ -84,13 +87,28 @@ def template_problems(workspace):
     return problems
 
 
-@login_required
-def studio_add(request, org, workspace):
-    workspace, role = permissions.workspace_for(request.user, org, workspace)
-    try:
-        permissions.require_role(request.user, workspace, permissions.MAINTAIN, "add studios")
-    except PermissionRefused as error:
-        return refused(request, error)
+def workspace_page(lowest, action):
+    """A page of a workspace for ``lowest`` and above: a 404 for non-members, the refusal page for lower
+    roles. The view gets the workspace and the user's role in place of the URL's slugs."""
+
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def page(request, org, workspace, **kwargs):
+            workspace, role = permissions.workspace_for(request.user, org, workspace)
+            try:
+                permissions.require_role(request.user, workspace, lowest, action)
+            except PermissionRefused as error:
+                return refused(request, error)
+            return view(request, workspace, role, **kwargs)
+
+        return page
+
+    return decorate
+
+
+@workspace_page(permissions.MAINTAIN, "add studios")
+def studio_add(request, workspace, role):
     form = StudioForm(request.POST or None, workspace=workspace)
     if request.method == "POST" and form.is_valid():
         try:
@@ -205,6 +223,15 @@ def studio_stop(request, studio_id):
 
 @login_required
 @require_POST
+def studio_force_stop(request, studio_id):
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    return _studio_action(
+        request, studio, lifecycle.force_stop_studio, "Force stopped {name}; changes since its last checkpoint may be lost."
+    )
+
+
+@login_required
+@require_POST
 def studio_delete(request, studio_id):
     studio, _ = permissions.studio_for(request.user, studio_id)
     return _studio_action(
@@ -223,6 +250,43 @@ def session_unavailable(request, status, message, studio=None, role=None):
         context["workspace"] = studio.workspace
         context["actions"] = [action for action in permissions.studio_actions(role, studio) if action == "start"]
     return render(request, "studios/session_unavailable.html", context, status=status)
+
+
+@workspace_page(permissions.ADMIN, "manage compute environments")
+def environment_list(request, workspace, role):
+    context = {"workspace": workspace, "role": role, "environments": workspace.compute_environments.order_by("name")}
+    return render(request, "studios/environment_list.html", context)
+
+
+@sensitive_post_parameters("secret_access_key")
+@workspace_page(permissions.ADMIN, "manage compute environments")
+def environment_edit(request, workspace, role, environment_id=None):
+    """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving checks it at once."""
+    environment = None
+    if environment_id is not None:
+        environment = get_object_or_404(
+            workspace.compute_environments, pk=environment_id, kind=ComputeEnvironment.Kind.AWS_BATCH
+        )
+    form = BatchEnvironmentForm(request.POST or None, instance=environment, workspace=workspace)
+    if request.method == "POST" and form.is_valid():
+        try:
+            environment = environments.save_batch_environment(request.user, workspace, form.save(commit=False))
+        except lifecycle.ActionRefused as error:
+            form.add_error(None, str(error))
+        else:
+            if environment.status == ComputeEnvironment.Status.AVAILABLE:
+                messages.success(request, f"Saved {environment.name}; studios can start on it.")
+            else:
+                messages.error(
+                    request, f"Saved {environment.name}, but studios cannot start on it: {environment.status_reason}"
+                )
+            return redirect("environment_list", workspace.organization.slug, workspace.slug)
+    return render(
+        request,
+        "studios/environment_edit.html",
+        {"workspace": workspace, "role": role, "form": form, "environment": environment},
+        status=400 if form.errors else 200,
+    )
 
 
 # The session agent's callbacks, authenticated by the session's token.

@@ -4,6 +4,7 @@ With nothing set, the product runs on embedded parts (SQLite, a filesystem Celer
 the in-memory channel layer) so that one command brings it up on a laptop.
 """
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -148,6 +149,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(STUDIOS_CHECKPOINT_INTERVAL_SECONDS),
     },
     "clean-checkpoint-stores": {"task": "checkpoints.tasks.clean_all_stores", "schedule": 60.0 * 60},
+    "check-compute-environments": {"task": "studios.tasks.check_compute_environments", "schedule": 5 * 60.0},
 }
 
 # The address sessions use to report readiness and progress back to the platform.
@@ -156,6 +158,23 @@ STUDIOS_PLATFORM_URL = os.environ.get("STUDIOS_PLATFORM_URL", "http://127.0.0.1:
 STUDIOS_START_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_START_TIMEOUT_SECONDS", 30 * 60))
 # How long a stop waits for a session to save its final checkpoint and exit before it is killed.
 STUDIOS_STOP_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_STOP_TIMEOUT_SECONDS", 5 * 60))
+# A studio stopping for longer than this offers a force stop.
+STUDIOS_FORCE_STOP_AFTER_SECONDS = int(os.environ.get("STUDIOS_FORCE_STOP_AFTER_SECONDS", 10 * 60))
+
+# The Fernet key that encrypts compute environments' cloud credentials in the database. Without it,
+# a key derived from SECRET_KEY is used: then changing SECRET_KEY makes stored credentials unreadable.
+STUDIOS_SECRETS_KEY = os.environ.get("STUDIOS_SECRETS_KEY", "")
+
+# The image each template runs on container compute (AWS Batch), built from images/<template>/Dockerfile.
+# STUDIOS_TEMPLATE_IMAGES, a JSON object, replaces some or all of them, e.g. with ECR repositories.
+STUDIOS_TEMPLATE_IMAGES = {
+    "jupyterlab": "studios/jupyterlab:4.2",
+    "rstudio": "studios/rstudio:2024.12",
+    "vscode": "studios/vscode:4.96",
+    **json.loads(os.environ.get("STUDIOS_TEMPLATE_IMAGES", "{}")),
+}
+# Where a session's writable layer is inside those images: the agent checkpoints it, datasets appear under data/.
+STUDIOS_CONTAINER_HOME = os.environ.get("STUDIOS_CONTAINER_HOME", "/workspace")
 
 # How often each web process vouches for the session connections it holds; three missed beats make them ghosts.
 STUDIOS_HEARTBEAT_SECONDS = int(os.environ.get("STUDIOS_HEARTBEAT_SECONDS", 10))

@@ -137,3 +137,46 @@ def test_home_lists_only_my_workspaces(client, members, workspace):
     response = login(client, members[Role.VIEW]).get("/")
     assert workspace.name.encode() in response.content
     assert other.name.encode() not in response.content
+
+
+ADMINS = {Role.OWNER, Role.ADMIN}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("page", ["environment_list", "environment_add"])
+def test_compute_environment_pages_need_admin_role(client, members, workspace, role, page):
+    response = login(client, members[role]).get(reverse(page, args=[workspace.organization.slug, workspace.slug]))
+    assert response.status_code == expected(role, Role.ADMIN)
+    if response.status_code == 403:
+        assert b"You need the admin role or higher to manage compute environments" in response.content
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_compute_environments_link_follows_the_role(client, members, workspace, role):
+    response = login(client, members[role]).get(workspace.get_absolute_url())
+    if role == "outsider":
+        assert response.status_code == 404
+        return
+    link = reverse("environment_list", args=[workspace.organization.slug, workspace.slug]).encode()
+    assert (link in response.content) == (role in ADMINS)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_force_stopping_needs_maintain_role(client, members, studio, role):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    Studio.objects.filter(pk=studio.pk).update(
+        status=StudioStatus.STOPPING, status_changed=timezone.now() - timedelta(minutes=11)
+    )
+    page = login(client, members[role]).get(studio.get_absolute_url())
+    response = client.post(reverse("studio_force_stop", args=[studio.pk]))
+    studio.refresh_from_db()
+    if role in MAINTAINERS:
+        assert b"Force stop" in page.content
+        assert response.status_code == 302 and studio.status == StudioStatus.STOPPED
+    else:
+        assert b"Force stop" not in page.content
+        assert response.status_code == expected(role, Role.MAINTAIN)
+        assert studio.status == StudioStatus.STOPPING

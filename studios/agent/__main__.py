@@ -17,6 +17,10 @@ datasets at /workspace/data already.
 its start-up steps as JSON: an isolating backend runs it on the host before it mounts the
 layer under the container's root. The agent in the container then gets STUDIOS_RESTORED=1
 and those steps in STUDIOS_EARLIER_STEPS.
+
+STUDIOS_BIND_HOST is the address the IDE and the control endpoint listen on: 127.0.0.1 unless the
+platform reaches the session from another host (AWS Batch: 0.0.0.0). Both require the session
+token on every request.
 """
 
 import hmac
@@ -30,6 +34,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,18 +48,29 @@ READY_TIMEOUT_SECONDS = 180
 IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
 
 
-def free_port():
+def free_port(host):
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def ide_command(template, port, base_path, root_dir):
+def reachable_address(bind_host, platform_url):
+    """The address the platform can reach this session at: for a wildcard bind, this host's address on the
+    route to the platform (no packet is sent: connecting a UDP socket only picks the route)."""
+    if bind_host != "0.0.0.0":
+        return bind_host
+    platform = urllib.parse.urlsplit(platform_url)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((platform.hostname, platform.port or 80))
+        return probe.getsockname()[0]
+
+
+def ide_command(template, host, port, base_path, root_dir):
     if template == "jupyterlab":
         return [
             sys.executable, "-m", "jupyterlab",
             "--no-browser", "--allow-root",
-            "--ip=127.0.0.1", f"--port={port}",
+            f"--ip={host}", f"--port={port}",
             f"--ServerApp.base_url={base_path}",
             "--ServerApp.identity_provider_class=studios.agent.jupyter_identity.PlatformIdentityProvider",
             f"--ServerApp.root_dir={root_dir}",
@@ -81,6 +97,8 @@ class Agent:
         self.layer_excluded = json.loads(environ.get("STUDIOS_LAYER_EXCLUDE", '["data"]'))
         self.root_dir = Path(environ.get("STUDIOS_ROOT_DIR", environ["HOME"]))
         self.data_mounted = environ.get("STUDIOS_DATA_MOUNTED") == "1"
+        self.bind_host = environ.get("STUDIOS_BIND_HOST", "127.0.0.1")
+        self.address = reachable_address(self.bind_host, self.callback_url)
         self.ide = None
         self.stopping = False
         self.steps = [{"name": "Provisioning compute", "state": "succeeded", "message": ""}]
@@ -179,7 +197,7 @@ class Agent:
                 link.symlink_to(mount["uri"])
 
     def wait_until_ready(self, port):
-        url = f"http://127.0.0.1:{port}{self.base_path}api/status"
+        url = f"http://{self.address}:{port}{self.base_path}api/status"
         request = urllib.request.Request(url, headers={"X-Studios-Session-Token": self.token})
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -217,9 +235,9 @@ class Agent:
             def log_message(self, format, *args):
                 log.info("control: " + format, *args)
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Control)
+        server = ThreadingHTTPServer((self.bind_host, 0), Control)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return f"http://{self.address}:{server.server_address[1]}"
 
     def restore_only(self):
         self.layer.mkdir(parents=True, exist_ok=True)
@@ -242,12 +260,13 @@ class Agent:
         self.step("Mounting data", "succeeded", ", ".join(m["name"] for m in self.mounts) or "no datasets")
         ide_step = f"Starting {IDE_NAMES.get(self.template, self.template)}"
         self.step(ide_step, "in-progress")
-        port = free_port()
-        self.ide = subprocess.Popen(ide_command(self.template, port, self.base_path, self.root_dir))
+        port = free_port(self.bind_host)
+        self.ide = subprocess.Popen(ide_command(self.template, self.bind_host, port, self.base_path, self.root_dir))
         self.wait_until_ready(port)
         self.steps[-1].update(state="succeeded")
         control = self.serve_control()
-        ready = self.report("ready", endpoint=f"http://127.0.0.1:{port}", agent_endpoint=control, steps=self.steps)
+        endpoint = f"http://{self.address}:{port}"
+        ready = self.report("ready", endpoint=endpoint, agent_endpoint=control, steps=self.steps)
         if ready != 200:
             self.stop_ide()
             raise SystemExit("the platform did not accept this session; exiting")

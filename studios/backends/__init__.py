@@ -1,5 +1,7 @@
 from django.conf import settings
 
+from ..credentials import UnreadableCredentials
+from .aws_batch import AwsBatchBackend
 from .base import BackendError, ComputeBackend, Mount, SessionSpec, SessionState
 from .local import LocalBackend
 
@@ -13,5 +15,17 @@ def backend_for(compute_environment):
             isolation=settings.STUDIOS_LOCAL_ISOLATION,
             hidden=[settings.DATA_DIR],
             layer_quota_mb=settings.STUDIOS_WRITABLE_LAYER_MB,
+        )
+    if compute_environment.kind == "aws-batch":
+        try:
+            credentials = compute_environment.aws_credentials()
+        except UnreadableCredentials as error:
+            raise BackendError(str(error)) from None
+        return AwsBatchBackend(
+            region=compute_environment.region,
+            job_queue=compute_environment.job_queue,
+            credentials=credentials,
+            images=settings.STUDIOS_TEMPLATE_IMAGES,
+            container_home=settings.STUDIOS_CONTAINER_HOME,
         )
     raise BackendError(f"Compute environments of kind {compute_environment.kind} are not supported yet.")

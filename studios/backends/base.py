@@ -30,6 +30,7 @@ class SessionSpec:
     mounts: list[Mount] = field(default_factory=list)
     restore: dict = field(default_factory=dict)  # the checkpoint to restore: name, manifest_key, manifest_sha256
     storage_quota_mb: int = 5120
+    labels: dict = field(default_factory=dict)  # who the session belongs to: workspace, studio, user
 
     def environment(self):
         """What the session agent reads from its environment, on every backend."""
@@ -48,6 +49,7 @@ class SessionSpec:
 class SessionState:
     alive: bool
     reason: str = ""  # why it is not alive, in words a user can act on
+    progress: str = ""  # while the compute is being provisioned: where it stands, for the start-up steps
 
 
 class BackendError(Exception):
@@ -58,6 +60,17 @@ class ComputeBackend(ABC):
     @abstractmethod
     def template_problem(self, template: str) -> str:
         """Why ``template`` cannot run here and how to fix it, or "" when it can."""
+
+    @abstractmethod
+    def environment_problem(self) -> str:
+        """Why no session can start on this compute environment now, or "" when they can.
+
+        Checked when an admin saves the compute environment and periodically; a problem makes it invalid.
+        """
+
+    @abstractmethod
+    def start_timeout_hint(self, handle: dict) -> str:
+        """What to check when a session has not become ready in time: a sentence for the studio's reason."""
 
     @abstractmethod
     def launch(self, spec: SessionSpec) -> dict:

@@ -71,6 +71,12 @@ class LocalBackend(ComputeBackend):
             return ""
         return f"Not installed on this compute environment: {IDE_INSTALL_HINTS[template]}."
 
+    def environment_problem(self) -> str:
+        return ""
+
+    def start_timeout_hint(self, handle: dict) -> str:
+        return "Check that the compute environment has capacity."
+
     def launch(self, spec: SessionSpec) -> dict:
         session_dir = self.sessions_dir / spec.name
         session_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,105 @@
+"""moto's AWS Batch, made to behave like Batch where the tests need it.
+
+moto runs a submitted job in Docker (there is no Docker engine here) or, with
+``use_docker: False``, marks it SUCCEEDED the moment it is submitted. Neither is what Batch
+does, so these tests do not let moto execute anything: a submitted job waits in SUBMITTED, as
+real jobs wait for capacity, and the test moves it through Batch's states by setting them on
+moto's own job object, which is what ``describe_jobs`` then returns. ``terminate_job`` ends the
+job as Batch does: the container gets SIGTERM (``on_terminate``), and the job becomes FAILED
+with the reason given once it has exited. moto reports every compute environment VALID;
+``make_invalid`` makes it report one INVALID, as Batch does when, say, its instance role is gone.
+"""
+
+import boto3
+from moto.batch.models import BatchBackend, Job, batch_backends
+from moto.batch_simple.models import BatchSimpleBackend
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.config import default_user_config
+
+REGION = "eu-west-1"
+
+
+class MotoBatch:
+    def __init__(self, monkeypatch, region=REGION):
+        self.region = region
+        self.on_terminate = {}  # job id -> called with the job in place of the container getting SIGTERM
+        self.invalid = {}  # compute environment name -> Batch's statusReason
+        monkeypatch.setitem(default_user_config, "batch", {"use_docker": False})
+        monkeypatch.setattr(BatchSimpleBackend, "_mark_job_as_finished", _leave_submitted)
+        monkeypatch.setattr(Job, "terminate", lambda job, reason: self._terminate(job, reason))
+        described = BatchBackend.describe_compute_environments
+        monkeypatch.setattr(
+            BatchBackend,
+            "describe_compute_environments",
+            lambda backend, environments=None: [self._with_status(e) for e in described(backend, environments)],
+        )
+
+    def _with_status(self, environment):
+        if environment["computeEnvironmentName"] in self.invalid:
+            environment.update(status="INVALID", statusReason=self.invalid[environment["computeEnvironmentName"]])
+        return environment
+
+    def make_invalid(self, environment_name, reason):
+        self.invalid[environment_name] = reason
+
+    @property
+    def client(self):
+        return boto3.client("batch", region_name=self.region)
+
+    def _terminate(self, job, reason):
+        if job.job_stopped:
+            return
+        job.job_stopped_reason = reason
+        if job.job_id in self.on_terminate:
+            self.on_terminate.pop(job.job_id)(job)
+        else:
+            job._mark_stopped(success=False)
+
+    def queue(self, name):
+        return batch_backends[DEFAULT_ACCOUNT_ID][self.region].get_job_queue(name)
+
+    def job(self, job_id):
+        return batch_backends[DEFAULT_ACCOUNT_ID][self.region].get_job_by_id(job_id)
+
+    def set_state(self, job_id, status, reason=None):
+        """Move a job to ``status`` as Batch would report it; FAILED and SUCCEEDED end it."""
+        job = self.job(job_id)
+        if reason is not None:
+            job.job_stopped_reason = reason
+        if status in ("SUCCEEDED", "FAILED"):
+            job._mark_stopped(success=status == "SUCCEEDED")
+        else:
+            job.status = status
+
+    def describe(self, job_id):
+        return self.client.describe_jobs(jobs=[job_id])["jobs"][0]
+
+    def make_queue(self, name="studios", *, state="ENABLED", environments=(("studios-ec2", "EC2", "ENABLED"),)):
+        """A job queue over compute environments given as (name, type, state), with what they need in IAM and EC2."""
+        iam, ec2 = boto3.client("iam", region_name=self.region), boto3.client("ec2", region_name=self.region)
+        service_role = iam.create_role(RoleName=f"{name}-batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        instance_role = iam.create_instance_profile(InstanceProfileName=f"{name}-ecs")["InstanceProfile"]["Arn"]
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(GroupName=f"{name}-sessions", Description="sessions", VpcId=vpc)["GroupId"]
+        order = []
+        for position, (environment, kind, environment_state) in enumerate(environments, start=1):
+            resources = {"type": kind, "maxvCpus": 64, "subnets": [subnet], "securityGroupIds": [group]}
+            if not kind.startswith("FARGATE"):
+                resources.update(minvCpus=0, instanceTypes=["optimal"], instanceRole=instance_role)
+            arn = self.client.create_compute_environment(
+                computeEnvironmentName=environment, type="MANAGED", state=environment_state,
+                computeResources=resources, serviceRole=service_role,
+            )["computeEnvironmentArn"]  # fmt: skip
+            order.append({"order": position, "computeEnvironment": arn})
+        self.client.create_job_queue(jobQueueName=name, state=state, priority=1, computeEnvironmentOrder=order)
+        return name
+
+
+def _leave_submitted(backend, include_start_attempt, job):
+    backend.backend._jobs[job.job_id] = job
+
+
+def environment_of(job_description):
+    """The environment a described job's container gets: what the job definition and the submission set."""
+    return {variable["name"]: variable["value"] for variable in job_description["container"]["environment"]}

@@ -1,6 +1,7 @@
 """Run the whole product in one command: migrations, demo data, a Celery worker with beat, and the web server."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,6 +34,9 @@ class Command(BaseCommand):
             env=environment,
         )  # fmt: skip
         self.stdout.write(f"Studios is running at http://{host}:{port}/ (log in with a user and password above)")
+        # uvicorn re-raises the signal that stopped it; with Python's default SIGTERM action that
+        # would end this process before the worker is stopped.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:
             uvicorn.run("studios_project.asgi:application", host=host, port=port, log_level="info")
         finally:

@@ -1,0 +1,46 @@
+"""The README's run command: one process that brings up the web server, the worker and beat, and takes them down."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def children_of(pid):
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["STUDIOS_DATA_DIR"] = str(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runstudios", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/accounts/login/").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        workers = children_of(process.pid)
+        assert workers, "the Celery worker runs as a child of the command"
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+        assert "password: " in output
+        for worker in workers:
+            assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+    finally:
+        process.kill()

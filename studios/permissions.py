@@ -1,5 +1,6 @@
 """The role table of SPEC section 1, checked on the server for every page, action and proxied request."""
 
+from django.db.models import OuterRef, Subquery
 from django.http import Http404
 
 from .models import Membership, Role, Studio, Workspace
@@ -63,12 +64,16 @@ def workspace_for(user, org_slug, workspace_slug):
     return workspace, role
 
 
+def studio_with_role(user, studio_id, related=()):
+    """The studio annotated with ``role``, the user's role in its workspace (None for non-members), in one query."""
+    role = Membership.objects.filter(workspace=OuterRef("workspace"), user=user.pk).values("role")[:1]
+    studios = Studio.objects.select_related(*related) if related else Studio.objects.all()
+    return studios.annotate(role=Subquery(role)).filter(pk=studio_id).first()
+
+
 def studio_for(user, studio_id):
     """The studio and the user's role in its workspace, or Http404 for non-members and unknown ids."""
-    studio = Studio.objects.select_related("workspace__organization", "compute_environment", "author").filter(
-        pk=studio_id
-    ).first()
-    role = role_of(user, studio.workspace) if studio else None
-    if role is None:
+    studio = studio_with_role(user, studio_id, ("workspace__organization", "compute_environment", "author"))
+    if studio is None or studio.role is None:
         raise Http404("No such studio")
-    return studio, role
+    return studio, studio.role

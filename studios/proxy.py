@@ -18,10 +18,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.db.models import OuterRef, Subquery
 
 from . import permissions, presence, views
-from .models import Membership, Studio
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +59,7 @@ def check_access(user, studio_id):
     """The role table for one proxied request, in one query (this runs for every request)."""
     if not user.is_authenticated:
         return Access(401)
-    role = Membership.objects.filter(workspace=OuterRef("workspace"), user=user).values("role")[:1]
-    studio = Studio.objects.filter(pk=studio_id).annotate(role=Subquery(role)).first()
+    studio = permissions.studio_with_role(user, studio_id)
     if studio is None or studio.role is None:
         return Access(404, "No such studio.")
     if not permissions.has_role(studio.role, permissions.CONNECT):

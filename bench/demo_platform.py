@@ -24,11 +24,12 @@ def free_port():
 
 
 @contextlib.contextmanager
-def demo_platform():
-    """Serve the product with its demo data; yields (base URL, the demo users' password, the environment)."""
+def demo_platform(**settings):
+    """Serve the product with its demo data, ``settings`` added to its environment; yields (base URL, the demo
+    users' password, the environment)."""
     data_dir = tempfile.mkdtemp(prefix="studios-bench-")
     port = free_port()
-    env = dict(os.environ, STUDIOS_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="studios_project.settings")
+    env = dict(os.environ, STUDIOS_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="studios_project.settings", **settings)
     for name in ("DATABASE_URL", "REDIS_URL"):
         env.pop(name, None)
     log = open(Path(data_dir) / "platform.log", "w")

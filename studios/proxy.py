@@ -6,44 +6,32 @@ with the session's token added on the way. The token never reaches the browser, 
 platform's own cookies never reach the session.
 """
 
-import asyncio
+import functools
 import io
 import logging
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote
 
-import httpx
 import websockets
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 
-from . import permissions, presence, views
+from . import forwarding, permissions, presence, views
 
 log = logging.getLogger(__name__)
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
-HOP_HEADERS = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade",
-}  # fmt: skip
 # Request headers the proxy sets itself: a browser cannot send its own.
-REPLACED_HEADERS = HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
+REPLACED_HEADERS = forwarding.HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
 PLATFORM_COOKIES = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
 
 _client = None
 
 
 def client():
-    """One pooled HTTP client per web process. It keeps no cookies: they belong to each browser."""
+    """One pooled HTTP client per web process."""
     global _client
     if _client is None:
-        _client = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, read=None),
-            follow_redirects=False,
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=())),
-        )
+        _client = forwarding.new_client()
     return _client
 
 
@@ -85,12 +73,6 @@ def upstream_headers(scope, token):
     return headers
 
 
-def upstream_target(scope):
-    path = quote(scope["path"], safe="/%:@!$&'()*+,;=-._~")
-    query = scope.get("query_string", b"").decode("latin-1")
-    return path + (f"?{query}" if query else "")
-
-
 class SessionHTTPProxy:
     """A raw ASGI application: request and response bodies stream through without buffering."""
 
@@ -101,51 +83,15 @@ class SessionHTTPProxy:
             await self.refuse(scope, send, access)
             return
         log.info("proxy http user=%s studio=%s %s %s", scope["user"], studio_id, scope["method"], scope["path"])
-
-        async def request_body():
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                yield message.get("body", b"")
-                if not message.get("more_body"):
-                    return
-
-        method = scope["method"]
-        request = client().build_request(
-            method,
-            access.endpoint + upstream_target(scope),
-            headers=upstream_headers(scope, access.token),
-            content=request_body() if method not in ("GET", "HEAD") else None,
-        )
-        try:
-            response = await client().send(request, stream=True)
-        except httpx.HTTPError as error:
-            log.warning("proxy: session of studio %s unreachable: %s", studio_id, error)
+        url = access.endpoint + forwarding.target(scope)
+        if not await forwarding.forward_http(client(), url, upstream_headers(scope, access.token), scope, receive, send):
+            log.warning("proxy: session of studio %s unreachable", studio_id)
             message = "The session did not answer. It may be stopping or restarting; try again."
             await self.page(scope, send, 502, message, access.studio)
-            return
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": [
-                        (name.encode("latin-1"), value.encode("latin-1"))
-                        for name, value in response.headers.multi_items()
-                        if name.lower() not in HOP_HEADERS
-                    ],
-                }
-            )
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await response.aclose()
 
     async def refuse(self, scope, send, access):
         if access.status == 401:
-            location = f"{settings.LOGIN_URL}?next={quote(upstream_target(scope))}"
+            location = f"{settings.LOGIN_URL}?next={quote(forwarding.target(scope))}"
             await send({"type": "http.response.start", "status": 302, "headers": [(b"location", location.encode())]})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -164,79 +110,43 @@ class SessionHTTPProxy:
         await send({"type": "http.response.body", "body": response.content})
 
 
-class SessionWebSocketProxy(AsyncWebsocketConsumer):
+class SessionWebSocketProxy:
     """Relays one browser WebSocket to the session, frame by frame, in both directions.
 
     While it is open, the member counts as connected to the studio (``presence``).
     """
 
-    upstream = None
-    relay = None
-    connection_id = None
-
-    async def connect(self):
-        studio_id = self.scope["url_route"]["kwargs"]["studio_id"]
-        access = await check_access(self.scope["user"], studio_id)
+    async def __call__(self, scope, receive, send):
+        studio_id = scope["url_route"]["kwargs"]["studio_id"]
+        user = scope["user"]
+        access = await check_access(user, studio_id)
         if access.status != 200:
-            await self.close()
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close"})
             return
-        url = access.endpoint.replace("http", "ws", 1) + upstream_target(self.scope)
+        url = access.endpoint.replace("http", "ws", 1) + forwarding.target(scope)
         # The websockets client writes its own handshake headers; the browser's Origin was
-        # checked against ALLOWED_HOSTS before this consumer ran, so the session is told it
+        # checked against ALLOWED_HOSTS before this application ran, so the session is told it
         # comes from its own address.
         headers = [
             (name, value)
-            for name, value in upstream_headers(self.scope, access.token)
+            for name, value in upstream_headers(scope, access.token)
             if not name.startswith("sec-websocket") and name not in ("host", "origin")
         ]
+        connection_id = None
+
+        async def opened():
+            nonlocal connection_id
+            log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
+            connection_id = await presence.connection_opened(user, access.studio.pk)
+
         try:
-            self.upstream = await websockets.connect(
-                url,
-                additional_headers=headers,
-                subprotocols=self.scope.get("subprotocols") or None,
-                max_size=None,
-                origin=access.endpoint,
-                user_agent_header=None,
+            relayed = await forwarding.relay_websocket(
+                functools.partial(websockets.connect, url), headers, access.endpoint, scope, receive, send, opened
             )
-        except (OSError, websockets.WebSocketException) as error:
-            log.warning("proxy: websocket to studio %s failed: %s", studio_id, error)
-            await self.close()
-            return
-        log.info("proxy websocket open user=%s studio=%s %s", self.scope["user"], studio_id, self.scope["path"])
-        await self.accept(subprotocol=self.upstream.subprotocol)
-        self.relay = asyncio.create_task(self.relay_from_session())
-        self.connection_id = await presence.connection_opened(self.scope["user"], access.studio.pk)
-
-    async def relay_from_session(self):
-        """Relay the session's frames; when the session's side ends, however it ends, close the browser's too.
-
-        (A browser socket left open to a dead session would keep its member "connected" for good.)
-        """
-        try:
-            async for message in self.upstream:
-                if isinstance(message, str):
-                    await self.send(text_data=message)
-                else:
-                    await self.send(bytes_data=message)
-        except websockets.ConnectionClosed:
-            pass  # the session went away without a closing handshake
-        except OSError:
-            return  # the browser went away; disconnect() tidies up
-        await self.close()
-
-    async def receive(self, text_data=None, bytes_data=None):
-        if self.upstream is not None:
-            try:
-                await self.upstream.send(text_data if text_data is not None else bytes_data)
-            except websockets.ConnectionClosed:
-                await self.close()
-
-    async def disconnect(self, code):
-        studio_id = self.scope["url_route"]["kwargs"]["studio_id"]
-        if self.relay is not None:
-            self.relay.cancel()
-        if self.upstream is not None:
-            await self.upstream.close()
-            log.info("proxy websocket closed user=%s studio=%s", self.scope["user"], studio_id)
-        if self.connection_id is not None:
-            await presence.connection_closed(self.connection_id, studio_id, self.scope["user"])
+            if not relayed:
+                log.warning("proxy: websocket to studio %s failed", studio_id)
+        finally:
+            if connection_id is not None:
+                log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
+                await presence.connection_closed(connection_id, studio_id, user)

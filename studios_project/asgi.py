@@ -30,7 +30,7 @@ application = ProtocolTypeRouter(
             AuthMiddlewareStack(
                 URLRouter(
                     [
-                        re_path(CONNECT_PATH, SessionWebSocketProxy.as_asgi()),
+                        re_path(CONNECT_PATH, SessionWebSocketProxy()),
                         re_path(r"^ws/workspaces/(?P<workspace_id>\d+)/presence/$", PresenceConsumer.as_asgi()),
                         re_path(r"^ws/studios/(?P<studio_id>\d+)/presence/$", PresenceConsumer.as_asgi()),
                     ]

@@ -136,6 +136,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # processes ("off"). Each start gets a fresh writable layer of this size.
 STUDIOS_LOCAL_ISOLATION = os.environ.get("STUDIOS_LOCAL_ISOLATION", "auto")
 STUDIOS_WRITABLE_LAYER_MB = int(os.environ.get("STUDIOS_WRITABLE_LAYER_MB", 5120))
+# A container's root filesystem is the host's "/" below its writable layer; STUDIOS_TEMPLATE_ROOTFS, a JSON
+# object, gives some templates a folder of their own instead (an exported images/<template> image), e.g.
+# {"rstudio": "/srv/rootfs/rstudio"}.
+STUDIOS_TEMPLATE_ROOTFS = json.loads(os.environ.get("STUDIOS_TEMPLATE_ROOTFS", "{}"))
 
 # How often running sessions save a checkpoint.
 STUDIOS_CHECKPOINT_INTERVAL_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_INTERVAL_SECONDS", 5 * 60))
@@ -170,7 +174,7 @@ STUDIOS_SECRETS_KEY = os.environ.get("STUDIOS_SECRETS_KEY", "")
 STUDIOS_TEMPLATE_IMAGES = {
     "jupyterlab": "studios/jupyterlab:4.2",
     "rstudio": "studios/rstudio:2024.12",
-    "vscode": "studios/vscode:4.96",
+    "vscode": "studios/vscode:4.100",
     **json.loads(os.environ.get("STUDIOS_TEMPLATE_IMAGES", "{}")),
 }
 # Where a session's writable layer is inside those images: the agent checkpoints it, datasets appear under data/.

@@ -108,7 +108,7 @@ class TestAddForm:
             ({"memory_mb": 100}, "offers 512 to 65536 MB"),
             ({"memory_mb": "lots"}, "Enter a whole number"),
             ({"datasets": [999999]}, "Select a valid choice"),
-            ({"template": "vscode"}, "VS Code cannot run on local"),
+            ({"template": "rstudio"}, "RStudio Server cannot run on local"),
             ({"template": "emacs"}, "Select a valid choice"),
             ({"compute_environment": 999999}, "Select a valid choice"),
         ],

@@ -20,7 +20,8 @@ and those steps in STUDIOS_EARLIER_STEPS.
 
 STUDIOS_BIND_HOST is the address the IDE and the control endpoint listen on: 127.0.0.1 unless the
 platform reaches the session from another host (AWS Batch: 0.0.0.0). Both require the session
-token on every request.
+token on every request: JupyterLab checks it itself; code-server and RStudio Server cannot, so the
+agent's gate (``gate.py``) listens there instead and forwards to them.
 """
 
 import hmac
@@ -31,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -65,9 +67,18 @@ def reachable_address(bind_host, platform_url):
         return probe.getsockname()[0]
 
 
-def ide_command(template, host, port, base_path, root_dir):
+class IDE:
+    """How the agent runs one template's IDE: its command, and where the gate forwards to when the IDE
+    cannot check the session token itself (None: the IDE serves the proxy directly and checks it)."""
+
+    def __init__(self, command, ready_path, upstream=None, environ=None):
+        self.command, self.ready_path, self.upstream, self.environ = command, ready_path, upstream, environ or {}
+
+
+def ide_for(template, host, port, base_path, root_dir):
+    """The IDE of ``template``, to be reached at ``host:port`` under ``base_path``."""
     if template == "jupyterlab":
-        return [
+        command = [
             sys.executable, "-m", "jupyterlab",
             "--no-browser", "--allow-root",
             f"--ip={host}", f"--port={port}",
@@ -80,6 +91,26 @@ def ide_command(template, host, port, base_path, root_dir):
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]  # fmt: skip
+        return IDE(command, "api/status")
+    if template == "vscode":
+        # A folder only its owner can enter, in /run where it may: a tmpfs in containers, never checkpointed.
+        runtime_dir = "/run" if os.access("/run", os.W_OK) else None
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="studios-ide-", dir=runtime_dir), "code-server.sock")
+        command = [
+            "code-server", "--socket", socket_path, "--auth", "none",
+            "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
+            "--abs-proxy-base-path", base_path.rstrip("/"),
+            str(root_dir),
+        ]  # fmt: skip
+        return IDE(command, "healthz", upstream=("unix", socket_path))
+    if template == "rstudio":
+        # RStudio Server cannot listen on a socket: a loopback port that only the gate uses.
+        ide_port = free_port("127.0.0.1")
+        command = [
+            "/usr/lib/rstudio-server/bin/rserver", "--server-daemonize=0", "--www-address=127.0.0.1", f"--www-port={ide_port}",
+            "--auth-none=1", "--server-user=rstudio", f"--www-root-path={base_path}",
+        ]  # fmt: skip
+        return IDE(command, "", upstream=("tcp", f"127.0.0.1:{ide_port}"), environ={"USER": "rstudio"})
     raise SystemExit(f"template {template} is not available on this compute environment")
 
 
@@ -196,8 +227,8 @@ class Agent:
             if not link.is_symlink():
                 link.symlink_to(mount["uri"])
 
-    def wait_until_ready(self, port):
-        url = f"http://{self.address}:{port}{self.base_path}api/status"
+    def wait_until_ready(self, port, ready_path):
+        url = f"http://{self.address}:{port}{self.base_path}{ready_path}"
         request = urllib.request.Request(url, headers={"X-Studios-Session-Token": self.token})
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -261,8 +292,17 @@ class Agent:
         ide_step = f"Starting {IDE_NAMES.get(self.template, self.template)}"
         self.step(ide_step, "in-progress")
         port = free_port(self.bind_host)
-        self.ide = subprocess.Popen(ide_command(self.template, self.bind_host, port, self.base_path, self.root_dir))
-        self.wait_until_ready(port)
+        ide = ide_for(self.template, self.bind_host, port, self.base_path, self.root_dir)
+        environ = os.environ.copy()
+        if ide.upstream is not None:
+            from . import gate  # its libraries are needed only for the IDEs it fronts
+
+            # The IDE and what it starts (terminals, extensions) never see the token: the gate checks it.
+            environ = {name: value for name, value in environ.items() if not name.startswith("STUDIOS_")}
+            listening = socket.create_server((self.bind_host, port))
+            gate.serve(gate.Gate(self.token, self.base_path, ide.upstream), listening)
+        self.ide = subprocess.Popen(ide.command, env={**environ, **ide.environ}, cwd=self.root_dir)
+        self.wait_until_ready(port, ide.ready_path)
         self.steps[-1].update(state="succeeded")
         control = self.serve_control()
         endpoint = f"http://{self.address}:{port}"

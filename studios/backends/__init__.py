@@ -15,6 +15,7 @@ def backend_for(compute_environment):
             isolation=settings.STUDIOS_LOCAL_ISOLATION,
             hidden=[settings.DATA_DIR],
             layer_quota_mb=settings.STUDIOS_WRITABLE_LAYER_MB,
+            rootfs=settings.STUDIOS_TEMPLATE_ROOTFS,
         )
     if compute_environment.kind == "aws-batch":
         try:

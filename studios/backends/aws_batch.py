@@ -42,12 +42,11 @@ PROVISIONING = {
 }
 ENDED = {"SUCCEEDED", "FAILED"}
 
-# The agent puts only JupyterLab behind the session token so far; the other images exist but are not offered.
+# Only the JupyterLab image has run a session; the other images have not been built and run on Batch yet.
 TEMPLATE_PROBLEMS = {
-    "rstudio": "RStudio Server is not offered on AWS Batch yet: the session agent cannot put it behind "
-    "the platform's session token.",
-    "vscode": "VS Code is not offered on AWS Batch yet: the session agent cannot put it behind "
-    "the platform's session token.",
+    "rstudio": "RStudio Server is not offered on AWS Batch yet: its image (images/rstudio) has not been "
+    "verified on Batch.",
+    "vscode": "VS Code is not offered on AWS Batch yet: its image (images/vscode) has not been verified on Batch.",
 }
 
 # Batch's reasons for a failed job, most specific first: (pattern, what to tell the user).

@@ -46,18 +46,31 @@ def _reap(pid):
         pass
 
 
-# How each template's IDE is found on this machine, and how to install it when it is missing.
+# Where each template's IDE is looked for in the session's root filesystem, and how to get it there.
+IDE_BINARIES = {
+    "jupyterlab": ("opt/studios/venv/bin/jupyter-lab",),  # on the host: the platform's own JupyterLab
+    "vscode": ("usr/bin/code-server", "usr/local/bin/code-server"),
+    "rstudio": ("usr/lib/rstudio-server/bin/rserver",),
+}
 IDE_INSTALL_HINTS = {
     "jupyterlab": "install JupyterLab into the platform's Python (pip install jupyterlab)",
-    "rstudio": "RStudio Server is not in Debian's archive; it needs the isolated sessions that run template images",
-    "vscode": "VS Code (code-server) needs the isolated sessions that run template images",
+    "vscode": "install code-server on this machine (images/vscode/install-code-server.sh, from the npm "
+    "registry), or set a root filesystem that has it for the template (STUDIOS_TEMPLATE_ROOTFS)",
+    "rstudio": "RStudio Server is not in Debian's archive; export the RStudio image (images/rstudio) into a "
+    "folder and set it as the template's root filesystem (STUDIOS_TEMPLATE_ROOTFS)",
 }
+# A template root filesystem other than the host's runs the agent the way the images do: its own Python
+# at this path, with the platform's agent code mounted read-only beside it.
+ROOTFS_AGENT_HOME = "/opt/studios"
+ROOTFS_PYTHON = f"{ROOTFS_AGENT_HOME}/venv/bin/python"
 
 
 class LocalBackend(ComputeBackend):
-    def __init__(self, sessions_dir, isolation="auto", hidden=(), layer_quota_mb=5120):
-        """``isolation``: "auto" (containers when the host allows) or "off"; ``hidden``: host paths sessions never see."""
+    def __init__(self, sessions_dir, isolation="auto", hidden=(), layer_quota_mb=5120, rootfs=None):
+        """``isolation``: "auto" (containers when the host allows) or "off"; ``hidden``: host paths sessions never
+        see; ``rootfs``: a root filesystem folder per template (the host's ``/`` for the others)."""
         self.sessions_dir = Path(sessions_dir)
+        self.rootfs = rootfs or {}
         self.isolation_problem = container.isolation_problem() if isolation == "auto" else "isolation is turned off"
         self.hidden = [str(path) for path in hidden]
         self.layer_quota_mb = layer_quota_mb
@@ -67,7 +80,17 @@ class LocalBackend(ComputeBackend):
         return not self.isolation_problem
 
     def template_problem(self, template: str) -> str:
-        if template == "jupyterlab" and importlib.util.find_spec("jupyterlab") is not None:
+        rootfs = Path(self.rootfs.get(template, "/"))
+        if rootfs != Path("/"):
+            if not self.isolated:
+                return f"Its root filesystem {rootfs} needs isolated sessions, which this host cannot run: {self.isolation_problem}."
+            if not os.path.lexists(rootfs / ROOTFS_PYTHON.lstrip("/")):
+                return f"Its root filesystem {rootfs} has no session agent at {ROOTFS_PYTHON}; build it from images/{template}."
+        if template == "jupyterlab" and rootfs == Path("/"):
+            installed = importlib.util.find_spec("jupyterlab") is not None
+        else:
+            installed = any(os.path.lexists(rootfs / path) for path in IDE_BINARIES.get(template, ()))
+        if installed:
             return ""
         return f"Not installed on this compute environment: {IDE_INSTALL_HINTS[template]}."
 
@@ -126,8 +149,14 @@ class LocalBackend(ComputeBackend):
         try:
             container.prepare_layer(layout, spec.storage_quota_mb or self.layer_quota_mb)
             earlier_steps = self._restore(spec, layout, env, log_file) if spec.restore else []
-            container.mount_root(layout, "/")
+            rootfs = self.rootfs.get(spec.template, "/")
+            container.mount_root(layout, rootfs)
             mounts = [container.bind(layout.upper, container.LAYER_IN_CONTAINER, writable=False)]
+            python, agent_env = sys.executable, {}
+            if rootfs != "/":
+                python, agent_env = ROOTFS_PYTHON, {"PYTHONPATH": ROOTFS_AGENT_HOME}
+                for package in ("studios", "checkpoints"):
+                    mounts.append(container.bind(PROJECT_ROOT / package, f"{ROOTFS_AGENT_HOME}/{package}", writable=False))
             if not spec.work_dir.startswith("s3://"):
                 Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
                 mounts.append(container.bind(spec.work_dir, spec.work_dir, writable=True))
@@ -139,9 +168,10 @@ class LocalBackend(ComputeBackend):
                 mounts.append(container.bind(source, f"{container.DATA_IN_CONTAINER}/{mount.name}", mount.writable))
             config = container.oci_config(
                 container_id=container_id,
-                args=[sys.executable, "-m", "studios.agent"],
+                args=[python, "-m", "studios.agent"],
                 env={
                     **env,
+                    **agent_env,
                     "HOME": "/root",
                     "STUDIOS_LAYER": container.LAYER_IN_CONTAINER,
                     "STUDIOS_LAYER_EXCLUDE": json.dumps(container.LAYER_EXCLUDED),

@@ -1,0 +1,132 @@
+"""Forwarding requests and WebSockets to an upstream server, streamed, for raw ASGI applications.
+
+Two places forward: the platform's connect proxy (browser to session) and the session agent's
+gate (proxy to an IDE that cannot check the session token itself). This module has no Django
+dependency because the agent runs inside session images.
+"""
+
+import asyncio
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from urllib.parse import quote
+
+import httpx
+import websockets
+
+# Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
+HOP_HEADERS = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade",
+}  # fmt: skip
+
+
+def new_client(**options):
+    """A pooled HTTP client that keeps no cookies (they belong to each browser) and follows no redirects."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, read=None),
+        follow_redirects=False,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=())),
+        **options,
+    )
+
+
+def target(scope, strip=""):
+    """The request's path and query as sent upstream; ``strip`` is a path prefix the upstream does not expect."""
+    path = scope["path"]
+    if strip and path.startswith(strip):
+        path = "/" + path[len(strip) :]
+    path = quote(path, safe="/%:@!$&'()*+,;=-._~")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return path + (f"?{query}" if query else "")
+
+
+async def forward_http(client, url, headers, scope, receive, send):
+    """Stream the request to ``url`` and the response back. Returns False, having sent nothing, when the
+    upstream cannot be reached."""
+
+    async def request_body():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            yield message.get("body", b"")
+            if not message.get("more_body"):
+                return
+
+    method = scope["method"]
+    request = client.build_request(
+        method, url, headers=headers, content=request_body() if method not in ("GET", "HEAD") else None
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError:
+        return False
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in response.headers.multi_items()
+                    if name.lower() not in HOP_HEADERS
+                ],
+            }
+        )
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        await response.aclose()
+    return True
+
+
+async def relay_websocket(connect, headers, origin, scope, receive, send, opened=None):
+    """Open the upstream WebSocket, accept the client's, and relay frames both ways until either side ends.
+
+    ``connect`` is ``websockets.connect`` with its URL (or ``unix_connect`` with its socket and URL);
+    ``opened`` is awaited once both sides are open. Returns False, having refused the client, when the
+    upstream cannot be opened.
+    """
+    await receive()  # websocket.connect
+    try:
+        upstream = await connect(
+            additional_headers=headers,
+            subprotocols=scope.get("subprotocols") or None,
+            max_size=None,
+            origin=origin,
+            user_agent_header=None,
+        )
+    except (OSError, websockets.WebSocketException):
+        await send({"type": "websocket.close"})
+        return False
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+    async def from_upstream():
+        """However the upstream side ends, close the client's too (a client socket left open to a dead
+        session would keep its member "connected" for good)."""
+        try:
+            async for message in upstream:
+                key = "text" if isinstance(message, str) else "bytes"
+                await send({"type": "websocket.send", key: message})
+        except websockets.ConnectionClosed:
+            pass  # the upstream went away without a closing handshake
+        except OSError:
+            return  # the client went away; the receiving side tidies up
+        await send({"type": "websocket.close"})
+
+    relay = asyncio.create_task(from_upstream())
+    try:
+        if opened is not None:
+            await opened()
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            try:
+                await upstream.send(message["text"] if message.get("text") is not None else message["bytes"])
+            except websockets.ConnectionClosed:
+                break
+    finally:
+        relay.cancel()
+        await upstream.close()
+    return True

@@ -1,0 +1,46 @@
+"""VS Code (code-server) in headless Chromium, through the platform's proxy and the session's gate."""
+
+import re
+import shutil
+
+import pytest
+from playwright.sync_api import expect
+
+from studios import lifecycle
+from studios.backends import container
+from studios.models import Role, StudioStatus
+
+from ..factories import make_dataset, make_member, make_studio, make_workspace
+from ..test_sessions import wait_for_status
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem()),
+    pytest.mark.skipif(shutil.which("code-server") is None, reason="code-server is not installed"),
+]
+
+
+def test_a_member_works_in_vscode_on_the_sessions_folder(live_platform, open_page, tmp_path):
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    user = make_member(workspace, Role.CONNECT)
+    maintainer = make_member(workspace, Role.MAINTAIN)
+    (tmp_path / "reads").mkdir()
+    (tmp_path / "reads/sample.fastq").write_text("@r1\nACGT\n")
+    reads = make_dataset(workspace, "reads", str(tmp_path / "reads"))
+    studio = make_studio(workspace, author=maintainer, template="vscode", cpus=2, memory_mb=2048, datasets=[reads])
+    lifecycle.start_studio(maintainer, studio)
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+
+    page = open_page(user)
+    page.goto(studio.connect_path)
+    # The workbench reads the session's files over its WebSocket: the explorer lists the mounted dataset.
+    expect(page.locator(".monaco-workbench")).to_be_visible(timeout=60_000)
+    data = page.get_by_role("treeitem", name=re.compile(r"^data")).first  # "data", then "data/reads" once open
+    expect(data).to_be_visible(timeout=60_000)
+    data.click()
+    page.get_by_role("treeitem", name="sample.fastq").click()
+    expect(page.locator(".monaco-editor .view-lines")).to_contain_text("ACGT")
+    assert page.url.endswith(f"{studio.connect_path}?folder=/workspace")
+
+    lifecycle.stop_studio(maintainer, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

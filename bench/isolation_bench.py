@@ -6,7 +6,8 @@ temporary data dir): one with isolated sessions (``STUDIOS_LOCAL_ISOLATION=auto`
 RUNS times, timing Start (the POST) to ``running``. After the last start both sessions are left idle for
 SETTLE seconds, then for IDLE seconds it samples, for each session's processes (the container's cgroup;
 the plain session's process group): CPU time used, and memory as PSS (each process's share of the pages
-it maps), plus the container cgroup's own count (which includes the page cache of its files).
+it maps), plus the container cgroup's own count (which includes the page cache of its files) and the disk
+its writable layer's sparse file takes.
 Usage: .venv/bin/python bench/isolation_bench.py [RUNS] [SETTLE] [IDLE]
 """
 
@@ -99,6 +100,8 @@ def main():
             cgroup_memory.append(int((group / "memory.usage_in_bytes").read_text()) / 2**20)
             time.sleep(1)
         cpu = {"container": cpu_seconds(container_pids), "plain": cpu_seconds(plain_pids)}
+        (layer_image,) = Path(container_platform[2]["STUDIOS_DATA_DIR"]).glob("sessions/*/layer.img")
+        layer_disk = layer_image.stat().st_blocks * 512 / 2**20
         cgroup_cpu = (int((Path(str(group).replace("/memory/", "/cpuacct/")) / "cpuacct.usage").read_text()) - cgroup_cpu_before) / 1e9
         for name, (user, studio_id) in users.items():
             user.post(f"/studios/{studio_id}/stop/")
@@ -112,7 +115,8 @@ def main():
         print(f"{name}: idle CPU over {IDLE:.0f} s: {share:.2f} % of one core; "
               f"memory (PSS of its processes), median: {statistics.median(pss[name]):.1f} MiB")  # fmt: skip
     print(f"container cgroup: CPU {cgroup_cpu / IDLE * 100:.2f} % of one core; "
-          f"memory incl. page cache, median {statistics.median(cgroup_memory):.1f} MiB")  # fmt: skip
+          f"memory incl. page cache, median {statistics.median(cgroup_memory):.1f} MiB; "
+          f"its writable layer's file takes {layer_disk:.1f} MiB of disk (sparse)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Runs the whole product twice side by side (``manage.py runstudios`` on embedded 
 temporary data dir): one with isolated sessions (``STUDIOS_LOCAL_ISOLATION=auto``), one with plain processes
 (``off``). As the demo ``maintain`` user it starts and stops a JupyterLab studio on each, alternating,
 RUNS times, timing Start (the POST) to ``running``. After the last start both sessions are left idle for
-SETTLE seconds, then for IDLE seconds it samples, for each session's processes (the container's cgroup;
-the plain session's process group): CPU time used, and memory as PSS (each process's share of the pages
+SETTLE seconds, then for IDLE seconds it samples, for each session's processes (the container's cgroup
+and its network helpers on the host; the plain session's process group): CPU time used, and memory as PSS (each process's share of the pages
 it maps), plus the container cgroup's own count (which includes the page cache of its files) and the disk
 its writable layer's sparse file takes.
 Usage: .venv/bin/python bench/isolation_bench.py [RUNS] [SETTLE] [IDLE]
@@ -32,10 +32,16 @@ def stat_fields(pid):
 
 
 def session_processes(isolated):
-    """The pids of the one running session of each kind: the container's cgroup, or the plain agent's session."""
+    """The pids of the one running session of each kind: the container's cgroup and its network helpers on the
+    host (slirp4netns, socat), or the plain agent's session."""
     if isolated:
         (group,) = Path("/sys/fs/cgroup/memory/studios").glob("*/")
-        return [int(pid) for pid in (group / "cgroup.procs").read_text().split()], group
+        helpers = [
+            int(proc.name)
+            for proc in Path("/proc").glob("[0-9]*")
+            if (proc / "comm").exists() and (proc / "comm").read_text().strip() in ("slirp4netns", "socat")
+        ]
+        return [int(pid) for pid in (group / "cgroup.procs").read_text().split()], group, helpers
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             if b"studios.agent" in (proc / "cmdline").read_bytes() and b"/studios/" not in (proc / "cgroup").read_bytes():
@@ -45,7 +51,7 @@ def session_processes(isolated):
                     with contextlib.suppress(OSError, IndexError):
                         if stat_fields(other.name)[3] == sid:
                             pids.append(int(other.name))
-                return pids, None
+                return pids, None, []
     raise SystemExit("no plain session is running")
 
 
@@ -87,8 +93,9 @@ def main():
                     user.post(f"/studios/{studio_id}/stop/")
                     user.wait_for(studio_id, "stopped")
         time.sleep(SETTLE)
-        container_pids, group = session_processes(isolated=True)
-        plain_pids, _ = session_processes(isolated=False)
+        container_pids, group, helpers = session_processes(isolated=True)
+        container_pids += helpers
+        plain_pids, _, _ = session_processes(isolated=False)
         cpu_before = {"container": cpu_seconds(container_pids), "plain": cpu_seconds(plain_pids)}
         cgroup_cpu_before = int((Path(str(group).replace("/memory/", "/cpuacct/")) / "cpuacct.usage").read_text())
         pss = {"container": [], "plain": []}

@@ -88,12 +88,22 @@ def live_platform(transactional_db, settings, tmp_path):
     thread.join(timeout=10)
 
 
+def host_address():
+    """This host's address on its default route (no packet is sent: connecting a UDP socket picks the route)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1
+        return probe.getsockname()[0]
+
+
 @pytest.fixture(scope="session")
 def moto_server():
-    """moto's S3 (and Batch) as a real HTTP endpoint on loopback; returns its URL."""
+    """moto's S3 (and Batch) as a real HTTP endpoint on this host's network address, where sessions in
+    containers reach it as they would reach S3 (they cannot reach the host's loopback); returns its URL."""
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address=host_address(), port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"

@@ -1,6 +1,8 @@
 """Isolated local sessions in real runc containers: the host untouched, mounts, limits, the layer quota."""
 
 import asyncio
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -12,8 +14,9 @@ from studios.backends import container
 from studios.models import Role, StudioStatus
 from studios.tasks import reconcile_sessions
 
+from .conftest import host_address
 from .factories import make_dataset, make_member, make_studio, make_workspace
-from .test_sessions import Browser, execute, wait_for_status
+from .test_sessions import Browser, execute, pid_alive, wait_for_status
 
 pytestmark = pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem())
 
@@ -53,6 +56,43 @@ def test_changes_to_the_root_filesystem_land_in_the_layer_never_on_the_host(worl
     assert (upper / "etc/studios-isolation-probe").read_text() == "inside"
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
+    """The platform's database, its broker, the platform itself and other sessions listen on the host's loopback:
+    a session in a container reaches none of them, while what is on the network stays reachable."""
+    platform, workspace, user = world
+    with socket.create_server((host_address(), 0)) as elsewhere:
+        threading.Thread(target=lambda: elsewhere.accept()[0].sendall(b"hello"), daemon=True).start()
+        other = started(platform, workspace, user)
+        studio = started(platform, workspace, user)
+        targets = {
+            "postgresql": ("127.0.0.1", 5432),
+            "redis": ("127.0.0.1", 6379),
+            "platform": ("127.0.0.1", int(platform.url.rsplit(":", 1)[1])),
+            "other session": ("127.0.0.1", int(other.session_endpoint.rsplit(":", 1)[1])),
+            "network": elsewhere.getsockname(),
+        }
+        printed = run(
+            platform, studio, user,
+            "import socket, errno\n"
+            f"for name, address in {list(targets.items())!r}:\n"
+            "    try:\n        with socket.create_connection(address, timeout=5) as s:\n            print(name, 'reached')\n"
+            "    except OSError as e:\n        print(name, errno.errorcode.get(e.errno, e))\n"
+            "print('dns', bool(socket.getaddrinfo('pypi.org', 443)))",
+        )  # fmt: skip
+    assert printed.splitlines() == [
+        "postgresql ECONNREFUSED", "redis ECONNREFUSED", "platform ECONNREFUSED", "other session ECONNREFUSED",
+        "network reached", "dns True",
+    ]  # fmt: skip
+    # The platform reaches both sessions all the same; their network helpers end with them.
+    helpers = [pid for pid, _ in studio.session_handle["helpers"]]
+    assert len(helpers) == 2 and all(pid_alive(pid) for pid in helpers)
+    for session in (studio, other):
+        assert Browser(platform, user).http.get(f"{session.connect_path}api/status").status_code == 200
+        lifecycle.stop_studio(user, session)
+        wait_for_status(session, StudioStatus.STOPPED, timeout=90)
+    assert not any(pid_alive(pid) for pid in helpers)
 
 
 def test_datasets_are_mounted_read_only_unless_under_a_writable_path(world, tmp_path):

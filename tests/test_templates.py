@@ -74,20 +74,23 @@ class TestTemplateAvailability:
 
 @needs_isolation
 @needs_code_server
-def test_vscode_answers_only_through_the_proxy(live_platform, tmp_path):
+@pytest.mark.parametrize("isolation", ["auto", "off"])
+def test_vscode_answers_only_through_the_proxy(live_platform, tmp_path, settings, isolation):
+    settings.STUDIOS_LOCAL_ISOLATION = isolation
     workspace = make_workspace(work_dir=str(tmp_path / "work"))
     user = make_member(workspace, Role.MAINTAIN)
     studio = make_studio(workspace, author=user, template="vscode", cpus=2, memory_mb=2048)
     lifecycle.start_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.RUNNING)
-    assert studio.session_handle["isolated"] is True
+    assert studio.session_handle["isolated"] is (isolation == "auto")
     browser = Browser(live_platform, user)
 
     health = browser.http.get(f"{studio.connect_path}healthz")
     assert health.status_code == 200 and health.json()["status"] in ("alive", "expired")
     opened = browser.http.get(studio.connect_path)  # VS Code sends the browser on to the session's folder
-    assert opened.status_code == 302 and opened.headers["location"] == "./?folder=/workspace"
-    workbench = browser.http.get(f"{studio.connect_path}?folder=/workspace")
+    folder = "/workspace" if isolation == "auto" else str(Path(studio.session_handle["log"]).parent / "home")
+    assert opened.status_code == 302 and opened.headers["location"] == f"./?folder={folder}"
+    workbench = browser.http.get(f"{studio.connect_path}?folder={folder}")
     assert workbench.status_code == 200 and "vscode-workbench-web-configuration" in workbench.text
 
     # The session's own address (reachable by anything on this host) wants the session token.

@@ -19,12 +19,16 @@ layer under the container's root. The agent in the container then gets STUDIOS_R
 and those steps in STUDIOS_EARLIER_STEPS.
 
 STUDIOS_BIND_HOST is the address the IDE and the control endpoint listen on: 127.0.0.1 unless the
-platform reaches the session from another host (AWS Batch: 0.0.0.0). Both require the session
+platform reaches the session from another host or network namespace (AWS Batch, containers: 0.0.0.0),
+on free ports or on STUDIOS_PORT and STUDIOS_CONTROL_PORT; STUDIOS_ADVERTISE_HOST is the address the
+platform reaches them at (by default this host's address on the route to the platform).
+STUDIOS_PLATFORM_SOCKET, when set, is a Unix socket that leads to the platform: reports go there. Both require the session
 token on every request: JupyterLab checks it itself; code-server and RStudio Server cannot, so the
 agent's gate (``gate.py``) listens there instead and forwards to them.
 """
 
 import hmac
+import http.client
 import json
 import logging
 import os
@@ -35,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +57,19 @@ def free_port(host):
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP to the platform over a Unix socket (a container without a route to the platform's address)."""
+
+    def __init__(self, socket_path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
 
 
 def reachable_address(bind_host, platform_url):
@@ -128,8 +144,11 @@ class Agent:
         self.layer_excluded = json.loads(environ.get("STUDIOS_LAYER_EXCLUDE", '["data"]'))
         self.root_dir = Path(environ.get("STUDIOS_ROOT_DIR", environ["HOME"]))
         self.data_mounted = environ.get("STUDIOS_DATA_MOUNTED") == "1"
+        self.platform_socket = environ.get("STUDIOS_PLATFORM_SOCKET")
         self.bind_host = environ.get("STUDIOS_BIND_HOST", "127.0.0.1")
-        self.address = reachable_address(self.bind_host, self.callback_url)
+        self.address = environ.get("STUDIOS_ADVERTISE_HOST") or reachable_address(self.bind_host, self.callback_url)
+        self.port = int(environ.get("STUDIOS_PORT", 0)) or free_port(self.bind_host)
+        self.control_port = int(environ.get("STUDIOS_CONTROL_PORT", 0))
         self.ide = None
         self.stopping = False
         self.steps = [{"name": "Provisioning compute", "state": "succeeded", "message": ""}]
@@ -138,22 +157,28 @@ class Agent:
         self.checkpoint_lock = threading.Lock()
 
     def report(self, what, **payload):
-        request = urllib.request.Request(
-            f"{self.callback_url}/{what}",
-            data=json.dumps(payload).encode(),
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-            method="POST",
-        )
+        """POST to the platform's session API; its status, or None when the platform cannot be reached."""
+        url = urllib.parse.urlsplit(f"{self.callback_url}/{what}")
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         for attempt in range(5):
+            if self.platform_socket:
+                connection = UnixHTTPConnection(self.platform_socket, timeout=30)
+            elif url.scheme == "https":
+                connection = http.client.HTTPSConnection(url.netloc, timeout=30)
+            else:
+                connection = http.client.HTTPConnection(url.netloc, timeout=30)
             try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    return response.status
-            except urllib.error.HTTPError as error:
-                log.warning("platform answered %s to %s", error.code, what)
-                return error.code
+                connection.request("POST", url.path, body=json.dumps(payload).encode(), headers=headers)
+                status = connection.getresponse().status
             except OSError as error:
                 log.warning("cannot reach the platform for %s (%s); retrying", what, error)
                 time.sleep(1 + attempt)
+                continue
+            finally:
+                connection.close()
+            if status != 200:
+                log.warning("platform answered %s to %s", status, what)
+            return status
         return None
 
     def step(self, name, state, message=""):
@@ -266,7 +291,7 @@ class Agent:
             def log_message(self, format, *args):
                 log.info("control: " + format, *args)
 
-        server = ThreadingHTTPServer((self.bind_host, 0), Control)
+        server = ThreadingHTTPServer((self.bind_host, self.control_port), Control)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return f"http://{self.address}:{server.server_address[1]}"
 
@@ -291,7 +316,7 @@ class Agent:
         self.step("Mounting data", "succeeded", ", ".join(m["name"] for m in self.mounts) or "no datasets")
         ide_step = f"Starting {IDE_NAMES.get(self.template, self.template)}"
         self.step(ide_step, "in-progress")
-        port = free_port(self.bind_host)
+        port = self.port
         ide = ide_for(self.template, self.bind_host, port, self.base_path, self.root_dir)
         environ = os.environ.copy()
         if ide.upstream is not None:

@@ -6,22 +6,32 @@ default), the session's writable layer above. The layer is its own ext4 filesyst
 sparse file of the quota's size, loop-mounted, so a session that fills it gets ENOSPC while the
 platform and other sessions carry on; every start gets a fresh one. CPU and memory limits are
 the runtime's cgroup settings; datasets are bind mounts at /workspace/data/<name>, read-only
-unless writable. The container shares the host's network, so the agent and the IDE listen on
-loopback where the proxy reaches them; the platform's data dir is hidden under an empty tmpfs.
+unless writable. Each container has its own network namespace, connected by slirp4netns: it reaches
+the outside world, but not the host's loopback, where the platform's database, broker and other
+sessions listen. The agent's two ports are forwarded from the host's loopback, and the platform is a
+Unix socket in the container that socat relays to the platform's address. The platform's data dir
+is hidden under an empty tmpfs.
 With the host's root as the lower layer, a session can read the rest of the host's files (its
 writes never reach them): configure a template root filesystem where that matters.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 RUNTIMES = ("runc", "crun")
 LAYER_IN_CONTAINER = "/.studios/layer"
+PLATFORM_SOCKET_IN_CONTAINER = "/.studios/platform/platform.sock"
+SOCKETS_DIR = Path("/run/studios")
+# slirp4netns's built-in DNS forwarder, reachable from the container whatever the host's resolver is.
+SLIRP_DNS = "10.0.2.3"
 DATA_IN_CONTAINER = "/workspace/data"
 # Where a container's mount points and scratch space appear in its writable layer: never saved.
 LAYER_EXCLUDED = ["workspace/data", ".studios"]
@@ -45,6 +55,9 @@ def isolation_problem():
         return "no OCI runtime is installed (apt-get install runc)"
     if shutil.which("mkfs.ext4") is None:
         return "mkfs.ext4 is missing (apt-get install e2fsprogs)"
+    missing = [tool for tool in ("slirp4netns", "socat") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} missing, which give sessions their own network (apt-get install slirp4netns socat)"
     if not Path("/sys/fs/cgroup/memory").exists() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         return "no memory cgroup controller is mounted"
     return ""
@@ -65,6 +78,12 @@ class Layout:
         self.work = self.layer / "work"
         self.rootfs = self.session_dir / "rootfs"
         self.data = self.session_dir / "data"  # S3 datasets, mounted on the host with rclone
+        self.resolv_conf = self.session_dir / "resolv.conf"
+        # Unix socket paths are limited to 107 bytes: the sockets live in a short folder named after this one.
+        sockets = SOCKETS_DIR / hashlib.sha256(str(self.session_dir.resolve()).encode()).hexdigest()[:16]
+        self.network_api = sockets / "slirp4netns.sock"
+        self.platform_dir = sockets / "platform"
+        self.platform_socket = self.platform_dir / "platform.sock"
 
 
 def prepare_layer(layout, quota_mb):
@@ -99,6 +118,7 @@ def remove(layout):
     with contextlib.suppress(OSError):
         layout.data.rmdir()
     layout.image.unlink(missing_ok=True)
+    shutil.rmtree(layout.network_api.parent, ignore_errors=True)
 
 
 def mount_s3(uri, mount_point, writable, log_file):
@@ -158,7 +178,7 @@ def oci_config(*, container_id, args, env, cwd, cpus, memory_mb, mounts, hidden)
             *mounts,
         ],  # fmt: skip
         "linux": {
-            "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")],
+            "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount", "network")],
             "cgroupsPath": f"/studios/{container_id}",
             "resources": {
                 "memory": {"limit": memory, "swap": memory},
@@ -171,15 +191,75 @@ def oci_config(*, container_id, args, env, cwd, cpus, memory_mb, mounts, hidden)
     }
 
 
-def start(layout, config, container_id, log_file):
-    """Run the container detached; return the host pid of its first process."""
+def network_mounts(layout):
+    """What the container's own network needs mounted: slirp4netns's DNS forwarder as its resolver, and the
+    folder of the socket that leads to the platform (a socket on a read-only mount can still be connected to)."""
+    layout.resolv_conf.write_text(f"nameserver {SLIRP_DNS}\n")
+    layout.platform_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return [
+        bind(layout.resolv_conf, "/etc/resolv.conf", writable=False),
+        bind(layout.platform_dir, os.path.dirname(PLATFORM_SOCKET_IN_CONTAINER), writable=False),
+    ]
+
+
+def start(layout, config, container_id, ports, platform_address, log_file):
+    """Create the container, connect its network, start it. Returns the host pid of its first process and
+    the pids of its network helpers."""
     (layout.session_dir / "config.json").write_text(json.dumps(config, indent=1))
     subprocess.run(
-        [runtime(), "run", "--detach", "--bundle", str(layout.session_dir), container_id],
+        [runtime(), "create", "--bundle", str(layout.session_dir), container_id],
         stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True,
     )  # fmt: skip
     state = subprocess.run([runtime(), "state", container_id], capture_output=True, text=True, check=True)
-    return json.loads(state.stdout)["pid"]
+    pid = json.loads(state.stdout)["pid"]
+    helpers = []
+    try:
+        connect_network(layout, pid, ports, platform_address, log_file, helpers)
+        subprocess.run([runtime(), "start", container_id], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True)
+    except BaseException:
+        for helper in helpers:
+            helper.kill()
+            helper.wait()
+        raise
+    return pid, [helper.pid for helper in helpers]
+
+
+def connect_network(layout, pid, ports, platform_address, log_file, helpers):
+    """Give the network namespace of process ``pid`` a way out (slirp4netns, without the host's loopback),
+    forward ``ports`` from the host's loopback to it, and relay the platform socket to ``platform_address``,
+    a socat address such as ``TCP:127.0.0.1:8000`` (socat). The helper processes are added to ``helpers``."""
+    ready, ready_to_write = os.pipe()
+    slirp = subprocess.Popen(
+        ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--api-socket={layout.network_api}",
+         f"--ready-fd={ready_to_write}", str(pid), "tap0"],
+        pass_fds=(ready_to_write,), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+    )  # fmt: skip
+    helpers.append(slirp)
+    os.close(ready_to_write)
+    with os.fdopen(ready, "rb") as signal_file:
+        if signal_file.read(1) != b"1":
+            raise OSError("slirp4netns could not connect the session's network; see the session log")
+    for port in ports:
+        _network_api(layout, {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": port, "guest_port": port})
+    relay = subprocess.Popen(
+        ["socat", f"UNIX-LISTEN:{layout.platform_socket},fork,mode=600", platform_address],
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+    )  # fmt: skip
+    helpers.append(relay)
+    deadline = time.monotonic() + 10
+    while not layout.platform_socket.exists():
+        if relay.poll() is not None or time.monotonic() > deadline:
+            raise OSError("socat could not open the session's way to the platform; see the session log")
+        time.sleep(0.01)
+
+
+def _network_api(layout, forward):
+    with socket.socket(socket.AF_UNIX) as api:
+        api.connect(str(layout.network_api))
+        api.sendall(json.dumps({"execute": "add_hostfwd", "arguments": forward}).encode())
+        answer = json.loads(api.recv(4096))
+    if "error" in answer:
+        raise OSError(f"slirp4netns could not forward port {forward['host_port']}: {answer['error']}")
 
 
 def signal_container(container_id, signal_name):

@@ -1,8 +1,8 @@
 """The local backend: sessions on this machine.
 
 Where the host allows it (Linux, root, runc or crun installed), a session is a container
-(see ``container.py``): its own mount and PID namespaces, an overlay root with a fresh 5 GB
-writable layer, cgroup limits, datasets bind-mounted at /workspace/data. Elsewhere it falls
+(see ``container.py``): its own mount, PID and network namespaces, an overlay root with a fresh
+5 GB writable layer, cgroup limits, datasets bind-mounted at /workspace/data. Elsewhere it falls
 back to the session agent as a plain child process whose writable layer is its home folder,
 and says so: no isolation, no limits, no read-only mounts.
 
@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from . import container
@@ -37,6 +39,20 @@ def _start_time(pid):
     if fields[0] == "Z":
         return None
     return fields[19]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _socat_address(url):
+    """socat's address for the platform at ``url``: TLS for https."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return f"OPENSSL:{parts.hostname}:{parts.port or 443}"
+    return f"TCP:{parts.hostname}:{parts.port or 80}"
 
 
 def _reap(pid):
@@ -143,6 +159,7 @@ class LocalBackend(ComputeBackend):
     def _launch_container(self, spec, session_dir, env, log_file):
         layout = container.Layout(session_dir)
         container_id = f"{spec.name}-{spec.token[:8].lower()}"
+        ports = [_free_port(), _free_port()]  # the IDE's (or its gate's) and the agent's control endpoint
         missing = [m.name for m in spec.mounts if not m.uri.startswith("s3://") and not os.path.isdir(m.uri)]
         if missing:
             raise BackendError(f"the folders of datasets {', '.join(missing)} do not exist on this machine")
@@ -160,6 +177,7 @@ class LocalBackend(ComputeBackend):
             if not spec.work_dir.startswith("s3://"):
                 Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
                 mounts.append(container.bind(spec.work_dir, spec.work_dir, writable=True))
+            mounts += container.network_mounts(layout)
             for mount in spec.mounts:
                 source = mount.uri
                 if mount.uri.startswith("s3://"):
@@ -179,6 +197,13 @@ class LocalBackend(ComputeBackend):
                     "STUDIOS_DATA_MOUNTED": "1",
                     "STUDIOS_RESTORED": "1",
                     "STUDIOS_EARLIER_STEPS": json.dumps(earlier_steps),
+                    # Its own network: listen on it, at the ports the host's loopback forwards, and report to
+                    # the platform through the socket that leads there.
+                    "STUDIOS_BIND_HOST": "0.0.0.0",
+                    "STUDIOS_ADVERTISE_HOST": "127.0.0.1",
+                    "STUDIOS_PORT": str(ports[0]),
+                    "STUDIOS_CONTROL_PORT": str(ports[1]),
+                    "STUDIOS_PLATFORM_SOCKET": container.PLATFORM_SOCKET_IN_CONTAINER,
                 },
                 cwd="/workspace",
                 cpus=spec.cpus,
@@ -186,7 +211,7 @@ class LocalBackend(ComputeBackend):
                 mounts=mounts,
                 hidden=self.hidden,
             )
-            pid = container.start(layout, config, container_id, log_file)
+            pid, helpers = container.start(layout, config, container_id, ports, _socat_address(spec.callback_url), log_file)
         except BaseException as error:
             # Whatever went wrong (a failed restore included), leave no container, mount or image behind.
             container.delete(container_id)
@@ -195,7 +220,8 @@ class LocalBackend(ComputeBackend):
                 raise
             detail = getattr(error, "stderr", b"") or b""
             raise BackendError(f"the container could not start: {error} {detail.decode(errors='replace')}".strip()) from None
-        return {"pid": pid, "started": _start_time(pid), "isolated": True, "container": container_id}
+        helpers = [[helper, _start_time(helper)] for helper in helpers]
+        return {"pid": pid, "started": _start_time(pid), "isolated": True, "container": container_id, "helpers": helpers}
 
     def _restore(self, spec, layout, env, log_file):
         """Restore the checkpoint into the empty layer on the host, before it is mounted under the root."""
@@ -256,6 +282,10 @@ class LocalBackend(ComputeBackend):
         session_dir = Path(handle["log"]).parent
         if handle.get("container"):
             container.delete(handle["container"])
+            for pid, started in handle.get("helpers", []):
+                if _start_time(pid) == started:
+                    os.kill(pid, signal.SIGTERM)
+                    _reap(pid)
             container.remove(container.Layout(session_dir))
         else:
             shutil.rmtree(session_dir / "home", ignore_errors=True)

@@ -1,7 +1,9 @@
 """Isolated local sessions in real runc containers: the host untouched, mounts, limits, the layer quota."""
 
 import asyncio
+import importlib.util
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_dataset, make_member, make_studio, make_workspace
+from .test_checkpoints_sessions import make_wheel
 from .test_sessions import Browser, execute, pid_alive, wait_for_status
 
 pytestmark = pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem())
@@ -43,17 +46,46 @@ def started(platform, workspace, user, **fields):
     return studio
 
 
-def test_changes_to_the_root_filesystem_land_in_the_layer_never_on_the_host(world):
+def debian_package(directory):
+    """A tiny real .deb, so that the test installs a system package without a network."""
+    tree = Path(directory) / "studios-probe"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: studios-probe\nVersion: 1.0\nArchitecture: all\nMaintainer: Studios <dev@example.org>\n"
+        "Description: a probe for the isolation tests\n"
+    )
+    (tree / "usr/share/studios-probe").mkdir(parents=True)
+    (tree / "usr/share/studios-probe/README").write_text("installed in a session\n")
+    subprocess.run(["dpkg-deb", "--build", str(tree), str(tree) + ".deb"], check=True, capture_output=True)
+    return str(tree) + ".deb"
+
+
+def test_installs_and_edits_land_in_the_layer_never_on_the_host(world, tmp_path):
     platform, workspace, user = world
+    wheel, deb = make_wheel(tmp_path), debian_package(tmp_path)
     studio = started(platform, workspace, user)
     probe = Path("/etc/studios-isolation-probe")
-    printed = run(platform, studio, user, f"open('{probe}', 'w').write('inside'); print(open('{probe}').read(), __import__('os').getpid())")
-    content, pid_inside = printed.split()
-    assert content == "inside"
-    assert not probe.exists()  # the host's /etc is untouched
+    printed = run(
+        platform, studio, user,
+        "import os, subprocess, sys\n"
+        f"open('{probe}', 'w').write('inside')\n"
+        f"pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '{wheel}'], capture_output=True)\n"
+        f"dpkg = subprocess.run(['dpkg', '-i', '{deb}'], capture_output=True)\n"
+        "import greeting\n"
+        f"print(open('{probe}').read(), pip.returncode, dpkg.returncode, greeting.hello(), os.getpid(), sep='|')",
+    )  # fmt: skip
+    *installed, pid_inside = printed.split("|")
+    assert installed == ["inside", "0", "0", "hello from a checkpoint"]
     assert int(pid_inside) < 100  # its own PID namespace
+    # The host is untouched: no file in /etc, no Python package, no Debian package.
+    assert not probe.exists()
+    assert importlib.util.find_spec("greeting") is None
+    assert subprocess.run(["dpkg", "-s", "studios-probe"], capture_output=True).returncode != 0
+    assert not Path("/usr/share/studios-probe").exists()
     upper = container.Layout(Path(studio.session_handle["log"]).parent).upper
     assert (upper / "etc/studios-isolation-probe").read_text() == "inside"
+    assert (upper / "usr/share/studios-probe/README").exists()
+    assert "Package: studios-probe" in (upper / "var/lib/dpkg/status").read_text()
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
 

@@ -21,10 +21,10 @@ and those steps in STUDIOS_EARLIER_STEPS.
 STUDIOS_BIND_HOST is the address the IDE and the control endpoint listen on: 127.0.0.1 unless the
 platform reaches the session from another host or network namespace (AWS Batch, containers: 0.0.0.0),
 on free ports or on STUDIOS_PORT and STUDIOS_CONTROL_PORT; STUDIOS_ADVERTISE_HOST is the address the
-platform reaches them at (by default this host's address on the route to the platform).
-STUDIOS_PLATFORM_SOCKET, when set, is a Unix socket that leads to the platform: reports go there. Both require the session
-token on every request: JupyterLab checks it itself; code-server and RStudio Server cannot, so the
-agent's gate (``gate.py``) listens there instead and forwards to them.
+platform reaches them at (by default this host's address on the route to the platform). Both require
+the session token on every request: JupyterLab checks it itself; code-server and RStudio Server
+cannot, so the agent's gate (``gate.py``) listens there instead and forwards to them.
+STUDIOS_PLATFORM_SOCKET, when set, is a Unix socket that leads to the platform: reports go there.
 """
 
 import hmac
@@ -252,8 +252,8 @@ class Agent:
             if not link.is_symlink():
                 link.symlink_to(mount["uri"])
 
-    def wait_until_ready(self, port, ready_path):
-        url = f"http://{self.address}:{port}{self.base_path}{ready_path}"
+    def wait_until_ready(self, ready_path):
+        url = f"http://{self.address}:{self.port}{self.base_path}{ready_path}"
         request = urllib.request.Request(url, headers={"X-Studios-Session-Token": self.token})
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -316,21 +316,20 @@ class Agent:
         self.step("Mounting data", "succeeded", ", ".join(m["name"] for m in self.mounts) or "no datasets")
         ide_step = f"Starting {IDE_NAMES.get(self.template, self.template)}"
         self.step(ide_step, "in-progress")
-        port = self.port
-        ide = ide_for(self.template, self.bind_host, port, self.base_path, self.root_dir)
+        ide = ide_for(self.template, self.bind_host, self.port, self.base_path, self.root_dir)
         environ = os.environ.copy()
         if ide.upstream is not None:
             from . import gate  # its libraries are needed only for the IDEs it fronts
 
             # The IDE and what it starts (terminals, extensions) never see the token: the gate checks it.
             environ = {name: value for name, value in environ.items() if not name.startswith("STUDIOS_")}
-            listening = socket.create_server((self.bind_host, port))
+            listening = socket.create_server((self.bind_host, self.port))
             gate.serve(gate.Gate(self.token, self.base_path, ide.upstream), listening)
         self.ide = subprocess.Popen(ide.command, env={**environ, **ide.environ}, cwd=self.root_dir)
-        self.wait_until_ready(port, ide.ready_path)
+        self.wait_until_ready(ide.ready_path)
         self.steps[-1].update(state="succeeded")
         control = self.serve_control()
-        endpoint = f"http://{self.address}:{port}"
+        endpoint = f"http://{self.address}:{self.port}"
         ready = self.report("ready", endpoint=endpoint, agent_endpoint=control, steps=self.steps)
         if ready != 200:
             self.stop_ide()

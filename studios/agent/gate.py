@@ -1,7 +1,8 @@
 """The gate: the session's front door for IDEs that cannot check the session token themselves.
 
-code-server and RStudio Server have no way to trust a header, and sessions on one host share
-its network, so the agent puts this small ASGI server in front of them: every request and
+code-server and RStudio Server have no way to trust a header, and the address the platform reaches
+a session at (a port forwarded on the host's loopback, a plain process's port, a Batch host's port)
+other programs can reach too, so the agent puts this small ASGI server in front of them: every request and
 WebSocket must carry the session token the platform's proxy adds (anything else gets 403),
 the token is taken off, the proxy's path prefix is stripped, and the rest is streamed to the
 IDE, on a Unix socket where the IDE can listen on one.
@@ -9,7 +10,6 @@ IDE, on a Unix socket where the IDE can listen on one.
 
 import functools
 import hmac
-import logging
 import threading
 
 import httpx
@@ -19,8 +19,6 @@ import websockets
 from studios import forwarding
 
 TOKEN_HEADER = b"x-studios-session-token"
-
-log = logging.getLogger("studios.agent")
 
 
 class Gate:
@@ -85,4 +83,3 @@ def serve(gate, listening_socket):
     config = uvicorn.Config(gate, lifespan="off", log_level="warning", ws_max_size=2**31, proxy_headers=False)
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, kwargs={"sockets": [listening_socket]}, daemon=True).start()
-    return server

@@ -44,3 +44,34 @@ def test_a_member_works_in_vscode_on_the_sessions_folder(live_platform, open_pag
 
     lifecycle.stop_studio(maintainer, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_what_a_vscode_terminal_makes_survives_a_restart(live_platform, open_page, tmp_path):
+    """The terminal runs in the session (node-pty, over the WebSocket); the files it makes are in the next
+    start's checkpoint."""
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    maintainer = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(workspace, author=maintainer, template="vscode", cpus=2, memory_mb=2048)
+    lifecycle.start_studio(maintainer, studio)
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+
+    page = open_page(maintainer)
+    page.goto(studio.connect_path)
+    expect(page.get_by_role("tree", name="Files Explorer")).to_be_visible(timeout=60_000)
+    page.get_by_role("checkbox", name=re.compile("Toggle Panel")).click()  # the panel opens on a new terminal
+    terminal = page.locator(".xterm")
+    expect(terminal).to_be_visible(timeout=30_000)
+    terminal.click()
+    page.keyboard.type("echo kept > /workspace/notes.txt\n")
+    expect(page.get_by_role("treeitem", name="notes.txt")).to_be_visible(timeout=30_000)
+
+    lifecycle.stop_studio(maintainer, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    lifecycle.start_studio(maintainer, studio)
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    page = open_page(maintainer)
+    page.goto(studio.connect_path)
+    page.get_by_role("treeitem", name="notes.txt").click(timeout=60_000)
+    expect(page.locator(".monaco-editor .view-lines")).to_contain_text("kept")
+    lifecycle.stop_studio(maintainer, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

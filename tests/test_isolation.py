@@ -2,6 +2,8 @@
 
 import asyncio
 import importlib.util
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -125,6 +127,24 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
         lifecycle.stop_studio(user, session)
         wait_for_status(session, StudioStatus.STOPPED, timeout=90)
     assert not any(pid_alive(pid) for pid in helpers)
+
+
+def test_a_session_whose_network_helper_dies_is_ended_with_the_reason(world):
+    platform, workspace, user = world
+    studio = started(platform, workspace, user)
+    slirp, _ = studio.session_handle["helpers"][0]
+    cid = studio.session_handle["container"]
+    layout = container.Layout(Path(studio.session_handle["log"]).parent)
+    os.kill(slirp, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while studio.status != StudioStatus.ERRORED and time.monotonic() < deadline:
+        reconcile_sessions()
+        studio.refresh_from_db()
+        time.sleep(0.5)
+    assert studio.status == StudioStatus.ERRORED
+    assert studio.status_reason.startswith("The session's network (slirp4netns or socat on the host) ended unexpectedly")
+    assert not os.path.ismount(layout.layer)  # what was left of it is gone
+    assert subprocess.run([container.runtime(), "state", cid], capture_output=True).returncode != 0
 
 
 def test_datasets_are_mounted_read_only_unless_under_a_writable_path(world, tmp_path):

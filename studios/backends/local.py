@@ -246,6 +246,13 @@ class LocalBackend(ComputeBackend):
         if handle.get("container") and container.oom_kills(handle["container"]):
             return SessionState(alive=False, reason=f"out of memory (limit {handle['memory_mb']} MB)")
         if self._alive(handle):
+            if any(_start_time(pid) != started for pid, started in handle.get("helpers", [])):
+                # Without slirp4netns or socat the session can neither be reached nor report: end it.
+                return SessionState(
+                    alive=False,
+                    reason="The session's network (slirp4netns or socat on the host) ended unexpectedly; its log is "
+                    f"{handle.get('log')}. Start the studio again; its last checkpoint is kept.",
+                )
             return SessionState(alive=True)
         return SessionState(
             alive=False,
@@ -285,7 +292,7 @@ class LocalBackend(ComputeBackend):
             for pid, started in handle.get("helpers", []):
                 if _start_time(pid) == started:
                     os.kill(pid, signal.SIGTERM)
-                    _reap(pid)
+                _reap(pid)
             container.remove(container.Layout(session_dir))
         else:
             shutil.rmtree(session_dir / "home", ignore_errors=True)

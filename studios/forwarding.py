@@ -80,12 +80,12 @@ async def forward_http(client, url, headers, scope, receive, send):
     return True
 
 
-async def relay_websocket(connect, headers, origin, scope, receive, send, opened=None):
+async def relay_websocket(connect, headers, origin, scope, receive, send, opened=None, received=None):
     """Open the upstream WebSocket, accept the client's, and relay frames both ways until either side ends.
 
     ``connect`` is ``websockets.connect`` with its URL (or ``unix_connect`` with its socket and URL);
-    ``opened`` is awaited once both sides are open. Returns False, having refused the client, when the
-    upstream cannot be opened.
+    ``opened`` is awaited once both sides are open, ``received`` for every frame the client sends.
+    Returns False, having refused the client, when the upstream cannot be opened.
     """
     await receive()  # websocket.connect
     try:
@@ -122,6 +122,8 @@ async def relay_websocket(connect, headers, origin, scope, receive, send, opened
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 break
+            if received is not None:
+                await received()
             try:
                 await upstream.send(message["text"] if message.get("text") is not None else message["bytes"])
             except websockets.ConnectionClosed:

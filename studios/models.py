@@ -214,6 +214,11 @@ class Studio(models.Model):
     session_handle = models.JSONField(default=dict, blank=True)
     session_endpoint = models.CharField(max_length=200, blank=True)
     agent_endpoint = models.CharField(max_length=200, blank=True, help_text="The session agent's control address.")
+    # When a member last used the session through the proxy, and who (``activity``).
+    last_activity = models.DateTimeField(null=True, blank=True)
+    last_active_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="unique_studio_name")]

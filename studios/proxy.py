@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 
-from . import forwarding, permissions, presence, views
+from . import activity, forwarding, permissions, presence, views
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class SessionHTTPProxy:
             await self.refuse(scope, send, access)
             return
         log.info("proxy http user=%s studio=%s %s %s", scope["user"], studio_id, scope["method"], scope["path"])
+        await activity.touch(access.studio.pk, scope["user"])
         url = access.endpoint + forwarding.target(scope)
         if not await forwarding.forward_http(client(), url, upstream_headers(scope, access.token), scope, receive, send):
             log.warning("proxy: session of studio %s unreachable", studio_id)
@@ -139,11 +140,13 @@ class SessionWebSocketProxy:
             nonlocal connection_id
             log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
             connection_id = await presence.connection_opened(user, access.studio.pk)
+            await activity.touch(access.studio.pk, user)
 
         try:
             relayed = await forwarding.relay_websocket(
-                functools.partial(websockets.connect, url), headers, access.endpoint, scope, receive, send, opened
-            )
+                functools.partial(websockets.connect, url), headers, access.endpoint, scope, receive, send,
+                opened=opened, received=functools.partial(activity.touch, access.studio.pk, user),
+            )  # fmt: skip
             if not relayed:
                 log.warning("proxy: websocket to studio %s failed", studio_id)
         finally:

@@ -139,6 +139,18 @@ STATUS_EVENTS = {
 }
 
 
+def studio_history(studio):
+    """The Activity tab's timeline, newest first: (when, what)."""
+    history = [(studio.created, f"Created by {studio.author.username}")]
+    if studio.startup_steps:  # a studio never started has no status change to tell
+        reason = f": {studio.status_reason}" if studio.status_reason else ""
+        history.append((studio.status_changed, STATUS_EVENTS[studio.status] + reason))
+    if studio.last_activity:
+        who = f" by {studio.last_active_user.username}" if studio.last_active_user else ""
+        history.append((studio.last_activity, f"Last used{who}"))
+    return sorted(history, key=lambda event: event[0], reverse=True)
+
+
 def studio_layer_usage(studio):
     if not studio.can_connect or not studio.session_handle:
         return None
@@ -168,8 +180,7 @@ def studio_detail(request, studio_id):
     context.update(
         tabs=DETAIL_TABS,
         tab=tab if tab in dict(DETAIL_TABS) else "configuration",
-        # A studio never started has no status change to tell.
-        status_event=STATUS_EVENTS[studio.status] if studio.startup_steps else "",
+        history=studio_history(studio),
         checkpoints=studio.checkpoints.all(),
         isolation_problem=backend_for(environment).isolation_problem if environment.kind == "local" else "",
         start_form=ResourcesForm(

@@ -180,6 +180,8 @@ STUDIOS_TEMPLATE_IMAGES = {
 # Where a session's writable layer is inside those images: the agent checkpoints it, datasets appear under data/.
 STUDIOS_CONTAINER_HOME = os.environ.get("STUDIOS_CONTAINER_HOME", "/workspace")
 
+# A studio's last activity is written at most this often by each web process (the proxy is a hot path).
+STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))
 # How often each web process vouches for the session connections it holds; three missed beats make them ghosts.
 STUDIOS_HEARTBEAT_SECONDS = int(os.environ.get("STUDIOS_HEARTBEAT_SECONDS", 10))
 

@@ -147,3 +147,17 @@ def test_initials_prefer_the_full_name(db):
     user = make_user("jd42")
     user.first_name, user.last_name = "Ada", "Lovelace"
     assert initials(user) == "AL"
+
+
+def test_what_a_member_sends_over_a_socket_is_the_studios_last_activity(websocket_session, workspace, settings):
+    studio, open_socket = websocket_session
+    settings.STUDIOS_ACTIVITY_WRITE_SECONDS = 0
+    mia = make_member(workspace, Role.CONNECT, username="mia")
+    with open_socket(mia) as socket_:
+        wait_until(lambda: Studio.objects.get(pk=studio.pk).last_activity is not None)  # opening it is activity
+        opened = Studio.objects.get(pk=studio.pk).last_activity
+        time.sleep(0.05)
+        socket_.send("ping")
+        assert socket_.recv(timeout=5) == "ping"
+        wait_until(lambda: Studio.objects.get(pk=studio.pk).last_activity > opened)
+    assert Studio.objects.get(pk=studio.pk).last_active_user == mia

@@ -109,6 +109,26 @@ def test_a_cookie_the_session_sets_reaches_only_that_browser(echo_studio, worksp
     assert "from-session" not in seen["headers"].get("cookie", "")
 
 
+def test_members_requests_are_the_studios_last_activity_written_at_most_once_a_minute(echo_studio, workspace, settings):
+    platform, studio = echo_studio
+    carol, dave = make_member(workspace, Role.CONNECT, username="carol"), make_member(workspace, Role.CONNECT, username="dave")
+    assert studio.last_activity is None
+    client_for(platform, carol).get(f"{studio.connect_path}api/status")
+    studio.refresh_from_db()
+    first = studio.last_activity
+    assert first is not None and studio.last_active_user == carol
+    client_for(platform, dave).get(f"{studio.connect_path}api/status")  # within the minute: not written again
+    studio.refresh_from_db()
+    assert (studio.last_activity, studio.last_active_user) == (first, carol)
+
+    settings.STUDIOS_ACTIVITY_WRITE_SECONDS = 0
+    client_for(platform, dave).get(f"{studio.connect_path}api/status")
+    studio.refresh_from_db()
+    assert studio.last_activity > first and studio.last_active_user == dave
+    page = client_for(platform, carol).get(studio.get_absolute_url()).text
+    assert re.search(r'id="last-activity">Last used <time[^>]*>0.minutes ago</time> by dave\.', page)
+
+
 def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):
     studio = make_studio(workspace, name="gone")
     Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")

@@ -1,0 +1,29 @@
+"""A studio's last activity: when a member last used its session, and who.
+
+The proxy reports every request a browser makes to a session and every WebSocket frame it sends. The proxy
+is a hot path, so each web process writes a studio's activity at most once every
+STUDIOS_ACTIVITY_WRITE_SECONDS: the time shown is that precise.
+"""
+
+import time
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from .models import Studio
+
+_written = {}  # studio id -> when this process last wrote its activity (monotonic seconds)
+
+
+async def touch(studio_id, user):
+    now = time.monotonic()
+    last = _written.get(studio_id)
+    if last is not None and now - last < settings.STUDIOS_ACTIVITY_WRITE_SECONDS:
+        return
+    _written[studio_id] = now
+    await database_sync_to_async(_write)(studio_id, user)
+
+
+def _write(studio_id, user):
+    Studio.objects.filter(pk=studio_id).update(last_activity=timezone.now(), last_active_user=user)

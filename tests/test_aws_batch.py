@@ -400,7 +400,7 @@ def test_a_job_queue_that_refuses_the_job_errors_the_start(studio, maintainer, a
     )
 
 
-def test_templates_the_agent_cannot_guard_yet_are_not_offered(client, workspace, environment, maintainer):
+def test_a_template_not_verified_on_batch_is_not_offered(client, workspace, environment, maintainer):
     client.force_login(maintainer)
     response = client.post(
         reverse("studio_add", args=[workspace.organization.slug, workspace.slug]),

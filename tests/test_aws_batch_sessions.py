@@ -122,14 +122,25 @@ def wait_for_job(studio, previous=None, timeout=60):
     pytest.fail("no job was submitted")
 
 
-def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_checkpoints_to_s3(
-    live_platform, batch_host
-):
+def batch_workspace():
     workspace = make_workspace()
     environment = ComputeEnvironment.objects.create(
         workspace=workspace, name="batch", kind="aws-batch", region=REGION, job_queue="studios",
         work_dir="s3://lab-work/studios",
     )  # fmt: skip
+    return workspace, environment
+
+
+def public_address():
+    address = reachable_address("0.0.0.0", "http://192.0.2.1/")
+    assert not address.startswith("127."), "this test needs a non-loopback address to reach the session on"
+    return address
+
+
+def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_checkpoints_to_s3(
+    live_platform, batch_host
+):
+    workspace, environment = batch_workspace()
     user = make_member(workspace, Role.MAINTAIN)
     studio = make_studio(
         workspace, name="cloud", author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024
@@ -146,8 +157,7 @@ def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_che
     # The agent listens on every interface, reports the address it reaches the platform from, and answers
     # only requests that carry the session token, on any address.
     assert urlsplit(studio.session_endpoint).hostname == "127.0.0.1"
-    public = reachable_address("0.0.0.0", "http://192.0.2.1/")
-    assert not public.startswith("127."), "this test needs a non-loopback address to reach the session on"
+    public = public_address()
     ide = f"http://{public}:{urlsplit(studio.session_endpoint).port}{studio.connect_path}"
     control = f"http://{public}:{urlsplit(studio.agent_endpoint).port}/checkpoint"
     for path in ("api/contents", "api/kernels", "api/terminals", "api/status", "lab"):
@@ -179,3 +189,27 @@ def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_che
     assert "Restoring checkpoint" in [step["name"] for step in studio.startup_steps]
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+@pytest.mark.skipif(shutil.which("code-server") is None, reason="code-server is not installed")
+def test_a_vscode_batch_session_answers_only_with_the_token_on_every_address(live_platform, batch_host):
+    """As the VS Code image runs it: the agent's gate on all interfaces in front of code-server's socket."""
+    workspace, environment = batch_workspace()
+    user = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(
+        workspace, name="editor", author=user, template="vscode", compute_environment_id=environment.pk,
+        cpus=1, memory_mb=2048,
+    )  # fmt: skip
+    lifecycle.start_studio(user, studio)
+    session = batch_host.run(wait_for_job(studio))
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    gate = f"http://{public_address()}:{urlsplit(studio.session_endpoint).port}{studio.connect_path}"
+    assert httpx.get(gate + "healthz").status_code == 403
+    assert httpx.get(gate, headers={"X-Studios-Session-Token": "guessed"}).status_code == 403
+    assert httpx.get(gate + "healthz", headers={"X-Studios-Session-Token": studio.session_token}).status_code == 200
+    opened = Browser(live_platform, user).http.get(studio.connect_path)
+    assert opened.status_code == 302 and opened.headers["location"] == f"./?folder={session['HOME']}"
+
+    lifecycle.stop_studio(user, studio)
+    studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    assert Checkpoint.objects.get(studio=studio, name="editor_1").state == Checkpoint.State.FINALIZED

@@ -42,11 +42,10 @@ PROVISIONING = {
 }
 ENDED = {"SUCCEEDED", "FAILED"}
 
-# Only the JupyterLab image has run a session; the other images have not been built and run on Batch yet.
+# RStudio Server has never run a session here (it is not in Debian, and its image was never built).
 TEMPLATE_PROBLEMS = {
     "rstudio": "RStudio Server is not offered on AWS Batch yet: its image (images/rstudio) has not been "
     "verified on Batch.",
-    "vscode": "VS Code is not offered on AWS Batch yet: its image (images/vscode) has not been verified on Batch.",
 }
 
 # Batch's reasons for a failed job, most specific first: (pattern, what to tell the user).

@@ -92,6 +92,24 @@ def test_installs_and_edits_land_in_the_layer_never_on_the_host(world, tmp_path)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
 
 
+def test_a_session_cannot_open_namespaces_or_reach_the_kernels_keyrings(world):
+    """Denied by the container's seccomp filter with EPERM (without it, both succeed for root in a container)."""
+    platform, workspace, user = world
+    studio = started(platform, workspace, user)
+    probe = (
+        "import ctypes; libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.unshare(0x10000000), ctypes.get_errno())\n"  # CLONE_NEWUSER, in a single-threaded process
+        "print(libc.syscall(250, 0, -3, 0), ctypes.get_errno())\n"  # keyctl(KEYCTL_GET_KEYRING_ID, session keyring)
+    )
+    printed = run(
+        platform, studio, user,
+        f"import subprocess, sys; print(subprocess.run([sys.executable, '-c', {probe!r}], capture_output=True, text=True).stdout)",
+    )  # fmt: skip
+    assert printed.split() == ["-1", "1", "-1", "1"]  # EPERM, EPERM
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
 def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
     """The platform's database, its broker, the platform itself and other sessions listen on the host's loopback:
     a session in a container reaches none of them, while what is on the network stays reachable."""

@@ -5,7 +5,7 @@ The container's root is an overlay: the template's root filesystem below (the ho
 default), the session's writable layer above. The layer is its own ext4 filesystem in a
 sparse file of the quota's size, loop-mounted, so a session that fills it gets ENOSPC while the
 platform and other sessions carry on; every start gets a fresh one. CPU and memory limits are
-the runtime's cgroup settings; datasets are bind mounts at /workspace/data/<name>, read-only
+the runtime's cgroup settings; a seccomp filter refuses the system calls a session never needs; datasets are bind mounts at /workspace/data/<name>, read-only
 unless writable. Each container has its own network namespace, connected by slirp4netns: it reaches
 the outside world, but not the host's loopback, where the platform's database, broker and other
 sessions listen. The agent's two ports are forwarded from the host's loopback, and the platform is a
@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -35,6 +36,19 @@ SLIRP_DNS = "10.0.2.3"
 DATA_IN_CONTAINER = "/workspace/data"
 # Where a container's mount points and scratch space appear in its writable layer: never saved.
 LAYER_EXCLUDED = ["workspace/data", ".studios"]
+# System calls a session never needs that reach kernel state no namespace isolates (keyrings, modules, BPF,
+# the clock, swap) or open new namespaces, the way to privileges a container does not have: refused with
+# EPERM, as container engines' default profiles refuse them.
+DENIED_SYSCALLS = [
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "delete_module", "finit_module", "init_module",
+    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount", "open_by_handle_at", "perf_event_open",
+    "pivot_root", "quotactl", "reboot", "request_key", "setns", "settimeofday", "swapoff", "swapon", "umount2",
+    "unshare", "userfaultfd",
+]  # fmt: skip
+SECCOMP_ARCHITECTURES = {
+    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+}
 CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
     "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
@@ -184,6 +198,12 @@ def oci_config(*, container_id, args, env, cwd, cpus, memory_mb, mounts, hidden)
                 "memory": {"limit": memory, "swap": memory},
                 "cpu": {"quota": cpus * 100_000, "period": 100_000},
                 "pids": {"limit": 8192},
+            },
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                # The host's other ABIs too: a denied call must not pass under its 32-bit number.
+                "architectures": SECCOMP_ARCHITECTURES.get(platform.machine(), []),
+                "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
             },
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],

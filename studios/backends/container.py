@@ -6,11 +6,12 @@ default), the session's writable layer above. The layer is its own ext4 filesyst
 sparse file of the quota's size, loop-mounted, so a session that fills it gets ENOSPC while the
 platform and other sessions carry on; every start gets a fresh one. CPU and memory limits are
 the runtime's cgroup settings; a seccomp filter refuses the system calls a session never needs;
-datasets are bind mounts at /workspace/data/<name>, read-only unless writable. Each container has its own network namespace, connected by slirp4netns: it reaches
-the outside world, but not the host's loopback, where the platform's database, broker and other
-sessions listen. The agent's two ports are forwarded from the host's loopback, and the platform is a
-Unix socket in the container that socat relays to the platform's address. The platform's data dir
-is hidden under an empty tmpfs.
+datasets are bind mounts at /workspace/data/<name>, read-only unless writable. Each container
+has its own network namespace, connected by slirp4netns: it reaches the outside world, but not
+the host's loopback, where the platform's database, broker and other sessions listen. The
+agent's two ports are forwarded from the host's loopback, and the platform is a Unix socket in
+the container that socat relays to the platform's address. The platform's data dir is hidden
+under an empty tmpfs.
 With the host's root as the lower layer, a session can read the rest of the host's files (its
 writes never reach them): configure a template root filesystem where that matters.
 """

@@ -84,10 +84,15 @@ async def relay_websocket(connect, headers, origin, scope, receive, send, opened
     """Open the upstream WebSocket, accept the client's, and relay frames both ways until either side ends.
 
     ``connect`` is ``websockets.connect`` with its URL (or ``unix_connect`` with its socket and URL);
-    ``opened`` is awaited once both sides are open, ``received`` for every frame the client sends.
-    Returns False, having refused the client, when the upstream cannot be opened.
+    ``headers`` are the client's to pass on: the handshake's own (Host, Origin, Sec-WebSocket-*) are the
+    websockets client's to write, and Origin is ``origin``, the upstream's own address (the client's was
+    checked before). ``opened`` is awaited once both sides are open, ``received`` for every frame the client
+    sends. Returns False, having refused the client, when the upstream cannot be opened.
     """
     await receive()  # websocket.connect
+    headers = [
+        (name, value) for name, value in headers if not name.startswith("sec-websocket") and name not in ("host", "origin")
+    ]
     try:
         upstream = await connect(
             additional_headers=headers,

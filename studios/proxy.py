@@ -126,14 +126,8 @@ class SessionWebSocketProxy:
             await send({"type": "websocket.close"})
             return
         url = access.endpoint.replace("http", "ws", 1) + forwarding.target(scope)
-        # The websockets client writes its own handshake headers; the browser's Origin was
-        # checked against ALLOWED_HOSTS before this application ran, so the session is told it
-        # comes from its own address.
-        headers = [
-            (name, value)
-            for name, value in upstream_headers(scope, access.token)
-            if not name.startswith("sec-websocket") and name not in ("host", "origin")
-        ]
+        # The browser's Origin was checked against ALLOWED_HOSTS before this application ran.
+        headers = upstream_headers(scope, access.token)
         connection_id = None
 
         async def opened():

@@ -58,14 +58,9 @@ class Gate:
                 await receive()
                 await send({"type": "websocket.close"})
                 return
-            headers = [
-                (name, value)
-                for name, value in self.headers(scope)
-                if not name.startswith("sec-websocket") and name not in ("host", "origin")
-            ]
             url = self.origin.replace("http", "ws", 1) + path
             await forwarding.relay_websocket(
-                functools.partial(self.connect_websocket, url), headers, self.origin, scope, receive, send
+                functools.partial(self.connect_websocket, url), self.headers(scope), self.origin, scope, receive, send
             )
             return
         if not self.allowed(scope):

@@ -16,13 +16,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 from pathlib import Path
 
+from ..agent.__main__ import free_port
 from . import container
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 
@@ -41,12 +41,6 @@ def _start_time(pid):
     return fields[19]
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _socat_address(url):
     """socat's address for the platform at ``url``: TLS for https."""
     parts = urllib.parse.urlsplit(url)
@@ -60,6 +54,13 @@ def _reap(pid):
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _running(pid, started):
+    """Whether process ``pid`` is still the one that started at ``started`` (reaping it if it is our dead child)."""
+    _reap(pid)
+    current = _start_time(pid)
+    return current is not None and current == started
 
 
 # Where each template's IDE is looked for in the session's root filesystem, and how to get it there.
@@ -159,7 +160,7 @@ class LocalBackend(ComputeBackend):
     def _launch_container(self, spec, session_dir, env, log_file):
         layout = container.Layout(session_dir)
         container_id = f"{spec.name}-{spec.token[:8].lower()}"
-        ports = [_free_port(), _free_port()]  # the IDE's (or its gate's) and the agent's control endpoint
+        ports = [free_port("127.0.0.1"), free_port("127.0.0.1")]  # the IDE's (or its gate's) and the agent's control endpoint
         missing = [m.name for m in spec.mounts if not m.uri.startswith("s3://") and not os.path.isdir(m.uri)]
         if missing:
             raise BackendError(f"the folders of datasets {', '.join(missing)} do not exist on this machine")
@@ -235,18 +236,13 @@ class LocalBackend(ComputeBackend):
         return json.loads(restore.stdout.strip().splitlines()[-1])
 
     def _alive(self, handle):
-        pid = handle.get("pid")
-        if not pid:
-            return False
-        _reap(pid)
-        started = _start_time(pid)
-        return started is not None and started == handle.get("started")
+        return bool(handle.get("pid")) and _running(handle["pid"], handle.get("started"))
 
     def poll(self, handle: dict) -> SessionState:
         if handle.get("container") and container.oom_kills(handle["container"]):
             return SessionState(alive=False, reason=f"out of memory (limit {handle['memory_mb']} MB)")
         if self._alive(handle):
-            if any(_start_time(pid) != started for pid, started in handle.get("helpers", [])):
+            if not all(_running(pid, started) for pid, started in handle.get("helpers", [])):
                 # Without slirp4netns or socat the session can neither be reached nor report: end it.
                 return SessionState(
                     alive=False,
@@ -290,9 +286,9 @@ class LocalBackend(ComputeBackend):
         if handle.get("container"):
             container.delete(handle["container"])
             for pid, started in handle.get("helpers", []):
-                if _start_time(pid) == started:
+                if _running(pid, started):
                     os.kill(pid, signal.SIGTERM)
-                _reap(pid)
+                    _reap(pid)
             container.remove(container.Layout(session_dir))
         else:
             shutil.rmtree(session_dir / "home", ignore_errors=True)

@@ -58,10 +58,14 @@ def test_what_a_vscode_terminal_makes_survives_a_restart(live_platform, open_pag
     page = open_page(maintainer)
     page.goto(studio.connect_path)
     expect(page.get_by_role("tree", name="Files Explorer")).to_be_visible(timeout=60_000)
+    # A new profile opens its walkthrough, which takes the keyboard focus when it arrives: wait for it first, or the
+    # typing below can land in the walkthrough instead of the terminal (seen on a loaded machine).
+    expect(page.get_by_role("tab", name=re.compile("^Walkthrough"))).to_be_visible(timeout=60_000)
     page.get_by_role("checkbox", name=re.compile("Toggle Panel")).click()  # the panel opens on a new terminal
     terminal = page.locator(".xterm")
     expect(terminal).to_be_visible(timeout=30_000)
     terminal.click()
+    expect(page.locator(".xterm-helper-textarea")).to_be_focused()
     page.keyboard.type("echo kept > /workspace/notes.txt\n")
     expect(page.get_by_role("treeitem", name="notes.txt")).to_be_visible(timeout=30_000)
 

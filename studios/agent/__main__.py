@@ -115,6 +115,7 @@ def ide_for(template, host, port, base_path, root_dir):
         command = [
             "code-server", "--socket", socket_path, "--auth", "none",
             "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
+            "--disable-getting-started-override",  # its welcome page advertises Coder's product otherwise
             "--abs-proxy-base-path", base_path.rstrip("/"),
             str(root_dir),
         ]  # fmt: skip

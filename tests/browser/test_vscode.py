@@ -61,6 +61,8 @@ def test_what_a_vscode_terminal_makes_survives_a_restart(live_platform, open_pag
     # A new profile opens its walkthrough, which takes the keyboard focus when it arrives: wait for it first, or the
     # typing below can land in the walkthrough instead of the terminal (seen on a loaded machine).
     expect(page.get_by_role("tab", name=re.compile("^Walkthrough"))).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("heading", name="Walkthroughs")).to_be_visible()
+    expect(page.get_by_text("Deploy code-server for your team")).to_have_count(0)  # no advertisement for Coder
     page.get_by_role("checkbox", name=re.compile("Toggle Panel")).click()  # the panel opens on a new terminal
     terminal = page.locator(".xterm")
     expect(terminal).to_be_visible(timeout=30_000)

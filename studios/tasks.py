@@ -7,7 +7,7 @@ from celery import shared_task
 from django.conf import settings
 
 from . import environments, lifecycle, presence
-from .backends import BackendError, Mount, SessionSpec, backend_for
+from .backends import BackendError, Mount, SessionFailed, SessionSpec, backend_for
 from .models import ACTIVE_STATUSES, ComputeEnvironment, Studio, StudioStatus
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ def launch_session(studio_id, token):
     try:
         backend = backend_for(studio.compute_environment)
         handle = backend.launch(session_spec(studio))
+    except SessionFailed as error:
+        lifecycle.session_failed(token, str(error), checkpoint_invalid=error.checkpoint_invalid)
+        return
     except (BackendError, OSError) as error:
         lifecycle.fail_studio(studio_id, f"Could not provision compute: {error}", expected={StudioStatus.STARTING})
         return

@@ -156,6 +156,7 @@ class Agent:
         self.steps += json.loads(environ.get("STUDIOS_EARLIER_STEPS", "[]"))
         self.manifest = None  # the last saved or restored manifest: the next checkpoint only stores changes
         self.checkpoint_lock = threading.Lock()
+        self.restoring_only = False
 
     def report(self, what, **payload):
         """POST to the platform's session API; its status, or None when the platform cannot be reached."""
@@ -196,7 +197,13 @@ class Agent:
         for step in self.steps:
             if step["state"] == "in-progress":
                 step.update(state="errored", message=reason)
-        self.report("failed", reason=reason, **details)
+        if self.restoring_only:
+            # The backend that ran this restore reports the failure once it has removed what it prepared, so the
+            # studio never looks ended while its layer is still mounted.
+            self.report("progress", steps=self.steps)
+            print(json.dumps({"reason": reason, **details}))
+        else:
+            self.report("failed", reason=reason, **details)
         raise SystemExit(1)
 
     def restore(self):
@@ -297,6 +304,7 @@ class Agent:
         return f"http://{self.address}:{server.server_address[1]}"
 
     def restore_only(self):
+        self.restoring_only = True
         self.layer.mkdir(parents=True, exist_ok=True)
         if self.restore_point:
             self.restore()

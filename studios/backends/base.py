@@ -56,6 +56,15 @@ class BackendError(Exception):
     """The backend could not do what was asked; the message is shown to the user."""
 
 
+class SessionFailed(BackendError):
+    """The session failed before it started, for a reason of its own (shown as it is); ``checkpoint_invalid``
+    when the checkpoint it restored failed verification."""
+
+    def __init__(self, reason, checkpoint_invalid=False):
+        super().__init__(reason)
+        self.checkpoint_invalid = checkpoint_invalid
+
+
 class ComputeBackend(ABC):
     @abstractmethod
     def template_problem(self, template: str) -> str:

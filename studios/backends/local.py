@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..agent.__main__ import free_port
 from . import container
-from .base import BackendError, ComputeBackend, SessionSpec, SessionState
+from .base import BackendError, ComputeBackend, SessionFailed, SessionSpec, SessionState
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -231,9 +231,15 @@ class LocalBackend(ComputeBackend):
             env={**env, "HOME": str(layout.session_dir), "STUDIOS_LAYER": str(layout.upper)},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, text=True,
         )  # fmt: skip
+        output = restore.stdout.strip().splitlines()
         if restore.returncode != 0:
-            raise BackendError(f"the checkpoint {spec.restore['name']} could not be restored")
-        return json.loads(restore.stdout.strip().splitlines()[-1])
+            failure = json.loads(output[-1]) if output else {}
+            raise SessionFailed(
+                failure.get("reason") or f"Checkpoint {spec.restore['name']} could not be restored; its log is "
+                f"{log_file.name}. Start the studio again.",
+                checkpoint_invalid=bool(failure.get("checkpoint_invalid")),
+            )
+        return json.loads(output[-1])
 
     def _alive(self, handle):
         return bool(handle.get("pid")) and _running(handle["pid"], handle.get("started"))

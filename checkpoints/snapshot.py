@@ -134,8 +134,9 @@ def _is_opaque(path):
         return False
 
 
-def take(layer, store, previous=None, excluded=("data",)):
-    """Save the layer as a new checkpoint in ``store``; ``previous`` is the last manifest, if any."""
+def take(layer, store, previous=None, excluded=("data",), manifest_prefix="shared"):
+    """Save the layer as a new checkpoint in ``store``, its manifest under ``manifest_prefix`` (the studio's own
+    folder); ``previous`` is the last manifest, if any."""
     layer = Path(layer)
     previous_entries = (previous or {}).get("entries", [])
     unchanged = {e["path"]: e for e in previous_entries if e["type"] == "file"}
@@ -169,7 +170,7 @@ def take(layer, store, previous=None, excluded=("data",)):
     # The manifest is written last: a checkpoint exists only once all of its content does.
     manifest = {"version": 2, "entries": entries}
     encoded = zstandard.ZstdCompressor(level=3).compress(json.dumps(manifest, separators=(",", ":")).encode())
-    key = f"{MANIFESTS}{uuid.uuid4().hex}.json.zst"
+    key = f"{MANIFESTS}{manifest_prefix}/{uuid.uuid4().hex}.json.zst"
     store.put(key, encoded)
     return Saved(key, hashlib.sha256(encoded).hexdigest(), size, stored + len(encoded), manifest)
 
@@ -221,7 +222,7 @@ class _Reader:
         return piece
 
 
-def restore(layer, store, key, expected_sha256):
+def restore(layer, store, key, expected_sha256, keep_setuid=False):
     """Recreate the saved layer in ``layer`` (which should be empty); return the manifest."""
     layer = Path(layer)
     manifest = load_manifest(store, key, expected_sha256)

@@ -11,6 +11,7 @@ from .models import (
     Dataset,
     Membership,
     Organization,
+    Session,
     SessionConnection,
     Studio,
     WebProcess,
@@ -82,9 +83,18 @@ class StudioAdmin(admin.ModelAdmin):
     list_display = ["name", "workspace", "status", "template", "compute_environment", "author", "created"]
     list_filter = ["status", "template"]
     search_fields = ["name", "author__username"]
-    # The session token lets its holder use the session: operators never see it.
-    exclude = ["session_token"]
-    readonly_fields = ["status", "status_reason", "status_changed", "startup_steps", "session_handle", "session_endpoint"]
+    readonly_fields = ["status", "status_reason", "status_changed", "session"]
+
+
+@admin.register(Session)
+class SessionAdmin(admin.ModelAdmin):
+    list_display = ["studio", "started", "started_by", "ended", "end_status"]
+    list_filter = ["end_status"]
+    # The token lets its holder act as the session: operators never see it.
+    exclude = ["token"]
+    readonly_fields = [
+        field.name for field in Session._meta.get_fields() if field.concrete and field.name not in ("id", "token")
+    ]
 
 
 @admin.register(ActiveMount)

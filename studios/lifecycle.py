@@ -18,9 +18,11 @@ from django.utils import timezone
 from checkpoints import records
 
 from . import permissions
+from .supervisor import protocol
 from .models import (
     ACTIVE_STATUSES,
     ActiveMount,
+    Session,
     Studio,
     StudioStatus,
     Workspace,
@@ -36,7 +38,7 @@ class ActionRefused(Exception):
 
 
 # The first start-up step; the session agent reports the ones after it as it gets to them.
-FIRST_STEP = {"name": "Provisioning compute", "state": "in-progress", "message": ""}
+FIRST_STEP = {"name": protocol.PROVISIONING, "state": "in-progress", "message": ""}
 
 
 def add_studio(user, workspace, *, datasets=(), **fields):
@@ -82,16 +84,20 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         if datasets is not None:
             studio.datasets.set(datasets)
         _hold_mounts(studio)
-        studio.restored_from = records.restore_source(studio)
-        studio.current_checkpoint = records.new_session_checkpoint(studio)
+        session = Session.objects.create(
+            studio=studio,
+            token=secrets.token_urlsafe(32),
+            started_by=user,
+            cpus=studio.cpus,
+            memory_mb=studio.memory_mb,
+            steps=[dict(FIRST_STEP)],
+            restored_from=records.restore_source(studio),
+            checkpoint=records.new_session_checkpoint(studio),
+        )
+        studio.session = session
         studio.transition(StudioStatus.STARTING)
-        studio.startup_steps = [dict(FIRST_STEP)]
-        studio.session_token = secrets.token_urlsafe(32)
-        studio.session_handle = {}
-        studio.session_endpoint = ""
         studio.save()
-        token = studio.session_token
-        transaction.on_commit(lambda: _dispatch("launch_session", studio.pk, token))
+        transaction.on_commit(lambda: _dispatch("launch_session", session.pk))
     log.info("studio %s start requested by %s", studio.pk, user)
     return studio
 
@@ -101,7 +107,7 @@ def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, m
     from ``checkpoint``. Later changes to either studio never touch the other."""
     parent = checkpoint.studio
     permissions.require_role(user, parent.workspace, permissions.MAINTAIN, "start studios as new")
-    if parent.current_checkpoint_id == checkpoint.pk:
+    if parent.active_session is not None and parent.active_session.checkpoint_id == checkpoint.pk:
         raise ActionRefused(
             f"Checkpoint {checkpoint.name} is in use by {parent.name}'s running session; "
             "choose another checkpoint, or stop the studio and start it as new."
@@ -190,7 +196,7 @@ def force_stop_studio(user, studio):
                 f"{studio.name} is still saving its final checkpoint; force stop is offered once a stop has taken "
                 f"{settings.STUDIOS_FORCE_STOP_AFTER_SECONDS // 60} minutes."
             )
-        environment_id, handle = studio.compute_environment_id, studio.session_handle
+        environment_id, handle = studio.compute_environment_id, studio.session.handle
         reason = _possible_loss(studio, f"Force stopped by {user} before the session saved a final checkpoint")
         _end_session(studio, StudioStatus.STOPPED, reason)
         if handle:
@@ -215,68 +221,104 @@ def delete_studio(user, studio):
 
 
 def _by_token(token):
+    """The active session holding ``token``, locked with its studio; None for anything else."""
     if not token:
         return None
-    return Studio.objects.select_for_update().filter(session_token=token).first()
+    session = Session.objects.select_for_update().select_related("studio").filter(token=token, ended=None).first()
+    if session is None or session.studio.session_id != session.pk:
+        return None
+    return session
+
+
+def _session(session_id):
+    return Session.objects.select_for_update().select_related("studio").filter(pk=session_id, ended=None).first()
 
 
 def session_progress(token, steps):
     with transaction.atomic():
-        studio = _by_token(token)
-        if studio is None or studio.status != StudioStatus.STARTING:
+        session = _by_token(token)
+        if session is None or session.studio.status != StudioStatus.STARTING:
             return False
-        studio.startup_steps = steps
-        studio.save(update_fields=["startup_steps"])
+        session.steps = steps
+        session.save(update_fields=["steps"])
     return True
 
 
-def session_ready(token, endpoint, agent_endpoint="", steps=None):
+def session_ready(token, steps):
+    """The supervisor says its IDE answers. The studio runs once the platform knows where to reach it, which
+    only the backend says (a report never does)."""
     with transaction.atomic():
-        studio = _by_token(token)
-        if studio is None or studio.status != StudioStatus.STARTING:
+        session = _by_token(token)
+        if session is None or session.studio.status != StudioStatus.STARTING:
             return False
+        session.steps = steps
+        session.ready = True
+        session.save(update_fields=["steps", "ready"])
+        _run_if_reachable(session)
+    return True
+
+
+def session_located(session_id, endpoint, control_endpoint):
+    """The backend found where a starting session is reached (a Batch job's host)."""
+    with transaction.atomic():
+        session = _session(session_id)
+        if session is None or session.endpoint:
+            return False
+        session.endpoint, session.control_endpoint = endpoint, control_endpoint
+        session.save(update_fields=["endpoint", "control_endpoint"])
+        _run_if_reachable(session)
+    return True
+
+
+def _run_if_reachable(session):
+    studio = session.studio
+    if session.ready and session.endpoint and studio.status == StudioStatus.STARTING:
         studio.transition(StudioStatus.RUNNING)
-        studio.session_endpoint = endpoint
-        studio.agent_endpoint = agent_endpoint
-        if steps is not None:
-            studio.startup_steps = steps
         studio.save()
-    log.info("studio %s running at %s", studio.pk, endpoint)
+        log.info("studio %s running", studio.pk)
+
+
+def session_failed(token, reason, checkpoint_invalid=False, steps=None):
+    """The supervisor says the session cannot go on. The studio is errored only once its compute is gone
+    (``reap_session``), whoever sent the report; ``checkpoint_invalid`` when its restore failed verification."""
+    with transaction.atomic():
+        session = _by_token(token)
+        if session is None or session.studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
+            return False
+        if checkpoint_invalid and session.restored_from is not None:
+            records.mark_invalid(session.restored_from, reason)
+        if steps is not None:
+            session.steps = steps
+            session.save(update_fields=["steps"])
+        session_id = session.pk
+        transaction.on_commit(lambda: _dispatch("reap_session", session_id, reason))
     return True
 
 
-def session_failed(token, reason, checkpoint_invalid=False):
-    """The session could not start or has died; ``checkpoint_invalid`` when its restore failed verification."""
+def session_checkpoint_saved(token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes):
     with transaction.atomic():
-        studio = _by_token(token)
-        if studio is None or studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
+        session = _by_token(token)
+        if session is None or session.checkpoint_id is None:
             return False
-        if checkpoint_invalid and studio.restored_from is not None:
-            records.mark_invalid(studio.restored_from, reason)
-        _end_session(studio, StudioStatus.ERRORED, reason)
-    return True
+        session.layer_used_bytes, session.layer_total_bytes = layer_used_bytes, layer_total_bytes or None
+        session.save(update_fields=["layer_used_bytes", "layer_total_bytes"])
+        return records.record_saved(session.checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
 
 
-def session_checkpoint_saved(token, manifest_key, manifest_sha256, size_bytes, final=False):
+def record_launch(session_id, handle):
+    """Keep the backend's handle (what the session has or will have on the host, and where it is reached);
+    False when the start was superseded, so the caller ends what it launched."""
     with transaction.atomic():
-        studio = _by_token(token)
-        if studio is None or studio.current_checkpoint_id is None:
+        session = _session(session_id)
+        if session is None or session.studio.session_id != session.pk:
             return False
-        if studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING, StudioStatus.STOPPING):
+        if session.studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
             return False
-        return records.record_saved(studio.current_checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
-
-
-def record_launch(studio_id, token, handle):
-    """Keep the backend's handle; False when the start was superseded, so the caller ends the new session."""
-    with transaction.atomic():
-        studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
-        if studio is None or studio.session_token != token or studio.session_handle:
-            return False
-        if studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
-            return False
-        studio.session_handle = handle
-        studio.save(update_fields=["session_handle"])
+        session.handle = handle
+        session.endpoint = session.endpoint or handle.get("endpoint", "")
+        session.control_endpoint = session.control_endpoint or handle.get("control", "")
+        session.save(update_fields=["handle", "endpoint", "control_endpoint"])
+        _run_if_reachable(session)
     return True
 
 
@@ -306,19 +348,20 @@ def provisioning_progress(studio_id, message):
     """Where the backend stands provisioning a starting session's compute, until the session reports itself."""
     with transaction.atomic():
         studio = Studio.objects.select_for_update().filter(pk=studio_id, status=StudioStatus.STARTING).first()
-        if studio is None or not studio.startup_steps:
+        session = studio.session if studio is not None else None
+        if session is None or not session.steps:
             return False
-        step = studio.startup_steps[0]
+        step = session.steps[0]
         if step["name"] != FIRST_STEP["name"] or step["state"] != "in-progress" or step["message"] == message:
             return False
         step["message"] = message
-        studio.save(update_fields=["startup_steps"])
+        session.save(update_fields=["steps"])
     return True
 
 
 def _possible_loss(studio, cause):
     """Tell the user what a session that ended without its final checkpoint may have lost."""
-    checkpoint = studio.current_checkpoint
+    checkpoint = studio.session.checkpoint if studio.session else None
     if checkpoint is not None and checkpoint.saved is not None:
         saved = timezone.localtime(checkpoint.saved)
         since = f"since checkpoint {checkpoint.name} was saved at {saved:%Y-%m-%d %H:%M %Z}"
@@ -329,17 +372,17 @@ def _possible_loss(studio, cause):
 
 def _end_session(studio, status, reason=""):
     studio.transition(status, reason)
-    for step in studio.startup_steps:
-        if step["state"] in ("pending", "in-progress") and status == StudioStatus.ERRORED:
-            step["state"], step["message"] = "errored", reason
-            break
-    studio.session_token = ""
-    studio.session_endpoint = ""
-    studio.session_handle = {}
-    studio.agent_endpoint = ""
-    studio.current_checkpoint = None
-    studio.restored_from = None
     studio.save()
+    session = studio.session
+    if session is not None and session.ended is None:
+        for step in session.steps:
+            if step["state"] in ("pending", "in-progress") and status == StudioStatus.ERRORED:
+                step["state"], step["message"] = "errored", reason
+                break
+        session.token = None
+        session.ended = timezone.now()
+        session.end_status, session.end_reason = status, reason
+        session.save()
     ActiveMount.objects.filter(studio=studio).delete()
 
 

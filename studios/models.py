@@ -200,20 +200,8 @@ class Studio(models.Model):
     status = models.CharField(max_length=10, choices=StudioStatus.choices, default=StudioStatus.STOPPED)
     status_reason = models.TextField(blank=True)
     status_changed = models.DateTimeField(auto_now_add=True)
-    startup_steps = models.JSONField(default=list, blank=True)
-    # The checkpoint the running session saves into, and the one it was restored from.
-    current_checkpoint = models.ForeignKey(
-        "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    restored_from = models.ForeignKey(
-        "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-
-    # The running session: what the backend needs to find it again, and how to reach it.
-    session_token = models.CharField(max_length=64, blank=True)
-    session_handle = models.JSONField(default=dict, blank=True)
-    session_endpoint = models.CharField(max_length=200, blank=True)
-    agent_endpoint = models.CharField(max_length=200, blank=True, help_text="The session agent's control address.")
+    # The latest start: the running session while the studio is active, the last one's record after.
+    session = models.ForeignKey("Session", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # When a member last used the session through the proxy, and who (``activity``).
     last_activity = models.DateTimeField(null=True, blank=True)
     last_active_user = models.ForeignKey(
@@ -277,7 +265,60 @@ class Studio(models.Model):
 
     @property
     def can_connect(self):
-        return self.status == StudioStatus.RUNNING and bool(self.session_endpoint)
+        return self.status == StudioStatus.RUNNING and self.session is not None and bool(self.session.endpoint)
+
+    @property
+    def active_session(self):
+        """The session of a starting, running or stopping studio; None otherwise."""
+        return self.session if self.status in ACTIVE_STATUSES else None
+
+    @property
+    def startup_steps(self):
+        return self.session.steps if self.session else []
+
+
+class Session(models.Model):
+    """One start of a studio, from Start until its compute is gone: who started it with what, how the
+    platform reaches it, how it went and how it ended.
+
+    The token authenticates the supervisor's reports and the platform's requests to the session; it is
+    cleared when the session ends, so that nothing can act as the session afterwards.
+    """
+
+    studio = models.ForeignKey(Studio, on_delete=models.CASCADE, related_name="sessions")
+    token = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    started = models.DateTimeField(default=timezone.now)
+    ended = models.DateTimeField(null=True, blank=True)
+    end_status = models.CharField(max_length=10, choices=StudioStatus.choices, blank=True)
+    end_reason = models.TextField(blank=True)
+    cpus = models.PositiveIntegerField()
+    memory_mb = models.PositiveIntegerField()
+    # What the backend created for it, named before it was created; and where the platform reaches it.
+    handle = models.JSONField(default=dict, blank=True)
+    endpoint = models.CharField(max_length=200, blank=True)
+    control_endpoint = models.CharField(max_length=200, blank=True, help_text="Where the platform asks for checkpoints.")
+    ready = models.BooleanField(default=False, help_text="The supervisor reported its IDE answering.")
+    steps = models.JSONField(default=list, blank=True)
+    # The checkpoint this session saves into, and the one it was restored from.
+    checkpoint = models.ForeignKey(
+        "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    restored_from = models.ForeignKey(
+        "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    layer_used_bytes = models.BigIntegerField(null=True, blank=True)
+    layer_total_bytes = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started", "-pk"]
+
+    def __str__(self):
+        return f"{self.studio} session of {self.started:%Y-%m-%d %H:%M}"
+
+    @property
+    def duration(self):
+        return (self.ended or timezone.now()) - self.started
 
 
 class ActiveMount(models.Model):

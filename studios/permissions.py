@@ -73,7 +73,7 @@ def studio_with_role(user, studio_id, related=()):
 
 def studio_for(user, studio_id):
     """The studio and the user's role in its workspace, or Http404 for non-members and unknown ids."""
-    studio = studio_with_role(user, studio_id, ("workspace__organization", "compute_environment", "author"))
+    studio = studio_with_role(user, studio_id, ("workspace__organization", "compute_environment", "author", "session"))
     if studio is None or studio.role is None:
         raise Http404("No such studio")
     return studio, studio.role

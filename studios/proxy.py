@@ -47,7 +47,7 @@ def check_access(user, studio_id):
     """The role table for one proxied request, in one query (this runs for every request)."""
     if not user.is_authenticated:
         return Access(401)
-    studio = permissions.studio_with_role(user, studio_id)
+    studio = permissions.studio_with_role(user, studio_id, ("session",))
     if studio is None or studio.role is None:
         return Access(404, "No such studio.")
     if not permissions.has_role(studio.role, permissions.CONNECT):
@@ -55,7 +55,7 @@ def check_access(user, studio_id):
         return Access(403, message, studio=studio)
     if not studio.can_connect:
         return Access(409, f"{studio.name} is {studio.status}, not running.", studio=studio)
-    return Access(200, endpoint=studio.session_endpoint, token=studio.session_token, studio=studio)
+    return Access(200, endpoint=studio.session.endpoint, token=studio.session.token, studio=studio)
 
 
 def upstream_headers(scope, token):

@@ -1,6 +1,7 @@
 """Pages and actions. Thin: parse the request, call the lifecycle service, render."""
 
 import json
+import logging
 import shlex
 from functools import wraps
 
@@ -18,8 +19,11 @@ from checkpoints import records
 from . import environments, lifecycle, permissions
 from .backends import BackendError, backend_for
 from .forms import BatchEnvironmentForm, ResourcesForm, StudioForm
-from .models import ComputeEnvironment, Membership, StudioStatus, Template
+from .models import ComputeEnvironment, Membership, Session, StudioStatus, Template
 from .permissions import PermissionRefused
+from .supervisor import protocol
+
+log = logging.getLogger(__name__)
 
 SEARCH_KEYS = {
     "author": "author__username",
@@ -140,24 +144,20 @@ STATUS_EVENTS = {
 
 
 def studio_history(studio):
-    """The Activity tab's timeline, newest first: (when, what)."""
+    """The Activity tab's timeline, newest first: (when, what). Each session is a start and, once over, an end."""
     history = [(studio.created, f"Created by {studio.author.username}")]
-    if studio.startup_steps:  # a studio never started has no status change to tell
-        reason = f": {studio.status_reason}" if studio.status_reason else ""
-        history.append((studio.status_changed, STATUS_EVENTS[studio.status] + reason))
+    for session in studio.sessions.select_related("started_by", "restored_from"):
+        who = session.started_by.username if session.started_by else "a deleted user"
+        source = f", from checkpoint {session.restored_from.name}" if session.restored_from else ""
+        history.append((session.started, f"Started by {who} with {session.cpus} CPUs and {session.memory_mb} MB{source}"))
+        if session.ended:
+            reason = f": {session.end_reason}" if session.end_reason else ""
+            minutes = round(session.duration.total_seconds() / 60)
+            history.append((session.ended, f"{STATUS_EVENTS[session.end_status]} after {minutes} minutes{reason}"))
     if studio.last_activity:
         who = f" by {studio.last_active_user.username}" if studio.last_active_user else ""
         history.append((studio.last_activity, f"Last used{who}"))
     return sorted(history, key=lambda event: event[0], reverse=True)
-
-
-def studio_layer_usage(studio):
-    if not studio.can_connect or not studio.session_handle:
-        return None
-    try:
-        return backend_for(studio.compute_environment).storage_usage(studio.session_handle)
-    except BackendError:
-        return None
 
 
 @login_required
@@ -171,7 +171,6 @@ def studio_detail(request, studio_id):
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
         "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
-        "layer_usage": studio_layer_usage(studio),
     }
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)
@@ -300,19 +299,14 @@ def environment_edit(request, workspace, role, environment_id=None):
     )
 
 
-# The session agent's callbacks, authenticated by the session's token.
+# The session supervisor's reports, authenticated by the session's token. Only what the protocol lets a
+# supervisor say is believed; anything else is refused and logged.
 
 SESSION_REPORTS = {
-    "progress": lambda token, body: lifecycle.session_progress(token, body.get("steps", [])),
-    "ready": lambda token, body: lifecycle.session_ready(
-        token, body["endpoint"], body.get("agent_endpoint", ""), body.get("steps")
-    ),
-    "failed": lambda token, body: lifecycle.session_failed(
-        token, body.get("reason", "The session failed."), bool(body.get("checkpoint_invalid"))
-    ),
-    "checkpoint": lambda token, body: lifecycle.session_checkpoint_saved(
-        token, body["manifest_key"], body["manifest_sha256"], int(body["size_bytes"]), bool(body.get("final"))
-    ),
+    protocol.PROGRESS: lifecycle.session_progress,
+    protocol.READY: lifecycle.session_ready,
+    protocol.FAILED: lifecycle.session_failed,
+    protocol.CHECKPOINT: lifecycle.session_checkpoint_saved,
 }
 
 
@@ -320,11 +314,15 @@ SESSION_REPORTS = {
 @require_POST
 def session_report(request, what):
     token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    studio_id = Session.objects.filter(token=token, ended=None).values_list("studio_id", flat=True).first() if token else None
+    if studio_id is None:
+        log.warning("session report %r refused: no running session has its token", what[:40])
+        return JsonResponse({"error": "no starting or running session has this token"}, status=409)
     try:
-        body = json.loads(request.body)
-        accepted = SESSION_REPORTS[what](token, body)
-    except (ValueError, KeyError, TypeError):
-        return JsonResponse({"error": "malformed report"}, status=400)
-    if not accepted:
+        report = protocol.parse_report(what, json.loads(request.body), f"studio-{studio_id}")
+    except (ValueError, RecursionError) as error:
+        log.warning("studio %s: session report %r refused: %s", studio_id, what[:40], error)
+        return JsonResponse({"error": str(error) if isinstance(error, protocol.BadReport) else "malformed report"}, status=400)
+    if not SESSION_REPORTS[what](token, **report):
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
     return HttpResponse(status=200)

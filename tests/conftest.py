@@ -48,10 +48,10 @@ def django_settings():
 def end_sessions_left_running():
     """A failed test may leave sessions (and their containers and mounts) behind: end them."""
     from studios.backends import backend_for
-    from studios.models import Studio
+    from studios.models import Session
 
-    for studio in Studio.objects.exclude(session_handle={}).select_related("compute_environment"):
-        backend_for(studio.compute_environment).terminate(studio.session_handle, 5)
+    for session in Session.objects.filter(ended=None).exclude(handle={}).select_related("studio__compute_environment"):
+        backend_for(session.studio.compute_environment).terminate(session.handle, 5)
 
 
 @pytest.fixture

@@ -1,10 +1,21 @@
 """Factory functions for the objects tests need."""
 
 import itertools
+import secrets
 
 from django.contrib.auth import get_user_model
 
-from studios.models import ComputeEnvironment, Dataset, Membership, Organization, Role, Studio, Workspace
+from studios.models import (
+    ComputeEnvironment,
+    Dataset,
+    Membership,
+    Organization,
+    Role,
+    Session,
+    Studio,
+    StudioStatus,
+    Workspace,
+)
 
 _numbers = itertools.count(1)
 PASSWORD = "correct horse battery"
@@ -48,4 +59,15 @@ def make_studio(workspace, name=None, author=None, **fields):
         **fields,
     )
     studio.datasets.set(datasets)
+    return studio
+
+
+def make_running(studio, endpoint="http://127.0.0.1:9", token=None, status=StudioStatus.RUNNING, **session_fields):
+    """Give ``studio`` a session at ``endpoint`` (a fake one by default) and the status ``status``."""
+    session = Session.objects.create(
+        studio=studio, token=token or secrets.token_urlsafe(16), endpoint=endpoint, cpus=studio.cpus,
+        memory_mb=studio.memory_mb, **session_fields,
+    )  # fmt: skip
+    Studio.objects.filter(pk=studio.pk).update(status=status, session=session)
+    studio.refresh_from_db()
     return studio

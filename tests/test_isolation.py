@@ -14,7 +14,7 @@ import pytest
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
-from studios.backends import container
+from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
 from studios.tasks import reconcile_sessions
 
@@ -23,7 +23,7 @@ from .factories import make_dataset, make_member, make_studio, make_workspace
 from .test_checkpoints_sessions import make_wheel
 from .test_sessions import Browser, execute, pid_alive, wait_for_status
 
-pytestmark = pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem())
+pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
 
 @pytest.fixture
@@ -44,8 +44,20 @@ def started(platform, workspace, user, **fields):
     studio = make_studio(workspace, author=user, cpus=fields.pop("cpus", 1), memory_mb=fields.pop("memory_mb", 1024), **fields)
     lifecycle.start_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.RUNNING)
-    assert studio.session_handle["isolated"] is True
+    assert studio.session.handle["container"]
     return studio
+
+
+def seen_by_supervisor(studio, path):
+    """A path as the session's supervisor sees it: the session's mounts exist only in its mount namespace."""
+    return Path(f"/proc/{studio.session.handle['pid']}/root{path}")
+
+
+def supervisor_helpers(studio):
+    """The pids of the supervisor's helper processes (slirp4netns, rclone)."""
+    pid = studio.session.handle["pid"]
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children if Path(f"/proc/{child}/comm").read_text().strip() in ("slirp4netns", "rclone")]
 
 
 def debian_package(directory):
@@ -84,7 +96,7 @@ def test_installs_and_edits_land_in_the_layer_never_on_the_host(world, tmp_path)
     assert importlib.util.find_spec("greeting") is None
     assert subprocess.run(["dpkg", "-s", "studios-probe"], capture_output=True).returncode != 0
     assert not Path("/usr/share/studios-probe").exists()
-    upper = container.Layout(Path(studio.session_handle["log"]).parent).upper
+    upper = seen_by_supervisor(studio, str(sandbox.Layout(studio.session.handle["session_dir"]).upper))
     assert (upper / "etc/studios-isolation-probe").read_text() == "inside"
     assert (upper / "usr/share/studios-probe/README").exists()
     assert "Package: studios-probe" in (upper / "var/lib/dpkg/status").read_text()
@@ -122,7 +134,7 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
             "postgresql": ("127.0.0.1", 5432),
             "redis": ("127.0.0.1", 6379),
             "platform": ("127.0.0.1", int(platform.url.rsplit(":", 1)[1])),
-            "other session": ("127.0.0.1", int(other.session_endpoint.rsplit(":", 1)[1])),
+            "other session": ("127.0.0.1", int(other.session.endpoint.rsplit(":", 1)[1])),
             "network": elsewhere.getsockname(),
         }
         printed = run(
@@ -138,8 +150,8 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
         "network reached", "dns True",
     ]  # fmt: skip
     # The platform reaches both sessions all the same; their network helpers end with them.
-    helpers = [pid for pid, _ in studio.session_handle["helpers"]]
-    assert len(helpers) == 2 and all(pid_alive(pid) for pid in helpers)
+    helpers = supervisor_helpers(studio)
+    assert len(helpers) == 1 and all(pid_alive(pid) for pid in helpers)
     for session in (studio, other):
         assert Browser(platform, user).http.get(f"{session.connect_path}api/status").status_code == 200
         lifecycle.stop_studio(user, session)
@@ -150,9 +162,9 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
 def test_a_session_whose_network_helper_dies_is_ended_with_the_reason(world):
     platform, workspace, user = world
     studio = started(platform, workspace, user)
-    slirp, _ = studio.session_handle["helpers"][0]
-    cid = studio.session_handle["container"]
-    layout = container.Layout(Path(studio.session_handle["log"]).parent)
+    [slirp] = supervisor_helpers(studio)
+    cid = studio.session.handle["container"]
+    supervisor = studio.session.handle["pid"]
     os.kill(slirp, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while studio.status != StudioStatus.ERRORED and time.monotonic() < deadline:
@@ -160,9 +172,9 @@ def test_a_session_whose_network_helper_dies_is_ended_with_the_reason(world):
         studio.refresh_from_db()
         time.sleep(0.5)
     assert studio.status == StudioStatus.ERRORED
-    assert studio.status_reason.startswith("The session's network (slirp4netns or socat on the host) ended unexpectedly")
-    assert not os.path.ismount(layout.layer)  # what was left of it is gone
-    assert subprocess.run([container.runtime(), "state", cid], capture_output=True).returncode != 0
+    assert studio.status_reason.startswith("The session's network (slirp4netns) or a dataset's mount (rclone) ended")
+    assert not pid_alive(supervisor)  # and with it the session's mounts
+    assert not sandbox.exists(cid)
 
 
 def test_datasets_are_mounted_read_only_unless_under_a_writable_path(world, tmp_path):
@@ -192,7 +204,7 @@ def test_datasets_are_mounted_read_only_unless_under_a_writable_path(world, tmp_
 def test_cpu_and_memory_limits_are_cgroup_settings(world):
     platform, workspace, user = world
     studio = started(platform, workspace, user, cpus=1, memory_mb=768)
-    cid = studio.session_handle["container"]
+    cid = studio.session.handle["container"]
     assert Path(f"/sys/fs/cgroup/cpu/studios/{cid}/cpu.cfs_quota_us").read_text().strip() == "100000"
     assert int(Path(f"/sys/fs/cgroup/memory/studios/{cid}/memory.limit_in_bytes").read_text()) == 768 * 2**20
     lifecycle.stop_studio(user, studio)
@@ -252,7 +264,7 @@ def test_the_detail_page_says_whether_sessions_are_isolated(world, settings):
     assert "are not isolated (isolation is turned off)" in page
     lifecycle.start_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.RUNNING)
-    assert studio.session_handle["isolated"] is False
+    assert studio.session.handle["container"] == ""
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
 

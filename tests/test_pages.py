@@ -8,7 +8,7 @@ from django.urls import reverse
 from checkpoints.models import Checkpoint
 from studios.models import ComputeEnvironment, Membership, Role, SessionConnection, Studio, StudioStatus
 
-from .factories import make_dataset, make_member, make_studio
+from .factories import make_dataset, make_member, make_running, make_studio
 
 
 @pytest.fixture
@@ -173,8 +173,9 @@ def test_operators_manage_every_model_in_the_admin(admin_client, workspace, main
         assert admin_client.get(f"/admin/studios/{model}/add/").status_code == 200
     assert admin_client.get("/admin/checkpoints/checkpoint/").status_code == 200
     studio = Studio.objects.get()
-    Studio.objects.filter(pk=studio.pk).update(session_token="secret-session-token")
+    session = make_running(studio, token="secret-session-token").session
     assert b"secret-session-token" not in admin_client.get(f"/admin/studios/studio/{studio.pk}/change/").content
+    assert b"secret-session-token" not in admin_client.get(f"/admin/studios/session/{session.pk}/change/").content
 
 
 def test_seed_demo_creates_one_user_per_role_with_the_printed_password(db, capsys):
@@ -213,9 +214,7 @@ def offered(page, studio):
 def test_the_actions_menu_offers_only_what_the_role_and_status_allow(
     client, workspace, members, role, on_running, on_stopped
 ):
-    running = make_studio(
-        workspace, name="running-one", status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9"
-    )
+    running = make_running(make_studio(workspace, name="running-one"))
     stopped = make_studio(workspace, name="stopped-one")
     client.force_login(members[role])
     page = client.get(workspace.get_absolute_url()).content.decode()
@@ -239,11 +238,11 @@ def test_detail_tabs_show_configuration_checkpoints_and_activity(client, workspa
     activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
     assert "Nobody is connected" in activity and "Created by mia" in activity
     started = [{"name": "Starting JupyterLab", "state": "succeeded", "message": ""}]
-    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, startup_steps=started)
+    make_running(studio, steps=started, started_by=maintainer)
     carol = make_member(workspace, Role.CONNECT, username="carol")
     SessionConnection.objects.create(studio=studio, user=carol, web_process="p")
     activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
-    assert "<strong>carol</strong>" in activity and "Session running" in activity
+    assert "<strong>carol</strong>" in activity and "Started by mia with 3 CPUs" in activity
 
 
 def test_the_forms_say_which_mounts_will_be_writable_and_warn_about_regions(client, workspace, maintainer):

@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from studios.models import Role, Studio, StudioStatus
 
-from .factories import make_studio
+from .factories import make_running, make_studio
 
 ROLES = Role.values + ["outsider"]
 MAINTAINERS = {Role.OWNER, Role.ADMIN, Role.MAINTAIN}
@@ -79,7 +79,7 @@ def test_starting_needs_maintain_role(client, members, studio, role):
 
 @pytest.mark.parametrize("role", ROLES)
 def test_stopping_needs_maintain_role(client, members, studio, role):
-    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")
+    make_running(studio)
     response = login(client, members[role]).post(reverse("studio_stop", args=[studio.pk]))
     studio.refresh_from_db()
     if role in MAINTAINERS:

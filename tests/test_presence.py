@@ -18,7 +18,7 @@ from studios.models import Role, SessionConnection, Studio, StudioStatus, WebPro
 from studios.tasks import reconcile_sessions
 from studios.templatetags.studios_extras import avatar_colour, contrast_with_white, initials
 
-from .factories import make_member, make_studio, make_user
+from .factories import make_member, make_running, make_studio, make_user
 
 
 def wait_until(predicate, timeout=5):
@@ -46,10 +46,7 @@ def websocket_session(live_platform, workspace):
 
     server = serve(echo, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    studio = make_studio(workspace, name="shared")
-    Studio.objects.filter(pk=studio.pk).update(
-        status=StudioStatus.RUNNING, session_endpoint=f"http://127.0.0.1:{server.socket.getsockname()[1]}"
-    )
+    studio = make_running(make_studio(workspace, name="shared"), f"http://127.0.0.1:{server.socket.getsockname()[1]}")
 
     def open_socket(user):
         url = live_platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/k/channels"

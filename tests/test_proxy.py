@@ -12,7 +12,7 @@ import pytest
 from studios import lifecycle
 from studios.models import Role, Studio, StudioStatus
 
-from .factories import make_member, make_studio
+from .factories import make_member, make_running, make_studio
 
 
 class EchoSession(BaseHTTPRequestHandler):
@@ -51,13 +51,9 @@ class EchoSession(BaseHTTPRequestHandler):
 def echo_studio(live_platform, workspace):
     server = ThreadingHTTPServer(("127.0.0.1", 0), EchoSession)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    studio = make_studio(workspace, name="echo")
-    Studio.objects.filter(pk=studio.pk).update(
-        status=StudioStatus.RUNNING,
-        session_endpoint=f"http://127.0.0.1:{server.server_address[1]}",
-        session_token="the-session-token",
+    studio = make_running(
+        make_studio(workspace, name="echo"), f"http://127.0.0.1:{server.server_address[1]}", "the-session-token"
     )
-    studio.refresh_from_db()
     yield live_platform, studio
     server.shutdown()
 
@@ -131,7 +127,7 @@ def test_members_requests_are_the_studios_last_activity_written_at_most_once_a_m
 
 def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):
     studio = make_studio(workspace, name="gone")
-    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")
+    make_running(studio)
     http = client_for(live_platform, make_member(workspace, Role.CONNECT))
     response = http.get(f"{studio.connect_path}lab")
     assert response.status_code == 502

@@ -15,7 +15,7 @@ import websockets
 from studios.models import Role, Studio, StudioStatus
 from studios.tasks import reconcile_sessions
 
-from .factories import make_dataset, make_member, make_studio
+from .factories import make_dataset, make_member, make_running, make_studio
 
 START_TIMEOUT = 120
 
@@ -115,9 +115,9 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
     assert response.status_code == 302
     studio = wait_for_status(studio, StudioStatus.RUNNING)
     assert [step["state"] for step in studio.startup_steps] == ["succeeded"] * 3
-    token = studio.session_token
-    agent_pid = studio.session_handle["pid"]
-    endpoint_port = int(studio.session_endpoint.rsplit(":", 1)[1])
+    token = studio.session.token
+    supervisor_pid = studio.session.handle["pid"]
+    endpoint_port = int(studio.session.endpoint.rsplit(":", 1)[1])
 
     # HTTP through the proxy: the lab page and the REST API, never the session's token.
     lab = maintainer.http.get(f"{studio.connect_path}lab")
@@ -136,7 +136,7 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
     # Stop: stopping, then stopped, and the processes are gone.
     assert maintainer.post_form(f"/studios/{studio.pk}/stop/").status_code == 302
     studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=60)
-    assert not pid_alive(agent_pid)
+    assert not pid_alive(supervisor_pid)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{endpoint_port}/", timeout=2)
     gone = maintainer.http.get(f"{studio.connect_path}lab")
@@ -145,7 +145,7 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
 
 def test_proxy_refuses_view_role_non_members_and_anonymous(session_world):
     platform, studio, users = session_world
-    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")
+    make_running(studio)
     viewer = Browser(platform, users[Role.VIEW]).http.get(f"{studio.connect_path}lab")
     assert viewer.status_code == 403 and "You need the connect role" in viewer.text
     assert Browser(platform, users["outsider"]).http.get(f"{studio.connect_path}lab").status_code == 404
@@ -156,7 +156,7 @@ def test_proxy_refuses_view_role_non_members_and_anonymous(session_world):
 
 def test_proxy_refuses_websockets_below_connect_role(session_world):
     platform, studio, users = session_world
-    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.RUNNING, session_endpoint="http://127.0.0.1:9")
+    make_running(studio)
     url = platform.url.replace("http", "ws") + f"{studio.connect_path}api/events/subscribe"
 
     async def attempt(cookie):
@@ -174,9 +174,9 @@ def test_a_killed_session_makes_the_studio_errored(session_world):
     platform, studio, users = session_world
     Browser(platform, users[Role.MAINTAIN]).post_form(f"/studios/{studio.pk}/start/")
     studio = wait_for_status(studio, StudioStatus.RUNNING)
-    os.killpg(studio.session_handle["pid"], signal.SIGKILL)
+    os.killpg(studio.session.handle["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while pid_alive(studio.session_handle["pid"]) and time.monotonic() < deadline:
+    while pid_alive(studio.session.handle["pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     reconcile_sessions()
     studio.refresh_from_db()

@@ -2,10 +2,10 @@ from django.conf import settings
 
 from ..credentials import UnreadableCredentials
 from .aws_batch import AwsBatchBackend
-from .base import BackendError, ComputeBackend, Mount, SessionFailed, SessionSpec, SessionState
+from .base import BackendError, ComputeBackend, Mount, SessionSpec, SessionState
 from .local import LocalBackend
 
-__all__ = ["BackendError", "ComputeBackend", "Mount", "SessionFailed", "SessionSpec", "SessionState", "backend_for"]
+__all__ = ["BackendError", "ComputeBackend", "Mount", "SessionSpec", "SessionState", "backend_for"]
 
 
 def backend_for(compute_environment):

@@ -5,16 +5,10 @@ and return a JSON-serialisable handle that the platform stores and hands back la
 any worker process.
 """
 
-import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Mount:
-    name: str
-    uri: str
-    writable: bool
+from ..supervisor.protocol import Mount
 
 
 @dataclass(frozen=True)
@@ -24,25 +18,14 @@ class SessionSpec:
     base_path: str  # the proxy's path prefix, e.g. "/studios/42/connect/"
     cpus: int
     memory_mb: int
-    token: str  # authenticates the session's callbacks and the proxy's requests to the session
-    callback_url: str  # where the session agent reports progress and readiness
+    token: str  # authenticates the supervisor's reports and the platform's requests to the session
+    platform_url: str  # where the supervisor reports progress and readiness
     work_dir: str  # where checkpoints are stored: a local folder or s3://bucket/prefix
+    manifest_prefix: str  # the studio's own folder for manifests in the store
     mounts: list[Mount] = field(default_factory=list)
     restore: dict = field(default_factory=dict)  # the checkpoint to restore: name, manifest_key, manifest_sha256
     storage_quota_mb: int = 5120
     labels: dict = field(default_factory=dict)  # who the session belongs to: workspace, studio, user
-
-    def environment(self):
-        """What the session agent reads from its environment, on every backend."""
-        return {
-            "STUDIOS_TEMPLATE": self.template,
-            "STUDIOS_BASE_PATH": self.base_path,
-            "STUDIOS_SESSION_TOKEN": self.token,
-            "STUDIOS_CALLBACK_URL": self.callback_url,
-            "STUDIOS_WORK_DIR": self.work_dir,
-            "STUDIOS_MOUNTS": json.dumps([asdict(mount) for mount in self.mounts]),
-            "STUDIOS_RESTORE": json.dumps(self.restore),
-        }
 
 
 @dataclass(frozen=True)
@@ -50,19 +33,12 @@ class SessionState:
     alive: bool
     reason: str = ""  # why it is not alive, in words a user can act on
     progress: str = ""  # while the compute is being provisioned: where it stands, for the start-up steps
+    endpoint: str = ""  # where the session is reached, once the backend knows (a Batch job's host)...
+    control: str = ""  # ...and where the platform asks it for checkpoints
 
 
 class BackendError(Exception):
     """The backend could not do what was asked; the message is shown to the user."""
-
-
-class SessionFailed(BackendError):
-    """The session failed before it started, for a reason of its own (shown as it is); ``checkpoint_invalid``
-    when the checkpoint it restored failed verification."""
-
-    def __init__(self, reason, checkpoint_invalid=False):
-        super().__init__(reason)
-        self.checkpoint_invalid = checkpoint_invalid
 
 
 class ComputeBackend(ABC):
@@ -81,17 +57,18 @@ class ComputeBackend(ABC):
     def start_timeout_hint(self, handle: dict) -> str:
         """What to check when a session has not become ready in time: a sentence for the studio's reason."""
 
+    def plan(self, spec: SessionSpec) -> dict:
+        """The handle of a session about to start: everything ``launch`` will create, named, and where the
+        session will be reached (``endpoint``, ``control``) where the backend decides it. Creates nothing."""
+        return {}
+
     @abstractmethod
-    def launch(self, spec: SessionSpec) -> dict:
-        """Start a session and return its handle; the session agent reports readiness itself."""
+    def launch(self, spec: SessionSpec, handle: dict) -> dict:
+        """Start the session planned in ``handle`` and return its handle; the supervisor reports readiness."""
 
     @abstractmethod
     def poll(self, handle: dict) -> SessionState:
         """Whether the session's compute still exists."""
-
-    def storage_usage(self, handle: dict):
-        """(bytes used, bytes in all) of the session's writable layer, where the backend can tell."""
-        return None
 
     @abstractmethod
     def terminate(self, handle: dict, timeout: float) -> None:

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from studios.models import Role, Studio, StudioStatus
 
-from ..factories import make_member, make_studio, make_user, make_workspace
+from ..factories import make_member, make_running, make_studio, make_user, make_workspace
 
 pytestmark = pytest.mark.browser
 
@@ -36,11 +36,9 @@ def world(live_platform):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     workspace = make_workspace()
     author = make_member(workspace, Role.OWNER, username="olga")
-    running = make_studio(workspace, name="running-one", author=author)
-    Studio.objects.filter(pk=running.pk).update(
-        status=StudioStatus.RUNNING, session_endpoint=f"http://127.0.0.1:{server.server_address[1]}"
+    running = make_running(
+        make_studio(workspace, name="running-one", author=author), f"http://127.0.0.1:{server.server_address[1]}"
     )
-    running.refresh_from_db()
     stopped = make_studio(workspace, name="stopped-one", author=author)
     yield workspace, running, stopped
     server.shutdown()

@@ -1,42 +1,36 @@
-"""The gate: the session's front door for IDEs that cannot check the session token themselves.
+"""The gate: the session's front door, run by the supervisor outside the sandbox.
 
-code-server and RStudio Server have no way to trust a header, and the address the platform reaches
-a session at (a port forwarded on the host's loopback, a plain process's port, a Batch host's port)
-other programs can reach too, so the agent puts this small ASGI server in front of them: every request and
-WebSocket must carry the session token the platform's proxy adds (anything else gets 403),
-the token is taken off, the proxy's path prefix is stripped, and the rest is streamed to the
-IDE, on a Unix socket where the IDE can listen on one.
+No IDE inside a sandbox can keep a secret (whatever it holds, code in the session can read), so none is
+given the session token: the gate checks it instead. Every request and WebSocket must carry the token the
+platform's proxy adds (anything else gets 403); the token is taken off, the proxy's path prefix is
+stripped for IDEs that expect to be served at ``/``, and the rest is streamed to the IDE, which listens
+on the loopback of the session's own network. The gate's connections to it are opened from inside that
+network (``sandbox.enter_network``), so the IDE's port is never exposed on the host.
 """
 
 import functools
 import hmac
 import threading
 
-import httpx
 import uvicorn
 import websockets
 
 from studios import forwarding
 
+from . import sandbox
+
 TOKEN_HEADER = b"x-studios-session-token"
 
 
 class Gate:
-    """An ASGI application: check the token, strip ``base_path``, forward to the IDE at ``upstream``
-    (``("unix", path)`` or ``("tcp", "host:port")``)."""
+    """An ASGI application: check the token, strip ``base_path`` when ``strip``, forward to ``address``
+    (``host:port``)."""
 
-    def __init__(self, token, base_path, upstream):
+    def __init__(self, token, base_path, address, strip=True):
         self.token = token.encode()
-        self.base_path = base_path
-        kind, address = upstream
-        if kind == "unix":
-            self.origin = "http://localhost"
-            self.client = forwarding.new_client(transport=httpx.AsyncHTTPTransport(uds=address))
-            self.connect_websocket = functools.partial(websockets.unix_connect, address)
-        else:
-            self.origin = f"http://{address}"
-            self.client = forwarding.new_client()
-            self.connect_websocket = websockets.connect
+        self.strip = base_path if strip else ""
+        self.origin = f"http://{address}"
+        self.client = forwarding.new_client()
 
     def allowed(self, scope):
         supplied = dict(scope["headers"]).get(TOKEN_HEADER, b"")
@@ -52,7 +46,7 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
             return
-        path = forwarding.target(scope, strip=self.base_path)
+        path = forwarding.target(scope, strip=self.strip)
         if scope["type"] == "websocket":
             if not self.allowed(scope):
                 await receive()
@@ -60,7 +54,7 @@ class Gate:
                 return
             url = self.origin.replace("http", "ws", 1) + path
             await forwarding.relay_websocket(
-                functools.partial(self.connect_websocket, url), self.headers(scope), self.origin, scope, receive, send
+                functools.partial(websockets.connect, url), self.headers(scope), self.origin, scope, receive, send
             )
             return
         if not self.allowed(scope):
@@ -73,8 +67,16 @@ class Gate:
         await send({"type": "http.response.body", "body": text})
 
 
-def serve(gate, listening_socket):
-    """Serve ``gate`` on an already bound socket, in a daemon thread."""
+def serve(gate, listening_socket, network_fd=None):
+    """Serve ``gate`` on an already bound socket, in a daemon thread; with ``network_fd``, the thread reaches
+    the IDE inside that network namespace."""
     config = uvicorn.Config(gate, lifespan="off", log_level="warning", ws_max_size=2**31, proxy_headers=False)
     server = uvicorn.Server(config)
-    threading.Thread(target=server.run, kwargs={"sockets": [listening_socket]}, daemon=True).start()
+
+    def run():
+        if network_fd is not None:
+            sandbox.enter_network(network_fd)
+        server.run(sockets=[listening_socket])
+
+    threading.Thread(target=run, daemon=True).start()
+    return server

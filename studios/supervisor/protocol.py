@@ -1,0 +1,148 @@
+"""The contract between the platform and a session supervisor: its configuration, its start-up steps and
+the reports it may send. No Django: the supervisor ships in session images, and the platform checks every
+report against this module before it believes a word of it.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+# Where the supervisor sends its reports, under the platform's URL: POST {platform_url}{REPORTS_PATH}<kind>.
+REPORTS_PATH = "/api/sessions/"
+PROGRESS, READY, FAILED, CHECKPOINT = "progress", "ready", "failed", "checkpoint"
+REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT)
+
+IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
+PROVISIONING = "Provisioning compute"
+RESTORING = "Restoring checkpoint"
+MOUNTING = "Mounting data"
+STEP_NAMES = (PROVISIONING, RESTORING, MOUNTING, *(f"Starting {name}" for name in IDE_NAMES.values()))
+STEP_STATES = ("pending", "in-progress", "succeeded", "errored")
+MESSAGE_MAX_LENGTH = 1000
+MANIFEST_KEY = re.compile(r"manifests/[A-Za-z0-9_-]{1,64}/[0-9a-f]{32}\.json\.zst")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def starting_step(template):
+    return f"Starting {IDE_NAMES.get(template, template)}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    name: str
+    uri: str
+    writable: bool
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """What a supervisor needs to run one session, on whatever host a backend places it."""
+
+    template: str
+    base_path: str  # the path prefix the session is served under
+    token: str  # authenticates the supervisor's reports and the platform's requests to the session
+    platform_url: str  # where reports go
+    work_dir: str  # the checkpoint store: a local folder or s3://bucket/prefix
+    manifest_prefix: str  # this studio's manifests go under manifests/<prefix>/ of the store
+    session_dir: str  # a folder only the supervisor uses: layer, root, logs
+    port: int  # where the session is reached (the gate), on bind_host
+    control_port: int  # where the platform asks for checkpoints
+    bind_host: str = "127.0.0.1"
+    isolation: str = "container"  # or "process": the IDE as a plain process, without a sandbox
+    rootfs: str = "/"  # the container's lower layer: the template's root filesystem
+    container_id: str = ""
+    cpus: int = 2
+    memory_mb: int = 8192
+    layer_mb: int = 5120
+    mounts: tuple[Mount, ...] = ()
+    restore: dict = field(default_factory=dict)  # the checkpoint to restore: name, manifest_key, manifest_sha256
+    hidden: tuple[str, ...] = ()  # host paths the sandbox must not see even though the root filesystem has them
+
+    def to_environ(self):
+        return {f"STUDIOS_{item.name.upper()}": _encode(getattr(self, item.name)) for item in fields(self)}
+
+    @classmethod
+    def from_environ(cls, environ):
+        values = {}
+        for item in fields(cls):
+            name = f"STUDIOS_{item.name.upper()}"
+            if name in environ:
+                values[item.name] = _decode(item.name, environ[name])
+        return cls(**values)
+
+
+def _encode(value):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        return json.dumps([asdict(item) if isinstance(item, Mount) else item for item in value])
+    return json.dumps(value)
+
+
+def _decode(name, text):
+    if name in ("mounts",):
+        return tuple(Mount(**item) for item in json.loads(text))
+    if name == "hidden":
+        return tuple(json.loads(text))
+    if name in ("port", "control_port", "cpus", "memory_mb", "layer_mb"):
+        return int(text)
+    if name == "restore":
+        return json.loads(text)
+    return text
+
+
+class BadReport(ValueError):
+    """A report says something a supervisor may not say; the message says what."""
+
+
+def _text(value, what):
+    if not isinstance(value, str) or len(value) > MESSAGE_MAX_LENGTH:
+        raise BadReport(f"{what} must be text of at most {MESSAGE_MAX_LENGTH} characters")
+    return value
+
+
+def _steps(value):
+    if not isinstance(value, list) or not 1 <= len(value) <= len(STEP_NAMES):
+        raise BadReport("steps must be a list of start-up steps")
+    steps = []
+    for step in value:
+        if not isinstance(step, dict) or set(step) != {"name", "state", "message"}:
+            raise BadReport("a step has exactly a name, a state and a message")
+        if step["name"] not in STEP_NAMES or step["state"] not in STEP_STATES:
+            raise BadReport(f"unknown step {step['name']!r} or state {step['state']!r}")
+        steps.append({"name": step["name"], "state": step["state"], "message": _text(step["message"], "a step's message")})
+    return steps
+
+
+def parse_report(kind, body, manifest_prefix):
+    """The report's content, as keyword arguments for the platform, or BadReport. Only what a supervisor is
+    allowed to say passes: where the session is reached, for one, is never among it."""
+    if kind not in REPORT_KINDS:
+        raise BadReport(f"unknown report {kind!r}")
+    if not isinstance(body, dict):
+        raise BadReport("a report is a JSON object")
+    allowed = {
+        PROGRESS: {"steps"},
+        READY: {"steps"},
+        FAILED: {"reason", "checkpoint_invalid", "steps"},
+        CHECKPOINT: {"manifest_key", "manifest_sha256", "size_bytes", "final", "layer_used_bytes", "layer_total_bytes"},
+    }[kind]
+    if set(body) - allowed:
+        raise BadReport(f"a {kind} report cannot say {', '.join(sorted(set(body) - allowed))}")
+    if kind in (PROGRESS, READY):
+        return {"steps": _steps(body.get("steps"))}
+    if kind == FAILED:
+        return {
+            "reason": _text(body.get("reason", ""), "reason") or "The session failed.",
+            "checkpoint_invalid": body.get("checkpoint_invalid") is True,
+            "steps": _steps(body["steps"]) if "steps" in body else None,
+        }
+    key, digest = body.get("manifest_key"), body.get("manifest_sha256")
+    if not isinstance(key, str) or not MANIFEST_KEY.fullmatch(key) or not key.startswith(f"manifests/{manifest_prefix}/"):
+        raise BadReport("a checkpoint's manifest must be one of this studio's")
+    if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+        raise BadReport("manifest_sha256 must be a SHA-256 in hex")
+    sizes = {name: body.get(name, 0) for name in ("size_bytes", "layer_used_bytes", "layer_total_bytes")}
+    if any(type(size) is not int or size < 0 for size in sizes.values()):
+        raise BadReport("sizes are whole numbers of bytes")
+    return {"manifest_key": key, "manifest_sha256": digest, "final": body.get("final") is True, **sizes}

@@ -1,0 +1,436 @@
+"""The session supervisor: one per session, always outside the session's sandbox.
+
+It holds the session token, restores the checkpoint into a fresh writable layer, mounts the datasets,
+starts the template's IDE alone in its sandbox (a container, or a plain process where the host cannot
+isolate), fronts it with the gate, reports progress and readiness to the platform, takes checkpoints of
+the layer from outside when the platform asks and when it is stopped, and takes everything down before it
+reports that the session has ended. Nothing it puts in the sandbox is secret, and nothing it reads from
+the sandbox (the layer's files) is trusted.
+
+Configuration comes from the environment (``protocol.SessionConfig``). SIGTERM stops the IDE, saves a
+final checkpoint and ends the session.
+"""
+
+import hmac
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from checkpoints import snapshot
+from checkpoints.store import store_for
+
+from . import gate, sandbox
+from .protocol import CHECKPOINT, FAILED, MOUNTING, PROGRESS, PROVISIONING, READY, REPORTS_PATH, RESTORING, SessionConfig, starting_step
+
+log = logging.getLogger("studios.supervisor")
+
+READY_TIMEOUT_SECONDS = 180
+STOP_IDE_SECONDS = 10
+# A template root filesystem other than the host's has JupyterLab in its own Python here, as the images do.
+ROOTFS_PYTHON = "/opt/studios/venv/bin/python"
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class SessionEnded(Exception):
+    """The session cannot go on; the message is the reason the studio shows."""
+
+    def __init__(self, reason, checkpoint_invalid=False):
+        super().__init__(reason)
+        self.checkpoint_invalid = checkpoint_invalid
+
+
+@dataclass(frozen=True)
+class IDE:
+    """How one template's IDE runs: its command, the path that answers once it is up, and whether it expects
+    to be served at ``/`` (the gate then strips the proxy's prefix)."""
+
+    command: list
+    ready_path: str
+    strip_prefix: bool = True
+    environ: dict = field(default_factory=dict)
+
+
+def ide_for(template, python, port, base_path, root_dir):
+    """The IDE of ``template``, listening on port ``port`` of its own loopback, served under ``base_path``."""
+    if template == "jupyterlab":
+        command = [
+            python, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+            f"--ServerApp.base_url={base_path}", f"--ServerApp.root_dir={root_dir}",
+            # The gate has checked the platform's token; JupyterLab holds none of its own.
+            "--IdentityProvider.token=",
+            # Requests arrive through the platform's proxy with the platform's Host header.
+            "--ServerApp.allow_remote_access=True",
+            # A closed network: no update checks or news feeds.
+            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]  # fmt: skip
+        return IDE(command, "api/status", strip_prefix=False)
+    if template == "vscode":
+        command = [
+            "code-server", "--bind-addr", f"127.0.0.1:{port}", "--auth", "none",
+            "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
+            "--disable-getting-started-override",  # its welcome page advertises Coder's product otherwise
+            "--abs-proxy-base-path", base_path.rstrip("/"), str(root_dir),
+        ]  # fmt: skip
+        return IDE(command, "healthz")
+    if template == "rstudio":
+        command = [
+            "/usr/lib/rstudio-server/bin/rserver", "--server-daemonize=0", "--www-address=127.0.0.1",
+            f"--www-port={port}", "--auth-none=1", "--server-user=rstudio", f"--www-root-path={base_path}",
+        ]  # fmt: skip
+        return IDE(command, "", environ={"USER": "rstudio"})
+    raise SessionEnded(f"Template {template} is not available on this compute environment.")
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class Supervisor:
+    def __init__(self, config: SessionConfig):
+        self.config = config
+        self.isolated = config.isolation == "container"
+        self.layout = sandbox.Layout(config.session_dir)
+        # What checkpoints capture: the container's upper layer, or a plain process's home folder.
+        self.layer = self.layout.upper if self.isolated else Path(config.session_dir) / "home"
+        self.excluded = sandbox.LAYER_EXCLUDED if self.isolated else ["data"]
+        self.store = store_for(config.work_dir)
+        self.steps = [{"name": PROVISIONING, "state": "succeeded", "message": ""}]
+        self.manifest = None  # the last saved or restored manifest: the next checkpoint only stores changes
+        self.checkpoint_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.ide_pid = None  # the container's first process, or the plain process
+        self.ide_process = None
+        self.container_created = False
+        self.helpers = []  # slirp4netns, rclone: they end with this process
+        self.listening = None
+
+    # Talking to the platform
+
+    def report(self, kind, **payload):
+        """POST a report to the platform; its HTTP status, or None when the platform cannot be reached."""
+        url = urllib.parse.urlsplit(self.config.platform_url.rstrip("/") + REPORTS_PATH + kind)
+        headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/json"}
+        connection_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        for attempt in range(5):
+            connection = connection_class(url.netloc, timeout=30)
+            try:
+                connection.request("POST", url.path, body=json.dumps(payload).encode(), headers=headers)
+                status = connection.getresponse().status
+            except OSError as error:
+                log.warning("cannot reach the platform for %s (%s); retrying", kind, error)
+                time.sleep(1 + attempt)
+                continue
+            finally:
+                connection.close()
+            if status != 200:
+                log.warning("the platform answered %s to %s", status, kind)
+            return status
+        return None
+
+    def step(self, name, state, message=""):
+        for step in self.steps:
+            if step["name"] == name:
+                step.update(state=state, message=message)
+                break
+        else:
+            self.steps.append({"name": name, "state": state, "message": message})
+        self.report(PROGRESS, steps=self.steps)
+
+    # Starting
+
+    def run(self):
+        """Start the session, serve it until it ends; returns once it was stopped cleanly."""
+        self.listening = socket.create_server((self.config.bind_host, self.config.port))
+        if self.isolated:
+            sandbox.prepare_layer(self.layout, self.config.layer_mb)
+        else:
+            self.layer.mkdir()
+        if self.config.restore:
+            self.restore()
+        self.step(MOUNTING, "in-progress")
+        data_sources = self.mount_data()
+        self.step(MOUNTING, "succeeded", ", ".join(m.name for m in self.config.mounts) or "no datasets")
+        ide_step = starting_step(self.config.template)
+        self.step(ide_step, "in-progress")
+        ide_port = free_port()
+        python = sys.executable if self.config.rootfs == "/" else ROOTFS_PYTHON
+        root_dir = "/workspace" if self.isolated else self.layer
+        ide = ide_for(self.config.template, python, ide_port, self.config.base_path, root_dir)
+        network_fd = self.start_container(ide, data_sources) if self.isolated else self.start_process(ide)
+        gate.serve(gate.Gate(self.config.token, self.config.base_path, f"127.0.0.1:{ide_port}", ide.strip_prefix), self.listening, network_fd)
+        self.wait_until_ready(ide.ready_path)
+        self.steps[-1].update(state="succeeded")
+        self.serve_control()
+        if self.report(READY, steps=self.steps) != 200:
+            raise SessionEnded("The platform did not accept this session.")
+        self.checkpoint()  # the first one, as the session starts
+        code = self.wait_for_ide()
+        if not self.stopping.is_set():
+            raise SessionEnded(self.ended_reason(code))
+        self.checkpoint(final=True)
+        log.info("stopped cleanly")
+
+    def restore(self):
+        name = self.config.restore["name"]
+        self.step(RESTORING, "in-progress", name)
+        began = time.monotonic()
+        try:
+            self.manifest = snapshot.restore(
+                self.layer, self.store, self.config.restore["manifest_key"], self.config.restore["manifest_sha256"],
+                keep_setuid=self.isolated,
+            )  # fmt: skip
+        except snapshot.CorruptCheckpoint as error:
+            raise SessionEnded(
+                f"Checkpoint {name} cannot be restored: {error}. It is now marked invalid; start the studio "
+                "again to restore the checkpoint before it, or start as new from another checkpoint.",
+                checkpoint_invalid=True,
+            ) from None
+        except OSError as error:
+            raise SessionEnded(
+                f"Checkpoint {name} could not be read from the work directory ({error.strerror or error}). "
+                "Start the studio again."
+            ) from None
+        files = sum(1 for entry in self.manifest["entries"] if entry["type"] == "file")
+        self.step(RESTORING, "succeeded", f"{name}: {files} files in {time.monotonic() - began:.1f} s")
+
+    def mount_data(self):
+        """{dataset name: host folder} for the container to bind; a plain process gets links in its folder."""
+        sources = {}
+        for mount in self.config.mounts:
+            if mount.uri.startswith("s3://"):
+                if not self.isolated:
+                    raise SessionEnded(f"Dataset {mount.name} is on S3, which this compute environment cannot mount.")
+                try:
+                    self.helpers.append(sandbox.mount_s3(mount.uri, self.layout.data / mount.name, mount.writable, sys.stderr))
+                except OSError as error:
+                    raise SessionEnded(f"Dataset {mount.name} could not be mounted: {error}.") from None
+                sources[mount.name] = self.layout.data / mount.name
+            elif not os.path.isdir(mount.uri):
+                raise SessionEnded(f"The folder of dataset {mount.name} does not exist on this machine.")
+            else:
+                sources[mount.name] = mount.uri
+        if not self.isolated:
+            data_dir = self.layer / "data"
+            data_dir.mkdir(exist_ok=True)
+            for name, source in sources.items():
+                (data_dir / name).symlink_to(source)
+        return sources
+
+    def start_container(self, ide, data_sources):
+        """Create the container with the IDE as its first process, connect its network, start it; returns a
+        descriptor of its network namespace."""
+        sandbox.become_subreaper()
+        sandbox.mount_root(self.layout, self.config.rootfs)
+        writable = {mount.name: mount.writable for mount in self.config.mounts}
+        mounts = [sandbox.resolver_mount(self.layout)] + [
+            sandbox.bind(source, f"{sandbox.DATA_IN_CONTAINER}/{name}", writable[name]) for name, source in data_sources.items()
+        ]
+        environ = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "HOME": "/root", "LANG": "C.UTF-8", **ide.environ}
+        config = sandbox.oci_config(
+            container_id=self.config.container_id, args=ide.command, env=environ, cwd="/workspace",
+            cpus=self.config.cpus, memory_mb=self.config.memory_mb, mounts=mounts, hidden=self.config.hidden,
+        )  # fmt: skip
+        try:
+            self.container_created = True
+            self.ide_pid = sandbox.create(self.layout, config, self.config.container_id, sys.stderr)
+            network_fd = os.open(f"/proc/{self.ide_pid}/ns/net", os.O_RDONLY)
+            self.helpers.append(sandbox.connect_network(self.ide_pid, sys.stderr))
+            sandbox.start(self.config.container_id, sys.stderr)
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise SessionEnded(f"The session's container could not start: {error}. Start the studio again.") from None
+        return network_fd
+
+    def start_process(self, ide):
+        """The IDE as a plain process (no isolation), without the supervisor's environment."""
+        home = self.layer
+        site_packages = home / ".local/lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+        environ = {
+            "PATH": f"{home / '.local/bin'}:{os.environ.get('PATH', CONTAINER_PATH)}",
+            "PYTHONPATH": str(site_packages),
+            "PIP_PREFIX": str(home / ".local"),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            **ide.environ,
+        }
+        try:
+            self.ide_process = subprocess.Popen(ide.command, env=environ, cwd=home, stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as error:
+            raise SessionEnded(f"The IDE could not start: {error.strerror}.") from None
+        self.ide_pid = self.ide_process.pid
+        return None
+
+    def ide_exit_code(self):
+        """The IDE's exit code once it has ended, else None."""
+        try:
+            pid, status = os.waitpid(self.ide_pid, os.WNOHANG)
+        except ChildProcessError:
+            return -1
+        return os.waitstatus_to_exitcode(status) if pid else None
+
+    def wait_until_ready(self, ready_path):
+        url = f"http://127.0.0.1:{self.listening.getsockname()[1]}{self.config.base_path}{ready_path}"
+        request = urllib.request.Request(url, headers={"X-Studios-Session-Token": self.config.token})
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            code = self.ide_exit_code()
+            if code is not None:
+                if self.stopping.is_set():
+                    raise SystemExit(0)
+                raise SessionEnded(self.ended_reason(code, "while starting"))
+            try:
+                with urllib.request.urlopen(request, timeout=2):
+                    return
+            except urllib.error.HTTPError as error:
+                if error.code < 500:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SessionEnded(f"The IDE did not answer within {READY_TIMEOUT_SECONDS} seconds.")
+
+    def wait_for_ide(self):
+        """Until the IDE ends. A helper that ends first (the network, a dataset's mount) ends the session, and so
+        does the kernel's out-of-memory killer, whichever of the session's processes it chose."""
+        while (code := self.ide_exit_code()) is None:
+            if self.stopping.is_set():
+                pass
+            elif self.isolated and sandbox.oom_kills(self.config.container_id):
+                raise SessionEnded(self.ended_reason(code))
+            elif any(helper.poll() is not None for helper in self.helpers):
+                raise SessionEnded(
+                    "The session's network (slirp4netns) or a dataset's mount (rclone) ended unexpectedly. "
+                    "Start the studio again; its last checkpoint is kept."
+                )
+            time.sleep(0.2)
+        return code
+
+    def ended_reason(self, code, when="unexpectedly"):
+        if self.isolated and sandbox.oom_kills(self.config.container_id):
+            return f"out of memory (limit {self.config.memory_mb} MB)"
+        return f"The IDE exited {when} with code {code}. Start the studio again; its last checkpoint is kept."
+
+    # Running
+
+    def checkpoint(self, final=False):
+        """Save the writable layer from outside the sandbox and tell the platform; one at a time."""
+        with self.checkpoint_lock:
+            began = time.monotonic()
+            saved = snapshot.take(
+                self.layer, self.store, previous=self.manifest, excluded=self.excluded,
+                manifest_prefix=self.config.manifest_prefix,
+            )  # fmt: skip
+            self.manifest = saved.manifest
+            usage = os.statvfs(self.layer)
+            status = self.report(
+                CHECKPOINT,
+                manifest_key=saved.manifest_key,
+                manifest_sha256=saved.manifest_sha256,
+                size_bytes=saved.size_bytes,
+                final=final,
+                layer_used_bytes=(usage.f_blocks - usage.f_bfree) * usage.f_frsize if self.isolated else saved.size_bytes,
+                layer_total_bytes=usage.f_blocks * usage.f_frsize if self.isolated else 0,
+            )
+            log.info(
+                "checkpoint%s: %d bytes in the layer, %d stored, %.2f s, platform answered %s",
+                " (final)" if final else "", saved.size_bytes, saved.stored_bytes, time.monotonic() - began, status,
+            )  # fmt: skip
+            return {"size_bytes": saved.size_bytes, "stored_bytes": saved.stored_bytes, "recorded": status == 200}
+
+    def serve_control(self):
+        """The platform's way in: POST /checkpoint with the session token."""
+        supervisor = self
+
+        class Control(BaseHTTPRequestHandler):
+            def do_POST(self):
+                supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+                if not hmac.compare_digest(supplied, supervisor.config.token.encode()):
+                    self.send_error(403)
+                    return
+                if self.path != "/checkpoint":
+                    self.send_error(404)
+                    return
+                body = json.dumps(supervisor.checkpoint()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args):
+                log.info("control: " + format, *args)
+
+        server = ThreadingHTTPServer((self.config.bind_host, self.config.control_port), Control)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    # Ending
+
+    def stop_ide(self):
+        """SIGTERM to the IDE, SIGKILL if it is still there after a while."""
+        if self.isolated:
+            sandbox.signal_container(self.config.container_id, "TERM")
+        elif self.ide_process is not None:
+            os.killpg(self.ide_process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_IDE_SECONDS
+        while time.monotonic() < deadline and Path(f"/proc/{self.ide_pid}").exists():
+            time.sleep(0.1)
+        if self.isolated:
+            sandbox.signal_container(self.config.container_id, "KILL")
+        elif self.ide_process is not None and self.ide_process.poll() is None:
+            os.killpg(self.ide_process.pid, signal.SIGKILL)
+
+    def on_sigterm(self, signum, frame):
+        """Stop the IDE; the main thread then takes the final checkpoint and ends the session."""
+        log.info("SIGTERM: stopping the IDE, then saving a final checkpoint")
+        self.stopping.set()
+        if self.ide_pid is None:
+            raise SystemExit(0)  # nothing has started yet: nothing to save
+        threading.Thread(target=self.stop_ide, daemon=True).start()
+
+    def tear_down(self):
+        """Remove everything the session had on this host: container, helpers, mounts, layer. Idempotent."""
+        if self.isolated:
+            if self.container_created:
+                sandbox.delete(self.config.container_id)
+        elif self.ide_process is not None and self.ide_process.poll() is None:
+            os.killpg(self.ide_process.pid, signal.SIGKILL)
+            self.ide_process.wait()
+        for helper in self.helpers:
+            helper.kill()
+            helper.wait()
+        self.helpers = []
+        if self.isolated:
+            sandbox.remove(self.layout)
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    supervisor = Supervisor(SessionConfig.from_environ(os.environ))
+    signal.signal(signal.SIGTERM, supervisor.on_sigterm)
+    try:
+        supervisor.run()
+    except SessionEnded as ended:
+        log.error("%s", ended)
+        for step in supervisor.steps:
+            if step["state"] == "in-progress":
+                step.update(state="errored", message=str(ended))
+        # Everything is gone before the platform hears the session has ended.
+        supervisor.tear_down()
+        supervisor.report(FAILED, reason=str(ended), checkpoint_invalid=ended.checkpoint_invalid, steps=supervisor.steps)
+        sys.exit(1)
+    finally:
+        supervisor.tear_down()

@@ -4,8 +4,8 @@ Runs the whole product twice side by side (``manage.py runstudios`` on embedded 
 temporary data dir): one with isolated sessions (``STUDIOS_LOCAL_ISOLATION=auto``), one with plain processes
 (``off``). As the demo ``maintain`` user it starts and stops a JupyterLab studio on each, alternating,
 RUNS times, timing Start (the POST) to ``running``. After the last start both sessions are left idle for
-SETTLE seconds, then for IDLE seconds it samples, for each session's processes (the container's cgroup
-and its network helpers on the host; the plain session's process group): CPU time used, and memory as PSS (each process's share of the pages
+SETTLE seconds, then for IDLE seconds it samples, for each session's processes (its supervisor on the host
+and everything below it: the container's processes and network helper, or the plain IDE): CPU time used, and memory as PSS (each process's share of the pages
 it maps), plus the container cgroup's own count (which includes the page cache of its files) and the disk
 its writable layer's sparse file takes.
 Usage: .venv/bin/python bench/isolation_bench.py [RUNS] [SETTLE] [IDLE]
@@ -31,28 +31,23 @@ def stat_fields(pid):
     return text[text.rindex(")") + 2 :].split()
 
 
-def session_processes(isolated):
-    """The pids of the one running session of each kind: the container's cgroup and its network helpers on the
-    host (slirp4netns, socat), or the plain agent's session."""
-    if isolated:
-        (group,) = Path("/sys/fs/cgroup/memory/studios").glob("*/")
-        helpers = [
-            int(proc.name)
-            for proc in Path("/proc").glob("[0-9]*")
-            if (proc / "comm").exists() and (proc / "comm").read_text().strip() in ("slirp4netns", "socat")
-        ]
-        return [int(pid) for pid in (group / "cgroup.procs").read_text().split()], group, helpers
+def session_processes(data_dir):
+    """The pids of the one running session of the platform whose data dir is ``data_dir``: its supervisor on the
+    host and every process below it (the container's first process is handed to the supervisor once runc has
+    created it, and the network helper is its child; a plain IDE is its child too)."""
+    children, supervisors = {}, []
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
-            if b"studios.agent" in (proc / "cmdline").read_bytes() and b"/studios/" not in (proc / "cgroup").read_bytes():
-                sid = stat_fields(proc.name)[3]
-                pids = []
-                for other in Path("/proc").glob("[0-9]*"):
-                    with contextlib.suppress(OSError, IndexError):
-                        if stat_fields(other.name)[3] == sid:
-                            pids.append(int(other.name))
-                return pids, None, []
-    raise SystemExit("no plain session is running")
+            children.setdefault(int(stat_fields(proc.name)[1]), []).append(int(proc.name))
+            if b"studios.supervisor" in (proc / "cmdline").read_bytes() and os.readlink(proc / "cwd").startswith(data_dir):
+                supervisors.append(int(proc.name))
+    (supervisor,) = supervisors
+    pids, below = [], [supervisor]
+    while below:
+        pid = below.pop()
+        pids.append(pid)
+        below += children.get(pid, [])
+    return pids
 
 
 def cpu_seconds(pids):
@@ -93,9 +88,9 @@ def main():
                     user.post(f"/studios/{studio_id}/stop/")
                     user.wait_for(studio_id, "stopped")
         time.sleep(SETTLE)
-        container_pids, group, helpers = session_processes(isolated=True)
-        container_pids += helpers
-        plain_pids, _, _ = session_processes(isolated=False)
+        container_pids = session_processes(container_platform[2]["STUDIOS_DATA_DIR"])
+        plain_pids = session_processes(plain_platform[2]["STUDIOS_DATA_DIR"])
+        (group,) = Path("/sys/fs/cgroup/memory/studios").glob("*/")
         cpu_before = {"container": cpu_seconds(container_pids), "plain": cpu_seconds(plain_pids)}
         cgroup_cpu_before = int((Path(str(group).replace("/memory/", "/cpuacct/")) / "cpuacct.usage").read_text())
         pss = {"container": [], "plain": []}

@@ -44,7 +44,7 @@ def main():
 
         studio = Studio.objects.get(pk=studio_id)
         direct = httpx.Client(
-            base_url=studio.session_endpoint, timeout=30, headers={"X-Studios-Session-Token": studio.session_token}
+            base_url=studio.session.endpoint, timeout=30, headers={"X-Studios-Session-Token": studio.session.token}
         )
         path = f"{studio.connect_path}{STATUS_PATHS[TEMPLATE]}"
         via_proxy, straight = [], []

@@ -40,8 +40,8 @@ def main():
                     context.add_cookies([{"name": "sessionid", "value": user.http.cookies.get("sessionid"), "url": base}])
                     url = f"{base}{studio.connect_path}?folder=/workspace"
                 else:
-                    context.set_extra_http_headers({"X-Studios-Session-Token": studio.session_token})
-                    url = f"{studio.session_endpoint}{studio.connect_path}?folder=/workspace"
+                    context.set_extra_http_headers({"X-Studios-Session-Token": studio.session.token})
+                    url = f"{studio.session.endpoint}{studio.connect_path}?folder=/workspace"
                 page = context.new_page()
                 began = time.perf_counter()
                 page.goto(url)

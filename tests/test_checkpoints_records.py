@@ -36,9 +36,9 @@ def saved_studio(workspace, maintainer):
 
 def test_each_start_creates_the_next_named_checkpoint_and_restores_the_newest(saved_studio, maintainer):
     studio = lifecycle.start_studio(maintainer, saved_studio)
-    assert studio.current_checkpoint.name == "atlas_3"
-    assert studio.current_checkpoint.state == Checkpoint.State.EMPTY
-    assert studio.restored_from.name == "atlas_2"
+    assert studio.session.checkpoint.name == "atlas_3"
+    assert studio.session.checkpoint.state == Checkpoint.State.EMPTY
+    assert studio.session.restored_from.name == "atlas_2"
 
 
 class TestRename:
@@ -102,15 +102,15 @@ class TestStartAsNew:
         assert response["Location"] == clone.get_absolute_url()
         assert (clone.template, clone.compute_environment) == (saved_studio.template, saved_studio.compute_environment)
         assert clone.status == StudioStatus.STARTING
-        assert clone.restored_from.copied_from == source
+        assert clone.session.restored_from.copied_from == source
         assert sorted(c.name for c in clone.checkpoints.exclude(copied_from=None)) == ["atlas_1", "atlas_2"]
-        assert clone.current_checkpoint.name == "atlas-v2_3"
+        assert clone.session.checkpoint.name == "atlas-v2_3"
         assert saved_studio.checkpoints.count() == 2  # the parent is untouched
 
     def test_the_checkpoint_in_use_cannot_be_the_source(self, saved_studio, maintainer):
         running = lifecycle.start_studio(maintainer, saved_studio)
         with pytest.raises(lifecycle.ActionRefused, match="in use by atlas's running session"):
-            lifecycle.start_as_new(maintainer, running.current_checkpoint, name="x", cpus=1, memory_mb=1024)
+            lifecycle.start_as_new(maintainer, running.session.checkpoint, name="x", cpus=1, memory_mb=1024)
         assert not Studio.objects.filter(name="x").exists()
 
     def test_bad_input_creates_nothing(self, client, saved_studio, maintainer):
@@ -196,7 +196,7 @@ def test_checkpoints_are_scheduled_at_the_configured_interval():
 
 def test_the_detail_page_shows_the_checkpoints_and_the_last_save(client, saved_studio, maintainer):
     studio = lifecycle.start_studio(maintainer, saved_studio)
-    Checkpoint.objects.filter(pk=studio.current_checkpoint_id).update(
+    Checkpoint.objects.filter(pk=studio.session.checkpoint_id).update(
         state="interim", manifest_key="manifests/3.json.zst", saved=timezone.now(), size_bytes=3 * 2**20
     )
     client.force_login(maintainer)

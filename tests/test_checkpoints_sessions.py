@@ -105,7 +105,7 @@ def test_installed_package_and_config_survive_a_restart(world, tmp_path):
         )  # fmt: skip
     )
     assert printed.strip() == "hello from a checkpoint threads = 8"
-    assert studio.current_checkpoint.name == "keeper_2"
+    assert studio.session.checkpoint.name == "keeper_2"
     stop(studio, user)
 
 
@@ -114,10 +114,10 @@ def test_a_killed_session_loses_only_what_changed_since_its_last_checkpoint(worl
     studio = start(platform, studio, user)
     files = Files(platform, studio, user)
     files.write("notes.txt", "saved\n")
-    checkpoint_session(studio.pk)
+    checkpoint_session(studio.session_id)
     files.write("notes.txt", "changed after the checkpoint\n")
     files.write("later.txt", "never saved\n")
-    pid = studio.session_handle["pid"]
+    pid = studio.session.handle["pid"]
     os.killpg(pid, signal.SIGKILL)
     while pid_alive(pid):
         time.sleep(0.1)

@@ -1,4 +1,4 @@
-"""The agent's gate in front of an IDE on a loopback port (how RStudio Server is fronted): the token is
+"""The supervisor's gate in front of an IDE on a loopback port: the token is
 required and taken off, the proxy's prefix is stripped, HTTP and WebSockets pass."""
 
 import json
@@ -12,7 +12,7 @@ import websockets
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
-from studios.agent import gate
+from studios.supervisor import gate
 
 BASE = "/studios/7/connect/"
 TOKEN = "the-session-token"
@@ -44,8 +44,8 @@ def gated():
     sockets = serve(echo_with_path, "127.0.0.1", 0)
     threading.Thread(target=sockets.serve_forever, daemon=True).start()
     http_front, ws_front = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
-    gate.serve(gate.Gate(TOKEN, BASE, ("tcp", f"127.0.0.1:{ide.server_address[1]}")), http_front)
-    gate.serve(gate.Gate(TOKEN, BASE, ("tcp", f"127.0.0.1:{sockets.socket.getsockname()[1]}")), ws_front)
+    gate.serve(gate.Gate(TOKEN, BASE, f"127.0.0.1:{ide.server_address[1]}"), http_front)
+    gate.serve(gate.Gate(TOKEN, BASE, f"127.0.0.1:{sockets.socket.getsockname()[1]}"), ws_front)
     yield f"http://127.0.0.1:{http_front.getsockname()[1]}", f"ws://127.0.0.1:{ws_front.getsockname()[1]}"
     ide.shutdown()
     sockets.shutdown()

@@ -58,7 +58,7 @@ def test_start_from_stopped_or_errored(studio, owner, status):
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STARTING
     assert studio.status_reason == ""
-    assert studio.session_token
+    assert studio.session.token and studio.session.started_by == owner
     assert studio.startup_steps[0]["name"] == "Provisioning compute"
 
 
@@ -159,44 +159,95 @@ def test_the_database_refuses_a_second_mount_of_a_data_path(workspace, owner):
         ActiveMount.objects.create(workspace=workspace, studio=second, dataset=reads, data_path="/data/reads/")
 
 
+def steps(*names):
+    return [{"name": name, "state": "succeeded", "message": ""} for name in names]
+
+
 class TestSessionReports:
-    def test_ready_makes_a_starting_studio_running(self, studio, owner):
+    def test_ready_makes_a_starting_studio_running_at_the_endpoint_the_backend_chose(self, studio, owner):
         lifecycle.start_studio(owner, studio)
         studio.refresh_from_db()
-        assert lifecycle.session_ready(studio.session_token, "http://127.0.0.1:5555")
+        assert lifecycle.record_launch(studio.session_id, {"endpoint": "http://127.0.0.1:5555", "control": "http://127.0.0.1:5556"})
+        assert lifecycle.session_ready(studio.session.token, steps("Provisioning compute"))
         studio.refresh_from_db()
         assert studio.status == StudioStatus.RUNNING
-        assert studio.session_endpoint == "http://127.0.0.1:5555"
+        assert (studio.session.endpoint, studio.session.control_endpoint) == ("http://127.0.0.1:5555", "http://127.0.0.1:5556")
+
+    def test_ready_waits_for_the_backend_to_locate_the_session(self, studio, owner):
+        lifecycle.start_studio(owner, studio)
+        studio.refresh_from_db()
+        assert lifecycle.session_ready(studio.session.token, steps("Provisioning compute"))
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.STARTING
+        assert lifecycle.session_located(studio.session_id, "http://10.0.3.7:8888", "http://10.0.3.7:8889")
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.RUNNING and studio.session.endpoint == "http://10.0.3.7:8888"
 
     def test_reports_with_a_wrong_token_change_nothing(self, studio, owner):
         lifecycle.start_studio(owner, studio)
-        assert not lifecycle.session_ready("not-the-token", "http://127.0.0.1:5555")
-        assert not lifecycle.session_ready("", "http://127.0.0.1:5555")
+        assert not lifecycle.session_ready("not-the-token", steps("Provisioning compute"))
+        assert not lifecycle.session_ready("", steps("Provisioning compute"))
         studio.refresh_from_db()
         assert studio.status == StudioStatus.STARTING
 
-    def test_failure_errors_the_studio_with_the_reason_and_frees_its_mounts(self, workspace, studio, owner):
+    def test_a_failure_errors_the_studio_only_once_its_compute_is_gone(
+        self, workspace, studio, owner, django_capture_on_commit_callbacks, monkeypatch
+    ):
+        from studios import tasks
+
+        reaped = []
+        monkeypatch.setattr(tasks.reap_session, "delay", lambda *args: reaped.append(args))
         studio.datasets.set([make_dataset(workspace)])
         lifecycle.start_studio(owner, studio)
         studio.refresh_from_db()
-        assert lifecycle.session_failed(studio.session_token, "JupyterLab exited with code 1")
+        with django_capture_on_commit_callbacks(execute=True):
+            assert lifecycle.session_failed(studio.session.token, "JupyterLab exited with code 1")
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.STARTING  # until the task has ended its compute
+        assert reaped == [(studio.session_id, "JupyterLab exited with code 1")]
+        tasks.reap_session(*reaped[0])
         studio.refresh_from_db()
         assert studio.status == StudioStatus.ERRORED
         assert studio.status_reason == "JupyterLab exited with code 1"
         assert studio.startup_steps[0]["state"] == "errored"
+        assert studio.session.token is None and studio.session.end_reason == "JupyterLab exited with code 1"
         assert not studio.active_mounts.exists()
 
-    def test_the_session_report_endpoint_checks_the_token(self, client, studio, owner):
+    def test_the_session_report_endpoint_checks_the_token_and_what_the_report_says(self, client, studio, owner):
         lifecycle.start_studio(owner, studio)
         studio.refresh_from_db()
+        lifecycle.record_launch(studio.session_id, {"endpoint": "http://127.0.0.1:5555"})
+        token = studio.session.token
         url = "/api/sessions/ready"
-        body = '{"endpoint": "http://127.0.0.1:5555"}'
+        body = '{"steps": [{"name": "Provisioning compute", "state": "succeeded", "message": ""}]}'
         assert client.post(url, body, "application/json", HTTP_AUTHORIZATION="Bearer wrong").status_code == 409
-        assert client.post(url, "not json", "application/json").status_code == 400
-        ok = client.post(url, body, "application/json", HTTP_AUTHORIZATION=f"Bearer {studio.session_token}")
-        assert ok.status_code == 200
+        auth = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+        assert client.post(url, "not json", "application/json", **auth).status_code == 400
+        # A session does not say where it is reached, nor send anything the protocol does not know.
+        forged = '{"endpoint": "http://127.0.0.1:22", "steps": []}'
+        assert client.post(url, forged, "application/json", **auth).status_code == 400
+        assert client.post("/api/sessions/become-admin", body, "application/json", **auth).status_code == 400
+        odd_step = '{"steps": [{"name": "Provisioning compute", "state": "hacked", "message": ""}]}'
+        assert client.post(url, odd_step, "application/json", **auth).status_code == 400
         studio.refresh_from_db()
-        assert studio.status == StudioStatus.RUNNING
+        assert studio.status == StudioStatus.STARTING
+        assert client.post(url, body, "application/json", **auth).status_code == 200
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.RUNNING and studio.session.endpoint == "http://127.0.0.1:5555"
+
+    def test_a_checkpoint_report_names_only_the_studios_own_manifests(self, client, studio, owner):
+        lifecycle.start_studio(owner, studio)
+        studio.refresh_from_db()
+        auth = {"HTTP_AUTHORIZATION": f"Bearer {studio.session.token}"}
+        report = {"manifest_sha256": "a" * 64, "size_bytes": 10, "final": False}
+        for key in ("manifests/studio-999/" + "0" * 32 + ".json.zst", "../../etc/passwd", "manifests/x.json.zst"):
+            response = client.post("/api/sessions/checkpoint", {**report, "manifest_key": key}, "application/json", **auth)
+            assert response.status_code == 400
+        own = f"manifests/studio-{studio.pk}/" + "0" * 32 + ".json.zst"
+        response = client.post("/api/sessions/checkpoint", {**report, "manifest_key": own}, "application/json", **auth)
+        assert response.status_code == 200
+        studio.session.checkpoint.refresh_from_db()
+        assert studio.session.checkpoint.manifest_key == own
 
 
 def test_a_start_older_than_the_timeout_becomes_errored(studio, owner, settings):

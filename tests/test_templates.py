@@ -12,21 +12,22 @@ import websockets.sync.client
 from django.urls import reverse
 
 from studios import lifecycle
-from studios.backends import LocalBackend, container
+from studios.backends import LocalBackend
+from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
 
 from .factories import make_member, make_studio, make_workspace
 from .test_isolation import run
 from .test_sessions import Browser, wait_for_status
 
-needs_isolation = pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem())
+needs_isolation = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 needs_code_server = pytest.mark.skipif(
     shutil.which("code-server") is None, reason="code-server is not installed (images/vscode/install-code-server.sh)"
 )
 
 
-def agent_rootfs(path, ide_binary=None):
-    """A folder laid out like an exported template image: the agent's Python at /opt/studios/venv."""
+def template_rootfs(path, ide_binary=None):
+    """A folder laid out like an exported template image: the image's Python (with JupyterLab) at /opt/studios/venv."""
     (path / "opt/studios").mkdir(parents=True)
     (path / "opt/studios/venv").symlink_to(sys.prefix)
     if ide_binary:
@@ -42,19 +43,18 @@ class TestTemplateAvailability:
 
     @needs_isolation
     def test_a_root_filesystem_with_rstudio_server_offers_it(self, tmp_path):
-        rootfs = agent_rootfs(tmp_path / "rootfs", "usr/lib/rstudio-server/bin/rserver")
+        rootfs = template_rootfs(tmp_path / "rootfs", "usr/lib/rstudio-server/bin/rserver")
         assert LocalBackend(tmp_path, rootfs={"rstudio": str(rootfs)}).template_problem("rstudio") == ""
 
     @needs_isolation
-    def test_a_root_filesystem_without_the_agent_is_refused(self, tmp_path):
+    def test_a_root_filesystem_without_the_ide_is_refused(self, tmp_path):
         rootfs = tmp_path / "rootfs"
-        (rootfs / "usr/lib/rstudio-server/bin").mkdir(parents=True)
-        (rootfs / "usr/lib/rstudio-server/bin/rserver").write_text("")
-        problem = LocalBackend(tmp_path, rootfs={"rstudio": str(rootfs)}).template_problem("rstudio")
-        assert problem == f"Its root filesystem {rootfs} has no session agent at /opt/studios/venv/bin/python; build it from images/rstudio."
+        rootfs.mkdir()
+        problem = LocalBackend(tmp_path, rootfs={"vscode": str(rootfs)}).template_problem("vscode")
+        assert problem.startswith("Not installed on this compute environment: install code-server")
 
     def test_a_root_filesystem_needs_isolation(self, tmp_path):
-        rootfs = agent_rootfs(tmp_path / "rootfs", "usr/lib/rstudio-server/bin/rserver")
+        rootfs = template_rootfs(tmp_path / "rootfs", "usr/lib/rstudio-server/bin/rserver")
         backend = LocalBackend(tmp_path, isolation="off", rootfs={"rstudio": str(rootfs)})
         assert backend.template_problem("rstudio").startswith(f"Its root filesystem {rootfs} needs isolated sessions")
 
@@ -82,24 +82,25 @@ def test_vscode_answers_only_through_the_proxy(live_platform, tmp_path, settings
     studio = make_studio(workspace, author=user, template="vscode", cpus=2, memory_mb=2048)
     lifecycle.start_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.RUNNING)
-    assert studio.session_handle["isolated"] is (isolation == "auto")
+    assert bool(studio.session.handle["container"]) is (isolation == "auto")
     browser = Browser(live_platform, user)
 
     health = browser.http.get(f"{studio.connect_path}healthz")
     assert health.status_code == 200 and health.json()["status"] in ("alive", "expired")
     opened = browser.http.get(studio.connect_path)  # VS Code sends the browser on to the session's folder
-    folder = "/workspace" if isolation == "auto" else str(Path(studio.session_handle["log"]).parent / "home")
+    folder = "/workspace" if isolation == "auto" else str(Path(studio.session.handle["session_dir"]) / "home")
     assert opened.status_code == 302 and opened.headers["location"] == f"./?folder={folder}"
     workbench = browser.http.get(f"{studio.connect_path}?folder={folder}")
     assert workbench.status_code == 200 and "vscode-workbench-web-configuration" in workbench.text
 
     # The session's own address (reachable by anything on this host) wants the session token.
-    direct = httpx.get(f"{studio.session_endpoint}{studio.connect_path}healthz")
+    endpoint = studio.session.endpoint
+    direct = httpx.get(f"{endpoint}{studio.connect_path}healthz")
     assert direct.status_code == 403
-    forged = httpx.get(f"{studio.session_endpoint}{studio.connect_path}", headers={"X-Studios-Session-Token": "guess"})
+    forged = httpx.get(f"{endpoint}{studio.connect_path}", headers={"X-Studios-Session-Token": "guess"})
     assert forged.status_code == 403
     with pytest.raises(websockets.InvalidStatus):
-        websockets.sync.client.connect(studio.session_endpoint.replace("http", "ws") + studio.connect_path)
+        websockets.sync.client.connect(endpoint.replace("http", "ws") + studio.connect_path)
 
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
@@ -107,14 +108,15 @@ def test_vscode_answers_only_through_the_proxy(live_platform, tmp_path, settings
 
 @needs_isolation
 def test_a_template_root_filesystem_is_the_sessions_root(live_platform, tmp_path, settings):
-    """The lower layer is the configured folder: what only it holds is in the session, the agent runs from it."""
+    """The lower layer is the configured folder: what only it holds is in the session, JupyterLab runs from it,
+    and nothing of the platform's code is in the session."""
     extra, rootfs = tmp_path / "extra", tmp_path / "rootfs"
     extra.mkdir()
     rootfs.mkdir()
     # A root filesystem folder made of the host's with a few files on top (a real one is an exported image);
     # the files on top sit on a filesystem of their own, as overlayfs refuses layers inside one another.
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(extra)], check=True)
-    agent_rootfs(extra)
+    template_rootfs(extra)
     (extra / "etc").mkdir()
     (extra / "etc/studios-rootfs-marker").write_text("from the template's root filesystem")
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={extra}:/", str(rootfs)], check=True)
@@ -127,9 +129,10 @@ def test_a_template_root_filesystem_is_the_sessions_root(live_platform, tmp_path
         studio = wait_for_status(studio, StudioStatus.RUNNING)
         printed = run(
             live_platform, studio, user,
-            "import studios; print(open('/etc/studios-rootfs-marker').read().split()[-2], studios.__file__)",
+            "import importlib.util, sys\n"
+            "print(open('/etc/studios-rootfs-marker').read().split()[-2], sys.prefix, importlib.util.find_spec('studios'))",
         )  # fmt: skip
-        assert printed == "root /opt/studios/studios/__init__.py"
+        assert printed == "root /opt/studios/venv None"
         assert not Path("/etc/studios-rootfs-marker").exists()
         lifecycle.stop_studio(user, studio)
         wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

@@ -66,7 +66,7 @@ def test_a_maintainer_adds_starts_shares_stops_and_deletes_a_studio(live_platfor
     cell.type("print(sum(range(10)))")
     lab.keyboard.press("Shift+Enter")
     expect(lab.locator(".jp-OutputArea-output").first).to_have_text("45", timeout=60_000)
-    assert studio.session_token not in lab.content()
+    assert studio.session.token not in lab.content()
 
     # A colleague opens the shared link, logs in, and lands in the same session: mia's notebook is there.
     colleague = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()

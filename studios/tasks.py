@@ -155,8 +155,8 @@ def reconcile_sessions():
     presence.forget_dead_processes_and_announce()
     for studio in lifecycle.overdue_starts().select_related("compute_environment"):
         _fail_overdue_start(studio)
-    active = Studio.objects.filter(status__in=ACTIVE_STATUSES, session__ended=None).exclude(session__handle={})
-    for studio in active.select_related("compute_environment", "session"):
+    active = Studio.objects.filter(status__in=ACTIVE_STATUSES, session__isnull=False, session__ended=None)
+    for studio in active.exclude(session__handle={}).select_related("compute_environment", "session"):
         session = studio.session
         try:
             backend = backend_for(studio.compute_environment)

@@ -167,9 +167,8 @@ def test_force_stopping_needs_maintain_role(client, members, studio, role):
 
     from django.utils import timezone
 
-    Studio.objects.filter(pk=studio.pk).update(
-        status=StudioStatus.STOPPING, status_changed=timezone.now() - timedelta(minutes=11)
-    )
+    make_running(studio, status=StudioStatus.STOPPING)
+    Studio.objects.filter(pk=studio.pk).update(status_changed=timezone.now() - timedelta(minutes=11))
     page = login(client, members[role]).get(studio.get_absolute_url())
     response = client.post(reverse("studio_force_stop", args=[studio.pk]))
     studio.refresh_from_db()

@@ -139,7 +139,9 @@ def prepare_layer(layout, quota_mb):
 
 def mount_root(layout, lower):
     layout.rootfs.mkdir()
-    options = f"lowerdir={lower},upperdir={layout.upper},workdir={layout.work}"
+    # nodev: device files a session makes in its layer open nothing of the host's. Setuid still works inside,
+    # for the session's own users (RStudio Server's has sudo); no one outside its mount namespace sees this root.
+    options = f"nodev,lowerdir={lower},upperdir={layout.upper},workdir={layout.work}"
     _run("mount", "-t", "overlay", "overlay", "-o", options, str(layout.rootfs))
 
 
@@ -216,7 +218,8 @@ def oci_config(*, container_id, args, env, cwd, cpus, memory_mb, mounts, hidden,
             {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
             # The host's runtime sockets (databases, daemons) stay out of reach.
             {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
-            *({"destination": str(path), "type": "tmpfs", "source": "tmpfs", "options": ["mode=700", "size=64k"]} for path in hidden),
+            # What the root filesystem has but the session must not see: an empty, read-only folder instead.
+            *({"destination": str(path), "type": "tmpfs", "source": "tmpfs", "options": ["ro", "nosuid", "nodev", "noexec", "mode=000", "size=4k"]} for path in hidden),
             *mounts,
         ],  # fmt: skip
         "linux": {

@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from studios import lifecycle
-from studios.backends import container
+from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
 
 from ..factories import make_dataset, make_member, make_studio, make_workspace
@@ -15,7 +15,7 @@ from ..test_sessions import wait_for_status
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem()),
+    pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem()),
     pytest.mark.skipif(shutil.which("code-server") is None, reason="code-server is not installed"),
 ]
 

@@ -2,10 +2,8 @@
 **connect** role attacks them (code run in a kernel through the real proxy), and where the platform keeps what a
 session must never reach.
 
-The session runtime is being rewritten (a supervisor on the host holds the session token; the backend decides
-the endpoint). Every function below that knows where a session's token, handle, container, processes or folder
-live knows it in one place and says so in its docstring: only these should change with the rewrite, never the
-attacks.
+Every function below that knows where a session's token, handle, container, processes or folder live knows it
+in one place and says so in its docstring: only these change when the runtime does, never the attacks.
 """
 
 import contextlib
@@ -25,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from studios import lifecycle
-from studios.backends import backend_for, container
+from studios.backends import backend_for
+from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
 
 from ..conftest import end_sessions_left_running
@@ -33,7 +32,7 @@ from ..factories import make_member, make_studio, make_workspace
 from ..test_isolation import run, started
 from ..test_sessions import Browser, wait_for_status
 
-requires_isolation = pytest.mark.skipif(bool(container.isolation_problem()), reason=container.isolation_problem())
+requires_isolation = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
 NOBODY = 65534
 
@@ -109,37 +108,35 @@ def end_everything(world):
 
 
 def sweep_sessions_under(data_dir):
-    """Delete every container whose bundle is below ``data_dir``, end the network helpers of its session folders
-    and unmount what is left. Assumes today's layout: a session folder is ``<data dir>/sessions/<name>`` holding
-    the container's bundle, and its helpers name its socket folder (``container.Layout``) on their command line."""
+    """Delete every container whose bundle is below ``data_dir`` and kill every supervisor working there (its
+    helpers and mounts end with it). Assumes a session folder is ``<data dir>/sessions/<name>``, holding the
+    container's bundle and the supervisor's working directory."""
     prefix = str(Path(data_dir).resolve()) + "/"
-    listing = subprocess.run([container.runtime(), "list", "--format", "json"], capture_output=True, text=True, timeout=30)
+    listing = subprocess.run([sandbox.runtime(), "list", "--format", "json"], capture_output=True, text=True, timeout=30)
     for entry in json.loads(listing.stdout or "null") or []:
         if (entry.get("bundle") or "").startswith(prefix):
-            container.delete(entry["id"])
+            sandbox.delete(entry["id"])
+    for pid, command in processes():
+        with contextlib.suppress(OSError):
+            if "studios.supervisor" in command and os.readlink(f"/proc/{pid}/cwd").startswith(prefix):
+                os.killpg(pid, signal.SIGKILL)
     for folder in Path(data_dir, "sessions").glob("*"):
-        sockets = str(container.Layout(folder).network_api.parent)
-        for pid, command in processes():
-            if sockets in command:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        container.remove(container.Layout(folder))
+        sandbox.remove(sandbox.Layout(folder))
 
 
 # Where the platform keeps a running session. Each is today's place; the rewrite moves them.
 
 
 def session_token(studio):
-    """The running session's token. Assumes the platform keeps it on the studio's row (``Studio.session_token``);
-    the rewrite keeps it on a per-start Session record and in the host-side supervisor."""
+    """The running session's token. Assumes the platform keeps it on the studio's latest Session record."""
     studio.refresh_from_db()
-    return studio.session_token
+    return studio.session.token
 
 
 def session_handle(studio):
-    """The backend's handle of the running session. Assumes ``Studio.session_handle``."""
+    """The backend's handle of the running session. Assumes ``Session.handle``."""
     studio.refresh_from_db()
-    return studio.session_handle
+    return studio.session.handle
 
 
 def container_id(studio):
@@ -148,15 +145,34 @@ def container_id(studio):
 
 
 def session_folder(studio):
-    """The session's folder on the host (its bundle, writable layer and root mounts). Assumes it is the parent of
-    the handle's ``log`` (``<data dir>/sessions/studio-<id>``)."""
-    return Path(session_handle(studio)["log"]).parent
+    """The session's folder on the host (its bundle, writable layer and root mounts). Assumes the handle's
+    ``session_dir``."""
+    return Path(session_handle(studio)["session_dir"])
+
+
+def supervisor(studio):
+    """The host pid of the session's supervisor. Assumes the handle's ``pid``."""
+    return session_handle(studio)["pid"]
 
 
 def network_helpers(studio):
-    """The session's slirp4netns and socat processes on the host, as ``[pid, start time]``. Assumes the handle's
-    ``helpers``."""
-    return [tuple(helper) for helper in session_handle(studio).get("helpers", [])]
+    """The session's network helper processes on the host (slirp4netns), as ``(pid, start time)``. Assumes they
+    are children of its supervisor."""
+    pid = supervisor(studio)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [(int(child), start_time(child)) for child in children if "slirp4netns" in dict(processes()).get(int(child), "")]
+
+
+def session_views(studio):
+    """``(folder, pid of its mount table)`` for every place the session's folder can be looked at: the host's
+    mount namespace, and its supervisor's, where the session's mounts live (reached by root through
+    ``/proc/<pid>/root``, by no one else)."""
+    folder = session_folder(studio)
+    views = [(folder, "self")]
+    pid = supervisor(studio)
+    if start_time(pid) is not None:
+        views.append((Path(f"/proc/{pid}/root{folder}"), pid))
+    return views
 
 
 def container_processes(container_id):
@@ -264,11 +280,12 @@ def still_running(pid, started_at):
     return start_time(pid) is not None and start_time(pid) == started_at
 
 
-def mounts_under(folder):
-    """``(mount point, filesystem type, options)`` of every host mount below ``folder``."""
+def mounts_under(folder, pid="self"):
+    """``(mount point, filesystem type, options)`` of every mount below ``folder`` in the mount namespace of process
+    ``pid`` (the host's by default)."""
     prefix = str(Path(folder).resolve()) + "/"
     mounts = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/mounts").read_text().splitlines():
         _, point, kind, options, *_ = line.split()
         point = point.replace("\\040", " ")
         if point.startswith(prefix):
@@ -278,28 +295,30 @@ def mounts_under(folder):
 
 def container_state(container_id):
     """The runtime's state of a container, or None when the runtime knows no such container."""
-    state = subprocess.run([container.runtime(), "state", container_id], capture_output=True, text=True, timeout=30)
+    state = subprocess.run([sandbox.runtime(), "state", container_id], capture_output=True, text=True, timeout=30)
     return json.loads(state.stdout)["status"] if state.returncode == 0 else None
 
 
-def files_exposed(folder, relative_paths=()):
-    """Every file (of any type) a session's layer exposes on the host below ``folder``: walked everywhere except
-    into overlay mounts of a whole root filesystem (the host's ``/`` lies below them), where only
-    ``relative_paths`` are looked at. Yields ``(path, lstat)``."""
-    overlays = {point for point, kind, _ in mounts_under(folder) if kind == "overlay"}
-    for directory, subdirectories, files in os.walk(folder):
-        if directory in overlays:
-            subdirectories[:] = []
-            files = [path for path in relative_paths if os.path.lexists(os.path.join(directory, path))]
-        for name in files:
-            path = os.path.join(directory, name)
-            with contextlib.suppress(FileNotFoundError):
-                yield path, os.lstat(path)
+def files_exposed(studio, relative_paths=()):
+    """Every file (of any type) a session's layer exposes below its folder, in every view of it
+    (``session_views``): walked everywhere except into overlay mounts of a whole root filesystem (the host's ``/``
+    lies below them), where only ``relative_paths`` are looked at. Yields ``(path, lstat)``."""
+    for view, pid in session_views(studio):
+        folder = session_folder(studio)
+        overlays = {str(view) + point.removeprefix(str(folder)) for point, kind, _ in mounts_under(folder, pid) if kind == "overlay"}
+        for directory, subdirectories, files in os.walk(view):
+            if directory in overlays:
+                subdirectories[:] = []
+                files = [path for path in relative_paths if os.path.lexists(os.path.join(directory, path))]
+            for name in files:
+                path = os.path.join(directory, name)
+                with contextlib.suppress(FileNotFoundError):
+                    yield path, os.lstat(path)
 
 
-def setuid_files_exposed(folder, relative_paths=()):
+def setuid_files_exposed(studio, relative_paths=()):
     """The setuid regular files among ``files_exposed``."""
-    exposed = files_exposed(folder, relative_paths)
+    exposed = files_exposed(studio, relative_paths)
     return [path for path, info in exposed if stat.S_ISREG(info.st_mode) and info.st_mode & stat.S_ISUID]
 
 

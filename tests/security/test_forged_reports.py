@@ -22,7 +22,9 @@ from .conftest import (
     session_folder,
     session_token,
     start,
+    start_time,
     still_running,
+    supervisor,
 )
 
 pytestmark = requires_isolation
@@ -35,6 +37,7 @@ def test_a_forged_failed_report_leaves_nothing_running(world):
     studio = start(world)
     container, folder = container_id(studio), session_folder(studio)
     helpers, ide = network_helpers(studio), ide_processes(studio)
+    owner = (supervisor(studio), start_time(supervisor(studio)))
     assert ide, "the studio's JupyterLab was not found on the host"
     report = httpx.post(
         f"{world.platform.url}/api/sessions/failed", json={"reason": "forged"},
@@ -52,6 +55,7 @@ def test_a_forged_failed_report_leaves_nothing_running(world):
         return
     # At the instant the studio shows errored:
     left = {
+        "supervisor": still_running(*owner),
         "container": container_state(container),
         "IDE": [pid for pid, started in ide if still_running(pid, started)],
         "processes in its container": [pid for pid, _ in container_processes(container)],

@@ -22,6 +22,7 @@ from .conftest import (
     session_folder,
     session_token,
     setuid_files_exposed,
+    supervisor,
     start,
     wait_until,
 )
@@ -81,7 +82,8 @@ def test_a_setuid_file_made_in_a_session_gives_no_one_root_on_the_host(world):
         "print(oct(os.stat('/root/suid-id').st_mode))",
     )  # fmt: skip
     assert printed == "0o104755"
-    copies = setuid_files_exposed(session_folder(studio), relative_paths=["root/suid-id"])
+    copies = setuid_files_exposed(studio, relative_paths=["root/suid-id"])
+    assert copies, "the setuid file was not found in any view of the session's folder"
     as_nobody = {path: effective_uid_as_nobody(path) for path in copies}
     assert not [path for path, uid in as_nobody.items() if uid == "0"], (
         f"a setuid-root file made in the session runs as root for the user nobody on the host: {as_nobody}"
@@ -89,6 +91,9 @@ def test_a_setuid_file_made_in_a_session_gives_no_one_root_on_the_host(world):
 
 
 def test_the_session_folder_is_closed_to_other_users_and_its_mounts_are_nosuid_and_nodev(world):
+    """The session's mounts live only in its supervisor's mount namespace: none shows on the host. There, the layer
+    (the session's own files) is nosuid and nodev; the root built on it is nodev, and keeps setuid for the session's
+    own users inside the container (RStudio Server's user has sudo), which no one outside can reach."""
     studio = start(world)
     folder, token = session_folder(studio), session_token(studio).encode()
     problems = []
@@ -104,8 +109,14 @@ def test_the_session_folder_is_closed_to_other_users_and_its_mounts_are_nosuid_a
             mode = stat.S_IMODE(info.st_mode)
             if stat.S_ISREG(info.st_mode) and info.st_size < 2**20 and token in Path(path).read_bytes() and mode != 0o600:
                 problems.append(f"{path} holds the session token and is mode {mode:o}, not 600")
-    for point, kind, options in mounts_under(folder):
-        missing = [option for option in ("nosuid", "nodev") if option not in options]
+    for point, kind, _ in mounts_under(folder):
+        problems.append(f"{point} ({kind}) is mounted on the host")
+    own = mounts_under(folder, supervisor(studio))
+    if not own:
+        problems.append("the supervisor's mount namespace has none of the session's mounts")
+    for point, kind, options in own:
+        wanted = ("nosuid", "nodev") if kind != "overlay" else ("nodev",)
+        missing = [option for option in wanted if option not in options]
         if missing:
             problems.append(f"{point} ({kind}) is mounted without {' and '.join(missing)}: {','.join(options)}")
     assert problems == [], "the session's files on the host are open to other users:\n" + "\n".join(problems)

@@ -29,7 +29,6 @@ from .conftest import (
     files_exposed,
     remember,
     requires_isolation,
-    session_folder,
     settled,
     setuid_files_exposed,
 )
@@ -68,11 +67,11 @@ def start_from_planted(world, entries):
     return remember(world, settled(studio)), checkpoint
 
 
-def device_nodes(folder):
+def device_nodes(studio):
     """Character and block devices the session's layer exposes on the host, other than overlay whiteouts (0:0)."""
     return [
         f"{path} ({os.major(info.st_rdev)}:{os.minor(info.st_rdev)})"
-        for path, info in files_exposed(folder, relative_paths=["null"])
+        for path, info in files_exposed(studio, relative_paths=["null"])
         if (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)) and info.st_rdev != 0
     ]
 
@@ -112,7 +111,7 @@ def test_a_hostile_manifest_writes_nothing_outside_its_layer_and_is_marked_inval
     written = sorted(str(path) for path in outside.rglob("*"))
     assert written == [], f"restoring the manifest wrote on the host outside the layer: {written}"
     if studio.status == StudioStatus.RUNNING:
-        devices = device_nodes(session_folder(studio))
+        devices = device_nodes(studio)
         assert devices == [], f"restoring the manifest made device nodes on the host: {devices}"
     assert studio.status == StudioStatus.ERRORED, (
         f"the studio is {studio.status}: its start restored the hostile manifest instead of refusing it"
@@ -128,7 +127,7 @@ def test_a_setuid_root_file_in_a_manifest_gives_no_one_root_on_the_host(world):
     studio, _ = start_from_planted(world, entries)
     if studio.status != StudioStatus.RUNNING:
         return  # refused: nothing of it is on the host
-    copies = setuid_files_exposed(session_folder(studio), relative_paths=["suid-id"])
+    copies = setuid_files_exposed(studio, relative_paths=["suid-id"])
     as_nobody = {path: effective_uid_as_nobody(path) for path in copies}
     assert not [path for path, uid in as_nobody.items() if uid == "0"], (
         f"a setuid-root file restored from a manifest runs as root for the user nobody on the host: {as_nobody}"

@@ -14,7 +14,7 @@ $(VENV)/installed: requirements.txt
 
 $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
-	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null && command -v socat >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns socat)
+	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns)
 	images/vscode/install-code-server.sh
 	touch $@
 

@@ -307,15 +307,14 @@ class Supervisor:
         """Until the IDE ends. A helper that ends first (the network, a dataset's mount) ends the session, and so
         does the kernel's out-of-memory killer, whichever of the session's processes it chose."""
         while (code := self.ide_exit_code()) is None:
-            if self.stopping.is_set():
-                pass
-            elif self.isolated and sandbox.oom_kills(self.config.container_id):
-                raise SessionEnded(self.ended_reason(code))
-            elif any(helper.poll() is not None for helper in self.helpers):
-                raise SessionEnded(
-                    "The session's network (slirp4netns) or a dataset's mount (rclone) ended unexpectedly. "
-                    "Start the studio again; its last checkpoint is kept."
-                )
+            if not self.stopping.is_set():
+                if self.isolated and sandbox.oom_kills(self.config.container_id):
+                    raise SessionEnded(self.ended_reason(code))
+                if any(helper.poll() is not None for helper in self.helpers):
+                    raise SessionEnded(
+                        "The session's network (slirp4netns) or a dataset's mount (rclone) ended unexpectedly. "
+                        "Start the studio again; its last checkpoint is kept."
+                    )
             time.sleep(0.2)
         return code
 
@@ -423,14 +422,17 @@ def main():
     signal.signal(signal.SIGTERM, supervisor.on_sigterm)
     try:
         supervisor.run()
-    except SessionEnded as ended:
-        log.error("%s", ended)
+    except Exception as error:
+        if not isinstance(error, SessionEnded):
+            log.exception("the session failed")
+            error = SessionEnded(f"The session failed on its host ({error}). Start the studio again; its last checkpoint is kept.")
+        log.error("%s", error)
         for step in supervisor.steps:
             if step["state"] == "in-progress":
-                step.update(state="errored", message=str(ended))
+                step.update(state="errored", message=str(error))
         # Everything is gone before the platform hears the session has ended.
         supervisor.tear_down()
-        supervisor.report(FAILED, reason=str(ended), checkpoint_invalid=ended.checkpoint_invalid, steps=supervisor.steps)
+        supervisor.report(FAILED, reason=str(error), checkpoint_invalid=error.checkpoint_invalid, steps=supervisor.steps)
         sys.exit(1)
     finally:
         supervisor.tear_down()

@@ -181,8 +181,6 @@ STUDIOS_TEMPLATE_IMAGES = {
     "vscode": "studios/vscode:4.100",
     **json.loads(os.environ.get("STUDIOS_TEMPLATE_IMAGES", "{}")),
 }
-# Where a session's writable layer is inside those images: the agent checkpoints it, datasets appear under data/.
-STUDIOS_CONTAINER_HOME = os.environ.get("STUDIOS_CONTAINER_HOME", "/workspace")
 
 # A studio's last activity is written at most this often by each web process (the proxy is a hot path).
 STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))

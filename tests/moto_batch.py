@@ -8,13 +8,24 @@ moto's own job object, which is what ``describe_jobs`` then returns. ``terminate
 job as Batch does: the container gets SIGTERM (``on_terminate``), and the job becomes FAILED
 with the reason given once it has exited. moto reports every compute environment VALID;
 ``make_invalid`` makes it report one INVALID, as Batch does when, say, its instance role is gone.
+
+moto never places a job on an instance either: ``place`` does what Batch does when it starts one. It
+launches an EC2 instance in the compute environment's subnet, registers it in the environment's ECS
+cluster, and gives the job that container instance, which moto's ``describe_jobs`` then reports. The
+instance's private address is this host's (``host_address``), where the test's stand-in for the Batch
+host listens; the queue's subnet is this host's network so that EC2 accepts that address.
 """
+
+import ipaddress
+import json
 
 import boto3
 from moto.batch.models import BatchBackend, Job, batch_backends
 from moto.batch_simple.models import BatchSimpleBackend
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.config import default_user_config
+
+from .conftest import host_address
 
 REGION = "eu-west-1"
 
@@ -24,15 +35,24 @@ class MotoBatch:
         self.region = region
         self.on_terminate = {}  # job id -> called with the job in place of the container getting SIGTERM
         self.invalid = {}  # compute environment name -> Batch's statusReason
+        self.placed = {}  # job id -> the ARN of the container instance it runs on
+        self.instance_arn = None  # the one container instance jobs are placed on
         monkeypatch.setitem(default_user_config, "batch", {"use_docker": False})
         monkeypatch.setattr(BatchSimpleBackend, "_mark_job_as_finished", _leave_submitted)
         monkeypatch.setattr(Job, "terminate", lambda job, reason: self._terminate(job, reason))
+        details = Job._container_details
+        monkeypatch.setattr(Job, "_container_details", lambda job: self._with_instance(job, details(job)))
         described = BatchBackend.describe_compute_environments
         monkeypatch.setattr(
             BatchBackend,
             "describe_compute_environments",
             lambda backend, environments=None: [self._with_status(e) for e in described(backend, environments)],
         )
+
+    def _with_instance(self, job, details):
+        if job.job_id in self.placed:
+            details["containerInstanceArn"] = self.placed[job.job_id]
+        return details
 
     def _with_status(self, environment):
         if environment["computeEnvironmentName"] in self.invalid:
@@ -71,6 +91,23 @@ class MotoBatch:
         else:
             job.status = status
 
+    def place(self, job_id, queue="studios"):
+        """Start the job on an instance of the queue's first compute environment, as Batch does before STARTING."""
+        if self.instance_arn is None:
+            order = self.client.describe_job_queues(jobQueues=[queue])["jobQueues"][0]["computeEnvironmentOrder"]
+            environment = self.client.describe_compute_environments(
+                computeEnvironments=[min(order, key=lambda entry: entry["order"])["computeEnvironment"]]
+            )["computeEnvironments"][0]
+            instance = boto3.client("ec2", region_name=self.region).run_instances(
+                ImageId="ami-03cf127a", MinCount=1, MaxCount=1, SubnetId=environment["computeResources"]["subnets"][0],
+                PrivateIpAddress=host_address(),
+            )["Instances"][0]  # fmt: skip
+            document = json.dumps({"instanceId": instance["InstanceId"]})
+            self.instance_arn = boto3.client("ecs", region_name=self.region).register_container_instance(
+                cluster=environment["ecsClusterArn"], instanceIdentityDocument=document
+            )["containerInstance"]["containerInstanceArn"]
+        self.placed[job_id] = self.instance_arn
+
     def describe(self, job_id):
         return self.client.describe_jobs(jobs=[job_id])["jobs"][0]
 
@@ -79,8 +116,9 @@ class MotoBatch:
         iam, ec2 = boto3.client("iam", region_name=self.region), boto3.client("ec2", region_name=self.region)
         service_role = iam.create_role(RoleName=f"{name}-batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         instance_role = iam.create_instance_profile(InstanceProfileName=f"{name}-ecs")["InstanceProfile"]["Arn"]
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+        network = str(ipaddress.ip_network(f"{host_address()}/24", strict=False))
+        vpc = ec2.create_vpc(CidrBlock=network)["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=network)["Subnet"]["SubnetId"]
         group = ec2.create_security_group(GroupName=f"{name}-sessions", Description="sessions", VpcId=vpc)["GroupId"]
         order = []
         for position, (environment, kind, environment_state) in enumerate(environments, start=1):

@@ -5,11 +5,13 @@ and the credentials that never come back out."""
 import json
 import logging
 import threading
+import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from botocore.client import BaseClient
 from cryptography.fernet import Fernet
 from django.contrib.auth import get_user_model
 from django.urls import reverse
@@ -18,10 +20,12 @@ from django.utils.html import escape
 from moto import mock_aws
 
 from studios import lifecycle, tasks
-from studios.backends import backend_for
-from studios.backends.aws_batch import AGENT_COMMAND
-from studios.models import ComputeEnvironment, Role, Studio, StudioStatus
+from studios.backends import Mount, backend_for
+from studios.backends.aws_batch import PORTS, SUPERVISOR_COMMAND
+from studios.models import ComputeEnvironment, Role, Session, Studio, StudioStatus
+from studios.supervisor.protocol import SessionConfig
 
+from .conftest import host_address
 from .factories import make_dataset, make_studio
 from .moto_batch import REGION, MotoBatch, environment_of
 
@@ -73,20 +77,48 @@ def launch(user, studio):
     """Start the studio and run the start task: its job is submitted."""
     lifecycle.start_studio(user, studio)
     studio.refresh_from_db()
-    tasks.launch_session(studio.pk, studio.session_token)
+    tasks.launch_session(studio.session.pk)
     studio.refresh_from_db()
     return studio
 
 
-def report_ready(client, studio, agent_endpoint="http://10.0.3.7:9999"):
-    """What the agent sends once its IDE answers, from the job's host."""
-    body = json.dumps({"endpoint": "http://10.0.3.7:8888", "agent_endpoint": agent_endpoint})
-    response = client.post(
-        "/api/sessions/ready", body, "application/json", HTTP_AUTHORIZATION=f"Bearer {studio.session_token}"
-    )
-    assert response.status_code == 200
+READY_STEPS = [
+    {"name": "Provisioning compute", "state": "succeeded", "message": ""},
+    {"name": "Starting JupyterLab", "state": "succeeded", "message": ""},
+]
+
+
+def report(client, studio, kind, body):
+    """A report from the job's supervisor, with its token: the platform's answer."""
+    authorization = f"Bearer {studio.session.token}"
+    return client.post(f"/api/sessions/{kind}", json.dumps(body), "application/json", HTTP_AUTHORIZATION=authorization)
+
+
+def report_ready(client, studio):
+    """What the supervisor sends once its IDE answers; it says nothing of where it is."""
+    assert report(client, studio, "ready", {"steps": READY_STEPS}).status_code == 200
     studio.refresh_from_db()
     return studio
+
+
+def manifest_key(studio_id):
+    """A key a supervisor may report a checkpoint's manifest under: in the studio's own folder of the store."""
+    return f"manifests/studio-{studio_id}/{uuid.uuid4().hex}.json.zst"
+
+
+def run_job(aws, studio):
+    """Batch places the job on its instance and runs it; the platform finds it there on its next reconcile."""
+    aws.place(job_id(studio))
+    aws.set_state(job_id(studio), "RUNNING")
+    tasks.reconcile_sessions()
+    studio.refresh_from_db()
+    return studio
+
+
+def addresses(studio):
+    """Where the backend says the session's gate and control endpoint are: this host, the job's instance."""
+    handle = studio.session.handle
+    return f"http://{host_address()}:{handle['port']}", f"http://{host_address()}:{handle['control_port']}"
 
 
 def login_operator(client):
@@ -95,7 +127,7 @@ def login_operator(client):
 
 
 def job_id(studio):
-    return studio.session_handle["job_id"]
+    return studio.session.handle["job_id"]
 
 
 # The admin's pages: adding, editing and checking an AWS Batch compute environment.
@@ -317,7 +349,7 @@ def test_credentials_sealed_under_another_key_make_the_environment_invalid(clien
 # Starting: the job a start submits.
 
 
-def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_with_the_agents_environment(
+def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_running_its_supervisor(
     workspace, studio, maintainer, aws, settings
 ):
     studio.datasets.set(
@@ -335,30 +367,43 @@ def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_with_the_agents_e
         "studios:studio": "rnaseq",
         "studios:user": maintainer.username,
     }
+    # The studio's memory is the sandbox's; the job has room for the supervisor besides.
     assert aws.job(job_id(studio)).container_overrides["resourceRequirements"] == [
-        {"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "4096"},
+        {"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "4608"},
     ]  # fmt: skip
     environment = environment_of(job)
-    assert environment["STUDIOS_SESSION_TOKEN"] == studio.session_token
-    assert environment["STUDIOS_CALLBACK_URL"] == settings.STUDIOS_PLATFORM_URL + "/api/sessions"
-    assert environment["STUDIOS_BASE_PATH"] == studio.connect_path
-    assert environment["STUDIOS_WORK_DIR"] == "s3://lab-work/studios"
-    assert sorted(json.loads(environment["STUDIOS_MOUNTS"]), key=lambda mount: mount["name"]) == [
-        {"name": "out", "uri": "s3://lab-results/out/", "writable": True},
-        {"name": "reads", "uri": "s3://lab-data/reads/", "writable": False},
-    ]
-    assert environment["STUDIOS_RESTORE"] == "{}"
-    assert (environment["HOME"], environment["STUDIOS_BIND_HOST"], environment["AWS_DEFAULT_REGION"]) == (
-        "/workspace",
-        "0.0.0.0",
-        REGION,
+    config = SessionConfig.from_environ(environment)
+    handle = studio.session.handle
+    assert (config.token, config.platform_url, config.base_path) == (
+        studio.session.token,
+        settings.STUDIOS_PLATFORM_URL,
+        studio.connect_path,
     )
+    assert (config.work_dir, config.manifest_prefix, config.restore) == (
+        "s3://lab-work/studios",
+        f"studio-{studio.pk}",
+        {},
+    )
+    assert sorted(config.mounts, key=lambda mount: mount.name) == [
+        Mount(name="out", uri="s3://lab-results/out/", writable=True),
+        Mount(name="reads", uri="s3://lab-data/reads/", writable=False),
+    ]
+    assert (config.cpus, config.memory_mb, config.layer_mb) == (4, 4096, settings.STUDIOS_WRITABLE_LAYER_MB)
+    # Sandboxed in the job's container, reached from the platform on the ports the platform chose.
+    assert (config.isolation, config.rootfs, config.container_id) == ("container", "/", handle["container"])
+    assert config.container_id.startswith(f"studio-{studio.pk}-")
+    assert config.hidden == (config.session_dir,) and config.session_dir.startswith("/tmp/")
+    assert (config.bind_host, config.port, config.control_port) == ("0.0.0.0", handle["port"], handle["control_port"])
+    assert {config.port, config.control_port} <= set(PORTS) and config.port != config.control_port
+    assert environment["AWS_DEFAULT_REGION"] == REGION
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(environment)
     definition = aws.client.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
     assert definition["jobDefinitionName"] == "studios-jupyterlab-4_2"
     assert definition["containerProperties"]["image"] == settings.STUDIOS_TEMPLATE_IMAGES["jupyterlab"]
-    assert definition["containerProperties"]["command"] == AGENT_COMMAND
-    assert studio.startup_steps[0]["name"] == "Provisioning compute"
+    assert definition["containerProperties"]["command"] == SUPERVISOR_COMMAND == ["python", "-m", "studios.supervisor"]
+    assert definition["containerProperties"]["privileged"] is True
+    assert studio.session.steps[0]["name"] == "Provisioning compute"
+    assert (studio.session.endpoint, studio.session.control_endpoint) == ("", "")  # Batch has not placed it yet
 
 
 def revisions(aws, name):
@@ -417,35 +462,118 @@ def test_a_template_not_verified_on_batch_is_not_offered(client, workspace, envi
 
 
 @pytest.mark.parametrize(
-    "state, progress",
+    "state, placed, progress",
     [
-        ("SUBMITTED", "AWS Batch job SUBMITTED: queued"),
-        ("PENDING", "AWS Batch job PENDING: waiting to be scheduled"),
-        ("RUNNABLE", "AWS Batch job RUNNABLE: waiting for an instance with room for it in the compute environment"),
-        ("STARTING", "AWS Batch job STARTING: pulling the image and starting the container"),
-        ("RUNNING", "AWS Batch job RUNNING: starting the session agent"),
+        ("SUBMITTED", False, "AWS Batch job SUBMITTED: queued"),
+        ("PENDING", False, "AWS Batch job PENDING: waiting to be scheduled"),
+        (
+            "RUNNABLE",
+            False,
+            "AWS Batch job RUNNABLE: waiting for an instance with room for it in the compute environment",
+        ),
+        ("STARTING", True, "AWS Batch job STARTING: pulling the image and starting the container"),
+        ("RUNNING", False, "AWS Batch job RUNNING: locating its instance"),
+        ("RUNNING", True, "AWS Batch job RUNNING: starting the session supervisor"),
     ],
 )
-def test_while_starting_the_batch_state_is_the_provisioning_step(client, studio, maintainer, aws, state, progress):
+def test_while_starting_the_batch_state_is_the_provisioning_step(
+    client, studio, maintainer, aws, state, placed, progress
+):
     studio = launch(maintainer, studio)
+    if placed:
+        aws.place(job_id(studio))
     aws.set_state(job_id(studio), state)
     tasks.reconcile_sessions()
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STARTING
-    assert studio.startup_steps == [{"name": "Provisioning compute", "state": "in-progress", "message": progress}]
+    assert studio.session.steps == [{"name": "Provisioning compute", "state": "in-progress", "message": progress}]
     client.force_login(maintainer)
     assert progress in client.get(studio.get_absolute_url(), HTTP_HX_REQUEST="true").content.decode()
 
 
-def test_a_running_job_whose_agent_is_ready_makes_the_studio_running(client, studio, maintainer, aws):
+def test_a_session_planned_but_not_submitted_yet_is_left_to_its_start(studio, maintainer, aws):
+    lifecycle.start_studio(maintainer, studio)
+    studio.refresh_from_db()
+    planned = backend_for(studio.compute_environment).plan(tasks.session_spec(studio.session))
+    assert lifecycle.record_launch(studio.session.pk, planned)  # what the start task does before it submits
+    tasks.reconcile_sessions()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STARTING
+    assert studio.session.steps[0]["message"] == "Submitting the AWS Batch job"
+
+
+def test_the_platform_reaches_the_session_where_batch_runs_its_job_never_where_a_report_says(
+    client, studio, maintainer, aws
+):
     studio = launch(maintainer, studio)
     aws.set_state(job_id(studio), "RUNNING")
+    tasks.reconcile_sessions()  # Batch has not said which instance runs it yet
     studio = report_ready(client, studio)
+    assert studio.status == StudioStatus.STARTING
+    assert (studio.session.endpoint, studio.session.control_endpoint) == ("", "")
+
+    claimed = {"endpoint": "http://203.0.113.9:8888", "control_endpoint": "http://203.0.113.9:9999"}
+    refused = report(client, studio, "ready", {"steps": READY_STEPS, **claimed})
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "a ready report cannot say control_endpoint, endpoint"}
+
+    studio = run_job(aws, studio)
     assert studio.status == StudioStatus.RUNNING
-    assert (studio.session_endpoint, studio.agent_endpoint) == ("http://10.0.3.7:8888", "http://10.0.3.7:9999")
+    assert (studio.session.endpoint, studio.session.control_endpoint) == addresses(studio)
     tasks.reconcile_sessions()
     studio.refresh_from_db()
     assert studio.status == StudioStatus.RUNNING
+
+
+def test_a_session_located_before_its_supervisor_is_ready_runs_once_it_is(client, studio, maintainer, aws):
+    studio = run_job(aws, launch(maintainer, studio))
+    assert studio.status == StudioStatus.STARTING
+    assert (studio.session.endpoint, studio.session.control_endpoint) == addresses(studio)
+    assert report_ready(client, studio).status == StudioStatus.RUNNING
+
+
+def test_a_job_on_an_instance_that_cannot_be_located_says_why_while_it_starts(studio, maintainer, aws):
+    studio = launch(maintainer, studio)
+    aws.placed[job_id(studio)] = "arn:aws:ecs:eu-west-1:123456789012:container-instance/0123456789abcdef"
+    aws.set_state(job_id(studio), "RUNNING")
+    tasks.reconcile_sessions()
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STARTING and studio.session.endpoint == ""
+    assert studio.session.steps[0]["message"] == (
+        "AWS Batch job RUNNING: cannot locate its instance: its container instance ARN "
+        "arn:aws:ecs:eu-west-1:123456789012:container-instance/0123456789abcdef does not name its cluster; "
+        "turn on ECS's long ARN format"
+    )
+
+
+@pytest.fixture
+def aws_calls(monkeypatch):
+    """Every AWS API call made from here on, as service:Operation."""
+    calls = []
+    make_api_call = BaseClient._make_api_call
+
+    def recorded(client, operation, params):
+        calls.append(f"{client.meta.service_model.service_name}:{operation}")
+        return make_api_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recorded)
+    return calls
+
+
+def test_each_action_makes_the_calls_the_backend_documents_and_an_instance_is_located_once(
+    studio, maintainer, aws, aws_calls
+):
+    aws_calls.clear()
+    studio = launch(maintainer, studio)
+    assert aws_calls == ["batch:DescribeJobDefinitions", "batch:RegisterJobDefinition", "batch:SubmitJob"]
+    aws.place(job_id(studio))
+    aws.set_state(job_id(studio), "RUNNING")
+    aws_calls.clear()
+    tasks.reconcile_sessions()
+    assert aws_calls == ["batch:DescribeJobs", "ecs:DescribeContainerInstances", "ec2:DescribeInstances"]
+    aws_calls.clear()
+    tasks.reconcile_sessions()
+    assert aws_calls == ["batch:DescribeJobs"]
 
 
 @pytest.mark.parametrize(
@@ -492,9 +620,8 @@ def test_a_running_job_whose_agent_is_ready_makes_the_studio_running(client, stu
 def test_a_job_that_ends_errors_the_studio_with_batchs_reason_in_words_a_user_can_act_on(
     client, studio, maintainer, aws, status, batch_reason, expected
 ):
-    studio = launch(maintainer, studio)
-    aws.set_state(job_id(studio), "RUNNING")
-    studio = report_ready(client, studio)
+    studio = report_ready(client, run_job(aws, launch(maintainer, studio)))
+    assert studio.status == StudioStatus.RUNNING
     aws.set_state(job_id(studio), status, batch_reason)
     tasks.reconcile_sessions()
     studio.refresh_from_db()
@@ -510,16 +637,14 @@ def test_a_job_that_fails_while_starting_marks_the_step_errored(studio, maintain
     tasks.reconcile_sessions()
     studio.refresh_from_db()
     assert studio.status == StudioStatus.ERRORED
-    assert studio.startup_steps[0]["state"] == "errored"
-    assert (
-        "could not pull the session image: CannotPullContainerError: manifest unknown"
-        in studio.startup_steps[0]["message"]
-    )
+    step = studio.session.steps[0]
+    assert step["state"] == "errored"
+    assert "could not pull the session image: CannotPullContainerError: manifest unknown" in step["message"]
 
 
 def test_a_job_batch_no_longer_knows_errors_the_studio(client, studio, maintainer, aws):
     studio = launch(maintainer, studio)
-    Studio.objects.filter(pk=studio.pk).update(session_handle={**studio.session_handle, "job_id": "gone-job"})
+    Session.objects.filter(pk=studio.session.pk).update(handle={**studio.session.handle, "job_id": "gone-job"})
     tasks.reconcile_sessions()
     studio.refresh_from_db()
     assert studio.status == StudioStatus.ERRORED
@@ -548,9 +673,10 @@ def test_a_start_still_waiting_after_30_minutes_is_errored_with_a_hint_at_the_ba
 
 
 @contextmanager
-def agent_control(aws, studio, answers=True):
-    """The agent's control endpoint as the platform sees it: it records each request and the job's state then,
-    and answers like the agent once its checkpoint is saved, or never (a hung session)."""
+def supervisor_control(aws, studio, answers=True):
+    """The supervisor's control endpoint on the job's instance (this host), on the port the platform chose:
+    it records each request and the job's state then, and answers like the supervisor once its checkpoint is
+    saved, or never (a hung session)."""
     requests = []
     hang = threading.Event()
 
@@ -570,26 +696,20 @@ def agent_control(aws, studio, answers=True):
         def log_message(self, format, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Control)
+    server = ThreadingHTTPServer((host_address(), studio.session.handle["control_port"]), Control)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+        yield requests
     finally:
         hang.set()
         server.shutdown()
         server.server_close()
 
 
-def running(client, studio, maintainer, aws, agent_endpoint):
-    studio = launch(maintainer, studio)
-    aws.set_state(job_id(studio), "RUNNING")
-    return report_ready(client, studio, agent_endpoint)
-
-
-def test_stop_saves_a_final_checkpoint_through_the_agent_then_terminates_the_job(client, studio, maintainer, aws):
-    with agent_control(aws, studio) as (endpoint, requests):
-        studio = running(client, studio, maintainer, aws, endpoint)
-        token, job = studio.session_token, job_id(studio)
+def test_stop_saves_a_final_checkpoint_through_the_supervisor_then_terminates_the_job(client, studio, maintainer, aws):
+    studio = report_ready(client, run_job(aws, launch(maintainer, studio)))
+    with supervisor_control(aws, studio) as requests:
+        token, job = studio.session.token, job_id(studio)
         lifecycle.stop_studio(maintainer, studio)
         tasks.stop_session(studio.pk)
     assert requests == [("/checkpoint", f"Bearer {token}", "RUNNING")]
@@ -599,15 +719,16 @@ def test_stop_saves_a_final_checkpoint_through_the_agent_then_terminates_the_job
     assert (studio.status, studio.status_reason) == (StudioStatus.STOPPED, "")
 
 
-def test_a_stop_the_agent_does_not_answer_in_time_still_ends_the_job_and_says_what_may_be_lost(
+def test_a_stop_the_supervisor_does_not_answer_in_time_still_ends_the_job_and_says_what_may_be_lost(
     client, studio, maintainer, aws, settings
 ):
     settings.STUDIOS_STOP_TIMEOUT_SECONDS = 1
-    with agent_control(aws, studio, answers=False) as (endpoint, requests):
-        studio = running(client, studio, maintainer, aws, endpoint)
-        lifecycle.session_checkpoint_saved(studio.session_token, "manifests/a", "0" * 64, 1024)
-        saved = studio.current_checkpoint
-        saved.refresh_from_db()
+    studio = report_ready(client, run_job(aws, launch(maintainer, studio)))
+    manifest = {"manifest_key": manifest_key(studio.pk), "manifest_sha256": "0" * 64, "size_bytes": 1024}
+    assert report(client, studio, "checkpoint", manifest).status_code == 200
+    saved = studio.session.checkpoint
+    saved.refresh_from_db()
+    with supervisor_control(aws, studio, answers=False) as requests:
         job = job_id(studio)
         lifecycle.stop_studio(maintainer, studio)
         tasks.stop_session(studio.pk)
@@ -623,11 +744,20 @@ def test_a_stop_the_agent_does_not_answer_in_time_still_ends_the_job_and_says_wh
     assert "changes made since checkpoint rnaseq_1 was saved" in client.get(studio.get_absolute_url()).content.decode()
 
 
+def test_a_checkpoint_report_for_another_studios_manifest_is_refused(client, studio, maintainer, aws):
+    studio = report_ready(client, run_job(aws, launch(maintainer, studio)))
+    foreign = {"manifest_key": manifest_key(studio.pk + 1), "manifest_sha256": "0" * 64}
+    refused = report(client, studio, "checkpoint", foreign)
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "a checkpoint's manifest must be one of this studio's"}
+    studio.session.checkpoint.refresh_from_db()
+    assert studio.session.checkpoint.saved is None
+
+
 def test_a_stuck_stop_can_be_forced_after_ten_minutes_which_ends_the_job(
     client, studio, maintainer, aws, eager_tasks, django_capture_on_commit_callbacks
 ):
-    with agent_control(aws, studio, answers=False) as (endpoint, _):
-        studio = running(client, studio, maintainer, aws, endpoint)
+    studio = report_ready(client, run_job(aws, launch(maintainer, studio)))
     job = job_id(studio)
     lifecycle.stop_studio(maintainer, studio)  # and its stop task never finishes
     client.force_login(maintainer)

@@ -1,12 +1,16 @@
-"""A studio on AWS Batch end to end, against moto's server on loopback.
+"""A studio on AWS Batch end to end, against moto's server on this host's network address.
 
 The platform (served for real, with a real Celery worker) submits the job to moto. The test then
-plays the Batch host the job lands on: it runs the job's command, the session agent, with exactly
+plays the Batch host the job lands on: it runs the job's command, the session supervisor, with exactly
 the environment the job carries, read back from moto's describe_jobs, plus what the image and the
-instance provide (the image's Python, the instance role's credentials). From there the agent must
-reach the platform and the S3 work directory, and a stop must end with its checkpoint in S3.
+instance provide (the image's code, copied as its Dockerfile copies it, the instance role's credentials,
+the job container's own mount namespace), and places the job on an instance whose private address is this host's. The
+platform finds the session there (beat's reconcile, played by the test), never where a report says; the
+supervisor runs the IDE in its sandbox, reaches the platform and the S3 work directory, and a stop must
+end with its checkpoint in S3.
 """
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,7 +19,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -23,19 +26,23 @@ import pytest
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
-from studios.agent.__main__ import reachable_address
 from studios.models import ComputeEnvironment, Role, StudioStatus
+from studios.supervisor import sandbox
+from studios.supervisor.protocol import SessionConfig
 from studios.tasks import reconcile_sessions
 
+from .conftest import host_address
 from .factories import make_member, make_studio, make_workspace
+from .images import image_code
 from .moto_batch import REGION, MotoBatch, environment_of
-from .test_sessions import Browser, wait_for_status
+from .test_sessions import Browser, execute, wait_for_status
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# What the image and the instance give the job's container besides the job's own environment.
+# The job's supervisor sandboxes the IDE, as it does in the job's privileged container on Batch.
+pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
+
+# What the image and the instance give the job's container besides the job's own environment and the code.
 IMAGE_AND_INSTANCE = {
     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    "PYTHONPATH": str(PROJECT_ROOT),
     "LANG": "C.UTF-8",
     "AWS_ACCESS_KEY_ID": "instance-role",
     "AWS_SECRET_ACCESS_KEY": "instance-role",
@@ -43,31 +50,32 @@ IMAGE_AND_INSTANCE = {
 
 
 class BatchHost:
-    """The EC2 instance a job lands on: it starts the job's container command in a fresh layer and, when
-    Batch terminates the job, sends it SIGTERM and reports the job ended once it has exited."""
+    """The EC2 instance a job lands on: it starts the job's container command in a mount namespace of its own
+    and, when Batch terminates the job, sends it SIGTERM and reports the job ended once it has exited."""
 
     def __init__(self, batch, log_dir):
         self.batch = batch
         self.log_dir = log_dir
-        self.processes = []
+        self.jobs = []  # (process, session configuration)
 
-    def run(self, job_id):
+    def run(self, job_id, template):
         job = self.batch.describe(job_id)
-        environment = {**IMAGE_AND_INSTANCE, **environment_of(job)}
-        shutil.rmtree(environment["HOME"], ignore_errors=True)  # every container starts from the image
-        Path(environment["HOME"]).mkdir(parents=True)
+        code = image_code(template, self.log_dir / f"{job_id}-image")
+        environment = {**IMAGE_AND_INSTANCE, "PYTHONPATH": str(code), **environment_of(job)}
         command = job["container"]["command"]
         assert command[0] == "python"
+        self.batch.place(job_id)
         self.batch.set_state(job_id, "STARTING")
         with open(self.log_dir / f"{job_id}.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, *command[1:]],
+                ["unshare", "--mount", "--propagation", "private", "--", sys.executable, *command[1:]],
                 env=environment,
+                cwd=self.log_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.processes.append(process)
+        self.jobs.append((process, SessionConfig.from_environ(environment)))
         self.batch.set_state(job_id, "RUNNING")
         self.batch.on_terminate[job_id] = lambda moto_job: self._stop(process, moto_job)
         return environment
@@ -86,20 +94,22 @@ class BatchHost:
         threading.Thread(target=report_when_exited, daemon=True).start()
 
     def close(self):
-        for process in self.processes:
+        """What the end of a job's container takes with it: its processes, the sandbox, the session folder."""
+        for process, config in self.jobs:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            sandbox.delete(config.container_id)
+            shutil.rmtree(config.session_dir, ignore_errors=True)
 
 
 @pytest.fixture
-def batch_host(live_platform, moto_server, monkeypatch, settings, tmp_path):
+def batch_host(live_platform, moto_server, monkeypatch, tmp_path):
     httpx.post(f"{moto_server}/moto-api/reset")
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "platform-role")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "platform-role")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    settings.STUDIOS_CONTAINER_HOME = str(tmp_path / "container" / "workspace")
     batch = MotoBatch(monkeypatch)
     batch.make_queue()
     boto3.client("s3").create_bucket(Bucket="lab-work", CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -114,12 +124,20 @@ def wait_for_job(studio, previous=None, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         studio.refresh_from_db()
-        if studio.session_handle.get("job_id") not in (None, previous):
-            return studio.session_handle["job_id"]
+        if studio.session.handle.get("job_id") not in (None, previous):
+            return studio.session.handle["job_id"]
         if studio.status == StudioStatus.ERRORED:
             pytest.fail(f"studio errored: {studio.status_reason}")
         time.sleep(0.2)
     pytest.fail("no job was submitted")
+
+
+def running_on_batch_host(batch_host, studio, previous=None):
+    """Run the studio's job on the Batch host; the platform finds it there and the studio runs."""
+    job = wait_for_job(studio, previous)
+    session = batch_host.run(job, studio.template)
+    reconcile_sessions()  # beat's: Batch says the job RUNNING on its instance
+    return job, session, wait_for_status(studio, StudioStatus.RUNNING)
 
 
 def batch_workspace():
@@ -131,13 +149,11 @@ def batch_workspace():
     return workspace, environment
 
 
-def public_address():
-    address = reachable_address("0.0.0.0", "http://192.0.2.1/")
-    assert not address.startswith("127."), "this test needs a non-loopback address to reach the session on"
-    return address
+def in_session(live_platform, user, studio, code):
+    return asyncio.run(execute(live_platform, Browser(live_platform, user), studio, code)).strip()
 
 
-def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_checkpoints_to_s3(
+def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_ports_and_checkpoints_to_s3(
     live_platform, batch_host
 ):
     workspace, environment = batch_workspace()
@@ -147,29 +163,38 @@ def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_che
     )
 
     lifecycle.start_studio(user, studio)
-    job = wait_for_job(studio)
-    session = batch_host.run(job)
-    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    job, session, studio = running_on_batch_host(batch_host, studio)
     reconcile_sessions()  # Batch says RUNNING: nothing to repair
     studio.refresh_from_db()
     assert studio.status == StudioStatus.RUNNING
 
-    # The agent listens on every interface, reports the address it reaches the platform from, and answers
-    # only requests that carry the session token, on any address.
-    assert urlsplit(studio.session_endpoint).hostname == "127.0.0.1"
-    public = public_address()
-    ide = f"http://{public}:{urlsplit(studio.session_endpoint).port}{studio.connect_path}"
-    control = f"http://{public}:{urlsplit(studio.agent_endpoint).port}/checkpoint"
+    # The platform reaches the session at its instance's private address, on the ports it chose; the gate
+    # and the control endpoint answer there, and only to requests that carry the session token.
+    host = host_address()
+    assert studio.session.endpoint == f"http://{host}:{session['STUDIOS_PORT']}"
+    assert studio.session.control_endpoint == f"http://{host}:{session['STUDIOS_CONTROL_PORT']}"
+    ide = f"{studio.session.endpoint}{studio.connect_path}"
     for path in ("api/contents", "api/kernels", "api/terminals", "api/status", "lab"):
-        assert httpx.get(ide + path).status_code in (302, 403), path
+        assert httpx.get(ide + path).status_code == 403, path
     assert httpx.post(ide + "api/kernels", json={"name": "python3"}).status_code == 403
+    assert httpx.get(ide + "api/contents", headers={"X-Studios-Session-Token": "guessed"}).status_code == 403
+    control = f"{studio.session.control_endpoint}/checkpoint"
     assert httpx.post(control).status_code == 403
     assert httpx.post(control, headers={"Authorization": "Bearer guessed"}).status_code == 403
-    assert httpx.get(ide + "api/contents", headers={"X-Studios-Session-Token": studio.session_token}).status_code == 200
+    token = studio.session.token
+    assert httpx.get(ide + "api/contents", headers={"X-Studios-Session-Token": token}).status_code == 200
     # Members reach it through the platform's proxy, which adds the token.
     assert Browser(live_platform, user).http.get(f"{studio.connect_path}api/contents").status_code == 200
 
-    (Path(session["HOME"]) / "model.txt").write_text("trained\n")
+    # Code in the session runs in the sandbox: its own PID namespace, nothing of the supervisor's in sight.
+    seen = in_session(
+        live_platform, user, studio,
+        "import os\nopen('/workspace/model.txt', 'w').write('trained\\n')\n"
+        "print(os.getpid() < 100, [n for n in os.environ if n.startswith(('STUDIOS_', 'AWS_'))], "
+        f"os.listdir({session['STUDIOS_SESSION_DIR']!r}))",
+    )  # fmt: skip
+    assert seen == "True [] []"
+
     lifecycle.stop_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
     assert studio.status_reason == ""
@@ -177,23 +202,22 @@ def test_a_batch_session_runs_with_its_jobs_environment_guards_its_ports_and_che
     assert (described["status"], described["statusReason"]) == ("FAILED", "Stopped from Studios")
     checkpoint = Checkpoint.objects.get(studio=studio, name="cloud_1")
     assert checkpoint.state == Checkpoint.State.FINALIZED
+    assert checkpoint.manifest_key.startswith(f"manifests/studio-{studio.pk}/")
     keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="lab-work")["Contents"]]
     assert f"studios/.studios/checkpoints/{checkpoint.manifest_key}" in keys
 
     lifecycle.start_studio(user, studio)
-    second = wait_for_job(studio, previous=job)
-    session = batch_host.run(second)
-    assert environment_of(batch_host.batch.describe(second))["STUDIOS_RESTORE"] != "{}"
-    studio = wait_for_status(studio, StudioStatus.RUNNING)
-    assert (Path(session["HOME"]) / "model.txt").read_text() == "trained\n"
-    assert "Restoring checkpoint" in [step["name"] for step in studio.startup_steps]
+    second, session, studio = running_on_batch_host(batch_host, studio, previous=job)
+    assert SessionConfig.from_environ(session).restore["manifest_key"] == checkpoint.manifest_key
+    assert in_session(live_platform, user, studio, "print(open('/workspace/model.txt').read())") == "trained"
+    assert "Restoring checkpoint" in [step["name"] for step in studio.session.steps]
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
 
 
 @pytest.mark.skipif(shutil.which("code-server") is None, reason="code-server is not installed")
-def test_a_vscode_batch_session_answers_only_with_the_token_on_every_address(live_platform, batch_host):
-    """As the VS Code image runs it: the agent's gate on all interfaces in front of code-server's socket."""
+def test_a_vscode_batch_session_answers_only_with_the_token(live_platform, batch_host):
+    """As the VS Code image runs it: the supervisor's gate on all interfaces in front of code-server."""
     workspace, environment = batch_workspace()
     user = make_member(workspace, Role.MAINTAIN)
     studio = make_studio(
@@ -201,14 +225,13 @@ def test_a_vscode_batch_session_answers_only_with_the_token_on_every_address(liv
         cpus=1, memory_mb=2048,
     )  # fmt: skip
     lifecycle.start_studio(user, studio)
-    session = batch_host.run(wait_for_job(studio))
-    studio = wait_for_status(studio, StudioStatus.RUNNING)
-    gate = f"http://{public_address()}:{urlsplit(studio.session_endpoint).port}{studio.connect_path}"
+    _, _, studio = running_on_batch_host(batch_host, studio)
+    gate = f"{studio.session.endpoint}{studio.connect_path}"
     assert httpx.get(gate + "healthz").status_code == 403
     assert httpx.get(gate, headers={"X-Studios-Session-Token": "guessed"}).status_code == 403
-    assert httpx.get(gate + "healthz", headers={"X-Studios-Session-Token": studio.session_token}).status_code == 200
+    assert httpx.get(gate + "healthz", headers={"X-Studios-Session-Token": studio.session.token}).status_code == 200
     opened = Browser(live_platform, user).http.get(studio.connect_path)
-    assert opened.status_code == 302 and opened.headers["location"] == f"./?folder={session['HOME']}"
+    assert opened.status_code == 302 and opened.headers["location"] == "./?folder=/workspace"
 
     lifecycle.stop_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

@@ -1,17 +1,14 @@
 """The session supervisor's contract with the platform, and what the images ship of it."""
 
-import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from studios.supervisor import protocol
 from studios.supervisor.protocol import BadReport, Mount, SessionConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from .images import image_code
 
 
 def test_a_configuration_survives_the_trip_through_the_environment():
@@ -57,23 +54,10 @@ def test_a_well_formed_checkpoint_report_passes():
     }  # fmt: skip
 
 
-def image_copies(dockerfile):
-    """The (source, destination) of every project file the image copies under /opt/studios."""
-    return re.findall(r"^COPY (\S+) (/opt/studios/\S+)$", dockerfile.read_text(), re.MULTILINE)
-
-
 @pytest.mark.parametrize("template", ["jupyterlab", "vscode", "rstudio"])
 def test_the_supervisor_an_image_ships_runs_without_django(tmp_path, template):
     """Copy exactly what the template's Dockerfile copies, and import the supervisor from there alone."""
-    copies = image_copies(PROJECT_ROOT / f"images/{template}/Dockerfile")
-    assert copies, "the Dockerfile copies nothing of the supervisor"
-    for source, destination in copies:
-        target = tmp_path / destination.removeprefix("/opt/studios/")
-        if (PROJECT_ROOT / source).is_dir():
-            shutil.copytree(PROJECT_ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(PROJECT_ROOT / source, target)
+    image_code(template, tmp_path)
     probe = (
         "import sys\n"
         "import studios.supervisor.supervisor, studios.supervisor.gate, studios.supervisor.sandbox\n"

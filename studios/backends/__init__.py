@@ -27,6 +27,5 @@ def backend_for(compute_environment):
             job_queue=compute_environment.job_queue,
             credentials=credentials,
             images=settings.STUDIOS_TEMPLATE_IMAGES,
-            container_home=settings.STUDIOS_CONTAINER_HOME,
         )
     raise BackendError(f"Compute environments of kind {compute_environment.kind} are not supported yet.")

@@ -1,20 +1,48 @@
-"""The AWS Batch backend: a session is a Batch job whose container runs the session agent.
+"""The AWS Batch backend: a session is a Batch job whose container runs the session supervisor.
 
-Each template image gets a job definition, named after the template and the image's tag,
-registered once and reused (a new revision when the image changes); the studio's CPUs, memory
-and the session's environment are set per job when it is submitted. On the job's host the
-agent listens on every interface, reports the address it reaches the platform from, and accepts
-only requests carrying the session token. Batch's job states become start-up progress, and its
-failure reasons become sentences a user can act on.
+Each template image gets a job definition, named after the template and the image's tag, registered once
+and reused (a new revision when the image or the container's properties change); the studio's CPUs and
+memory and the session's configuration (``protocol.SessionConfig``, as environment variables) are set per
+job when it is submitted. Batch's job states become start-up progress, and its failure reasons become
+sentences a user can act on.
 
-Credentials are the compute environment's access key pair or, without one, boto3's default
-chain (the platform's own role); ``AWS_ENDPOINT_URL`` points boto3 at another endpoint (moto).
-The job itself gets no credentials: the agent reaches S3 with the role of the instance it runs on.
+The job's container runs privileged, and the supervisor sandboxes the IDE inside it the same way as on a
+local host (``isolation="container"``, the image's own root filesystem below the session's writable layer;
+the image brings runc, slirp4netns, mkfs.ext4 and rclone). Not "process": the IDE would then run beside the
+supervisor as the same user, free to read the token from its environment and to end it, and S3 datasets,
+the only kind a Batch compute environment has, are mounted for a sandbox only. The privilege is the
+supervisor's (loop-mounted layers, runc); the IDE gets the sandbox's capabilities and seccomp filter. Not
+closed yet: the sandbox's network (slirp4netns) reaches the instance metadata service, and with it the
+instance role that reads and writes the whole work directory.
+
+Batch runs EC2 jobs with host networking: the supervisor's gate and control endpoint listen on the
+instance's own address, on ports the platform chooses when it plans the session (at random below Linux's
+ephemeral range; one already taken on the instance fails that start with the job's exit, and the next start
+draws others). Where the instance is, only the backend says, never a report: once the job is RUNNING,
+its container instance (ECS) leads to its EC2 instance and that instance's private address.
+
+What each action calls, hence the IAM actions the platform needs:
+
+- ``environment_problem``: batch:DescribeJobQueues, batch:DescribeComputeEnvironments.
+- ``plan``: nothing.
+- ``launch``: batch:DescribeJobDefinitions (a page per 100 revisions), batch:RegisterJobDefinition when the
+  image is new, batch:SubmitJob (batch:TagResource for its tags).
+- ``poll``: batch:DescribeJobs; for a RUNNING job on a container instance this worker has not located yet,
+  ecs:DescribeContainerInstances and ec2:DescribeInstances (once per instance: its private address never
+  changes).
+- ``terminate``: batch:TerminateJob, then batch:DescribeJobs every 2 s until the job has ended.
+- ``start_timeout_hint``: batch:DescribeJobs.
+
+Credentials are the compute environment's access key pair or, without one, boto3's default chain (the
+platform's own role); ``AWS_ENDPOINT_URL`` points boto3 at another endpoint (moto). The job itself gets no
+credentials: the supervisor reaches S3 with the role of the instance it runs on.
 """
 
 import json
 import os
+import random
 import re
+import secrets
 import time
 from functools import cached_property
 
@@ -22,15 +50,25 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..supervisor.protocol import SessionConfig
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 
 CLIENT_CONFIG = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
-AGENT_COMMAND = ["python", "-m", "studios.agent"]
+SUPERVISOR_COMMAND = ["python", "-m", "studios.supervisor"]
 # A job definition's own resources; every job replaces them with its studio's.
 DEFAULT_RESOURCES = [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}]
+# What the job needs besides the studio's memory, which is the sandbox's limit: the supervisor, its gate,
+# slirp4netns and the datasets' rclone mounts.
+SUPERVISOR_MEMORY_MB = 512
+# Where the gate and the control endpoint may listen on the instance: below Linux's ephemeral ports
+# (32768-60999), which the instance's own outgoing connections use.
+PORTS = range(20000, 32768)
 # Passed on to the session so that it uses the same AWS endpoints as the platform (never credentials).
 FORWARDED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 TERMINATE_POLL_SECONDS = 2
+# Container instance ARN -> its EC2 instance's private address, which never changes: each is looked up once
+# per worker process.
+INSTANCE_ADDRESSES = {}
 
 # What a job in each state before RUNNING is waiting for.
 PROVISIONING = {
@@ -38,7 +76,7 @@ PROVISIONING = {
     "PENDING": "waiting to be scheduled",
     "RUNNABLE": "waiting for an instance with room for it in the compute environment",
     "STARTING": "pulling the image and starting the container",
-    "RUNNING": "starting the session agent",
+    "RUNNING": "starting the session supervisor",
 }
 ENDED = {"SUCCEEDED", "FAILED"}
 
@@ -133,17 +171,19 @@ def ended_reason(job, memory_mb):
 
 
 class AwsBatchBackend(ComputeBackend):
-    def __init__(self, *, region, job_queue, credentials, images, container_home):
+    def __init__(self, *, region, job_queue, credentials, images):
         self.region = region
         self.job_queue = job_queue
         self.credentials = credentials  # boto3 keyword arguments; empty for the default chain
         self.images = images
-        self.container_home = container_home
+
+    @cached_property
+    def session(self):
+        return boto3.session.Session(region_name=self.region, **self.credentials)
 
     @cached_property
     def client(self):
-        session = boto3.session.Session(region_name=self.region, **self.credentials)
-        return session.client("batch", config=CLIENT_CONFIG)
+        return self.session.client("batch", config=CLIENT_CONFIG)
 
     def template_problem(self, template: str) -> str:
         return TEMPLATE_PROBLEMS.get(template, "")
@@ -190,7 +230,13 @@ class AwsBatchBackend(ComputeBackend):
         return ""
 
     def _container_properties(self, image):
-        return {"image": image, "command": AGENT_COMMAND, "resourceRequirements": DEFAULT_RESOURCES}
+        # Privileged for the supervisor, which loop-mounts the session's layer and runs the IDE under runc.
+        return {
+            "image": image,
+            "command": SUPERVISOR_COMMAND,
+            "resourceRequirements": DEFAULT_RESOURCES,
+            "privileged": True,
+        }
 
     def _job_definition(self, template):
         """The ARN of an active job definition for the template's image: an existing one, else a new revision."""
@@ -212,28 +258,63 @@ class AwsBatchBackend(ComputeBackend):
             tags={"studios:template": template},
         )["jobDefinitionArn"]
 
-    def job_environment(self, spec: SessionSpec):
+    def plan(self, spec: SessionSpec) -> dict:
+        """The session's name on the instance and its ports; where the instance is, Batch decides later.
+        The name is unique per start: runc's cgroups may be the instance's, shared with other jobs."""
+        port, control_port = random.sample(PORTS, 2)
+        return {
+            "container": f"{spec.name}-{secrets.token_hex(4)}",
+            "port": port,
+            "control_port": control_port,
+            "cpus": spec.cpus,
+            "memory_mb": spec.memory_mb,
+        }
+
+    def config(self, spec: SessionSpec, handle: dict) -> SessionConfig:
+        session_dir = f"/tmp/{handle['container']}"
+        return SessionConfig(
+            template=spec.template,
+            base_path=spec.base_path,
+            token=spec.token,
+            platform_url=spec.platform_url,
+            work_dir=spec.work_dir,
+            manifest_prefix=spec.manifest_prefix,
+            session_dir=session_dir,
+            port=handle["port"],
+            control_port=handle["control_port"],
+            bind_host="0.0.0.0",  # the platform's proxy reaches the gate from another host
+            isolation="container",
+            rootfs="/",
+            container_id=handle["container"],
+            cpus=spec.cpus,
+            memory_mb=spec.memory_mb,
+            layer_mb=spec.storage_quota_mb,
+            mounts=tuple(spec.mounts),
+            restore=spec.restore,
+            hidden=(session_dir,),  # the sandbox's root is the job's: its session folder is the supervisor's
+        )
+
+    def job_environment(self, spec: SessionSpec, handle: dict):
         environment = {
-            **spec.environment(),
-            "HOME": self.container_home,
-            # The platform's proxy connects to the session from another host; the token guards it.
-            "STUDIOS_BIND_HOST": "0.0.0.0",
+            # The token travels in the job's environment for now, where batch:DescribeJobs shows it to whoever
+            # may call it; a later change hands it to the supervisor another way.
+            **self.config(spec, handle).to_environ(),
             "AWS_DEFAULT_REGION": self.region,
             **{name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)},
         }
         return [{"name": name, "value": value} for name, value in environment.items()]
 
-    def launch(self, spec: SessionSpec) -> dict:
+    def launch(self, spec: SessionSpec, handle: dict) -> dict:
         try:
             job = self.client.submit_job(
                 jobName=spec.name,
                 jobQueue=self.job_queue,
                 jobDefinition=self._job_definition(spec.template),
                 containerOverrides={
-                    "environment": self.job_environment(spec),
+                    "environment": self.job_environment(spec, handle),
                     "resourceRequirements": [
                         {"type": "VCPU", "value": str(spec.cpus)},
-                        {"type": "MEMORY", "value": str(spec.memory_mb)},
+                        {"type": "MEMORY", "value": str(spec.memory_mb + SUPERVISOR_MEMORY_MB)},
                     ],
                 },
                 tags={f"studios:{key}": tag_value(value) for key, value in spec.labels.items()},
@@ -241,7 +322,7 @@ class AwsBatchBackend(ComputeBackend):
             )
         except (BotoCoreError, ClientError) as error:
             raise BackendError(f"AWS Batch did not accept the job on queue {self.job_queue}: {error}") from None
-        return {"job_id": job["jobId"], "cpus": spec.cpus, "memory_mb": spec.memory_mb}
+        return {**handle, "job_id": job["jobId"]}
 
     def _describe(self, job_id):
         try:
@@ -250,19 +331,61 @@ class AwsBatchBackend(ComputeBackend):
             raise BackendError(f"Cannot read AWS Batch job {job_id}: {error}") from None
         return jobs[0] if jobs else None
 
+    def _instance_address(self, job):
+        """The private address of the EC2 instance a job runs on, or "" while Batch does not say which it is."""
+        arn = (job.get("container") or {}).get("containerInstanceArn", "")
+        if not arn or arn in INSTANCE_ADDRESSES:
+            return INSTANCE_ADDRESSES.get(arn, "")
+        # arn:aws:ecs:<region>:<account>:container-instance/<cluster>/<id>, ECS's long format, names the cluster.
+        cluster = arn.partition(":container-instance/")[2].rpartition("/")[0]
+        if not cluster:
+            raise BackendError(
+                f"its container instance ARN {arn} does not name its cluster; turn on ECS's long ARN format"
+            )
+        try:
+            found = self.session.client("ecs", config=CLIENT_CONFIG).describe_container_instances(
+                cluster=cluster, containerInstances=[arn]
+            )["containerInstances"]
+            if not found:
+                return ""
+            ec2 = self.session.client("ec2", config=CLIENT_CONFIG)
+            reservations = ec2.describe_instances(InstanceIds=[found[0]["ec2InstanceId"]])["Reservations"]
+        except (BotoCoreError, ClientError) as error:
+            raise BackendError(str(error)) from None
+        address = next((i.get("PrivateIpAddress", "") for r in reservations for i in r["Instances"]), "")
+        if address:
+            INSTANCE_ADDRESSES[arn] = address
+        return address
+
     def poll(self, handle: dict) -> SessionState:
+        if "job_id" not in handle:
+            return SessionState(alive=True, progress="Submitting the AWS Batch job")
         job = self._describe(handle["job_id"])
         if job is None:
             return SessionState(
                 alive=False, reason=f"The AWS Batch job {handle['job_id']} no longer exists. Start the studio again."
             )
         status = job["status"]
+        if status == "RUNNING":
+            try:
+                host = self._instance_address(job)
+            except BackendError as error:
+                return SessionState(alive=True, progress=f"AWS Batch job RUNNING: cannot locate its instance: {error}")
+            if not host:
+                return SessionState(alive=True, progress="AWS Batch job RUNNING: locating its instance")
+            return SessionState(
+                alive=True,
+                progress=f"AWS Batch job RUNNING: {PROVISIONING['RUNNING']}",
+                endpoint=f"http://{host}:{handle['port']}",
+                control=f"http://{host}:{handle['control_port']}",
+            )
         if status in PROVISIONING:
             return SessionState(alive=True, progress=f"AWS Batch job {status}: {PROVISIONING[status]}")
         return SessionState(alive=False, reason=ended_reason(job, handle["memory_mb"]))
 
     def terminate(self, handle: dict, timeout: float) -> None:
-        """Batch sends the container SIGTERM (the agent saves a final checkpoint), then SIGKILL; wait for the end."""
+        """Batch sends the container SIGTERM (the supervisor saves a final checkpoint), then SIGKILL; wait for
+        the end."""
         job_id = handle.get("job_id")
         if not job_id:
             return
@@ -281,7 +404,7 @@ class AwsBatchBackend(ComputeBackend):
 
     def start_timeout_hint(self, handle: dict) -> str:
         state = ""
-        if handle:
+        if handle.get("job_id"):
             try:
                 job = self._describe(handle["job_id"])
             except BackendError:

@@ -156,6 +156,8 @@ class Supervisor:
     def run(self):
         """Start the session, serve it until it ends; returns once it was stopped cleanly."""
         self.listening = socket.create_server((self.config.bind_host, self.config.port))
+        # A Batch job's container has no session folder until its supervisor makes one.
+        Path(self.config.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.isolated:
             sandbox.prepare_layer(self.layout, self.config.layer_mb)
         else:

@@ -255,6 +255,9 @@ def session_ready(token, steps):
         session.ready = True
         session.save(update_fields=["steps", "ready"])
         _run_if_reachable(session)
+        if not session.endpoint:
+            session_id = session.pk
+            transaction.on_commit(lambda: _dispatch("locate_session", session_id))
     return True
 
 

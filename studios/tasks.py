@@ -95,6 +95,24 @@ def reap_session(session_id, reason):
     lifecycle.fail_studio(session.studio_id, reason, expected={StudioStatus.STARTING, StudioStatus.RUNNING})
 
 
+@shared_task(bind=True, max_retries=30, default_retry_delay=2)
+def locate_session(self, session_id):
+    """A session reported ready before the backend knew where it is reached (a Batch job's host): ask now."""
+    session = (
+        Session.objects.select_related("studio__compute_environment")
+        .filter(pk=session_id, ended=None, endpoint="", studio__status=StudioStatus.STARTING)
+        .exclude(handle={})
+        .first()
+    )
+    if session is None:
+        return
+    state = backend_for(session.studio.compute_environment).poll(session.handle)
+    if state.endpoint:
+        lifecycle.session_located(session_id, state.endpoint, state.control)
+    elif state.alive:
+        raise self.retry()
+
+
 @shared_task
 def end_compute(environment_id, handle):
     """End a session's compute without waiting for it (a force stop)."""

@@ -532,6 +532,18 @@ def test_a_session_located_before_its_supervisor_is_ready_runs_once_it_is(client
     assert report_ready(client, studio).status == StudioStatus.RUNNING
 
 
+def test_a_session_ready_before_it_is_located_is_looked_for_at_once(
+    client, studio, maintainer, aws, eager_tasks, django_capture_on_commit_callbacks
+):
+    studio = launch(maintainer, studio)
+    aws.place(job_id(studio))
+    aws.set_state(job_id(studio), "RUNNING")
+    with django_capture_on_commit_callbacks(execute=True):
+        studio = report_ready(client, studio)  # no reconcile: the ready report has the platform look for it
+    assert studio.status == StudioStatus.RUNNING
+    assert (studio.session.endpoint, studio.session.control_endpoint) == addresses(studio)
+
+
 def test_a_job_on_an_instance_that_cannot_be_located_says_why_while_it_starts(studio, maintainer, aws):
     studio = launch(maintainer, studio)
     aws.placed[job_id(studio)] = "arn:aws:ecs:eu-west-1:123456789012:container-instance/0123456789abcdef"

@@ -124,7 +124,8 @@ def test_a_session_cannot_open_namespaces_or_reach_the_kernels_keyrings(world):
 
 def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
     """The platform's database, its broker, the platform itself and other sessions listen on the host's loopback:
-    a session in a container reaches none of them, while what is on the network stays reachable."""
+    a session in a container reaches none of them, nor a cloud's instance metadata service (the host's
+    credentials), while what is on the network stays reachable."""
     platform, workspace, user = world
     with socket.create_server((host_address(), 0)) as elsewhere:
         threading.Thread(target=lambda: elsewhere.accept()[0].sendall(b"hello"), daemon=True).start()
@@ -136,6 +137,7 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
             "platform": ("127.0.0.1", int(platform.url.rsplit(":", 1)[1])),
             "other session": ("127.0.0.1", int(other.session.endpoint.rsplit(":", 1)[1])),
             "network": elsewhere.getsockname(),
+            "instance metadata": ("169.254.169.254", 80),
         }
         printed = run(
             platform, studio, user,
@@ -147,7 +149,7 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
         )  # fmt: skip
     assert printed.splitlines() == [
         "postgresql ECONNREFUSED", "redis ECONNREFUSED", "platform ECONNREFUSED", "other session ECONNREFUSED",
-        "network reached", "dns True",
+        "network reached", "instance metadata EACCES", "dns True",
     ]  # fmt: skip
     # The platform reaches both sessions all the same; their network helpers end with them.
     helpers = supervisor_helpers(studio)

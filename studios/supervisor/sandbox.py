@@ -28,6 +28,7 @@ from pathlib import Path
 RUNTIMES = ("runc", "crun")
 # slirp4netns's built-in DNS forwarder, reachable from the container whatever the host's resolver is.
 SLIRP_DNS = "10.0.2.3"
+LINK_LOCAL = "169.254.0.0/16"  # instance metadata (169.254.169.254), container credentials (169.254.170.2)
 DATA_IN_CONTAINER = "/workspace/data"
 # Where a container's mount points appear in its writable layer: never saved.
 LAYER_EXCLUDED = ["workspace/data"]
@@ -75,9 +76,9 @@ def isolation_problem():
         return "the platform does not run as root"
     if runtime() is None:
         return "no OCI runtime is installed (apt-get install runc)"
-    missing = [tool for tool in ("mkfs.ext4", "slirp4netns", "unshare") if shutil.which(tool) is None]
+    missing = [tool for tool in ("mkfs.ext4", "slirp4netns", "unshare", "nsenter", "ip") if shutil.which(tool) is None]
     if missing:
-        return f"{' and '.join(missing)} missing (apt-get install e2fsprogs slirp4netns util-linux)"
+        return f"{', '.join(missing)} missing (apt-get install e2fsprogs slirp4netns util-linux iproute2)"
     if not Path("/sys/fs/cgroup/memory").exists() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         return "no memory cgroup controller is mounted"
     return ""
@@ -284,6 +285,12 @@ def connect_network(pid, log_file):
         if signal_file.read(1) != b"1":
             slirp.kill()
             raise OSError("slirp4netns could not connect the session's network; see the session log")
+    # slirp4netns connects from the host's own network, where a cloud's instance metadata service answers with the
+    # host's credentials: link-local addresses are unreachable from the session (which cannot change its routes).
+    subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "route", "add", "prohibit", LINK_LOCAL],
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True,
+    )  # fmt: skip
     return slirp
 
 

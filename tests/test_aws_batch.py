@@ -539,7 +539,8 @@ def test_a_session_ready_before_it_is_located_is_looked_for_at_once(
     aws.place(job_id(studio))
     aws.set_state(job_id(studio), "RUNNING")
     with django_capture_on_commit_callbacks(execute=True):
-        studio = report_ready(client, studio)  # no reconcile: the ready report has the platform look for it
+        report_ready(client, studio)  # no reconcile: the ready report has the platform look for it
+    studio.refresh_from_db()
     assert studio.status == StudioStatus.RUNNING
     assert (studio.session.endpoint, studio.session.control_endpoint) == addresses(studio)
 

@@ -9,10 +9,12 @@ exclusive-mount rule; the unique constraint on ``ActiveMount`` backs the latter 
 
 import logging
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.http import Http404
 from django.utils import timezone
 
 from checkpoints import records
@@ -37,6 +39,10 @@ class ActionRefused(Exception):
     """The action is not possible now; the message tells the user why and what to do."""
 
 
+# A task working on a start or a stop claims its session at least this often (``claim``): a claim older than
+# this means no task works on it any more, and the reconcile queues the work again.
+TASK_STALE_SECONDS = 60
+
 # The first start-up step; the session agent reports the ones after it as it gets to them.
 FIRST_STEP = {"name": protocol.PROVISIONING, "state": "in-progress", "message": ""}
 
@@ -55,7 +61,11 @@ def add_studio(user, workspace, *, datasets=(), **fields):
 
 
 def _lock(studio_id):
-    return Studio.objects.select_for_update().select_related("compute_environment").get(pk=studio_id)
+    """The studio, locked; Http404 when it was deleted meanwhile (a start racing a delete, two deletes)."""
+    studio = Studio.objects.select_for_update(of=("self",)).select_related("compute_environment", "session").filter(pk=studio_id).first()
+    if studio is None:
+        raise Http404("No such studio")
+    return studio
 
 
 def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
@@ -169,14 +179,12 @@ def _hold_mounts(studio):
 
 
 def stop_studio(user, studio):
-    """Move a running studio to stopping and ask a worker to end its session."""
+    """Move a starting or running studio to stopping and ask a worker to end its session."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "stop studios")
     with transaction.atomic():
         studio = _lock(studio.pk)
-        if studio.status == StudioStatus.STARTING:
-            raise ActionRefused(f"{studio.name} is still starting; stop it once it is running.")
         if not studio.can_stop:
-            raise ActionRefused(f"{studio.name} is {studio.status}; only a running studio can be stopped.")
+            raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be stopped.")
         studio.transition(StudioStatus.STOPPING)
         studio.save()
         transaction.on_commit(lambda: _dispatch("stop_session", studio.pk))
@@ -185,7 +193,8 @@ def stop_studio(user, studio):
 
 
 def force_stop_studio(user, studio):
-    """Mark a studio whose stop has not finished stopped now, and end its compute without waiting for it."""
+    """End the compute of a studio whose stop has not finished, without waiting for a final checkpoint; the studio
+    shows stopped once its compute is gone."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "force stop studios")
     with transaction.atomic():
         studio = _lock(studio.pk)
@@ -196,11 +205,8 @@ def force_stop_studio(user, studio):
                 f"{studio.name} is still saving its final checkpoint; force stop is offered once a stop has taken "
                 f"{settings.STUDIOS_FORCE_STOP_AFTER_SECONDS // 60} minutes."
             )
-        environment_id, handle = studio.compute_environment_id, studio.session.handle
-        reason = _possible_loss(studio, f"Force stopped by {user} before the session saved a final checkpoint")
-        _end_session(studio, StudioStatus.STOPPED, reason)
-        if handle:
-            transaction.on_commit(lambda: _dispatch("end_compute", environment_id, handle))
+        username = user.get_username()
+        transaction.on_commit(lambda: _dispatch("stop_session", studio.pk, username))
     log.info("studio %s force stopped by %s", studio.pk, user)
     return studio
 
@@ -304,33 +310,76 @@ def session_checkpoint_saved(token, manifest_key, manifest_sha256, size_bytes, f
         if session is None or session.checkpoint_id is None:
             return False
         session.layer_used_bytes, session.layer_total_bytes = layer_used_bytes, layer_total_bytes or None
-        session.save(update_fields=["layer_used_bytes", "layer_total_bytes"])
+        session.checkpoint_error, session.checkpoint_error_at = "", None
+        session.save(update_fields=["layer_used_bytes", "layer_total_bytes", "checkpoint_error", "checkpoint_error_at"])
         return records.record_saved(session.checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
 
 
-def record_launch(session_id, handle):
-    """Keep the backend's handle (what the session has or will have on the host, and where it is reached);
-    False when the start was superseded, so the caller ends what it launched."""
+def session_checkpoint_failed(token, reason):
+    """A checkpoint could not be saved: the status panel says why until one is."""
+    with transaction.atomic():
+        session = _by_token(token)
+        if session is None:
+            return False
+        session.checkpoint_error, session.checkpoint_error_at = reason, timezone.now()
+        session.save(update_fields=["checkpoint_error", "checkpoint_error_at"])
+    log.warning("studio %s: checkpoint failed: %s", session.studio_id, reason)
+    return True
+
+
+def record_launch(session_id, handle, launched=False):
+    """Keep the backend's handle: what the session will have on its host (before it is created) or has (once
+    ``launched``), and where it is reached. False when the start was superseded, so the caller ends what it made."""
     with transaction.atomic():
         session = _session(session_id)
-        if session is None or session.studio.session_id != session.pk:
+        if session is None or session.studio.session_id != session.pk or session.studio.status != StudioStatus.STARTING:
             return False
-        if session.studio.status not in (StudioStatus.STARTING, StudioStatus.RUNNING):
-            return False
-        session.handle = handle
-        session.endpoint = session.endpoint or handle.get("endpoint", "")
-        session.control_endpoint = session.control_endpoint or handle.get("control", "")
-        session.save(update_fields=["handle", "endpoint", "control_endpoint"])
+        session.handle, session.launched = handle, launched
+        session.endpoint = handle.get("endpoint", "")
+        session.control_endpoint = handle.get("control", "")
+        if launched:
+            session.worked_on = None  # the launch task's claim: done with
+        session.save(update_fields=["handle", "launched", "endpoint", "control_endpoint", "worked_on"])
         _run_if_reachable(session)
     return True
 
 
+def claim(session_id, claimed=None):
+    """Mark that a task works on starting or stopping the session now; None when another task did so less than
+    TASK_STALE_SECONDS ago. ``claimed``: this task's earlier claim (a stop's rounds), which it may renew."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=TASK_STALE_SECONDS)
+    free = Q(worked_on=None) | Q(worked_on__lt=stale)
+    if claimed is not None:
+        free |= Q(worked_on=datetime.fromisoformat(claimed))
+    return now.isoformat() if Session.objects.filter(free, pk=session_id).update(worked_on=now) else None
+
+
+def unattended_starts():
+    """Starting sessions not launched that no task has worked on lately (its worker died, its message was lost)."""
+    stale = timezone.now() - timedelta(seconds=TASK_STALE_SECONDS)
+    sessions = Session.objects.filter(ended=None, launched=False, studio__status=StudioStatus.STARTING)
+    unattended = sessions.filter(Q(worked_on__lt=stale) | Q(worked_on=None, started__lt=stale))
+    return list(unattended.filter(studio__session=F("pk")).values_list("pk", flat=True))
+
+
+def unattended_stops():
+    """Stopping studios whose stop no task has worked on lately."""
+    stale = timezone.now() - timedelta(seconds=TASK_STALE_SECONDS)
+    stopping = Studio.objects.filter(status=StudioStatus.STOPPING)
+    unattended = stopping.filter(Q(session__worked_on__lt=stale) | Q(session__worked_on=None, status_changed__lt=stale))
+    return list(unattended.values_list("pk", flat=True))
+
+
 def fail_studio(studio_id, reason, expected=ACTIVE_STATUSES):
-    """Make a studio errored with a reason, if it is still in one of the ``expected`` statuses."""
+    """Make a studio errored with a reason, if it is still in one of the ``expected`` statuses; a session that
+    had been running also says what may be lost."""
     with transaction.atomic():
-        studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
+        studio = Studio.objects.select_for_update(of=("self",)).select_related("session__checkpoint").filter(pk=studio_id).first()
         if studio is None or studio.status not in expected:
             return False
+        if studio.status != StudioStatus.STARTING:
+            reason = _possible_loss(studio, reason)
         _end_session(studio, StudioStatus.ERRORED, reason)
     log.warning("studio %s errored: %s", studio_id, reason)
     return True
@@ -363,14 +412,14 @@ def provisioning_progress(studio_id, message):
 
 
 def _possible_loss(studio, cause):
-    """Tell the user what a session that ended without its final checkpoint may have lost."""
+    """``cause``, and what a session that ended without its final checkpoint may have lost."""
     checkpoint = studio.session.checkpoint if studio.session else None
     if checkpoint is not None and checkpoint.saved is not None:
         saved = timezone.localtime(checkpoint.saved)
         since = f"since checkpoint {checkpoint.name} was saved at {saved:%Y-%m-%d %H:%M %Z}"
     else:
         since = "in this session (none of it was saved)"
-    return f"{cause}: changes made {since} may be lost."
+    return f"{cause.rstrip('.')}. Changes made {since} may be lost."
 
 
 def _end_session(studio, status, reason=""):
@@ -394,19 +443,22 @@ def overdue_starts():
     return Studio.objects.filter(status=StudioStatus.STARTING, status_changed__lt=limit)
 
 
-def overdue_stops():
-    """Stops that should have finished by now: their task is dispatched again."""
-    limit = timezone.now() - timedelta(seconds=2 * settings.STUDIOS_STOP_TIMEOUT_SECONDS)
-    return Studio.objects.filter(status=StudioStatus.STOPPING, status_changed__lt=limit)
-
-
 def _clean_checkpoints(work_dir):
     from checkpoints.tasks import clean_store
 
-    clean_store.delay(work_dir)
+    try:
+        clean_store.delay(work_dir)
+    except Exception:  # the hourly sweep of every store does it then
+        log.exception("could not queue the cleanup of %s", work_dir)
 
 
 def _dispatch(task_name, *args):
+    """Queue a task once the change it follows is committed. When the broker cannot be reached the change stands
+    and the reconcile queues the work again within a minute (``tasks.reconcile_sessions``): a request never fails
+    after its change was made."""
     from . import tasks
 
-    getattr(tasks, task_name).delay(*args)
+    try:
+        getattr(tasks, task_name).delay(*args)
+    except Exception:
+        log.exception("could not queue %s%s; the reconcile will", task_name, args)

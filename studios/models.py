@@ -167,7 +167,7 @@ class StudioStatus(models.TextChoices):
 ALLOWED_TRANSITIONS = {
     StudioStatus.STOPPED: {StudioStatus.STARTING},
     StudioStatus.ERRORED: {StudioStatus.STARTING},
-    StudioStatus.STARTING: {StudioStatus.RUNNING, StudioStatus.ERRORED},
+    StudioStatus.STARTING: {StudioStatus.RUNNING, StudioStatus.STOPPING, StudioStatus.ERRORED},
     StudioStatus.RUNNING: {StudioStatus.STOPPING, StudioStatus.ERRORED},
     StudioStatus.STOPPING: {StudioStatus.STOPPED, StudioStatus.ERRORED},
 }
@@ -251,7 +251,7 @@ class Studio(models.Model):
 
     @property
     def can_stop(self):
-        return self.status == StudioStatus.RUNNING
+        return self.status in (StudioStatus.STARTING, StudioStatus.RUNNING)
 
     @property
     def can_force_stop(self):
@@ -299,6 +299,10 @@ class Session(models.Model):
     endpoint = models.CharField(max_length=200, blank=True)
     control_endpoint = models.CharField(max_length=200, blank=True, help_text="Where the platform asks for checkpoints.")
     ready = models.BooleanField(default=False, help_text="The supervisor reported its IDE answering.")
+    launched = models.BooleanField(default=False, help_text="The backend has created what the handle names.")
+    worked_on = models.DateTimeField(
+        null=True, blank=True, help_text="When a task last worked on starting or stopping it; a stale time means none does."
+    )
     steps = models.JSONField(default=list, blank=True)
     # The checkpoint this session saves into, and the one it was restored from.
     checkpoint = models.ForeignKey(
@@ -309,6 +313,9 @@ class Session(models.Model):
     )
     layer_used_bytes = models.BigIntegerField(null=True, blank=True)
     layer_total_bytes = models.BigIntegerField(null=True, blank=True)
+    # The last checkpoint that failed, while no later one succeeded: why, and when.
+    checkpoint_error = models.TextField(blank=True)
+    checkpoint_error_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started", "-pk"]

@@ -1,19 +1,26 @@
 """Celery tasks: they take ids, re-read rows, and are safe to run twice or after a crash."""
 
 import logging
+import time
 
 import httpx
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
+from checkpoints.models import Checkpoint
+
 from . import environments, lifecycle, presence
-from .backends import BackendError, Mount, SessionSpec, backend_for
+from .backends import BackendError, Mount, SessionSpec, backend_for, local_backend
 from .models import ACTIVE_STATUSES, ComputeEnvironment, Session, Studio, StudioStatus
 
 log = logging.getLogger(__name__)
 
 # How long a session that reported its own end gets to finish taking itself down before it is killed.
 REAP_GRACE_SECONDS = 10
+# A stop waits for its session in rounds this long, each a task of its own; it looks every STOP_POLL_SECONDS.
+STOP_ROUND_SECONDS = 20
+STOP_POLL_SECONDS = 1
 
 
 def session_spec(session):
@@ -43,45 +50,82 @@ def session_spec(session):
 
 @shared_task
 def launch_session(session_id):
-    """Plan the session (its handle names all it will create, and is recorded first), then launch it."""
+    """Plan the session (its handle names all it will create, and is recorded before anything is), then launch it.
+    Run again after a worker died mid-way, it first removes whatever the earlier attempt may have created."""
     session = (
         Session.objects.select_related(
             "studio__compute_environment", "studio__workspace__organization", "studio__author", "restored_from"
         )
-        .filter(pk=session_id, ended=None)
+        .filter(pk=session_id, ended=None, launched=False, studio__status=StudioStatus.STARTING)
         .first()
     )
-    if session is None or session.studio.status != StudioStatus.STARTING or session.handle:
+    if session is None or session.studio.session_id != session.pk or not lifecycle.claim(session_id):
         return
+    backend = backend_for(session.studio.compute_environment)
+    spec = session_spec(session)
+    handle = session.handle
     try:
-        backend = backend_for(session.studio.compute_environment)
-        spec = session_spec(session)
+        if handle:
+            backend.terminate(handle, 0)
         handle = backend.plan(spec)
         if not lifecycle.record_launch(session_id, handle):
             return
         handle = backend.launch(spec, handle)
     except (BackendError, OSError) as error:
+        log.warning("studio %s: could not launch: %s", session.studio_id, error)
+        end_compute(session.studio.compute_environment_id, handle)
         lifecycle.fail_studio(session.studio_id, f"Could not provision compute: {error}", expected={StudioStatus.STARTING})
         return
-    if not lifecycle.record_launch(session_id, handle):
+    if not lifecycle.record_launch(session_id, handle, launched=True):
         log.info("studio %s: start superseded, ending the session just launched", session.studio_id)
-        backend.terminate(handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
+        end_compute(session.studio.compute_environment_id, handle)
 
 
 @shared_task
-def stop_session(studio_id):
-    """Have the session save a final checkpoint, then end its compute; when the session does not answer in
-    time, end it anyway and tell the user what may be lost."""
+def stop_session(studio_id, forced_by="", claimed=None):
+    """Ask the session to save a final checkpoint and end, then wait for it in rounds of at most STOP_ROUND_SECONDS
+    (each round queues the next), so that a worker's death loses at most a round; once the session has ended, or
+    the stop timeout has passed (then it is ended by force), remove what is left and mark the studio stopped,
+    telling the user what may be lost. ``forced_by``: a member forced the stop; end it now."""
     studio = Studio.objects.select_related("compute_environment", "session").filter(pk=studio_id).first()
-    if studio is None or studio.status != StudioStatus.STOPPING:
+    if studio is None or studio.status != StudioStatus.STOPPING or studio.session is None:
         return
     session = studio.session
-    saved = request_checkpoint(session)
-    if session.handle:
-        timeout = settings.STUDIOS_STOP_TIMEOUT_SECONDS if saved else 0
-        backend_for(studio.compute_environment).terminate(session.handle, timeout)
-    unsaved = "" if saved else "The session did not save a final checkpoint when asked, so it was stopped anyway"
-    lifecycle.session_stopped(studio_id, unsaved=unsaved)
+    backend = backend_for(studio.compute_environment)
+    unsaved = f"Force stopped by {forced_by} before the session saved a final checkpoint" if forced_by else ""
+    if not forced_by and session.launched:
+        claimed = lifecycle.claim(session.pk, claimed)
+        if claimed is None:
+            return  # another task is stopping it
+        ask_to_stop(session, backend)
+        deadline = studio.status_changed.timestamp() + settings.STUDIOS_STOP_TIMEOUT_SECONDS
+        round_end = min(time.time() + STOP_ROUND_SECONDS, deadline)
+        while (alive := backend.poll(session.handle).alive) and time.time() < round_end:
+            time.sleep(STOP_POLL_SECONDS)
+        if alive and time.time() < deadline:
+            stop_session.delay(studio_id, claimed=claimed)
+            return
+        if alive:
+            unsaved = "The session did not save its final checkpoint in time, so it was stopped anyway"
+        else:
+            session.refresh_from_db()
+            checkpoint = Checkpoint.objects.filter(pk=session.checkpoint_id).first()
+            if checkpoint is None or checkpoint.state != Checkpoint.State.FINALIZED:
+                unsaved = f"The session could not save a final checkpoint ({session.checkpoint_error or 'it did not say why'})"
+    if end_compute(studio.compute_environment_id, session.handle):
+        lifecycle.session_stopped(studio_id, unsaved=unsaved)
+
+
+def ask_to_stop(session, backend):
+    """Ask the supervisor to stop through its control endpoint (it then saves a final checkpoint, takes the session
+    down and exits); where it does not answer, have the backend ask (a signal, Batch's TerminateJob)."""
+    try:
+        httpx.post(
+            f"{session.control_endpoint}/stop", headers={"Authorization": f"Bearer {session.token}"}, timeout=5
+        ).raise_for_status()
+    except httpx.HTTPError as error:
+        log.info("studio %s: the supervisor did not take the stop (%s); asking the backend", session.studio_id, error)
+        backend.stop(session.handle)
 
 
 @shared_task
@@ -90,9 +134,21 @@ def reap_session(session_id, reason):
     session = Session.objects.select_related("studio__compute_environment").filter(pk=session_id, ended=None).first()
     if session is None:
         return
-    if session.handle:
-        backend_for(session.studio.compute_environment).terminate(session.handle, REAP_GRACE_SECONDS)
-    lifecycle.fail_studio(session.studio_id, reason, expected={StudioStatus.STARTING, StudioStatus.RUNNING})
+    if end_compute(session.studio.compute_environment_id, session.handle, REAP_GRACE_SECONDS):
+        lifecycle.fail_studio(session.studio_id, reason, expected={StudioStatus.STARTING, StudioStatus.RUNNING})
+
+
+def end_compute(environment_id, handle, timeout=0):
+    """End a session's compute and check nothing of it is left; whether that is so (else the reconcile tries again)."""
+    environment = ComputeEnvironment.objects.filter(pk=environment_id).first()
+    if environment is None or not handle:
+        return True
+    try:
+        backend_for(environment).terminate(handle, timeout)
+    except BackendError as error:
+        log.warning("could not end a session's compute: %s", error)
+        return False
+    return True
 
 
 @shared_task(bind=True, max_retries=30, default_retry_delay=2)
@@ -111,14 +167,6 @@ def locate_session(self, session_id):
         lifecycle.session_located(session_id, state.endpoint, state.control)
     elif state.alive:
         raise self.retry()
-
-
-@shared_task
-def end_compute(environment_id, handle):
-    """End a session's compute without waiting for it (a force stop)."""
-    environment = ComputeEnvironment.objects.filter(pk=environment_id).first()
-    if environment is not None:
-        backend_for(environment).terminate(handle, 0)
 
 
 def running_sessions():
@@ -158,27 +206,25 @@ def _fail_overdue_start(studio):
     reason = f"The session did not become ready within {settings.STUDIOS_START_TIMEOUT_SECONDS // 60} minutes."
     handle = studio.session.handle if studio.session else {}
     try:
-        backend = backend_for(studio.compute_environment)
-        reason += " " + backend.start_timeout_hint(handle)
-        if handle:
-            backend.terminate(handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS)
+        reason += " " + backend_for(studio.compute_environment).start_timeout_hint(handle)
     except BackendError as error:
-        reason += f" Its compute could not be ended ({error}); end it by hand."
-    lifecycle.fail_studio(studio.pk, f"{reason} Then start the studio again.", expected={StudioStatus.STARTING})
+        reason += f" ({error})"
+    if end_compute(studio.compute_environment_id, handle, settings.STUDIOS_STOP_TIMEOUT_SECONDS):
+        lifecycle.fail_studio(studio.pk, f"{reason} Then start the studio again.", expected={StudioStatus.STARTING})
 
 
 @shared_task
 def reconcile_sessions():
-    """Repair what the database believes from what the backends report, and forget ghost connections."""
+    """Repair what the database believes from what the backends report: sessions whose compute ended, starts and
+    stops no task works on, what is left on hosts that no session owns; and forget ghost connections."""
     presence.forget_dead_processes_and_announce()
-    for studio in lifecycle.overdue_starts().select_related("compute_environment"):
+    for studio in lifecycle.overdue_starts().select_related("compute_environment", "session"):
         _fail_overdue_start(studio)
     active = Studio.objects.filter(status__in=ACTIVE_STATUSES, session__isnull=False, session__ended=None)
     for studio in active.exclude(session__handle={}).select_related("compute_environment", "session"):
         session = studio.session
         try:
-            backend = backend_for(studio.compute_environment)
-            state = backend.poll(session.handle)
+            state = backend_for(studio.compute_environment).poll(session.handle)
         except BackendError as error:
             log.warning("studio %s: cannot poll its session: %s", studio.pk, error)
             continue
@@ -187,14 +233,31 @@ def reconcile_sessions():
                 lifecycle.provisioning_progress(studio.pk, state.progress)
             if state.endpoint and not session.endpoint:
                 lifecycle.session_located(session.pk, state.endpoint, state.control)
-            continue
-        backend.terminate(session.handle, 0)  # whatever is left of it
-        if studio.status == StudioStatus.STOPPING:
-            lifecycle.session_stopped(studio.pk)
-        else:
-            lifecycle.fail_studio(studio.pk, state.reason, expected={studio.status})
-    for studio in lifecycle.overdue_stops():
-        stop_session.delay(studio.pk)
+        elif session.launched and end_compute(studio.compute_environment_id, session.handle):
+            if studio.status == StudioStatus.STOPPING:
+                lifecycle.session_stopped(studio.pk)
+            else:
+                lifecycle.fail_studio(studio.pk, state.reason, expected={studio.status})
+    for session_id in lifecycle.unattended_starts():
+        launch_session.delay(session_id)
+    for studio_id in lifecycle.unattended_stops():
+        stop_session.delay(studio_id)
+    sweep_hosts()
+
+
+@worker_ready.connect
+def reconcile_when_a_worker_starts(**kwargs):
+    """A worker that comes back after a crash repairs at once what the crash left, rather than at the next tick."""
+    reconcile_sessions.delay()
+
+
+def sweep_hosts():
+    """Remove from this platform's hosts whatever no live session owns. What is on the host is listed before the
+    sessions are read: a session is recorded before anything of it is created, so none can be missed in between."""
+    found = local_backend().leftovers_on_host()
+    owned = Session.objects.filter(ended=None).values_list("handle", flat=True)
+    for removed in local_backend().sweep(found, list(owned)):
+        log.warning("removed what no session owns: %s", removed)
 
 
 @shared_task

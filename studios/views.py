@@ -307,6 +307,7 @@ SESSION_REPORTS = {
     protocol.READY: lifecycle.session_ready,
     protocol.FAILED: lifecycle.session_failed,
     protocol.CHECKPOINT: lifecycle.session_checkpoint_saved,
+    protocol.CHECKPOINT_FAILED: lifecycle.session_checkpoint_failed,
 }
 
 

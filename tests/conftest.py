@@ -24,6 +24,14 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture
+def eager_tasks(monkeypatch):
+    """Celery tasks dispatched by the code under test run at once, in the test."""
+    from studios_project.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+
+
 class LivePlatform:
     """The product served for real on loopback: the ASGI app under uvicorn and a Celery worker."""
 

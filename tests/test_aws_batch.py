@@ -45,14 +45,6 @@ def aws(monkeypatch):
 
 
 @pytest.fixture
-def eager_tasks(monkeypatch):
-    """Celery tasks dispatched by the code under test run at once, in the test."""
-    from studios_project.celery import app
-
-    monkeypatch.setitem(app.conf, "task_always_eager", True)
-
-
-@pytest.fixture
 def environment(workspace, aws):
     aws.make_queue()
     return ComputeEnvironment.objects.create(
@@ -688,8 +680,8 @@ def test_a_start_still_waiting_after_30_minutes_is_errored_with_a_hint_at_the_ba
 @contextmanager
 def supervisor_control(aws, studio, answers=True):
     """The supervisor's control endpoint on the job's instance (this host), on the port the platform chose:
-    it records each request and the job's state then, and answers like the supervisor once its checkpoint is
-    saved, or never (a hung session)."""
+    it records each request and the job's state then, and answers like the supervisor, or never (a hung session).
+    Asked to stop, the supervisor takes its final checkpoint and exits, and with it the job ends."""
     requests = []
     hang = threading.Event()
 
@@ -699,8 +691,10 @@ def supervisor_control(aws, studio, answers=True):
             if not answers:
                 hang.wait(10)
                 return
-            body = json.dumps({"size_bytes": 10, "stored_bytes": 10, "recorded": True}).encode()
-            self.send_response(200)
+            if self.path == "/stop":
+                aws.set_state(job_id(studio), "SUCCEEDED")
+            body = json.dumps({"stopping": True}).encode()
+            self.send_response(202)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -719,15 +713,16 @@ def supervisor_control(aws, studio, answers=True):
         server.server_close()
 
 
-def test_stop_saves_a_final_checkpoint_through_the_supervisor_then_terminates_the_job(client, studio, maintainer, aws):
+def test_stop_asks_the_supervisor_which_saves_a_final_checkpoint_and_ends_the_job(client, studio, maintainer, aws):
     studio = report_ready(client, run_job(aws, launch(maintainer, studio)))
+    final = {"manifest_key": manifest_key(studio.pk), "manifest_sha256": "0" * 64, "size_bytes": 1024, "final": True}
     with supervisor_control(aws, studio) as requests:
         token, job = studio.session.token, job_id(studio)
         lifecycle.stop_studio(maintainer, studio)
+        assert report(client, studio, "checkpoint", final).status_code == 200  # as the supervisor stops
         tasks.stop_session(studio.pk)
-    assert requests == [("/checkpoint", f"Bearer {token}", "RUNNING")]
-    described = aws.describe(job)
-    assert (described["status"], described["statusReason"]) == ("FAILED", "Stopped from Studios")
+    assert requests == [("/stop", f"Bearer {token}", "RUNNING")]
+    assert aws.describe(job)["status"] == "SUCCEEDED"  # it ended on its own, not terminated
     studio.refresh_from_db()
     assert (studio.status, studio.status_reason) == (StudioStatus.STOPPED, "")
 
@@ -745,16 +740,16 @@ def test_a_stop_the_supervisor_does_not_answer_in_time_still_ends_the_job_and_sa
         job = job_id(studio)
         lifecycle.stop_studio(maintainer, studio)
         tasks.stop_session(studio.pk)
-    assert len(requests) == 1
+    assert len(requests) == 1  # then Batch was asked: it ends the job (SIGTERM, then SIGKILL)
     assert aws.describe(job)["status"] == "FAILED"
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STOPPED
     assert studio.status_reason == (
-        "The session did not save a final checkpoint when asked, so it was stopped anyway: changes made since "
+        "The session could not save a final checkpoint (it did not say why). Changes made since "
         f"checkpoint rnaseq_1 was saved at {saved.saved:%Y-%m-%d %H:%M} UTC may be lost."
     )
     client.force_login(maintainer)
-    assert "changes made since checkpoint rnaseq_1 was saved" in client.get(studio.get_absolute_url()).content.decode()
+    assert "Changes made since checkpoint rnaseq_1 was saved" in client.get(studio.get_absolute_url()).content.decode()
 
 
 def test_a_checkpoint_report_for_another_studios_manifest_is_refused(client, studio, maintainer, aws):
@@ -791,7 +786,7 @@ def test_a_stuck_stop_can_be_forced_after_ten_minutes_which_ends_the_job(
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STOPPED
     assert studio.status_reason == (
-        "Force stopped by maintain before the session saved a final checkpoint: changes made in this session "
+        "Force stopped by maintain before the session saved a final checkpoint. Changes made in this session "
         "(none of it was saved) may be lost."
     )
     assert aws.describe(job)["status"] == "FAILED"

@@ -233,7 +233,8 @@ def test_exceeding_memory_kills_the_session_and_says_why(world):
             break
         time.sleep(0.5)
     assert studio.status == StudioStatus.ERRORED
-    assert studio.status_reason == "out of memory (limit 512 MB)"
+    assert studio.status_reason.startswith("The session ran out of memory (limit 512 MB). Start it again with more memory.")
+    assert "Changes made since checkpoint" in studio.status_reason
     first = Checkpoint.objects.get(studio=studio)
     assert first.restorable  # the checkpoint taken at start is intact
 

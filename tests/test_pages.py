@@ -158,9 +158,9 @@ def test_start_with_changed_resources_is_validated(client, workspace, maintainer
 
 def test_refused_actions_say_why(client, workspace, maintainer):
     client.force_login(maintainer)
-    studio = make_studio(workspace, author=maintainer, status=StudioStatus.STARTING)
+    studio = make_studio(workspace, author=maintainer, name="idle")
     response = client.post(reverse("studio_stop", args=[studio.pk]), follow=True)
-    assert "still starting; stop it once it is running" in response.content.decode()
+    assert "idle is stopped; only a starting or running studio can be stopped." in response.content.decode()
 
 
 def test_operators_manage_every_model_in_the_admin(admin_client, workspace, maintainer):

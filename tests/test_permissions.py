@@ -162,7 +162,9 @@ def test_the_compute_environments_link_follows_the_role(client, members, workspa
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_force_stopping_needs_maintain_role(client, members, studio, role):
+def test_force_stopping_needs_maintain_role(
+    client, members, studio, role, eager_tasks, django_capture_on_commit_callbacks
+):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -170,7 +172,8 @@ def test_force_stopping_needs_maintain_role(client, members, studio, role):
     make_running(studio, status=StudioStatus.STOPPING)
     Studio.objects.filter(pk=studio.pk).update(status_changed=timezone.now() - timedelta(minutes=11))
     page = login(client, members[role]).get(studio.get_absolute_url())
-    response = client.post(reverse("studio_force_stop", args=[studio.pk]))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("studio_force_stop", args=[studio.pk]))
     studio.refresh_from_db()
     if role in MAINTAINERS:
         assert b"Force stop" in page.content

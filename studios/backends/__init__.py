@@ -5,18 +5,23 @@ from .aws_batch import AwsBatchBackend
 from .base import BackendError, ComputeBackend, Mount, SessionSpec, SessionState
 from .local import LocalBackend
 
-__all__ = ["BackendError", "ComputeBackend", "Mount", "SessionSpec", "SessionState", "backend_for"]
+__all__ = ["BackendError", "ComputeBackend", "Mount", "SessionSpec", "SessionState", "backend_for", "local_backend"]
+
+
+def local_backend():
+    """This machine's: every local compute environment shares it (and its sessions folder)."""
+    return LocalBackend(
+        sessions_dir=settings.DATA_DIR / "sessions",
+        isolation=settings.STUDIOS_LOCAL_ISOLATION,
+        hidden=[settings.DATA_DIR],
+        layer_quota_mb=settings.STUDIOS_WRITABLE_LAYER_MB,
+        rootfs=settings.STUDIOS_TEMPLATE_ROOTFS,
+    )
 
 
 def backend_for(compute_environment):
     if compute_environment.kind == "local":
-        return LocalBackend(
-            sessions_dir=settings.DATA_DIR / "sessions",
-            isolation=settings.STUDIOS_LOCAL_ISOLATION,
-            hidden=[settings.DATA_DIR],
-            layer_quota_mb=settings.STUDIOS_WRITABLE_LAYER_MB,
-            rootfs=settings.STUDIOS_TEMPLATE_ROOTFS,
-        )
+        return local_backend()
     if compute_environment.kind == "aws-batch":
         try:
             credentials = compute_environment.aws_credentials()

@@ -383,9 +383,8 @@ class AwsBatchBackend(ComputeBackend):
             return SessionState(alive=True, progress=f"AWS Batch job {status}: {PROVISIONING[status]}")
         return SessionState(alive=False, reason=ended_reason(job, handle["memory_mb"]))
 
-    def terminate(self, handle: dict, timeout: float) -> None:
-        """Batch sends the container SIGTERM (the supervisor saves a final checkpoint), then SIGKILL; wait for
-        the end."""
+    def stop(self, handle: dict) -> None:
+        """Batch sends the container SIGTERM (the supervisor saves a final checkpoint), then SIGKILL."""
         job_id = handle.get("job_id")
         if not job_id:
             return
@@ -394,7 +393,13 @@ class AwsBatchBackend(ComputeBackend):
         except (BotoCoreError, ClientError) as error:
             if self._describe(job_id) is not None:
                 raise BackendError(f"AWS Batch did not terminate job {job_id}: {error}") from None
+
+    def terminate(self, handle: dict, timeout: float) -> None:
+        """Stop the job and wait up to ``timeout`` for it to end."""
+        job_id = handle.get("job_id")
+        if not job_id:
             return
+        self.stop(handle)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self._describe(job_id)

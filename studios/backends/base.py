@@ -71,5 +71,9 @@ class ComputeBackend(ABC):
         """Whether the session's compute still exists."""
 
     @abstractmethod
+    def stop(self, handle: dict) -> None:
+        """Ask the session to end, saving a final checkpoint first; do not wait."""
+
+    @abstractmethod
     def terminate(self, handle: dict, timeout: float) -> None:
         """Ask the session to end, wait up to ``timeout`` seconds, then end it by force. Idempotent."""

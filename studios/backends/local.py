@@ -12,6 +12,7 @@ outlives a restart of the worker that launched it and is found again by pid. Eve
 create on the host is named in the handle (``plan``) before it is created.
 """
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -24,7 +25,7 @@ from pathlib import Path
 from ..supervisor import sandbox
 from ..supervisor.protocol import SessionConfig
 from ..supervisor.supervisor import ROOTFS_PYTHON, free_port
-from .base import ComputeBackend, SessionSpec, SessionState
+from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -171,25 +172,85 @@ class LocalBackend(ComputeBackend):
             reason="The session's supervisor ended unexpectedly. Start the studio again; its last checkpoint is kept.",
         )
 
-    def terminate(self, handle: dict, timeout: float) -> None:
-        """SIGTERM (the supervisor saves a final checkpoint and takes the session down), SIGKILL after
-        ``timeout``; then remove whatever is left, whatever state the session was in."""
+    def stop(self, handle: dict) -> None:
         if self._alive(handle):
             os.kill(handle["pid"], signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self._alive(handle) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            try:
-                os.killpg(handle["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _reap(handle["pid"])
+
+    def terminate(self, handle: dict, timeout: float) -> None:
+        """SIGTERM (the supervisor saves a final checkpoint and takes the session down), SIGKILL after
+        ``timeout``; then remove whatever is left, whatever state the session was in (a supervisor launched but
+        not recorded is found by its session folder), and check that nothing is."""
+        self.stop(handle)
+        deadline = time.monotonic() + timeout
+        while self._alive(handle) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        session_dir = handle.get("session_dir")
+        supervisors = {handle["pid"]} if self._alive(handle) else set()
+        supervisors |= {pid for pid, folder in _supervisors() if folder == session_dir}
+        for pid in supervisors:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            _reap(pid)
         if handle.get("container"):
             sandbox.delete(handle["container"])
-        if handle.get("session_dir"):
-            self.remove_session_dir(Path(handle["session_dir"]))
+        if session_dir:
+            self.remove_session_dir(Path(session_dir))
+        left = self.leftovers(handle)
+        if left:
+            raise BackendError(f"what is left of the session could not be removed: {', '.join(left)}")
+
+    def leftovers(self, handle):
+        """What is still on this host of the session: nothing, once it is terminated."""
+        left = []
+        if any(folder == handle.get("session_dir") for _, folder in _supervisors()):
+            left.append("its supervisor")
+        if handle.get("container") and sandbox.exists(handle["container"]):
+            left.append("its container")
+        if handle.get("session_dir") and os.path.exists(handle["session_dir"]):
+            left.append("its folder")
+        return left
+
+    def leftovers_on_host(self):
+        """Everything of this platform's sessions on this host: {"containers": {id: session folder},
+        "supervisors": {pid: session folder}, "folders": [session folder]}."""
+        prefix = str(self.sessions_dir) + "/"
+        return {
+            "containers": {cid: bundle for cid, bundle in sandbox.containers() if bundle.startswith(prefix)},
+            "supervisors": {pid: folder for pid, folder in _supervisors() if folder.startswith(prefix)},
+            "folders": [str(path) for path in self.sessions_dir.glob("*")],
+        }
+
+    def sweep(self, found, owned_handles):
+        """Remove what ``found`` (``leftovers_on_host``) lists that none of ``owned_handles`` names; what it removed."""
+        owned = {handle.get("session_dir") for handle in owned_handles}
+        removed = []
+        for pid, folder in found["supervisors"].items():
+            if folder not in owned:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                _reap(pid)
+                removed.append(f"supervisor {pid} of {Path(folder).name}")
+        for container_id, folder in found["containers"].items():
+            if folder not in owned:
+                sandbox.delete(container_id)
+                removed.append(f"container {container_id}")
+        for folder in found["folders"]:
+            if folder not in owned:
+                self.remove_session_dir(Path(folder))
+                removed.append(f"session folder {Path(folder).name}")
+        return removed
 
     def remove_session_dir(self, session_dir):
         # The session's mounts live in its supervisor's namespace; any seen here are unmounted first.
         sandbox.unmount_all_under(session_dir)
         shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def _supervisors():
+    """(pid, session folder) of every session supervisor running on this host."""
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if b"studios.supervisor" in (process / "cmdline").read_bytes():
+                found.append((int(process.name), os.readlink(process / "cwd")))
+    return found

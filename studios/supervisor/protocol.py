@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 # Where the supervisor sends its reports, under the platform's URL: POST {platform_url}{REPORTS_PATH}<kind>.
 REPORTS_PATH = "/api/sessions/"
 PROGRESS, READY, FAILED, CHECKPOINT = "progress", "ready", "failed", "checkpoint"
-REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT)
+CHECKPOINT_FAILED = "checkpoint-failed"
+REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT, CHECKPOINT_FAILED)
 
 IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
 PROVISIONING = "Provisioning compute"
@@ -126,11 +127,14 @@ def parse_report(kind, body, manifest_prefix):
         READY: {"steps"},
         FAILED: {"reason", "checkpoint_invalid", "steps"},
         CHECKPOINT: {"manifest_key", "manifest_sha256", "size_bytes", "final", "layer_used_bytes", "layer_total_bytes"},
+        CHECKPOINT_FAILED: {"reason"},
     }[kind]
     if set(body) - allowed:
         raise BadReport(f"a {kind} report cannot say {', '.join(sorted(set(body) - allowed))}")
     if kind in (PROGRESS, READY):
         return {"steps": _steps(body.get("steps"))}
+    if kind == CHECKPOINT_FAILED:
+        return {"reason": _text(body.get("reason", ""), "reason") or "The checkpoint failed."}
     if kind == FAILED:
         return {
             "reason": _text(body.get("reason", ""), "reason") or "The session failed.",

@@ -303,6 +303,14 @@ def delete(container_id):
     subprocess.run([runtime(), "delete", "--force", container_id], capture_output=True, check=False)
 
 
+def containers():
+    """(id, bundle folder) of every container the runtime knows."""
+    if runtime() is None:
+        return []
+    listing = subprocess.run([runtime(), "list", "--format", "json"], capture_output=True, text=True, check=False)
+    return [(entry["id"], entry["bundle"]) for entry in json.loads(listing.stdout or "null") or []]
+
+
 def exists(container_id):
     return subprocess.run([runtime(), "state", container_id], capture_output=True).returncode == 0
 

@@ -11,6 +11,7 @@ Configuration comes from the environment (``protocol.SessionConfig``). SIGTERM s
 final checkpoint and ends the session.
 """
 
+import errno
 import hmac
 import http.client
 import json
@@ -33,11 +34,13 @@ from checkpoints import snapshot
 from checkpoints.store import store_for
 
 from . import gate, sandbox
-from .protocol import CHECKPOINT, FAILED, MOUNTING, PROGRESS, PROVISIONING, READY, REPORTS_PATH, RESTORING, SessionConfig, starting_step
+from .protocol import CHECKPOINT, CHECKPOINT_FAILED, FAILED, MOUNTING, PROGRESS, PROVISIONING, READY, REPORTS_PATH, RESTORING, SessionConfig, starting_step
 
 log = logging.getLogger("studios.supervisor")
 
 READY_TIMEOUT_SECONDS = 180
+UNRECORDED_RETRY_SECONDS = 10
+FINAL_REPORT_SECONDS = 60
 STOP_IDE_SECONDS = 10
 # A template root filesystem other than the host's has JupyterLab in its own Python here, as the images do.
 ROOTFS_PYTHON = "/opt/studios/venv/bin/python"
@@ -94,6 +97,15 @@ def ide_for(template, python, port, base_path, root_dir):
     raise SessionEnded(f"Template {template} is not available on this compute environment.")
 
 
+def checkpoint_failure(error):
+    """Why a checkpoint failed, in words for the studio's page (never a host path)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "the checkpoint store is full (no space left on its disk)"
+    if isinstance(error, OSError) and error.strerror:
+        return f"the checkpoint could not be written ({error.strerror})"
+    return f"the checkpoint store cannot be reached ({type(error).__name__})"
+
+
 def free_port(host="127.0.0.1"):
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -118,6 +130,7 @@ class Supervisor:
         self.container_created = False
         self.helpers = []  # slirp4netns, rclone: they end with this process
         self.listening = None
+        self.unrecorded = None  # the last checkpoint's report, until the platform has recorded it
 
     # Talking to the platform
 
@@ -185,6 +198,10 @@ class Supervisor:
         if not self.stopping.is_set():
             raise SessionEnded(self.ended_reason(code))
         self.checkpoint(final=True)
+        # The platform may be down right now: the final checkpoint is worth waiting a while for.
+        deadline = time.monotonic() + FINAL_REPORT_SECONDS
+        while not self.report_unrecorded() and time.monotonic() < deadline:
+            time.sleep(UNRECORDED_RETRY_SECONDS)
         log.info("stopped cleanly")
 
     def restore(self):
@@ -308,7 +325,12 @@ class Supervisor:
     def wait_for_ide(self):
         """Until the IDE ends. A helper that ends first (the network, a dataset's mount) ends the session, and so
         does the kernel's out-of-memory killer, whichever of the session's processes it chose."""
+        retried = time.monotonic()
         while (code := self.ide_exit_code()) is None:
+            if self.unrecorded is not None and time.monotonic() - retried > UNRECORDED_RETRY_SECONDS:
+                with self.checkpoint_lock:
+                    self.report_unrecorded()
+                retried = time.monotonic()
             if not self.stopping.is_set():
                 if self.isolated and sandbox.oom_kills(self.config.container_id):
                     raise SessionEnded(self.ended_reason(code))
@@ -322,38 +344,54 @@ class Supervisor:
 
     def ended_reason(self, code, when="unexpectedly"):
         if self.isolated and sandbox.oom_kills(self.config.container_id):
-            return f"out of memory (limit {self.config.memory_mb} MB)"
+            return f"The session ran out of memory (limit {self.config.memory_mb} MB). Start it again with more memory."
         return f"The IDE exited {when} with code {code}. Start the studio again; its last checkpoint is kept."
 
     # Running
 
     def checkpoint(self, final=False):
-        """Save the writable layer from outside the sandbox and tell the platform; one at a time."""
+        """Save the writable layer from outside the sandbox and tell the platform, one at a time; whether it was
+        saved and recorded. A checkpoint that fails is reported with why; one the platform could not record
+        (its database down) is reported again until it is (``report_unrecorded``)."""
         with self.checkpoint_lock:
             began = time.monotonic()
-            saved = snapshot.take(
-                self.layer, self.store, previous=self.manifest, excluded=self.excluded,
-                manifest_prefix=self.config.manifest_prefix,
-            )  # fmt: skip
+            try:
+                saved = snapshot.take(
+                    self.layer, self.store, previous=self.manifest, excluded=self.excluded,
+                    manifest_prefix=self.config.manifest_prefix,
+                )  # fmt: skip
+            except Exception as error:  # the store full or unreachable, the layer unreadable: say so, carry on
+                log.exception("checkpoint failed")
+                self.report(CHECKPOINT_FAILED, reason=checkpoint_failure(error))
+                return False
             self.manifest = saved.manifest
             usage = os.statvfs(self.layer)
-            status = self.report(
-                CHECKPOINT,
-                manifest_key=saved.manifest_key,
-                manifest_sha256=saved.manifest_sha256,
-                size_bytes=saved.size_bytes,
-                final=final,
-                layer_used_bytes=(usage.f_blocks - usage.f_bfree) * usage.f_frsize if self.isolated else saved.size_bytes,
-                layer_total_bytes=usage.f_blocks * usage.f_frsize if self.isolated else 0,
-            )
+            self.unrecorded = {
+                "manifest_key": saved.manifest_key,
+                "manifest_sha256": saved.manifest_sha256,
+                "size_bytes": saved.size_bytes,
+                "final": final,
+                "layer_used_bytes": (usage.f_blocks - usage.f_bfree) * usage.f_frsize if self.isolated else saved.size_bytes,
+                "layer_total_bytes": usage.f_blocks * usage.f_frsize if self.isolated else 0,
+            }
+            recorded = self.report_unrecorded()
             log.info(
-                "checkpoint%s: %d bytes in the layer, %d stored, %.2f s, platform answered %s",
-                " (final)" if final else "", saved.size_bytes, saved.stored_bytes, time.monotonic() - began, status,
+                "checkpoint%s: %d bytes in the layer, %d stored, %.2f s, recorded: %s",
+                " (final)" if final else "", saved.size_bytes, saved.stored_bytes, time.monotonic() - began, recorded,
             )  # fmt: skip
-            return {"size_bytes": saved.size_bytes, "stored_bytes": saved.stored_bytes, "recorded": status == 200}
+            return recorded
+
+    def report_unrecorded(self):
+        """Report the last checkpoint saved but not yet recorded, if any; whether none is left."""
+        if self.unrecorded is not None:
+            status = self.report(CHECKPOINT, **self.unrecorded)
+            if status is not None and status < 500:  # recorded, or refused for good (the session has ended)
+                self.unrecorded = None
+        return self.unrecorded is None
 
     def serve_control(self):
-        """The platform's way in: POST /checkpoint with the session token."""
+        """The platform's way in, with the session token: POST /checkpoint saves one now and answers whether it
+        was saved and recorded; POST /stop stops the session as SIGTERM does, without waiting."""
         supervisor = self
 
         class Control(BaseHTTPRequestHandler):
@@ -362,11 +400,17 @@ class Supervisor:
                 if not hmac.compare_digest(supplied, supervisor.config.token.encode()):
                     self.send_error(403)
                     return
-                if self.path != "/checkpoint":
+                if self.path == "/checkpoint":
+                    self.answer(200, {"recorded": supervisor.checkpoint()})
+                elif self.path == "/stop":
+                    supervisor.stop()
+                    self.answer(202, {"stopping": True})
+                else:
                     self.send_error(404)
-                    return
-                body = json.dumps(supervisor.checkpoint()).encode()
-                self.send_response(200)
+
+            def answer(self, status, content):
+                body = json.dumps(content).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -394,13 +438,18 @@ class Supervisor:
         elif self.ide_process is not None and self.ide_process.poll() is None:
             os.killpg(self.ide_process.pid, signal.SIGKILL)
 
-    def on_sigterm(self, signum, frame):
+    def stop(self):
         """Stop the IDE; the main thread then takes the final checkpoint and ends the session."""
-        log.info("SIGTERM: stopping the IDE, then saving a final checkpoint")
-        self.stopping.set()
+        if not self.stopping.is_set():
+            log.info("stopping the IDE, then saving a final checkpoint")
+            self.stopping.set()
+            threading.Thread(target=self.stop_ide, daemon=True).start()
+
+    def on_sigterm(self, signum, frame):
         if self.ide_pid is None:
+            self.stopping.set()
             raise SystemExit(0)  # nothing has started yet: nothing to save
-        threading.Thread(target=self.stop_ide, daemon=True).start()
+        self.stop()
 
     def tear_down(self):
         """Remove everything the session had on this host: container, helpers, mounts, layer. Idempotent."""

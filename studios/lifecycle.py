@@ -41,7 +41,7 @@ class ActionRefused(Exception):
 
 # A task working on a start or a stop claims its session at least this often (``claim``): a claim older than
 # this means no task works on it any more, and the reconcile queues the work again.
-TASK_STALE_SECONDS = 60
+TASK_STALE_SECONDS = 30
 
 # The first start-up step; the session agent reports the ones after it as it gets to them.
 FIRST_STEP = {"name": protocol.PROVISIONING, "state": "in-progress", "message": ""}
@@ -246,7 +246,9 @@ def session_progress(token, steps):
         if session is None or session.studio.status != StudioStatus.STARTING:
             return False
         session.steps = steps
-        session.save(update_fields=["steps"])
+        # A supervisor that reports exists: launched, even when the worker that launched it died before saying so.
+        session.launched = True
+        session.save(update_fields=["steps", "launched"])
     return True
 
 
@@ -258,8 +260,8 @@ def session_ready(token, steps):
         if session is None or session.studio.status != StudioStatus.STARTING:
             return False
         session.steps = steps
-        session.ready = True
-        session.save(update_fields=["steps", "ready"])
+        session.ready = session.launched = True
+        session.save(update_fields=["steps", "ready", "launched"])
         _run_if_reachable(session)
         if not session.endpoint:
             session_id = session.pk

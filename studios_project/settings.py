@@ -121,6 +121,9 @@ if REDIS_URL:
         }
     }
     CELERY_BROKER_URL = REDIS_URL
+    # A task whose worker was killed goes back to the queue after this long (the reconcile re-queues the starts
+    # and stops no task works on well before that).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "filesystem://"
@@ -135,7 +138,12 @@ else:
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("STUDIOS_TASK_QUEUE", "studios")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# With the broker down, a request that queues a task gives up after about a second (its change stands: the
+# reconcile queues the task once the broker is back) rather than hanging.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 # Local sessions run in containers (runc or crun) when the host allows it ("auto"), or as plain
 # processes ("off"). Each start gets a fresh writable layer of this size.
 STUDIOS_LOCAL_ISOLATION = os.environ.get("STUDIOS_LOCAL_ISOLATION", "auto")
@@ -151,7 +159,7 @@ STUDIOS_CHECKPOINT_INTERVAL_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_INT
 STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_GC_GRACE_SECONDS", 60 * 60))
 
 CELERY_BEAT_SCHEDULE = {
-    "reconcile-sessions": {"task": "studios.tasks.reconcile_sessions", "schedule": 60.0},
+    "reconcile-sessions": {"task": "studios.tasks.reconcile_sessions", "schedule": 30.0},
     "checkpoint-sessions": {
         "task": "studios.tasks.checkpoint_running_sessions",
         "schedule": float(STUDIOS_CHECKPOINT_INTERVAL_SECONDS),

@@ -161,11 +161,15 @@ class LocalBackend(ComputeBackend):
             )  # fmt: skip
         return {**handle, "pid": process.pid, "started": _start_time(process.pid)}
 
-    def _alive(self, handle):
-        return bool(handle.get("pid")) and _running(handle["pid"], handle.get("started"))
+    def _supervisor(self, handle):
+        """The pid of the session's supervisor, or None once it has ended. One launched by a worker that died before
+        recording its pid is found by its session folder (its working directory)."""
+        if handle.get("pid") and _running(handle["pid"], handle.get("started")):
+            return handle["pid"]
+        return next((pid for pid, folder in _supervisors() if folder == handle.get("session_dir")), None)
 
     def poll(self, handle: dict) -> SessionState:
-        if self._alive(handle):
+        if self._supervisor(handle):
             return SessionState(alive=True)
         return SessionState(
             alive=False,
@@ -173,28 +177,26 @@ class LocalBackend(ComputeBackend):
         )
 
     def stop(self, handle: dict) -> None:
-        if self._alive(handle):
-            os.kill(handle["pid"], signal.SIGTERM)
+        if pid := self._supervisor(handle):
+            os.kill(pid, signal.SIGTERM)
 
     def terminate(self, handle: dict, timeout: float) -> None:
         """SIGTERM (the supervisor saves a final checkpoint and takes the session down), SIGKILL after
-        ``timeout``; then remove whatever is left, whatever state the session was in (a supervisor launched but
-        not recorded is found by its session folder), and check that nothing is."""
+        ``timeout``; then remove whatever is left, whatever state the session was in, and check that nothing is."""
         self.stop(handle)
         deadline = time.monotonic() + timeout
-        while self._alive(handle) and time.monotonic() < deadline:
+        while self._supervisor(handle) and time.monotonic() < deadline:
             time.sleep(0.1)
-        session_dir = handle.get("session_dir")
-        supervisors = {handle["pid"]} if self._alive(handle) else set()
-        supervisors |= {pid for pid, folder in _supervisors() if folder == session_dir}
-        for pid in supervisors:
+        deadline = time.monotonic() + 5
+        while (pid := self._supervisor(handle)) and time.monotonic() < deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             _reap(pid)
+            time.sleep(0.01)
         if handle.get("container"):
             sandbox.delete(handle["container"])
-        if session_dir:
-            self.remove_session_dir(Path(session_dir))
+        if handle.get("session_dir"):
+            self.remove_session_dir(Path(handle["session_dir"]))
         left = self.leftovers(handle)
         if left:
             raise BackendError(f"what is left of the session could not be removed: {', '.join(left)}")

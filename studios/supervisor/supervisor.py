@@ -287,7 +287,11 @@ class Supervisor:
             **ide.environ,
         }
         try:
-            self.ide_process = subprocess.Popen(ide.command, env=environ, cwd=home, stdin=subprocess.DEVNULL, start_new_session=True)
+            # A group of its own (terminals, kernels) to stop as one; it ends with the supervisor, however that ends.
+            self.ide_process = subprocess.Popen(
+                ide.command, env=environ, cwd=home, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=sandbox.die_with_parent,
+            )  # fmt: skip
         except OSError as error:
             raise SessionEnded(f"The IDE could not start: {error.strerror}.") from None
         self.ide_pid = self.ide_process.pid

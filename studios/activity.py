@@ -2,16 +2,21 @@
 
 The proxy reports every request a browser makes to a session and every WebSocket frame it sends. The proxy
 is a hot path, so each web process writes a studio's activity at most once every
-STUDIOS_ACTIVITY_WRITE_SECONDS: the time shown is that precise.
+STUDIOS_ACTIVITY_WRITE_SECONDS: the time shown is that precise. A write that fails (the database is down for a
+moment) is logged and skipped: it must never fail the request or close the member's WebSocket.
 """
 
+import logging
 import time
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import Error
 from django.utils import timezone
 
 from .models import Studio
+
+log = logging.getLogger(__name__)
 
 _written = {}  # studio id -> when this process last wrote its activity (monotonic seconds)
 
@@ -22,7 +27,10 @@ async def touch(studio_id, user):
     if last is not None and now - last < settings.STUDIOS_ACTIVITY_WRITE_SECONDS:
         return
     _written[studio_id] = now
-    await database_sync_to_async(_write)(studio_id, user)
+    try:
+        await database_sync_to_async(_write)(studio_id, user)
+    except Error as error:
+        log.warning("last activity of studio %s not written: %s", studio_id, error)
 
 
 def _write(studio_id, user):

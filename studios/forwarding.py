@@ -80,6 +80,17 @@ async def forward_http(client, url, headers, scope, receive, send):
     return True
 
 
+async def refuse_websocket(scope, send, status, message):
+    """Answer a WebSocket handshake with an HTTP error, through the ASGI "websocket.http.response" extension
+    (uvicorn has it). Without it the only refusal is a close, which a browser sees as 403 whatever the cause."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close"})
+        return
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": message.encode()})
+
+
 async def relay_websocket(connect, headers, origin, scope, receive, send, opened=None, received=None):
     """Open the upstream WebSocket, accept the client's, and relay frames both ways until either side ends.
 
@@ -87,7 +98,7 @@ async def relay_websocket(connect, headers, origin, scope, receive, send, opened
     ``headers`` are the client's to pass on: the handshake's own (Host, Origin, Sec-WebSocket-*) are the
     websockets client's to write, and Origin is ``origin``, the upstream's own address (the client's was
     checked before). ``opened`` is awaited once both sides are open, ``received`` for every frame the client
-    sends. Returns False, having refused the client, when the upstream cannot be opened.
+    sends. Returns False, having refused the client with a 502, when the upstream cannot be opened.
     """
     await receive()  # websocket.connect
     headers = [
@@ -102,7 +113,7 @@ async def relay_websocket(connect, headers, origin, scope, receive, send, opened
             user_agent_header=None,
         )
     except (OSError, websockets.WebSocketException):
-        await send({"type": "websocket.close"})
+        await refuse_websocket(scope, send, 502, "The session did not answer; it may be stopping or restarting.")
         return False
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
 

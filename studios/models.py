@@ -350,10 +350,15 @@ class ActiveMount(models.Model):
 
 
 class WebProcess(models.Model):
-    """A web process serving the proxy. Its heartbeat vouches for the session connections it holds."""
+    """A web process serving the proxy. Its heartbeat vouches for the session connections it holds.
+
+    ``beating_since`` starts its current run of beats without a break: how long the database has been reachable,
+    as this process saw it (``presence.forget_dead_processes`` judges no one dead before that is long enough).
+    """
 
     id = models.CharField(max_length=100, primary_key=True)
     heartbeat = models.DateTimeField()
+    beating_since = models.DateTimeField(default=timezone.now)
 
     def __str__(self):
         return self.id
@@ -362,8 +367,9 @@ class WebProcess(models.Model):
 class SessionConnection(models.Model):
     """One WebSocket a member's browser holds open to a running session, through the proxy.
 
-    Written only when the WebSocket opens and closes. ``web_process`` names the process holding it: when that
-    process dies without closing its connections, its heartbeat goes stale and the rows are forgotten.
+    Written when the WebSocket opens and closes, and again by the heartbeat of ``web_process``, the process holding
+    it, when a write failed. When that process dies without closing its connections, its heartbeat goes stale and
+    the rows are forgotten.
     """
 
     studio = models.ForeignKey(Studio, on_delete=models.CASCADE, related_name="connections")

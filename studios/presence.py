@@ -1,13 +1,17 @@
 """Presence: which members are connected to which studio, derived from the proxy's open WebSockets.
 
-The proxy records each WebSocket it relays when it opens and forgets it when it closes, never per HTTP
-request (the proxy is a hot path). Whenever the set of members connected to a studio changes, the studio's
-avatar fragment is pushed to every page of its workspace that listens (``consumers.PresenceConsumer``).
+The proxy tells this module when each WebSocket it relays opens and closes, never per HTTP request (the proxy is
+a hot path). Whenever the set of members connected to a studio changes, the studio's avatar fragment is pushed to
+every page of its workspace that listens (``consumers.PresenceConsumer``).
 
-A web process that dies cannot close its connections. So each web process keeps a heartbeat while it serves
-WebSockets, and the connections of a process whose heartbeat is stale are forgotten: by the heartbeat loop
-of every live web process, so that pages hear of it even on the in-memory channel layer (which does not reach
-the Celery worker), and by the reconcile task, so that the database is right when no web process runs.
+Each web process holds the connections it relays in memory (``_held``): that is the truth, and the database rows
+(``SessionConnection``) are its record. A write can fail (the database is down for a moment), and so can an
+announcement (Redis is); neither may break the member's WebSocket. So each web process keeps a heartbeat that
+writes the record again from what it holds: rows it holds but could not write are created, rows it no longer
+holds but could not delete are deleted. A web process that dies cannot close its connections: the connections of
+a process whose heartbeat is stale (and not only because the database was down, see ``forget_dead_processes``)
+are forgotten, by the heartbeat of every live web process (so that pages hear of it even on the in-memory channel
+layer, which does not reach the Celery worker) and by the reconcile task.
 """
 
 import asyncio
@@ -15,13 +19,17 @@ import logging
 import os
 import secrets
 import socket
-from datetime import timedelta
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, F, Value, When
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -31,6 +39,25 @@ log = logging.getLogger(__name__)
 
 # This web process, as its connections and heartbeat name it; unique across restarts.
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, eq=False)
+class HeldConnection:
+    """A proxied WebSocket this process holds open; its row is the one with the same studio, member and time."""
+
+    studio_id: int
+    user_id: int
+    opened: datetime
+
+
+# Changed on the event loop, read by the threads that write the record.
+_held = set()
+_held_lock = threading.Lock()
+
+
+def _held_connections():
+    with _held_lock:
+        return list(_held)
 
 
 def workspace_group(workspace_id):
@@ -43,37 +70,62 @@ def _lock_studio(studio_id):
     return Studio.objects.select_for_update().filter(pk=studio_id).values_list("pk", flat=True).first()
 
 
-def _record_open(user, studio_id):
-    """The new connection's id, and whether it is the member's first connection to the studio."""
+def _settle(studio_id):
+    """Make this process's rows of one studio match the connections it holds; whether the studio's connected
+    members changed.
+
+    Callers change ``_held`` first and settle after, and the held connections are read under the studio's lock:
+    so the last of two settles racing (an open, a close, the heartbeat) writes the newest truth.
+    """
     with transaction.atomic():
         if _lock_studio(studio_id) is None:
-            return None, False  # deleted since the proxy let the socket through
-        first = not SessionConnection.objects.filter(studio_id=studio_id, user=user).exists()
-        connection = SessionConnection.objects.create(studio_id=studio_id, user=user, web_process=PROCESS_ID)
-    return connection.pk, first
+            return False  # deleted, and its connections with it
+        connections = SessionConnection.objects.filter(studio_id=studio_id)
+        rows = list(connections.values_list("pk", "user_id", "opened", "web_process"))
+        missing = Counter((held.user_id, held.opened) for held in _held_connections() if held.studio_id == studio_id)
+        surplus = []
+        for pk, user_id, opened, web_process in rows:
+            if web_process != PROCESS_ID:
+                continue
+            if missing[user_id, opened]:
+                missing[user_id, opened] -= 1
+            else:
+                surplus.append(pk)
+        SessionConnection.objects.filter(pk__in=surplus).delete()
+        SessionConnection.objects.bulk_create(
+            SessionConnection(studio_id=studio_id, user_id=user_id, opened=opened, web_process=PROCESS_ID)
+            for user_id, opened in missing.elements()
+        )
+    before = {user_id for _, user_id, _, _ in rows}
+    after = {user_id for pk, user_id, _, _ in rows if pk not in surplus} | {user_id for user_id, _ in +missing}
+    return before != after
 
 
-def _record_close(connection_id, studio_id, user):
-    """Whether the closed connection was the member's last one to the studio."""
-    with transaction.atomic():
-        if _lock_studio(studio_id) is None:
-            return False  # the studio was deleted, and its connections with it
-        deleted, _ = SessionConnection.objects.filter(pk=connection_id).delete()
-        return bool(deleted) and not SessionConnection.objects.filter(studio_id=studio_id, user=user).exists()
+async def _settle_and_announce(studio_id):
+    """A failure is logged, never raised: it must not break the member's WebSocket, and the heartbeat repairs
+    the record (pages that missed an announcement get the current avatars when they reconnect)."""
+    try:
+        if await database_sync_to_async(_settle)(studio_id):
+            await announce([studio_id])
+    except Exception:
+        log.exception("presence of studio %s not recorded or not announced; the heartbeat repairs it", studio_id)
 
 
 async def connection_opened(user, studio_id):
-    """Record a proxied WebSocket that just opened; its connection id, for ``connection_closed``."""
+    """Hold a proxied WebSocket that just opened; what to pass to ``connection_closed``."""
     keep_heartbeat()
-    connection_id, first = await database_sync_to_async(_record_open)(user, studio_id)
-    if first:
-        await announce([studio_id])
-    return connection_id
+    connection = HeldConnection(studio_id, user.pk, timezone.now())
+    with _held_lock:
+        _held.add(connection)
+    await _settle_and_announce(studio_id)
+    return connection
 
 
-async def connection_closed(connection_id, studio_id, user):
-    if await database_sync_to_async(_record_close)(connection_id, studio_id, user):
-        await announce([studio_id])
+async def connection_closed(connection):
+    """Let go of a connection that ``connection_opened`` returned."""
+    with _held_lock:
+        _held.discard(connection)
+    await _settle_and_announce(connection.studio_id)
 
 
 def avatar_fragments(studios):
@@ -104,9 +156,28 @@ async def announce(studio_ids):
         await _send(await database_sync_to_async(_announcements)(studio_ids))
 
 
+def _repair_record():
+    """Settle every studio whose rows of this process differ from what it holds; the ids of those whose
+    connected members changed."""
+    held = Counter((held.studio_id, held.user_id, held.opened) for held in _held_connections())
+    rows = SessionConnection.objects.filter(web_process=PROCESS_ID).values_list("studio_id", "user_id", "opened")
+    written = Counter(rows)
+    differing = {studio_id for studio_id, _, _ in (held - written) | (written - held)}
+    return {studio_id for studio_id in differing if _settle(studio_id)}
+
+
 def forget_dead_processes():
-    """Delete the connections of web processes whose heartbeat is stale; the ids of the studios they were on."""
+    """Delete the connections of web processes whose heartbeat is stale; the ids of the studios they were on.
+
+    While the database is unreachable nobody's heartbeat is written, so every heartbeat goes stale at once: the
+    first to look once the database is back would judge live processes dead. So a stale heartbeat is judged only
+    once the database has been reachable for the whole threshold, which is when some web process has beaten
+    without a break for that long (``WebProcess.beating_since``): by then every live process has beaten too.
+    When no web process has, nothing is forgotten; a live one that starts judges after its first threshold.
+    """
     limit = timezone.now() - timedelta(seconds=3 * settings.STUDIOS_HEARTBEAT_SECONDS)
+    if not WebProcess.objects.filter(heartbeat__gte=limit, beating_since__lte=limit).exists():
+        return set()
     alive = WebProcess.objects.filter(heartbeat__gte=limit).values("id")
     # A connection younger than the limit may come from a process whose first heartbeat is not written yet.
     ghosts = SessionConnection.objects.filter(opened__lt=limit).exclude(web_process__in=alive)
@@ -123,18 +194,25 @@ def forget_dead_processes_and_announce():
 
 
 def _beat():
-    WebProcess.objects.update_or_create(id=PROCESS_ID, defaults={"heartbeat": timezone.now()})
+    """Write this process's heartbeat; its unbroken run of beats starts again after a break of two beats (the
+    database, or this process, was away)."""
+    now = timezone.now()
+    broken = now - timedelta(seconds=2 * settings.STUDIOS_HEARTBEAT_SECONDS)
+    since = Case(When(heartbeat__lt=broken, then=Value(now)), default=F("beating_since"))
+    if not WebProcess.objects.filter(id=PROCESS_ID).update(heartbeat=now, beating_since=since):
+        WebProcess.objects.create(id=PROCESS_ID, heartbeat=now, beating_since=now)
 
 
 async def _beat_forever():
     # Not thread-sensitive: a slow page holding Django's one sync thread must not make this process look dead.
     beat = database_sync_to_async(_beat, thread_sensitive=False)
+    repair = database_sync_to_async(_repair_record, thread_sensitive=False)
     forget = database_sync_to_async(forget_dead_processes, thread_sensitive=False)
     while True:
         try:
             await beat()
-            await announce(await forget())
-        except Exception:  # a database restart must not stop the heartbeat for good
+            await announce(await repair() | await forget())
+        except Exception:  # an outage of the database or the broker must not stop the heartbeat for good
             log.exception("presence heartbeat failed; retrying")
         await asyncio.sleep(settings.STUDIOS_HEARTBEAT_SECONDS)
 

@@ -128,12 +128,12 @@ class SessionWebSocketProxy:
         url = access.endpoint.replace("http", "ws", 1) + forwarding.target(scope)
         # The browser's Origin was checked against ALLOWED_HOSTS before this application ran.
         headers = upstream_headers(scope, access.token)
-        connection_id = None
+        connection = None
 
         async def opened():
-            nonlocal connection_id
+            nonlocal connection
             log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
-            connection_id = await presence.connection_opened(user, access.studio.pk)
+            connection = await presence.connection_opened(user, access.studio.pk)
             await activity.touch(access.studio.pk, user)
 
         try:
@@ -144,6 +144,6 @@ class SessionWebSocketProxy:
             if not relayed:
                 log.warning("proxy: websocket to studio %s failed", studio_id)
         finally:
-            if connection_id is not None:
+            if connection is not None:
                 log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
-                await presence.connection_closed(connection_id, studio_id, user)
+                await presence.connection_closed(connection)

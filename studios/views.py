@@ -3,16 +3,20 @@
 import json
 import logging
 import shlex
+import sys
 from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import InterfaceError, OperationalError
 from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template import loader
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from checkpoints import records
 
@@ -32,6 +36,24 @@ SEARCH_KEYS = {
     "computeenvname": "compute_environment__name",
     "status": "status",
 }
+
+
+# The services a page needs, by the errors that say they cannot be reached.
+OUTAGES = {"database": (OperationalError, InterfaceError), "task queue": (BrokerUnreachable,)}
+
+
+def server_error(request):
+    """Django's handler500 (it has logged the error with its traceback): 503 with a sentence when the database
+    or the task queue cannot be reached, else the 500 page.
+
+    The failure may be the database itself, so the page is rendered from its template alone: no request, so no
+    context processor, no user and no query."""
+    error = sys.exc_info()[1]
+    for service, errors in OUTAGES.items():
+        if isinstance(error, errors):
+            message = f"The platform's {service} is unreachable; nothing was changed. Try again in a minute."
+            return HttpResponse(loader.render_to_string("503.html", {"message": message}), status=503)
+    return HttpResponse(loader.render_to_string("500.html"), status=500)
 
 
 def refused(request, error, status=403):

@@ -200,5 +200,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"studios": {"handlers": ["console"], "level": os.environ.get("STUDIOS_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "studios": {"handlers": ["console"], "level": os.environ.get("STUDIOS_LOG_LEVEL", "INFO")},
+        # Every 5xx with its traceback (Django's own handlers print it only with DEBUG, or mail it to ADMINS).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }

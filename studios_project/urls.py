@@ -7,3 +7,5 @@ urlpatterns = [
     path("", include("studios.urls")),
     path("", include("checkpoints.urls")),
 ]
+
+handler500 = "studios.views.server_error"

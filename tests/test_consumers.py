@@ -67,10 +67,10 @@ def test_pages_hear_each_member_arrive_once_and_leave(studios, workspace, member
         arrived = whole_list.recv(timeout=2)
         assert f'id="avatars-{first.pk}"' in arrived and "connect, connected since" in arrived
         two = opened(mia, first.pk)  # a second tab: nothing changes for the pages
-        closed(one, first.pk, mia)  # one tab still open: nothing changes either
+        closed(one)  # one tab still open: nothing changes either
         with pytest.raises(TimeoutError):
             whole_list.recv(timeout=0.5)
-        closed(two, first.pk, mia)
+        closed(two)
         left = whole_list.recv(timeout=2)
         assert f'id="avatars-{first.pk}"' in left and "connected since" not in left
         # The detail page of the other studio heard nothing of this one.

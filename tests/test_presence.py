@@ -98,8 +98,8 @@ def ghost_and_live(workspace):
     """A studio with one member connected through a live web process and another through a dead one."""
     studio = make_studio(workspace, name="after-restart", status=StudioStatus.RUNNING)
     long_ago = timezone.now() - timedelta(minutes=5)
-    WebProcess.objects.create(id="dead", heartbeat=long_ago)
-    WebProcess.objects.create(id="alive", heartbeat=timezone.now())
+    WebProcess.objects.create(id="dead", heartbeat=long_ago, beating_since=long_ago)
+    WebProcess.objects.create(id="alive", heartbeat=timezone.now(), beating_since=long_ago)
     for username, web_process in (("ghost", "dead"), ("gina", "alive")):
         user = make_member(workspace, Role.CONNECT, username=username)
         SessionConnection.objects.create(studio=studio, user=user, opened=long_ago, web_process=web_process)
@@ -120,6 +120,31 @@ def test_connections_of_a_dead_web_process_are_forgotten_and_pages_are_told(ghos
     assert "gina, connected since" in pushed["html"] and "ghost" not in pushed["html"]
     client.force_login(workspace.memberships.get(user__username="gina").user)
     assert "ghost, connected since" not in client.get(workspace.get_absolute_url()).content.decode()
+
+
+def test_after_an_outage_no_process_is_judged_dead_before_one_has_beaten_for_three_beats(ghost_and_live, settings):
+    """While the database was down nobody's heartbeat was written: "alive" is back first, the dead one may be
+    live and about to beat."""
+    WebProcess.objects.filter(id="alive").update(beating_since=timezone.now())
+    presence.forget_dead_processes()
+    assert connected(ghost_and_live) == ["ghost", "gina"]
+    three_beats_ago = timezone.now() - timedelta(seconds=3 * settings.STUDIOS_HEARTBEAT_SECONDS + 1)
+    WebProcess.objects.filter(id="alive").update(beating_since=three_beats_ago)
+    presence.forget_dead_processes()
+    assert connected(ghost_and_live) == ["gina"]
+
+
+def test_the_heartbeat_writes_again_what_its_process_holds(websocket_session, workspace, settings):
+    """An open or a close whose write failed (the database was down) is repaired by the next heartbeat."""
+    settings.STUDIOS_HEARTBEAT_SECONDS = 1
+    studio, open_socket = websocket_session
+    with open_socket(make_member(workspace, Role.CONNECT, username="mia")):
+        wait_until(lambda: connected(studio) == ["mia"])
+        SessionConnection.objects.filter(studio=studio).delete()  # as if its open had not been written
+        wait_until(lambda: connected(studio) == ["mia"])
+        olaf = make_member(workspace, Role.CONNECT, username="olaf")
+        SessionConnection.objects.create(studio=studio, user=olaf, web_process=presence.PROCESS_ID)  # a lost close
+        wait_until(lambda: connected(studio) == ["mia"])
 
 
 def test_a_connection_opened_just_now_is_kept_before_its_process_first_beats(workspace):

@@ -8,6 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+import websockets
+from websockets.sync.client import connect
 
 from studios import lifecycle
 from studios.models import Role, Studio, StudioStatus
@@ -132,6 +134,17 @@ def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):
     response = http.get(f"{studio.connect_path}lab")
     assert response.status_code == 502
     assert "did not answer" in response.text
+
+
+def test_a_websocket_to_an_unreachable_session_is_refused_with_502_not_403(live_platform, workspace):
+    """A browser shows a refused handshake only by its status: 403 would read as a permission problem."""
+    studio = make_running(make_studio(workspace, name="gone"))
+    cookie = f"sessionid={live_platform.session_cookie(make_member(workspace, Role.CONNECT))}"
+    url = live_platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/k/channels"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        connect(url, additional_headers={"Cookie": cookie}, origin=live_platform.url)
+    assert refused.value.response.status_code == 502
+    assert b"The session did not answer" in refused.value.response.body
 
 
 def test_a_stopped_studios_link_tells_its_status_and_offers_start_to_maintainers(live_platform, workspace):

@@ -16,7 +16,6 @@ import stat
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,25 +28,13 @@ from studios.models import Role, StudioStatus
 
 from ..conftest import end_sessions_left_running
 from ..factories import make_member, make_studio, make_workspace
+from ..live import wait_until
 from ..test_isolation import run, started
 from ..test_sessions import Browser, wait_for_status
 
 requires_isolation = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
 NOBODY = 65534
-
-
-def wait_until(predicate, timeout, what, interval=0.1):
-    """Call ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass (the test fails
-    saying ``what`` it waited for)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(interval)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from checkpoints.models import Checkpoint
 
+from ..live import wait_until
 from .conftest import (
     effective_uid_as_nobody,
     mounts_under,
@@ -24,7 +25,6 @@ from .conftest import (
     setuid_files_exposed,
     supervisor,
     start,
-    wait_until,
 )
 
 pytestmark = requires_isolation

@@ -16,7 +16,6 @@ from django.template import loader
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
-from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from checkpoints import records
 
@@ -38,21 +37,20 @@ SEARCH_KEYS = {
 }
 
 
-# The services a page needs, by the errors that say they cannot be reached.
-OUTAGES = {"database": (OperationalError, InterfaceError), "task queue": (BrokerUnreachable,)}
+# What says the database cannot be reached.
+DATABASE_OUTAGES = (OperationalError, InterfaceError)
 
 
 def server_error(request):
     """Django's handler500 (it has logged the error with its traceback): 503 with a sentence when the database
-    or the task queue cannot be reached, else the 500 page.
+    cannot be reached, else the 500 page. (A broker outage fails no request: ``lifecycle`` queues its tasks after
+    the commit and the reconcile queues them again.)
 
     The failure may be the database itself, so the page is rendered from its template alone: no request, so no
     context processor, no user and no query."""
-    error = sys.exc_info()[1]
-    for service, errors in OUTAGES.items():
-        if isinstance(error, errors):
-            message = f"The platform's {service} is unreachable; nothing was changed. Try again in a minute."
-            return HttpResponse(loader.render_to_string("503.html", {"message": message}), status=503)
+    if isinstance(sys.exc_info()[1], DATABASE_OUTAGES):
+        message = "The platform's database is unreachable; nothing was changed. Try again in a minute."
+        return HttpResponse(loader.render_to_string("503.html", {"message": message}), status=503)
     return HttpResponse(loader.render_to_string("500.html"), status=500)
 
 

@@ -41,7 +41,7 @@ class ActionRefused(Exception):
 
 # A task working on a start or a stop claims its session at least this often (``claim``): a claim older than
 # this means no task works on it any more, and the reconcile queues the work again.
-TASK_STALE_SECONDS = 30
+TASK_STALE_SECONDS = 20
 
 # The first start-up step; the session agent reports the ones after it as it gets to them.
 FIRST_STEP = {"name": protocol.PROVISIONING, "state": "in-progress", "message": ""}

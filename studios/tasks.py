@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # How long a session that reported its own end gets to finish taking itself down before it is killed.
 REAP_GRACE_SECONDS = 10
 # A stop waits for its session in rounds this long, each a task of its own; it looks every STOP_POLL_SECONDS.
-STOP_ROUND_SECONDS = 20
+STOP_ROUND_SECONDS = 10
 STOP_POLL_SECONDS = 1
 
 

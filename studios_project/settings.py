@@ -159,7 +159,7 @@ STUDIOS_CHECKPOINT_INTERVAL_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_INT
 STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = int(os.environ.get("STUDIOS_CHECKPOINT_GC_GRACE_SECONDS", 60 * 60))
 
 CELERY_BEAT_SCHEDULE = {
-    "reconcile-sessions": {"task": "studios.tasks.reconcile_sessions", "schedule": 30.0},
+    "reconcile-sessions": {"task": "studios.tasks.reconcile_sessions", "schedule": 20.0},
     "checkpoint-sessions": {
         "task": "studios.tasks.checkpoint_running_sessions",
         "schedule": float(STUDIOS_CHECKPOINT_INTERVAL_SECONDS),

@@ -13,8 +13,8 @@ django.setup()
 from django.db import connection  # noqa: E402  (needs Django set up)
 from django.test import Client  # noqa: E402
 
-from studios import presence  # noqa: E402
-from studios.models import Role  # noqa: E402
+from studios import lifecycle, presence, tasks  # noqa: E402
+from studios.models import Role, Studio  # noqa: E402
 from tests.factories import make_member, make_running, make_studio, make_workspace  # noqa: E402
 
 
@@ -35,12 +35,54 @@ def studio(endpoint):
     }
 
 
+def local_studio(work_dir):
+    """A stopped JupyterLab studio on the local compute environment (its checkpoints in ``work_dir``), in a
+    workspace of its own, and a member with the maintain role who starts and stops it."""
+    workspace = make_workspace(work_dir=work_dir)
+    maintainer = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(workspace, author=maintainer, cpus=1, memory_mb=1024)
+    browser = Client()
+    browser.force_login(maintainer)
+    return {"id": studio.pk, "connect_path": studio.connect_path, "cookie": browser.cookies["sessionid"].value}
+
+
+def act(action, studio_id):
+    """Start or stop a studio as its author does, through the lifecycle (its tasks go to the broker)."""
+    studio = Studio.objects.get(pk=studio_id)
+    getattr(lifecycle, f"{action}_studio")(studio.author, studio)
+    return state(studio_id)
+
+
+def state(studio_id):
+    """The studio's status and reason, and what the platform knows of its latest session."""
+    studio = Studio.objects.select_related("session__checkpoint").get(pk=studio_id)
+    session = studio.session
+    return {
+        "status": studio.status,
+        "reason": studio.status_reason,
+        "session": session and {
+            "id": session.pk, "handle": session.handle, "launched": session.launched, "ended": bool(session.ended),
+            "steps": session.steps, "checkpoint_error": session.checkpoint_error,
+            "checkpoint": session.checkpoint and session.checkpoint.state,
+        },
+    }  # fmt: skip
+
+
 def forget():
     """What the reconcile task does for presence: the studios whose connections were forgotten."""
     return sorted(presence.forget_dead_processes())
 
 
-COMMANDS = {"studio": studio, "forget": forget}
+def checkpoint(session_id):
+    """What the beat's five-minute tick does for one running session: ask its supervisor for a checkpoint."""
+    tasks.checkpoint_session(session_id)
+    return state(Studio.objects.get(session=session_id).pk)
+
+
+COMMANDS = {
+    "studio": studio, "forget": forget, "local_studio": local_studio, "act": act, "state": state,
+    "checkpoint": checkpoint,
+}  # fmt: skip
 
 if __name__ == "__main__":
     for line in sys.stdin:

@@ -1,0 +1,34 @@
+"""A worker killed in the middle of a launch, at an exact point: this process runs the real launch task and dies
+by SIGKILL, as a worker killed by the kernel or an operator does, at the point named on its command line:
+
+- ``before-launch``: the session's plan (what it will create) is recorded, nothing is created yet;
+- ``before-recorded``: the supervisor is started, and the task has not recorded that it was.
+
+Usage: python -m tests.faults.killed_launch SESSION_ID POINT
+"""
+
+import os
+import signal
+import sys
+
+import django
+
+django.setup()
+
+from studios import lifecycle, tasks  # noqa: E402  (needs Django set up)
+from studios.backends.local import LocalBackend  # noqa: E402
+
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    session_id, point = int(sys.argv[1]), sys.argv[2]
+    if point == "before-launch":
+        LocalBackend.launch = die
+    else:
+        record = lifecycle.record_launch
+        lifecycle.record_launch = lambda session, handle, launched=False: (die if launched else record)(session, handle)
+    tasks.launch_session(session_id)
+    sys.exit("the launch finished: it was meant to be killed")

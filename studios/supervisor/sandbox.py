@@ -168,7 +168,7 @@ def mount_s3(uri, mount_point, writable, log_file):
     while not os.path.ismount(mount_point):
         if rclone.poll() is not None or time.monotonic() > deadline:
             rclone.kill()
-            raise OSError(f"rclone could not mount {uri}; see the session log")
+            raise OSError(f"rclone could not mount {uri}: check that it exists and that this host may read it")
         time.sleep(0.05)
     return rclone
 
@@ -284,7 +284,7 @@ def connect_network(pid, log_file):
     with os.fdopen(ready, "rb") as signal_file:
         if signal_file.read(1) != b"1":
             slirp.kill()
-            raise OSError("slirp4netns could not connect the session's network; see the session log")
+            raise OSError("slirp4netns could not connect the session's network")
     # slirp4netns connects from the host's own network, where a cloud's instance metadata service answers with the
     # host's credentials: link-local addresses are unreachable from the session (which cannot change its routes).
     subprocess.run(

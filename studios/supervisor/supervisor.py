@@ -102,8 +102,19 @@ def checkpoint_failure(error):
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return "the checkpoint store is full (no space left on its disk)"
     if isinstance(error, OSError) and error.strerror:
-        return f"the checkpoint could not be written ({error.strerror})"
-    return f"the checkpoint store cannot be reached ({type(error).__name__})"
+        return f"the checkpoint could not be written ({describe(error)})"
+    return f"the checkpoint store cannot be reached ({describe(error)})"
+
+
+def describe(error):
+    """An error in words for a studio's page: what failed, never the host's paths or command lines."""
+    if isinstance(error, subprocess.CalledProcessError):
+        return f"{Path(error.cmd[0]).name} {error.cmd[1]} failed with code {error.returncode}"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, OSError):
+        return str(error)  # raised here, with words of ours
+    return type(error).__name__
 
 
 def free_port(host="127.0.0.1"):
@@ -221,7 +232,7 @@ class Supervisor:
             ) from None
         except OSError as error:
             raise SessionEnded(
-                f"Checkpoint {name} could not be read from the work directory ({error.strerror or error}). "
+                f"Checkpoint {name} could not be read from the work directory ({describe(error)}). "
                 "Start the studio again."
             ) from None
         files = sum(1 for entry in self.manifest["entries"] if entry["type"] == "file")
@@ -237,7 +248,7 @@ class Supervisor:
                 try:
                     self.helpers.append(sandbox.mount_s3(mount.uri, self.layout.data / mount.name, mount.writable, sys.stderr))
                 except OSError as error:
-                    raise SessionEnded(f"Dataset {mount.name} could not be mounted: {error}.") from None
+                    raise SessionEnded(f"Dataset {mount.name} could not be mounted: {describe(error)}.") from None
                 sources[mount.name] = self.layout.data / mount.name
             elif not os.path.isdir(mount.uri):
                 raise SessionEnded(f"The folder of dataset {mount.name} does not exist on this machine.")
@@ -271,7 +282,7 @@ class Supervisor:
             self.helpers.append(sandbox.connect_network(self.ide_pid, sys.stderr))
             sandbox.start(self.config.container_id, sys.stderr)
         except (OSError, subprocess.CalledProcessError) as error:
-            raise SessionEnded(f"The session's container could not start: {error}. Start the studio again.") from None
+            raise SessionEnded(f"The session's container could not start ({describe(error)}). Start the studio again.") from None
         return network_fd
 
     def start_process(self, ide):
@@ -293,7 +304,7 @@ class Supervisor:
                 preexec_fn=sandbox.die_with_parent,
             )  # fmt: skip
         except OSError as error:
-            raise SessionEnded(f"The IDE could not start: {error.strerror}.") from None
+            raise SessionEnded(f"The IDE could not start ({describe(error)}).") from None
         self.ide_pid = self.ide_process.pid
         return None
 
@@ -480,7 +491,9 @@ def main():
     except Exception as error:
         if not isinstance(error, SessionEnded):
             log.exception("the session failed")
-            error = SessionEnded(f"The session failed on its host ({error}). Start the studio again; its last checkpoint is kept.")
+            error = SessionEnded(
+                f"The session failed on its host ({describe(error)}). Start the studio again; its last checkpoint is kept."
+            )
         log.error("%s", error)
         for step in supervisor.steps:
             if step["state"] == "in-progress":

@@ -64,6 +64,7 @@ def state(studio_id):
             "id": session.pk, "handle": session.handle, "launched": session.launched, "ended": bool(session.ended),
             "steps": session.steps, "checkpoint_error": session.checkpoint_error,
             "checkpoint": session.checkpoint and session.checkpoint.state,
+            "manifest": session.checkpoint and session.checkpoint.manifest_key,
         },
     }  # fmt: skip
 

@@ -280,3 +280,20 @@ def test_a_full_checkpoint_store_shows_on_the_status_panel_until_a_checkpoint_su
     finally:
         subprocess.run(["umount", "-l", str(store)], check=False)
     assert world.leftovers() == []
+
+
+def test_a_checkpoint_saved_while_the_platforms_database_is_down_is_recorded_once_it_is_back(world, postgres):
+    world.worker.start()
+    session = world.started()
+    wait_until(lambda: world.state()["session"]["manifest"], 30, "the first checkpoint to be recorded")
+    first = world.state()["session"]["manifest"]
+    postgres.refuse_tcp()  # the platform cannot reach its database (the tests' helper still can)
+    try:
+        assert world.platform_side.ask("checkpoint", session["id"])["session"]["manifest"] == first
+    finally:
+        postgres.refuse_tcp(False)
+    recorded = wait_until(lambda: world.state()["session"]["manifest"] != first, 30, "the checkpoint to be recorded")
+    assert recorded
+    world.act("stop")
+    world.wait_for("stopped", CONVERGE_SECONDS)
+    assert world.leftovers() == []

@@ -10,6 +10,11 @@ the snapshots use): archive, and extract. Prints medians.
 BASELINE, a checkout of this repository (e.g. a git worktree of main), adds a column: its
 ``checkpoints/snapshot.py`` measured in the same runs, interleaved, on the same layer, so a
 change is compared under the same load.
+
+Nothing is deleted until the end (a few GB in TMPDIR): ext4 without a journal, as on the
+development VM, does not reuse an inode for a minute after it is deleted (six while its inode
+table block is dirty), and creating tens of thousands of files next to as many just deleted
+took 20 s instead of 2, in the kernel's search for a free inode, whatever wrote them.
 Usage: .venv/bin/python bench/checkpoint_bench.py [RUNS] [LAYER_MB] [BASELINE]
 """
 
@@ -61,6 +66,8 @@ def prepare_layer(root):
 
 
 def timed(function):
+    """Seconds ``function`` takes, and its result; what earlier steps left to write back is written first."""
+    os.sync()
     began = time.perf_counter()
     result = function()
     return time.perf_counter() - began, result
@@ -75,9 +82,9 @@ def untar_zstd(archive, target):
     subprocess.run(f"zstd -dcq {archive} | tar -xf - -C {target}", shell=True, check=True)
 
 
-def measure(module, layer, work, rows):
+def measure(module, layer, scratch, rows):
     """One run of ``module``'s snapshots on a fresh store: first checkpoint, second after a 1 MiB change, restore."""
-    store = LocalStore(work / "store")
+    store = LocalStore(scratch / "store")
     seconds, first = timed(lambda: module.take(layer, store))
     rows["first"].append(seconds)
     rows["first_bytes"].append(first.stored_bytes)
@@ -87,25 +94,21 @@ def measure(module, layer, work, rows):
     seconds, second = timed(lambda: module.take(layer, store, previous=first.manifest))
     rows["second"].append(seconds)
     rows["second_bytes"].append(second.stored_bytes)
-    target = work / "restored"
+    target = scratch / "restored"
     target.mkdir()
     rows["restore"].append(timed(lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256))[0])
-    shutil.rmtree(target)
-    shutil.rmtree(work / "store")
 
 
-def measure_tar(layer, work, rows):
-    archive = work / "layer.tar.zst"
+def measure_tar(layer, scratch, rows):
+    archive = scratch / "layer.tar.zst"
     seconds, archived = timed(lambda: tar_zstd(layer, archive))
     rows["first"].append(seconds)
     rows["first_bytes"].append(archived)
     rows["second"].append(seconds)  # a tar holds everything again
     rows["second_bytes"].append(archived)
-    untarred = work / "untarred"
+    untarred = scratch / "untarred"
     untarred.mkdir()
     rows["restore"].append(timed(lambda: untar_zstd(archive, untarred))[0])
-    shutil.rmtree(untarred)
-    archive.unlink()
 
 
 def main():
@@ -113,19 +116,21 @@ def main():
     layer = work / "layer"
     size = prepare_layer(layer)
     files = sum(1 for f in layer.rglob("*") if f.is_file())
-    columns = {"snapshots": lambda rows: measure(snapshot, layer, work, rows)}
+    columns = {"snapshots": lambda scratch, rows: measure(snapshot, layer, scratch, rows)}
     if BASELINE:
         before = baseline_snapshot()
-        columns["before"] = lambda rows: measure(before, layer, work, rows)
-    columns["tar | zstd -3"] = lambda rows: measure_tar(layer, work, rows)
+        columns["before"] = lambda scratch, rows: measure(before, layer, scratch, rows)
+    columns["tar | zstd -3"] = lambda scratch, rows: measure_tar(layer, scratch, rows)
     rows = {column: {name: [] for name in ("first", "first_bytes", "second", "second_bytes", "restore")} for column in columns}
     for run in range(RUNS):
         order = list(columns) if run % 2 == 0 else list(reversed(columns))
-        for column in order:
-            columns[column](rows[column])
+        for number, column in enumerate(order):
+            scratch = work / f"run{run}-{number}"
+            scratch.mkdir()
+            columns[column](scratch, rows[column])
     mb = 2**20
     print(f"layer: {size / mb:.0f} MiB in {files} files; medians of {RUNS} runs, the columns interleaved")
-    print(f"{'':32}" + "".join(f"{column:>16}" for column in columns))
+    print(f"{'':32}" + "".join(f"{column:>20}" for column in columns))
     for name, label, scale, unit in (
         ("first", "first checkpoint, time", 1, "s"),
         ("first_bytes", "first checkpoint, stored", mb, "MiB"),
@@ -134,10 +139,10 @@ def main():
         ("restore", "restore, time", 1, "s"),
     ):
         medians = (f"{statistics.median(rows[column][name]) / scale:.2f} {unit}" for column in columns)
-        print(f"{label:32}" + "".join(f"{median:>16}" for median in medians))
+        print(f"{label:32}" + "".join(f"{median:>20}" for median in medians))
         if unit == "s":
             runs = (" ".join(f"{value:.2f}" for value in rows[column][name]) for column in columns)
-            print(f"{'  (runs)':32}" + "".join(f"{run:>16}" for run in runs))
+            print(f"{'  (runs)':32}" + "".join(f"{run:>20}" for run in runs))
     shutil.rmtree(work)
 
 

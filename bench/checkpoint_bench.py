@@ -4,21 +4,31 @@ Prepares a writable layer of realistic content (a copy of this Python environmen
 site-packages up to LAYER_MB, plus two 64 MiB binary files), then for RUNS runs, each on a
 fresh local store, measures: the first checkpoint (time, bytes stored), a second checkpoint
 after changing 1 MiB of a binary file, and a restore into an empty folder; and the same
-layer through tar + zstd (level 3, as the snapshots use): archive, and extract. Prints medians.
-Usage: .venv/bin/python bench/checkpoint_bench.py [RUNS] [LAYER_MB]
+layer through the real command line ``tar -c | zstd -3`` (Debian's tar and zstd, level 3 as
+the snapshots use): archive, and extract. Prints medians.
+
+BASELINE, a checkout of this repository (e.g. a git worktree of main), adds a column: its
+``checkpoints/snapshot.py`` measured in the same runs, interleaved, on the same layer, so a
+change is compared under the same load.
+
+Nothing is deleted until the end (a few GB in TMPDIR): ext4 without a journal, as on the
+development VM, does not reuse an inode for a minute after it is deleted (six while its inode
+table block is dirty), and creating tens of thousands of files next to as many just deleted
+took 20 s instead of 2, in the kernel's search for a free inode, whatever wrote them.
+Usage: .venv/bin/python bench/checkpoint_bench.py [RUNS] [LAYER_MB] [BASELINE]
 """
 
+import importlib
+import importlib.util
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import sysconfig
-import tarfile
 import tempfile
 import time
 from pathlib import Path
-
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,6 +37,16 @@ from checkpoints.store import LocalStore  # noqa: E402
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 LAYER_MB = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+BASELINE = Path(sys.argv[3]).resolve() if len(sys.argv) > 3 else None
+
+
+def baseline_snapshot():
+    """The baseline checkout's snapshot module, imported under another package name next to ours."""
+    package = BASELINE / "checkpoints"
+    spec = importlib.util.spec_from_file_location("baseline_checkpoints", package / "__init__.py", submodule_search_locations=[str(package)])
+    sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[spec.name])
+    return importlib.import_module("baseline_checkpoints.snapshot")
 
 
 def prepare_layer(root):
@@ -46,22 +66,49 @@ def prepare_layer(root):
 
 
 def timed(function):
+    """Seconds ``function`` takes, and its result; what earlier steps left to write back is written first."""
+    os.sync()
     began = time.perf_counter()
     result = function()
     return time.perf_counter() - began, result
 
 
 def tar_zstd(layer, archive):
-    with open(archive, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as compressed:
-        with tarfile.open(fileobj=compressed, mode="w|") as tar:
-            tar.add(layer, arcname=".")
+    subprocess.run(f"tar -cf - -C {layer} . | zstd -3 -q -o {archive}", shell=True, check=True)
     return archive.stat().st_size
 
 
 def untar_zstd(archive, target):
-    with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as decompressed:
-        with tarfile.open(fileobj=decompressed, mode="r|") as tar:
-            tar.extractall(target, filter="tar")
+    subprocess.run(f"zstd -dcq {archive} | tar -xf - -C {target}", shell=True, check=True)
+
+
+def measure(module, layer, scratch, rows):
+    """One run of ``module``'s snapshots on a fresh store: first checkpoint, second after a 1 MiB change, restore."""
+    store = LocalStore(scratch / "store")
+    seconds, first = timed(lambda: module.take(layer, store))
+    rows["first"].append(seconds)
+    rows["first_bytes"].append(first.stored_bytes)
+    with open(layer / "model.bin", "r+b") as binary:
+        binary.seek(20 * 2**20)
+        binary.write(os.urandom(2**20))
+    seconds, second = timed(lambda: module.take(layer, store, previous=first.manifest))
+    rows["second"].append(seconds)
+    rows["second_bytes"].append(second.stored_bytes)
+    target = scratch / "restored"
+    target.mkdir()
+    rows["restore"].append(timed(lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256))[0])
+
+
+def measure_tar(layer, scratch, rows):
+    archive = scratch / "layer.tar.zst"
+    seconds, archived = timed(lambda: tar_zstd(layer, archive))
+    rows["first"].append(seconds)
+    rows["first_bytes"].append(archived)
+    rows["second"].append(seconds)  # a tar holds everything again
+    rows["second_bytes"].append(archived)
+    untarred = scratch / "untarred"
+    untarred.mkdir()
+    rows["restore"].append(timed(lambda: untar_zstd(archive, untarred))[0])
 
 
 def main():
@@ -69,38 +116,33 @@ def main():
     layer = work / "layer"
     size = prepare_layer(layer)
     files = sum(1 for f in layer.rglob("*") if f.is_file())
-    rows = {name: [] for name in ("first", "first_bytes", "second", "second_bytes", "restore", "tar", "tar_bytes", "untar")}
+    columns = {"snapshots": lambda scratch, rows: measure(snapshot, layer, scratch, rows)}
+    if BASELINE:
+        before = baseline_snapshot()
+        columns["before"] = lambda scratch, rows: measure(before, layer, scratch, rows)
+    columns["tar | zstd -3"] = lambda scratch, rows: measure_tar(layer, scratch, rows)
+    rows = {column: {name: [] for name in ("first", "first_bytes", "second", "second_bytes", "restore")} for column in columns}
     for run in range(RUNS):
-        store = LocalStore(work / f"store-{run}")
-        seconds, first = timed(lambda: snapshot.take(layer, store))
-        rows["first"].append(seconds)
-        rows["first_bytes"].append(first.stored_bytes)
-        with open(layer / "model.bin", "r+b") as binary:
-            binary.seek(20 * 2**20)
-            binary.write(os.urandom(2**20))
-        seconds, second = timed(lambda: snapshot.take(layer, store, previous=first.manifest))
-        rows["second"].append(seconds)
-        rows["second_bytes"].append(second.stored_bytes)
-        target = work / f"restored-{run}"
-        target.mkdir()
-        rows["restore"].append(timed(lambda: snapshot.restore(target, store, second.manifest_key, second.manifest_sha256))[0])
-        seconds, archived = timed(lambda: tar_zstd(layer, work / f"layer-{run}.tar.zst"))
-        rows["tar"].append(seconds)
-        rows["tar_bytes"].append(archived)
-        untarred = work / f"untarred-{run}"
-        untarred.mkdir()
-        rows["untar"].append(timed(lambda: untar_zstd(work / f"layer-{run}.tar.zst", untarred))[0])
-        for leftover in (target, untarred, work / f"store-{run}", work / f"layer-{run}.tar.zst"):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
-    median = {name: statistics.median(values) for name, values in rows.items()}
+        order = list(columns) if run % 2 == 0 else list(reversed(columns))
+        for number, column in enumerate(order):
+            scratch = work / f"run{run}-{number}"
+            scratch.mkdir()
+            columns[column](scratch, rows[column])
     mb = 2**20
-    print(f"layer: {size / mb:.0f} MiB in {files} files; medians of {RUNS} runs")
-    print(f"{'':32}{'snapshots':>16}{'tar | zstd':>16}")
-    print(f"{'first checkpoint, time':32}{median['first']:>14.2f} s{median['tar']:>14.2f} s")
-    print(f"{'first checkpoint, stored':32}{median['first_bytes'] / mb:>12.1f} MiB{median['tar_bytes'] / mb:>12.1f} MiB")
-    print(f"{'after changing 1 MiB, time':32}{median['second']:>14.2f} s{median['tar']:>14.2f} s")
-    print(f"{'after changing 1 MiB, stored':32}{median['second_bytes'] / mb:>12.1f} MiB{median['tar_bytes'] / mb:>12.1f} MiB")
-    print(f"{'restore, time':32}{median['restore']:>14.2f} s{median['untar']:>14.2f} s")
+    print(f"layer: {size / mb:.0f} MiB in {files} files; medians of {RUNS} runs, the columns interleaved")
+    print(f"{'':32}" + "".join(f"{column:>20}" for column in columns))
+    for name, label, scale, unit in (
+        ("first", "first checkpoint, time", 1, "s"),
+        ("first_bytes", "first checkpoint, stored", mb, "MiB"),
+        ("second", "after changing 1 MiB, time", 1, "s"),
+        ("second_bytes", "after changing 1 MiB, stored", mb, "MiB"),
+        ("restore", "restore, time", 1, "s"),
+    ):
+        medians = (f"{statistics.median(rows[column][name]) / scale:.2f} {unit}" for column in columns)
+        print(f"{label:32}" + "".join(f"{median:>20}" for median in medians))
+        if unit == "s":
+            runs = (" ".join(f"{value:.2f}" for value in rows[column][name]) for column in columns)
+            print(f"{'  (runs)':32}" + "".join(f"{run:>20}" for run in runs))
     shutil.rmtree(work)
 
 

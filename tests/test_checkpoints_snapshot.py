@@ -1,10 +1,17 @@
 """Snapshot and restore of a writable layer, on a local folder and on S3 (moto's server on loopback)."""
 
+import hashlib
+import json
 import os
+import shutil
+import stat
+import threading
+import uuid
 from pathlib import Path
 
 import boto3
 import pytest
+import zstandard
 
 from checkpoints import snapshot
 from checkpoints.store import LocalStore, S3Store
@@ -86,8 +93,6 @@ def test_a_damaged_chunk_fails_the_restore_with_the_reason(layer, store, tmp_pat
     if damage == "remove":
         store.delete(key)
     else:
-        import zstandard
-
         store.put(key, zstandard.ZstdCompressor().compress(b"not what was saved"))
     (tmp_path / "restored").mkdir()
     with pytest.raises(snapshot.CorruptCheckpoint, match=key):
@@ -145,8 +150,6 @@ def overlay(tmp_path):
 def test_deletions_in_an_overlay_survive_a_restore(overlay, tmp_path):
     merged, upper, work, mount, unmount = overlay
     (merged / "etc/motd").unlink()
-    import shutil
-
     shutil.rmtree(merged / "etc/app")
     (merged / "etc/app").mkdir()
     (merged / "etc/app/mine.conf").write_text("session\n")
@@ -161,3 +164,189 @@ def test_deletions_in_an_overlay_survive_a_restore(overlay, tmp_path):
     mount()
     assert not (merged / "etc/motd").exists()
     assert sorted(p.name for p in (merged / "etc/app").iterdir()) == ["mine.conf"]
+
+
+def store_manifest(store, manifest):
+    """Put a manifest written by hand, as a hostile session or someone with access to the store could; return
+    its key and hash as the platform would have recorded them."""
+    encoded = zstandard.ZstdCompressor().compress(manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode())
+    key = f"manifests/{uuid.uuid4().hex}.json.zst"
+    store.put(key, encoded)
+    return key, hashlib.sha256(encoded).hexdigest()
+
+
+def everything_in(folder):
+    return {str(path): path.lstat().st_mode for path in Path(folder).rglob("*")}
+
+
+def file(path, ref, **fields):
+    return {"path": path, "type": "file", "mode": 0o644, "mtime_ns": 0, "size": 12, "chunks": [ref], **fields}
+
+
+def folder(path):
+    return {"path": path, "type": "dir", "mode": 0o755, "mtime_ns": 0}
+
+
+def link(path, target):
+    return {"path": path, "type": "link", "mode": 0o777, "mtime_ns": 0, "target": target}
+
+
+# Manifests a restore must refuse: the entries, given a folder outside the layer and a valid chunk reference.
+HOSTILE = {
+    "absolute path": lambda outside, ref: [file(str(outside / "planted"), ref)],
+    "dot-dot": lambda outside, ref: [file("../outside/planted", ref)],
+    "dot-dot inside": lambda outside, ref: [folder("a"), file("a/../../outside/planted", ref)],
+    "dot part": lambda outside, ref: [folder("a"), file("a/./planted", ref)],
+    "empty part": lambda outside, ref: [folder("a"), file("a//planted", ref)],
+    "NUL": lambda outside, ref: [file("planted\0.txt", ref)],
+    "file under a symlink to a folder outside": lambda outside, ref: [link("escape", str(outside)), file("escape/planted", ref)],
+    "folder under a symlink": lambda outside, ref: [link("escape", str(outside)), folder("escape/planted")],
+    "character device 1:3": lambda outside, ref: [
+        {"path": "null", "type": "device", "mode": stat.S_IFCHR | 0o666, "mtime_ns": 0, "rdev": os.makedev(1, 3)}
+    ],
+    "whiteout with a block device's mode": lambda outside, ref: [
+        {"path": "disk", "type": "whiteout", "mode": stat.S_IFBLK | 0o660, "mtime_ns": 0}
+    ],
+    "duplicate path": lambda outside, ref: [file("planted", ref), file("planted", ref)],
+    "child before its folder": lambda outside, ref: [file("a/planted", ref), folder("a")],
+    "child of a file": lambda outside, ref: [file("a", ref), file("a/planted", ref)],
+    "opaque file": lambda outside, ref: [file("planted", ref, opaque=True)],
+    "chunk that is not a reference": lambda outside, ref: [file("planted", ref[0])],
+    "chunk whose digest is not hex": lambda outside, ref: [file("planted", ["../" + ref[0][3:], *ref[1:]])],
+    "chunk in a key outside the objects": lambda outside, ref: [file("planted", [ref[0], "../../../etc/passwd", 0, 12])],
+    "mode that is not a number": lambda outside, ref: [file("planted", ref, mode="0644")],
+    "unsupported version": lambda outside, ref: {"version": 99, "entries": [file("planted", ref)]},
+    "malformed JSON": lambda outside, ref: b'{"version": 2, "entries": [',
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_hostile_manifest_is_refused_and_nothing_is_written_outside_the_layer(tmp_path, case):
+    store = LocalStore(tmp_path / "work")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("the host's\n")
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source/planted").write_text("the session\n")
+    ref = snapshot.take(tmp_path / "source", store).manifest["entries"][0]["chunks"][0]
+    manifest = HOSTILE[case](outside, ref)
+    key, digest = store_manifest(store, {"version": 2, "entries": manifest} if isinstance(manifest, list) else manifest)
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    before = everything_in(tmp_path)
+    with pytest.raises(snapshot.CorruptCheckpoint) as refused:
+        snapshot.restore(layer, store, key, digest)
+    assert everything_in(tmp_path) == before  # nothing written, not even inside the layer
+    assert list(outside.iterdir()) == [outside / "precious.txt"]
+    assert str(layer) not in str(refused.value)
+
+
+def test_a_refusal_names_the_entry_and_why(tmp_path):
+    store = LocalStore(tmp_path / "work")
+    key, digest = store_manifest(store, {"version": 2, "entries": [folder("a/../../b")]})
+    (tmp_path / "layer").mkdir()
+    with pytest.raises(snapshot.CorruptCheckpoint, match=r"entry 'a/\.\./\.\./b' .*'\.\.'"):
+        snapshot.restore(tmp_path / "layer", store, key, digest)
+
+
+def test_setuid_and_setgid_are_restored_only_when_the_caller_keeps_them(tmp_path):
+    store = LocalStore(tmp_path / "work")
+    layer = tmp_path / "layer"
+    (layer / "shared").mkdir(parents=True)
+    (layer / "shared").chmod(0o2775)
+    (layer / "tool").write_text("#!/bin/sh\n")
+    (layer / "tool").chmod(0o4755)
+    saved = snapshot.take(layer, store)
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    plain.mkdir()
+    kept.mkdir()
+    snapshot.restore(plain, store, saved.manifest_key, saved.manifest_sha256)
+    snapshot.restore(kept, store, saved.manifest_key, saved.manifest_sha256, keep_setuid=True)
+    assert stat.S_IMODE((plain / "tool").stat().st_mode) == 0o755
+    assert stat.S_IMODE((plain / "shared").stat().st_mode) == 0o775
+    assert stat.S_IMODE((kept / "tool").stat().st_mode) == 0o4755
+    assert stat.S_IMODE((kept / "shared").stat().st_mode) == 0o2775
+
+
+class RacingListing:
+    """os.scandir, but the session swaps ``victim`` right after the checkpoint has looked at it in the listing:
+    the moment between reading a folder and opening what it lists, made to happen every time."""
+
+    def __init__(self, listing, victim, swap):
+        self.listing, self.victim, self.swap = listing, victim, swap
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.listing.close()
+
+    def __iter__(self):
+        for entry in self.listing:
+            yield RacingEntry(entry, self)
+
+    def close(self):
+        self.listing.close()
+
+
+class RacingEntry:
+    def __init__(self, entry, listing):
+        self.entry, self.listing = entry, listing
+        self.name, self.path = entry.name, entry.path
+
+    def race(self, answer):
+        """The answer about the entry as it was, then the swap."""
+        if self.name == self.listing.victim.name and self.listing.swap:
+            self.listing.swap(self.listing.victim)
+            self.listing.swap = None
+        return answer
+
+    def stat(self, follow_symlinks=True):
+        return self.race(self.entry.stat(follow_symlinks=follow_symlinks))
+
+    def is_dir(self, follow_symlinks=True):
+        return self.race(self.entry.is_dir(follow_symlinks=follow_symlinks))
+
+    def is_file(self, follow_symlinks=True):
+        return self.race(self.entry.is_file(follow_symlinks=follow_symlinks))
+
+    def is_symlink(self):
+        return self.race(self.entry.is_symlink())
+
+
+@pytest.mark.parametrize("swapped", ["a file for a symlink to a host file", "a folder for a symlink to a host folder", "a file for a FIFO"])
+def test_what_the_session_swaps_while_a_checkpoint_is_taken_is_never_read_through(tmp_path, monkeypatch, swapped):
+    store = LocalStore(tmp_path / "work")
+    host = tmp_path / "etc"
+    host.mkdir()
+    (host / "shadow").write_text("root:$6$the host's password hash\n")
+    layer = tmp_path / "layer"
+    (layer / "notes").mkdir(parents=True)
+    (layer / "notes/today.txt").write_text("my notes\n")
+    (layer / "notes.txt").write_text("my notes\n")
+    os.mkfifo(layer / "waiting")  # a FIFO from the start is left out too
+    victim, swap = {
+        "a file for a symlink to a host file": (layer / "notes.txt", lambda path: (path.unlink(), path.symlink_to(host / "shadow"))),
+        "a folder for a symlink to a host folder": (layer / "notes", lambda path: (shutil.rmtree(path), path.symlink_to(host))),
+        "a file for a FIFO": (layer / "notes.txt", lambda path: (path.unlink(), os.mkfifo(path))),
+    }[swapped]
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda folder: RacingListing(real_scandir(folder), victim, swap))
+    taken = []
+    worker = threading.Thread(target=lambda: taken.append(snapshot.take(layer, store)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # blocked opening the FIFO: let it go before failing
+        os.close(os.open(victim, os.O_WRONLY))
+        worker.join()
+    monkeypatch.undo()
+    assert taken, "the checkpoint was blocked by a FIFO"
+    paths = [entry["path"] for entry in taken[0].manifest["entries"]]
+    assert victim.name not in paths  # swapped since the listing: left out, the next checkpoint has it as it is then
+    assert not [path for path in paths if path.startswith(f"{victim.name}/") or path == "waiting"]
+    secret = hashlib.sha256((host / "shadow").read_bytes()).hexdigest()
+    assert secret not in {ref[0] for entry in taken[0].manifest["entries"] for ref in entry.get("chunks", ())}
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    snapshot.restore(restored, store, taken[0].manifest_key, taken[0].manifest_sha256)
+    assert "password" not in "".join(path.read_text() for path in restored.rglob("*") if path.is_file())

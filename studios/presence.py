@@ -188,6 +188,18 @@ def forget_dead_processes():
     return studio_ids
 
 
+def push_fragment(studio, template):
+    """Push a fragment of ``studio``'s page (rendered with its id, so that pages swap it in place) to every page of
+    its workspace, as avatars are pushed; for synchronous callers. A push that fails is logged: pages still show it
+    at their next load."""
+    html = render_to_string(template, {"studio": studio})
+    message = {"type": "presence.changed", "studio": studio.pk, "html": html}
+    try:
+        async_to_sync(_send)([(workspace_group(studio.workspace_id), message)])
+    except Exception:
+        log.exception("could not push studio %s's %s", studio.pk, template)
+
+
 def forget_dead_processes_and_announce():
     """For synchronous callers (the reconcile task)."""
     async_to_sync(_send)(_announcements(forget_dead_processes()))

@@ -19,10 +19,10 @@ from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import environments, lifecycle, permissions
+from . import environments, lifecycle, permissions, presence
 from .backends import BackendError, backend_for
 from .forms import BatchEnvironmentForm, ResourcesForm, StudioForm
-from .models import ComputeEnvironment, Membership, Session, StudioStatus, Template
+from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus, Template
 from .permissions import PermissionRefused
 from .supervisor import protocol
 
@@ -346,4 +346,8 @@ def session_report(request, what):
         return JsonResponse({"error": str(error) if isinstance(error, protocol.BadReport) else "malformed report"}, status=400)
     if not SESSION_REPORTS[what](token, **report):
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
+    if what in (protocol.CHECKPOINT, protocol.CHECKPOINT_FAILED):
+        # Members on the studio's pages see a checkpoint fail, or succeed again, as it happens.
+        studio = Studio.objects.select_related("session__checkpoint").get(pk=studio_id)
+        presence.push_fragment(studio, "studios/partials/checkpoint_health.html")
     return HttpResponse(status=200)

@@ -74,6 +74,11 @@ def forget():
     return sorted(presence.forget_dead_processes())
 
 
+def forget_studio(studio_id):
+    """An operator deletes a studio's row (in the admin, or by restoring an older database) while it runs."""
+    return Studio.objects.filter(pk=studio_id).delete()[0]
+
+
 def checkpoint(session_id):
     """What the beat's five-minute tick does for one running session: ask its supervisor for a checkpoint."""
     tasks.checkpoint_session(session_id)
@@ -82,7 +87,7 @@ def checkpoint(session_id):
 
 COMMANDS = {
     "studio": studio, "forget": forget, "local_studio": local_studio, "act": act, "state": state,
-    "checkpoint": checkpoint,
+    "checkpoint": checkpoint, "forget_studio": forget_studio,
 }  # fmt: skip
 
 if __name__ == "__main__":

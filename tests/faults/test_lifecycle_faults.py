@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from studios.backends.local import LocalBackend
 from studios.supervisor import sandbox
@@ -267,8 +268,14 @@ def test_a_full_checkpoint_store_shows_on_the_status_panel_until_a_checkpoint_su
         upper = Path(f"/proc/{session_supervisor(world, session)}/root{session['handle']['session_dir']}/layer/upper")
         (upper / "root").mkdir(exist_ok=True)
         (upper / "root/results.bin").write_bytes(os.urandom(32 * 2**20))
-        state = world.platform_side.ask("checkpoint", session["id"])
-        assert "the checkpoint store is full" in state["session"]["checkpoint_error"]
+        presence = f"{world.platform.url.replace('http', 'ws')}/ws/studios/{world.studio['id']}/presence/"
+        cookie = {"Cookie": f"sessionid={world.studio['cookie']}"}
+        with connect(presence, additional_headers=cookie, origin=world.platform.url) as page:
+            page.recv(timeout=10)  # the avatars, as the page opens
+            state = world.platform_side.ask("checkpoint", session["id"])
+            assert "the checkpoint store is full" in state["session"]["checkpoint_error"]
+            pushed = page.recv(timeout=10)  # pushed to the members on the studio's pages
+        assert f'id="checkpoint-health-{world.studio["id"]}"' in pushed and "the checkpoint store is full" in pushed
         page = world.platform.get(f"/studios/{world.studio['id']}/", world.studio).text
         assert re.search(r"The last checkpoint failed (now|\d+ seconds? ago): the checkpoint store is full", page)
         (upper / "root/results.bin").unlink()
@@ -297,3 +304,13 @@ def test_a_checkpoint_saved_while_the_platforms_database_is_down_is_recorded_onc
     world.act("stop")
     world.wait_for("stopped", CONVERGE_SECONDS)
     assert world.leftovers() == []
+
+
+def test_a_session_no_studio_owns_any_more_is_swept_off_the_host(world):
+    world.worker.start()
+    world.started()
+    assert world.platform_side.ask("forget_studio", world.studio["id"])
+    began = time.monotonic()
+    wait_until(lambda: world.leftovers() == [], CONVERGE_SECONDS, "the sweeper to remove the session", interval=1)
+    assert time.monotonic() - began <= CONVERGE_SECONDS
+    assert "removed what no session owns" in (world.worker.folder / "worker.log").read_text()

@@ -65,9 +65,14 @@ def prepare_layer(root):
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def timed(function):
-    """Seconds ``function`` takes, and its result; what earlier steps left to write back is written first."""
+def timed(function, source):
+    """Seconds ``function`` takes, and its result, from the same start for every method: what earlier
+    steps left is written back, and ``source`` (a file or a folder) is read into the page cache first,
+    since the development VM pages out what has been idle for some seconds (DAMON's pageout scheme)."""
     os.sync()
+    for path in [source] if source.is_file() else source.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.read_bytes()
     began = time.perf_counter()
     result = function()
     return time.perf_counter() - began, result
@@ -85,30 +90,30 @@ def untar_zstd(archive, target):
 def measure(module, layer, scratch, rows):
     """One run of ``module``'s snapshots on a fresh store: first checkpoint, second after a 1 MiB change, restore."""
     store = LocalStore(scratch / "store")
-    seconds, first = timed(lambda: module.take(layer, store))
+    seconds, first = timed(lambda: module.take(layer, store), layer)
     rows["first"].append(seconds)
     rows["first_bytes"].append(first.stored_bytes)
     with open(layer / "model.bin", "r+b") as binary:
         binary.seek(20 * 2**20)
         binary.write(os.urandom(2**20))
-    seconds, second = timed(lambda: module.take(layer, store, previous=first.manifest))
+    seconds, second = timed(lambda: module.take(layer, store, previous=first.manifest), layer)
     rows["second"].append(seconds)
     rows["second_bytes"].append(second.stored_bytes)
     target = scratch / "restored"
     target.mkdir()
-    rows["restore"].append(timed(lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256))[0])
+    rows["restore"].append(timed(lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256), store.root)[0])
 
 
 def measure_tar(layer, scratch, rows):
     archive = scratch / "layer.tar.zst"
-    seconds, archived = timed(lambda: tar_zstd(layer, archive))
+    seconds, archived = timed(lambda: tar_zstd(layer, archive), layer)
     rows["first"].append(seconds)
     rows["first_bytes"].append(archived)
     rows["second"].append(seconds)  # a tar holds everything again
     rows["second_bytes"].append(archived)
     untarred = scratch / "untarred"
     untarred.mkdir()
-    rows["restore"].append(timed(lambda: untar_zstd(archive, untarred))[0])
+    rows["restore"].append(timed(lambda: untar_zstd(archive, untarred), archive)[0])
 
 
 def main():
@@ -130,7 +135,7 @@ def main():
             columns[column](scratch, rows[column])
     mb = 2**20
     print(f"layer: {size / mb:.0f} MiB in {files} files; medians of {RUNS} runs, the columns interleaved")
-    print(f"{'':32}" + "".join(f"{column:>20}" for column in columns))
+    print(f"{'':32}" + "".join(f"{column:>30}" for column in columns))
     for name, label, scale, unit in (
         ("first", "first checkpoint, time", 1, "s"),
         ("first_bytes", "first checkpoint, stored", mb, "MiB"),
@@ -139,10 +144,10 @@ def main():
         ("restore", "restore, time", 1, "s"),
     ):
         medians = (f"{statistics.median(rows[column][name]) / scale:.2f} {unit}" for column in columns)
-        print(f"{label:32}" + "".join(f"{median:>20}" for median in medians))
+        print(f"{label:32}" + "".join(f"{median:>30}" for median in medians))
         if unit == "s":
             runs = (" ".join(f"{value:.2f}" for value in rows[column][name]) for column in columns)
-            print(f"{'  (runs)':32}" + "".join(f"{run:>20}" for run in runs))
+            print(f"{'  (runs)':32}" + "".join(f"{run:>30}" if len(run) < 30 else f"  {run}" for run in runs))
     shutil.rmtree(work)
 
 

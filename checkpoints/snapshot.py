@@ -328,9 +328,11 @@ def take(layer, store, previous=None, excluded=("data",), manifest_prefix="share
             stored = saver.written()
     finally:
         os.close(layer_fd)
-    # The manifest is written last: a checkpoint exists only once all of its content does.
+    # The manifest is written last, once all of the content is durable: a checkpoint exists only once all of it does.
+    store.persist()
     key = f"{MANIFESTS}{manifest_prefix}/{uuid.uuid4().hex}.json.zst"
     store.put(key, encoded)
+    store.persist()
     return Saved(key, hashlib.sha256(encoded).hexdigest(), size, stored + len(encoded), manifest)
 
 

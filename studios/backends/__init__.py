@@ -14,7 +14,6 @@ def local_backend():
         sessions_dir=settings.DATA_DIR / "sessions",
         isolation=settings.STUDIOS_LOCAL_ISOLATION,
         hidden=[settings.DATA_DIR],
-        layer_quota_mb=settings.STUDIOS_WRITABLE_LAYER_MB,
         rootfs=settings.STUDIOS_TEMPLATE_ROOTFS,
     )
 

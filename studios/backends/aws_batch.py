@@ -272,13 +272,7 @@ class AwsBatchBackend(ComputeBackend):
 
     def config(self, spec: SessionSpec, handle: dict) -> SessionConfig:
         session_dir = f"/tmp/{handle['container']}"
-        return SessionConfig(
-            template=spec.template,
-            base_path=spec.base_path,
-            token=spec.token,
-            platform_url=spec.platform_url,
-            work_dir=spec.work_dir,
-            manifest_prefix=spec.manifest_prefix,
+        return spec.config(
             session_dir=session_dir,
             port=handle["port"],
             control_port=handle["control_port"],
@@ -286,11 +280,6 @@ class AwsBatchBackend(ComputeBackend):
             isolation="container",
             rootfs="/",
             container_id=handle["container"],
-            cpus=spec.cpus,
-            memory_mb=spec.memory_mb,
-            layer_mb=spec.storage_quota_mb,
-            mounts=tuple(spec.mounts),
-            restore=spec.restore,
             hidden=(session_dir,),  # the sandbox's root is the job's: its session folder is the supervisor's
         )
 

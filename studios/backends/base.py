@@ -8,7 +8,7 @@ any worker process.
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from ..supervisor.protocol import Mount
+from ..supervisor.protocol import Mount, SessionConfig
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,23 @@ class SessionSpec:
     restore: dict = field(default_factory=dict)  # the checkpoint to restore: name, manifest_key, manifest_sha256
     storage_quota_mb: int = 5120
     labels: dict = field(default_factory=dict)  # who the session belongs to: workspace, studio, user
+
+    def config(self, **placement) -> SessionConfig:
+        """The supervisor's configuration for this session; ``placement``: where and how its backend runs it."""
+        return SessionConfig(
+            template=self.template,
+            base_path=self.base_path,
+            token=self.token,
+            platform_url=self.platform_url,
+            work_dir=self.work_dir,
+            manifest_prefix=self.manifest_prefix,
+            cpus=self.cpus,
+            memory_mb=self.memory_mb,
+            layer_mb=self.storage_quota_mb,
+            mounts=tuple(self.mounts),
+            restore=self.restore,
+            **placement,
+        )
 
 
 @dataclass(frozen=True)

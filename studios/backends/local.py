@@ -71,14 +71,13 @@ def _running(pid, started):
 
 
 class LocalBackend(ComputeBackend):
-    def __init__(self, sessions_dir, isolation="auto", hidden=(), layer_quota_mb=5120, rootfs=None):
+    def __init__(self, sessions_dir, isolation="auto", hidden=(), rootfs=None):
         """``isolation``: "auto" (containers when the host allows) or "off"; ``hidden``: host paths sessions never
         see; ``rootfs``: a root filesystem folder per template (the host's ``/`` for the others)."""
         self.sessions_dir = Path(sessions_dir)
         self.rootfs = rootfs or {}
         self.isolation_problem = sandbox.isolation_problem() if isolation == "auto" else "isolation is turned off"
         self.hidden = [str(path) for path in hidden]
-        self.layer_quota_mb = layer_quota_mb
 
     @property
     def isolated(self):
@@ -115,24 +114,13 @@ class LocalBackend(ComputeBackend):
 
     def config(self, spec: SessionSpec, handle: dict) -> SessionConfig:
         work_dir_hidden = [] if spec.work_dir.startswith("s3://") else [spec.work_dir]
-        return SessionConfig(
-            template=spec.template,
-            base_path=spec.base_path,
-            token=spec.token,
-            platform_url=spec.platform_url,
-            work_dir=spec.work_dir,
-            manifest_prefix=spec.manifest_prefix,
+        return spec.config(
             session_dir=handle["session_dir"],
             port=int(handle["endpoint"].rsplit(":", 1)[1]),
             control_port=int(handle["control"].rsplit(":", 1)[1]),
             isolation="container" if handle["container"] else "process",
             rootfs=self.rootfs.get(spec.template, "/"),
             container_id=handle["container"],
-            cpus=spec.cpus,
-            memory_mb=spec.memory_mb,
-            layer_mb=spec.storage_quota_mb or self.layer_quota_mb,
-            mounts=tuple(spec.mounts),
-            restore=spec.restore,
             # The platform's data and the checkpoint store stay out of sight even where the root filesystem
             # is the host's.
             hidden=tuple(self.hidden + work_dir_hidden),

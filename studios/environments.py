@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from . import permissions
 from .backends import BackendError, backend_for
-from .lifecycle import ActionRefused
+from .exceptions import ActionRefused
 from .models import ComputeEnvironment
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,8 @@ def eager_tasks(monkeypatch):
     from studios_project.celery import app
 
     monkeypatch.setitem(app.conf, "task_always_eager", True)
+    # ``lifecycle`` queues tasks by name: only registered ones run eagerly (a worker imports them when it starts).
+    app.loader.import_default_modules()
 
 
 class LivePlatform:

@@ -12,6 +12,7 @@ from checkpoints.models import Checkpoint, CheckpointStore
 from checkpoints.store import LocalStore
 from checkpoints.tasks import clean_store
 from studios import lifecycle
+from studios.exceptions import ActionRefused
 from studios.models import Role, Studio, StudioStatus
 
 from .factories import make_member, make_studio, make_workspace
@@ -109,7 +110,7 @@ class TestStartAsNew:
 
     def test_the_checkpoint_in_use_cannot_be_the_source(self, saved_studio, maintainer):
         running = lifecycle.start_studio(maintainer, saved_studio)
-        with pytest.raises(lifecycle.ActionRefused, match="in use by atlas's running session"):
+        with pytest.raises(ActionRefused, match="in use by atlas's running session"):
             lifecycle.start_as_new(maintainer, running.session.checkpoint, name="x", cpus=1, memory_mb=1024)
         assert not Studio.objects.filter(name="x").exists()
 

@@ -41,11 +41,12 @@ log = logging.getLogger(__name__)
 # this means no task works on it any more, and the reconcile queues the work again.
 TASK_STALE_SECONDS = 20
 
-# The tasks this module queues (``_dispatch``).
+# The tasks this module queues (``dispatch``).
 LAUNCH_SESSION = "studios.tasks.launch_session"
 STOP_SESSION = "studios.tasks.stop_session"
 LOCATE_SESSION = "studios.tasks.locate_session"
 REAP_SESSION = "studios.tasks.reap_session"
+CHECK_COMPUTE_ENVIRONMENT = "studios.tasks.check_compute_environment"
 CLEAN_STORE = "checkpoints.tasks.clean_store"
 
 # The first start-up step; the session agent reports the ones after it as it gets to them.
@@ -82,6 +83,8 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         if not studio.can_start:
             raise ActionRefused(f"{studio.name} is {studio.status}; only a stopped or errored studio can be started.")
         environment = studio.compute_environment
+        if environment.status == environment.Status.CHECKING:
+            raise ActionRefused(f"Compute environment {environment.name} is being checked; try again in a moment.")
         if environment.status != environment.Status.AVAILABLE:
             raise ActionRefused(
                 f"Compute environment {environment.name} is {environment.status}: {environment.status_reason} "
@@ -112,7 +115,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         studio.session = session
         studio.transition(StudioStatus.STARTING)
         studio.save()
-        transaction.on_commit(lambda: _dispatch(LAUNCH_SESSION, session.pk))
+        transaction.on_commit(lambda: dispatch(LAUNCH_SESSION, session.pk))
     log.info("studio %s start requested by %s", studio.pk, user)
     return studio
 
@@ -192,7 +195,7 @@ def stop_studio(user, studio):
             raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be stopped.")
         studio.transition(StudioStatus.STOPPING)
         studio.save()
-        transaction.on_commit(lambda: _dispatch(STOP_SESSION, studio.pk))
+        transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
     log.info("studio %s stop requested by %s", studio.pk, user)
     return studio
 
@@ -211,7 +214,7 @@ def force_stop_studio(user, studio):
                 f"{settings.STUDIOS_FORCE_STOP_AFTER_SECONDS // 60} minutes."
             )
         username = user.get_username()
-        transaction.on_commit(lambda: _dispatch(STOP_SESSION, studio.pk, username))
+        transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk, username))
     log.info("studio %s force stopped by %s", studio.pk, user)
     return studio
 
@@ -270,7 +273,7 @@ def session_ready(token, steps):
         _run_if_reachable(session)
         if not session.endpoint:
             session_id = session.pk
-            transaction.on_commit(lambda: _dispatch(LOCATE_SESSION, session_id))
+            transaction.on_commit(lambda: dispatch(LOCATE_SESSION, session_id))
     return True
 
 
@@ -307,7 +310,7 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
             session.steps = steps
             session.save(update_fields=["steps"])
         session_id = session.pk
-        transaction.on_commit(lambda: _dispatch(REAP_SESSION, session_id, reason))
+        transaction.on_commit(lambda: dispatch(REAP_SESSION, session_id, reason))
     return True
 
 
@@ -453,10 +456,10 @@ def overdue_starts():
 def _clean_checkpoints(work_dir):
     """Queue the cleanup of a deleted studio's store; when the broker is down, the hourly sweep of every store
     does it then."""
-    _dispatch(CLEAN_STORE, work_dir)
+    dispatch(CLEAN_STORE, work_dir)
 
 
-def _dispatch(task_name, *args):
+def dispatch(task_name, *args):
     """Queue a task once the change it follows is committed. When the broker cannot be reached the change stands
     and the reconcile queues the work again within a minute (``tasks.reconcile_sessions``): a request never fails
     after its change was made.

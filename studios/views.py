@@ -20,10 +20,9 @@ from django.views.decorators.http import require_POST
 from checkpoints import records
 
 from . import environments, lifecycle, permissions, presence
-from .backends import BackendError, backend_for
 from .exceptions import ActionRefused
 from .forms import BatchEnvironmentForm, ResourcesForm, StudioForm
-from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus, Template
+from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
 log = logging.getLogger(__name__)
@@ -95,18 +94,6 @@ def studio_list(request, org, workspace):
     return render(request, template, context)
 
 
-def template_problems(workspace):
-    """{compute environment id: {template name: problem}} for the add form's availability notes."""
-    problems = {}
-    for environment in workspace.compute_environments.all():
-        try:
-            backend = backend_for(environment)
-            problems[environment.pk] = {label: backend.template_problem(value) for value, label in Template.choices}
-        except BackendError as error:
-            problems[environment.pk] = {label: str(error) for label in Template.labels}
-    return problems
-
-
 def workspace_page(lowest, action):
     """A page of a workspace for ``lowest`` and above: a 404 for non-members, a 403 for lower roles. The view gets
     the workspace and the user's role in place of the URL's slugs."""
@@ -136,11 +123,10 @@ def studio_add(request, workspace, role):
             messages.success(request, f"Studio {studio.name} added. Start it when you are ready.")
             return redirect(studio)
     environments = workspace.compute_environments.order_by("name")
-    problems = template_problems(workspace)
     return render(
         request,
         "studios/studio_add.html",
-        {"workspace": workspace, "form": form, "environments": environments, "problems": problems},
+        {"workspace": workspace, "form": form, "environments": environments},
         status=400 if form.errors else 200,
     )
 
@@ -188,13 +174,11 @@ def studio_detail(request, studio_id):
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)
     tab = request.GET.get("tab")
-    environment = studio.compute_environment
     context.update(
         tabs=DETAIL_TABS,
         tab=tab if tab in dict(DETAIL_TABS) else "configuration",
         history=studio_history(studio),
         checkpoints=studio.checkpoints.all(),
-        isolation_problem=backend_for(environment).isolation_problem if environment.kind == "local" else "",
         start_form=ResourcesForm(
             workspace=studio.workspace,
             studio=studio,
@@ -262,14 +246,17 @@ def studio_delete(request, studio_id):
 
 @workspace_page(permissions.ADMIN, "manage compute environments")
 def environment_list(request, workspace, role):
-    context = {"workspace": workspace, "role": role, "environments": workspace.compute_environments.order_by("name")}
+    environments = workspace.compute_environments.order_by("name")
+    checking = any(environment.status == ComputeEnvironment.Status.CHECKING for environment in environments)
+    context = {"workspace": workspace, "role": role, "environments": environments, "checking": checking}
     return render(request, "studios/environment_list.html", context)
 
 
 @sensitive_post_parameters("secret_access_key")
 @workspace_page(permissions.ADMIN, "manage compute environments")
 def environment_edit(request, workspace, role, environment_id=None):
-    """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving checks it at once."""
+    """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving queues its check, whose answer
+    the list shows."""
     environment = None
     if environment_id is not None:
         environment = get_object_or_404(
@@ -282,12 +269,7 @@ def environment_edit(request, workspace, role, environment_id=None):
         except ActionRefused as error:
             form.add_error(None, str(error))
         else:
-            if environment.status == ComputeEnvironment.Status.AVAILABLE:
-                messages.success(request, f"Saved {environment.name}; studios can start on it.")
-            else:
-                messages.error(
-                    request, f"Saved {environment.name}, but studios cannot start on it: {environment.status_reason}"
-                )
+            messages.success(request, f"Saved {environment.name}; checking whether studios can start on it.")
             return redirect("environment_list", workspace.organization.slug, workspace.slug)
     return render(
         request,

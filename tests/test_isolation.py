@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from checkpoints.models import Checkpoint
-from studios import lifecycle
+from studios import lifecycle, tasks
 from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
 from studios.tasks import reconcile_sessions
@@ -263,6 +263,7 @@ def test_the_detail_page_says_whether_sessions_are_isolated(world, settings):
     browser = Browser(platform, user)
     assert "Each session runs in its own container" in browser.http.get(studio.get_absolute_url()).text
     settings.STUDIOS_LOCAL_ISOLATION = "off"
+    tasks.check_compute_environment(studio.compute_environment_id)  # what the page says is what the check found
     page = browser.http.get(studio.get_absolute_url()).text
     assert "are not isolated (isolation is turned off)" in page
     lifecycle.start_studio(user, studio)

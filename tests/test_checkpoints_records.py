@@ -1,6 +1,8 @@
 """Checkpoint records: naming and renaming, Start as new, and the cleanup of shared content."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 from django.urls import reverse
@@ -187,12 +189,15 @@ class TestCleanup:
         assert self.objects(store) == before
 
 
-def test_checkpoints_are_scheduled_at_the_configured_interval():
-    from django.conf import settings
-
-    schedule = settings.CELERY_BEAT_SCHEDULE["checkpoint-sessions"]
-    assert schedule["task"] == "studios.tasks.checkpoint_running_sessions"
-    assert schedule["schedule"] == settings.STUDIOS_CHECKPOINT_INTERVAL_SECONDS == 300
+def test_the_beat_schedule_takes_checkpoints_at_the_interval_the_environment_sets(tmp_path):
+    """Settings read the environment once, when imported: read them in a fresh interpreter."""
+    script = (
+        "from studios_project import settings; "
+        "entry = settings.CELERY_BEAT_SCHEDULE['checkpoint-sessions']; print(entry['task'], entry['schedule'])"
+    )
+    environment = {**os.environ, "STUDIOS_CHECKPOINT_INTERVAL_SECONDS": "42", "STUDIOS_DATA_DIR": str(tmp_path)}
+    scheduled = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True)
+    assert scheduled.stdout.split() == ["studios.tasks.checkpoint_running_sessions", "42.0"]
 
 
 def test_the_detail_page_shows_the_checkpoints_and_the_last_save(client, saved_studio, maintainer):

@@ -20,8 +20,7 @@ from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_dataset, make_member, make_studio, make_workspace
-from .test_checkpoints_sessions import make_wheel
-from .test_sessions import Browser, execute, pid_alive, wait_for_status
+from .live import Browser, execute, make_wheel, pid_alive, run, wait_for_status
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
@@ -34,10 +33,6 @@ def world(live_platform, tmp_path):
     environment.save()
     user = make_member(workspace, Role.MAINTAIN)
     return live_platform, workspace, user
-
-
-def run(platform, studio, user, code):
-    return asyncio.run(execute(platform, Browser(platform, user), studio, code)).strip()
 
 
 def started(platform, workspace, user, **fields):

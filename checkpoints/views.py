@@ -7,9 +7,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from studios import lifecycle, permissions
+from studios.exceptions import ActionRefused
 from studios.forms import CloneForm
-from studios.permissions import PermissionRefused
-from studios.views import refused
 
 from . import records
 from .models import Checkpoint
@@ -28,8 +27,6 @@ def checkpoint_rename(request, checkpoint_id):
     checkpoint, _ = checkpoint_for(request.user, checkpoint_id)
     try:
         name = records.rename_checkpoint(request.user, checkpoint, request.POST.get("name", ""))
-    except PermissionRefused as error:
-        return refused(request, error)
     except ValidationError as error:
         messages.error(request, f"Checkpoint {checkpoint.name} was not renamed: {' '.join(error.messages)}")
     else:
@@ -42,10 +39,7 @@ def start_as_new(request, checkpoint_id):
     """The form fixes template, compute environment and source; name, description, mounts and resources may change."""
     checkpoint, _ = checkpoint_for(request.user, checkpoint_id)
     parent = checkpoint.studio
-    try:
-        permissions.require_role(request.user, parent.workspace, permissions.MAINTAIN, "start studios as new")
-    except PermissionRefused as error:
-        return refused(request, error)
+    permissions.require_role(request.user, parent.workspace, permissions.MAINTAIN, "start studios as new")
     form = CloneForm(
         request.POST or None,
         workspace=parent.workspace,
@@ -55,7 +49,7 @@ def start_as_new(request, checkpoint_id):
     if request.method == "POST" and form.is_valid():
         try:
             clone = lifecycle.start_as_new(request.user, checkpoint, **form.cleaned_data)
-        except lifecycle.ActionRefused as error:
+        except ActionRefused as error:
             form.add_error(None, str(error))
         else:
             messages.success(request, f"Starting {clone.name} from checkpoint {checkpoint.name}.")

@@ -56,7 +56,7 @@ class ComputeEnvironmentAdmin(admin.ModelAdmin):
     form = ComputeEnvironmentAdminForm
     list_display = ["name", "workspace", "kind", "region", "job_queue", "status"]
     list_filter = ["kind", "status"]
-    readonly_fields = ["credentials", "status", "status_reason", "status_checked"]
+    readonly_fields = ["credentials", "status", "status_reason", "status_checked", "template_problems", "isolation_problem"]
 
     @admin.display(description="Stored credentials")
     def credentials(self, environment):
@@ -69,8 +69,7 @@ class ComputeEnvironmentAdmin(admin.ModelAdmin):
         return super().changeform_view(request, *args, **kwargs)
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        environments.check_environment(obj.pk)
+        environments.save_and_check(obj)
 
 
 @admin.register(Dataset)

@@ -3,7 +3,6 @@ import re
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .backends import BackendError, backend_for
 from .lifecycle import held_data_paths, holder_of
 from .models import ComputeEnvironment, Dataset, Studio, Template
 
@@ -109,10 +108,7 @@ class StudioForm(CloneForm):
         cleaned = super().clean()
         environment, template = cleaned.get("compute_environment"), cleaned.get("template")
         if environment and template:
-            try:
-                problem = backend_for(environment).template_problem(template)
-            except BackendError as error:
-                problem = str(error)
+            problem = environment.template_problems.get(template, "")
             if problem:
                 self.add_error("template", f"{Template(template).label} cannot run on {environment.name}. {problem}")
         return cleaned

@@ -11,6 +11,7 @@ import logging
 import secrets
 from datetime import datetime, timedelta
 
+from celery import signature
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -20,6 +21,7 @@ from django.utils import timezone
 from checkpoints import records
 
 from . import permissions
+from .exceptions import ActionRefused
 from .supervisor import protocol
 from .models import (
     ACTIVE_STATUSES,
@@ -35,13 +37,17 @@ from .models import (
 log = logging.getLogger(__name__)
 
 
-class ActionRefused(Exception):
-    """The action is not possible now; the message tells the user why and what to do."""
-
-
 # A task working on a start or a stop claims its session at least this often (``claim``): a claim older than
 # this means no task works on it any more, and the reconcile queues the work again.
 TASK_STALE_SECONDS = 20
+
+# The tasks this module queues (``dispatch``).
+LAUNCH_SESSION = "studios.tasks.launch_session"
+STOP_SESSION = "studios.tasks.stop_session"
+LOCATE_SESSION = "studios.tasks.locate_session"
+REAP_SESSION = "studios.tasks.reap_session"
+CHECK_COMPUTE_ENVIRONMENT = "studios.tasks.check_compute_environment"
+CLEAN_STORE = "checkpoints.tasks.clean_store"
 
 # The first start-up step; the session agent reports the ones after it as it gets to them.
 FIRST_STEP = {"name": protocol.PROVISIONING, "state": "in-progress", "message": ""}
@@ -77,6 +83,8 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         if not studio.can_start:
             raise ActionRefused(f"{studio.name} is {studio.status}; only a stopped or errored studio can be started.")
         environment = studio.compute_environment
+        if environment.status == environment.Status.CHECKING:
+            raise ActionRefused(f"Compute environment {environment.name} is being checked; try again in a moment.")
         if environment.status != environment.Status.AVAILABLE:
             raise ActionRefused(
                 f"Compute environment {environment.name} is {environment.status}: {environment.status_reason} "
@@ -107,7 +115,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         studio.session = session
         studio.transition(StudioStatus.STARTING)
         studio.save()
-        transaction.on_commit(lambda: _dispatch("launch_session", session.pk))
+        transaction.on_commit(lambda: dispatch(LAUNCH_SESSION, session.pk))
     log.info("studio %s start requested by %s", studio.pk, user)
     return studio
 
@@ -187,7 +195,7 @@ def stop_studio(user, studio):
             raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be stopped.")
         studio.transition(StudioStatus.STOPPING)
         studio.save()
-        transaction.on_commit(lambda: _dispatch("stop_session", studio.pk))
+        transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
     log.info("studio %s stop requested by %s", studio.pk, user)
     return studio
 
@@ -206,7 +214,7 @@ def force_stop_studio(user, studio):
                 f"{settings.STUDIOS_FORCE_STOP_AFTER_SECONDS // 60} minutes."
             )
         username = user.get_username()
-        transaction.on_commit(lambda: _dispatch("stop_session", studio.pk, username))
+        transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk, username))
     log.info("studio %s force stopped by %s", studio.pk, user)
     return studio
 
@@ -265,7 +273,7 @@ def session_ready(token, steps):
         _run_if_reachable(session)
         if not session.endpoint:
             session_id = session.pk
-            transaction.on_commit(lambda: _dispatch("locate_session", session_id))
+            transaction.on_commit(lambda: dispatch(LOCATE_SESSION, session_id))
     return True
 
 
@@ -302,7 +310,7 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
             session.steps = steps
             session.save(update_fields=["steps"])
         session_id = session.pk
-        transaction.on_commit(lambda: _dispatch("reap_session", session_id, reason))
+        transaction.on_commit(lambda: dispatch(REAP_SESSION, session_id, reason))
     return True
 
 
@@ -446,21 +454,19 @@ def overdue_starts():
 
 
 def _clean_checkpoints(work_dir):
-    from checkpoints.tasks import clean_store
-
-    try:
-        clean_store.delay(work_dir)
-    except Exception:  # the hourly sweep of every store does it then
-        log.exception("could not queue the cleanup of %s", work_dir)
+    """Queue the cleanup of a deleted studio's store; when the broker is down, the hourly sweep of every store
+    does it then."""
+    dispatch(CLEAN_STORE, work_dir)
 
 
-def _dispatch(task_name, *args):
+def dispatch(task_name, *args):
     """Queue a task once the change it follows is committed. When the broker cannot be reached the change stands
     and the reconcile queues the work again within a minute (``tasks.reconcile_sessions``): a request never fails
-    after its change was made."""
-    from . import tasks
+    after its change was made.
 
+    Tasks are sent by their registered name, as Celery routes them: the tasks modules call this module, so it
+    imports neither of them."""
     try:
-        getattr(tasks, task_name).delay(*args)
+        signature(task_name, args=args).delay()
     except Exception:
         log.exception("could not queue %s%s; the reconcile will", task_name, args)

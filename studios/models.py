@@ -73,6 +73,7 @@ class ComputeEnvironment(models.Model):
     class Status(models.TextChoices):
         AVAILABLE = "available"
         INVALID = "invalid"
+        CHECKING = "checking"
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="compute_environments")
     name = models.CharField(max_length=100)
@@ -92,6 +93,11 @@ class ComputeEnvironment(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.AVAILABLE)
     status_reason = models.TextField(blank=True)
     status_checked = models.DateTimeField(null=True, blank=True, help_text="When the status was last checked.")
+    # What the pages need from the backend, found by the environment check (``tasks.check_compute_environment``) so
+    # that no request builds a backend: {template: why it cannot run here ("" when it can)}, and why sessions here
+    # are not isolated ("" when they are).
+    template_problems = models.JSONField(default=dict, blank=True, editable=False)
+    isolation_problem = models.TextField(blank=True, editable=False)
     min_cpus = models.PositiveIntegerField(default=1)
     max_cpus = models.PositiveIntegerField(default=16)
     min_memory_mb = models.PositiveIntegerField(default=512)
@@ -102,6 +108,12 @@ class ComputeEnvironment(models.Model):
 
     def __str__(self):
         return self.name
+
+    def template_availability(self):
+        """(template label, problem) for each template, as the last check found them; empty before the first."""
+        if not self.status_checked:
+            return []
+        return [(label, self.template_problems.get(value, "")) for value, label in Template.choices]
 
     def is_writable(self, uri):
         return any(data_path_contains(path, uri) for path in self.writable_data_paths)

@@ -3,6 +3,7 @@
 from django.db.models import OuterRef, Subquery
 from django.http import Http404
 
+from .exceptions import RoleTooLow
 from .models import Membership, Role, Studio, Workspace
 
 # The lowest role allowed to do each kind of thing.
@@ -10,10 +11,6 @@ VIEW = Role.VIEW
 CONNECT = Role.CONNECT
 MAINTAIN = Role.MAINTAIN
 ADMIN = Role.ADMIN
-
-
-class PermissionRefused(Exception):
-    """The user is a member but their role is too low; the message says which role is needed."""
 
 
 def role_of(user, workspace):
@@ -45,12 +42,12 @@ def studio_actions(role, studio):
 
 
 def require_role(user, workspace, lowest, action):
-    """Raise Http404 for non-members (nothing confirms the workspace exists), PermissionRefused for low roles."""
+    """Raise Http404 for non-members (nothing confirms the workspace exists), RoleTooLow (a 403) for low roles."""
     role = role_of(user, workspace)
     if role is None:
         raise Http404("No such workspace")
     if not has_role(role, lowest):
-        raise PermissionRefused(f"You need the {lowest} role or higher to {action}; your role is {role}.")
+        raise RoleTooLow(f"You need the {lowest} role or higher to {action}; your role is {role}.")
     return role
 
 

@@ -15,8 +15,10 @@ import websockets
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
 
-from . import activity, forwarding, permissions, presence, views
+from . import activity, forwarding, permissions, presence
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,19 @@ def check_access(user, studio_id):
     if not studio.can_connect:
         return Access(409, f"{studio.name} is {studio.status}, not running.", studio=studio)
     return Access(200, endpoint=studio.session.endpoint, token=studio.session.token, studio=studio)
+
+
+@ensure_csrf_cookie
+def session_unavailable(request, status, message, studio=None, role=None):
+    """The page the proxy answers instead of the session (a Django view for its CSRF cookie, but not routed).
+
+    A shared link to a studio that is not running tells its status and, to maintainers, offers Start.
+    """
+    context = {"status": status, "message": message, "studio": studio, "role": role}
+    if studio is not None and status != 404:
+        context["workspace"] = studio.workspace
+        context["actions"] = [action for action in permissions.studio_actions(role, studio) if action == "start"]
+    return render(request, "studios/session_unavailable.html", context, status=status)
 
 
 def upstream_headers(scope, token):
@@ -102,7 +117,7 @@ class SessionHTTPProxy:
         """A platform page instead of the session, from a Django view (which may set the CSRF cookie its form needs)."""
         request = ASGIRequest(scope, io.BytesIO())
         request.user = scope["user"]
-        response = await database_sync_to_async(views.session_unavailable)(
+        response = await database_sync_to_async(session_unavailable)(
             request, status, message, studio, studio.role if studio else None
         )
         headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]

@@ -7,12 +7,13 @@ import httpx
 from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
+from django.utils import timezone
 
 from checkpoints.models import Checkpoint
 
-from . import environments, lifecycle, presence
+from . import lifecycle, presence
 from .backends import BackendError, Mount, SessionSpec, backend_for, local_backend
-from .models import ACTIVE_STATUSES, ComputeEnvironment, Session, Studio, StudioStatus
+from .models import ACTIVE_STATUSES, ComputeEnvironment, Session, Studio, StudioStatus, Template
 
 log = logging.getLogger(__name__)
 
@@ -268,4 +269,27 @@ def check_compute_environments():
 
 @shared_task
 def check_compute_environment(environment_id):
-    environments.check_environment(environment_id)
+    """Ask the backend whether sessions can start on the compute environment, which templates it runs and whether
+    it isolates them, and record the answers: the pages and forms read them from the row."""
+    environment = ComputeEnvironment.objects.get(pk=environment_id)
+    try:
+        backend = backend_for(environment)
+        problem = backend.environment_problem()
+        template_problems = {template: backend.template_problem(template) for template in Template.values}
+        isolation_problem = backend.isolation_problem
+    except BackendError as error:
+        problem, isolation_problem = str(error), ""
+        template_problems = dict.fromkeys(Template.values, str(error))
+    status = ComputeEnvironment.Status.INVALID if problem else ComputeEnvironment.Status.AVAILABLE
+    if (status, problem) != (environment.status, environment.status_reason):
+        log.log(
+            logging.WARNING if problem else logging.INFO,
+            "compute environment %s (%s) is now %s%s", environment.pk, environment.name, status, f": {problem}" if problem else "",
+        )  # fmt: skip
+    ComputeEnvironment.objects.filter(pk=environment_id).update(
+        status=status,
+        status_reason=problem,
+        status_checked=timezone.now(),
+        template_problems=template_problems,
+        isolation_problem=isolation_problem,
+    )

@@ -13,17 +13,16 @@ from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
-from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
 from . import environments, lifecycle, permissions, presence
-from .backends import BackendError, backend_for
+from .exceptions import ActionRefused
 from .forms import BatchEnvironmentForm, ResourcesForm, StudioForm
-from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus, Template
-from .permissions import PermissionRefused
+from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
 log = logging.getLogger(__name__)
@@ -52,10 +51,6 @@ def server_error(request):
         message = "The platform's database is unreachable; nothing was changed. Try again in a minute."
         return HttpResponse(loader.render_to_string("503.html", {"message": message}), status=503)
     return HttpResponse(loader.render_to_string("500.html"), status=500)
-
-
-def refused(request, error, status=403):
-    return render(request, "studios/refused.html", {"message": str(error)}, status=status)
 
 
 def search(studios, query):
@@ -99,31 +94,16 @@ def studio_list(request, org, workspace):
     return render(request, template, context)
 
 
-def template_problems(workspace):
-    """{compute environment id: {template name: problem}} for the add form's availability notes."""
-    problems = {}
-    for environment in workspace.compute_environments.all():
-        try:
-            backend = backend_for(environment)
-            problems[environment.pk] = {label: backend.template_problem(value) for value, label in Template.choices}
-        except BackendError as error:
-            problems[environment.pk] = {label: str(error) for label in Template.labels}
-    return problems
-
-
 def workspace_page(lowest, action):
-    """A page of a workspace for ``lowest`` and above: a 404 for non-members, the refusal page for lower
-    roles. The view gets the workspace and the user's role in place of the URL's slugs."""
+    """A page of a workspace for ``lowest`` and above: a 404 for non-members, a 403 for lower roles. The view gets
+    the workspace and the user's role in place of the URL's slugs."""
 
     def decorate(view):
         @login_required
         @wraps(view)
         def page(request, org, workspace, **kwargs):
             workspace, role = permissions.workspace_for(request.user, org, workspace)
-            try:
-                permissions.require_role(request.user, workspace, lowest, action)
-            except PermissionRefused as error:
-                return refused(request, error)
+            permissions.require_role(request.user, workspace, lowest, action)
             return view(request, workspace, role, **kwargs)
 
         return page
@@ -137,17 +117,16 @@ def studio_add(request, workspace, role):
     if request.method == "POST" and form.is_valid():
         try:
             studio = lifecycle.add_studio(request.user, workspace, **form.cleaned_data)
-        except lifecycle.ActionRefused as error:
+        except ActionRefused as error:
             form.add_error(None, str(error))
         else:
             messages.success(request, f"Studio {studio.name} added. Start it when you are ready.")
             return redirect(studio)
     environments = workspace.compute_environments.order_by("name")
-    problems = template_problems(workspace)
     return render(
         request,
         "studios/studio_add.html",
-        {"workspace": workspace, "form": form, "environments": environments, "problems": problems},
+        {"workspace": workspace, "form": form, "environments": environments},
         status=400 if form.errors else 200,
     )
 
@@ -195,13 +174,11 @@ def studio_detail(request, studio_id):
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)
     tab = request.GET.get("tab")
-    environment = studio.compute_environment
     context.update(
         tabs=DETAIL_TABS,
         tab=tab if tab in dict(DETAIL_TABS) else "configuration",
         history=studio_history(studio),
         checkpoints=studio.checkpoints.all(),
-        isolation_problem=backend_for(environment).isolation_problem if environment.kind == "local" else "",
         start_form=ResourcesForm(
             workspace=studio.workspace,
             studio=studio,
@@ -214,9 +191,7 @@ def studio_detail(request, studio_id):
 def _studio_action(request, studio, action, done_message, success_url=None):
     try:
         action(request.user, studio)
-    except PermissionRefused as error:
-        return refused(request, error)
-    except lifecycle.ActionRefused as error:
+    except ActionRefused as error:
         messages.error(request, str(error))
         return redirect(studio)
     messages.success(request, done_message.format(name=studio.name))
@@ -269,29 +244,19 @@ def studio_delete(request, studio_id):
     )
 
 
-@ensure_csrf_cookie
-def session_unavailable(request, status, message, studio=None, role=None):
-    """What the connect proxy answers instead of the session; called by the proxy, not routed.
-
-    A shared link to a studio that is not running tells its status and, to maintainers, offers Start.
-    """
-    context = {"status": status, "message": message, "studio": studio, "role": role}
-    if studio is not None and status != 404:
-        context["workspace"] = studio.workspace
-        context["actions"] = [action for action in permissions.studio_actions(role, studio) if action == "start"]
-    return render(request, "studios/session_unavailable.html", context, status=status)
-
-
 @workspace_page(permissions.ADMIN, "manage compute environments")
 def environment_list(request, workspace, role):
-    context = {"workspace": workspace, "role": role, "environments": workspace.compute_environments.order_by("name")}
+    environments = workspace.compute_environments.order_by("name")
+    checking = any(environment.status == ComputeEnvironment.Status.CHECKING for environment in environments)
+    context = {"workspace": workspace, "role": role, "environments": environments, "checking": checking}
     return render(request, "studios/environment_list.html", context)
 
 
 @sensitive_post_parameters("secret_access_key")
 @workspace_page(permissions.ADMIN, "manage compute environments")
 def environment_edit(request, workspace, role, environment_id=None):
-    """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving checks it at once."""
+    """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving queues its check, whose answer
+    the list shows."""
     environment = None
     if environment_id is not None:
         environment = get_object_or_404(
@@ -301,15 +266,10 @@ def environment_edit(request, workspace, role, environment_id=None):
     if request.method == "POST" and form.is_valid():
         try:
             environment = environments.save_batch_environment(request.user, workspace, form.save(commit=False))
-        except lifecycle.ActionRefused as error:
+        except ActionRefused as error:
             form.add_error(None, str(error))
         else:
-            if environment.status == ComputeEnvironment.Status.AVAILABLE:
-                messages.success(request, f"Saved {environment.name}; studios can start on it.")
-            else:
-                messages.error(
-                    request, f"Saved {environment.name}, but studios cannot start on it: {environment.status_reason}"
-                )
+            messages.success(request, f"Saved {environment.name}; checking whether studios can start on it.")
             return redirect("environment_list", workspace.organization.slug, workspace.slug)
     return render(
         request,

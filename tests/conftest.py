@@ -3,6 +3,7 @@ import pytest
 from studios.models import Role
 
 from .factories import make_member, make_user, make_workspace
+from .live import wait_until
 
 
 @pytest.fixture
@@ -30,6 +31,8 @@ def eager_tasks(monkeypatch):
     from studios_project.celery import app
 
     monkeypatch.setitem(app.conf, "task_always_eager", True)
+    # ``lifecycle`` queues tasks by name: only registered ones run eagerly (a worker imports them when it starts).
+    app.loader.import_default_modules()
 
 
 class LivePlatform:
@@ -86,8 +89,7 @@ def live_platform(transactional_db, settings, tmp_path):
     server = uvicorn.Server(uvicorn.Config(application, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    while not server.started:
-        threading.Event().wait(0.05)
+    wait_until(lambda: server.started, 30, "the platform's server to start", interval=0.05)
     celery_app.control.purge()
     with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"):
         yield LivePlatform(f"http://127.0.0.1:{port}")

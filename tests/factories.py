@@ -5,6 +5,7 @@ import secrets
 
 from django.contrib.auth import get_user_model
 
+from studios import tasks
 from studios.models import (
     ComputeEnvironment,
     Dataset,
@@ -27,9 +28,10 @@ def make_workspace(max_running_studios=None, work_dir="/tmp/studios-test-work"):
     workspace = Workspace.objects.create(
         organization=organization, name=f"Workspace {n}", slug=f"ws-{n}", max_running_studios=max_running_studios
     )
-    ComputeEnvironment.objects.create(
+    local = ComputeEnvironment.objects.create(
         workspace=workspace, name="local", work_dir=work_dir, writable_data_paths=["/data/scratch"], max_cpus=8
     )
+    tasks.check_compute_environment(local.pk)
     return workspace
 
 

@@ -1,8 +1,24 @@
-"""What tests against live processes share: waiting, with a deadline, for something to happen."""
+"""What tests against live processes share: waiting, with a deadline, for something to happen; a browser holding a
+user's login; running code in a session's kernel; a wheel to install without a network."""
 
+import asyncio
+import io
+import json
+import os
+import re
 import time
+import uuid
+import zipfile
+from pathlib import Path
 
+import httpx
 import pytest
+import websockets
+
+from studios.models import StudioStatus
+
+# How long a test waits for a session to start.
+START_TIMEOUT = 120
 
 
 def wait_until(predicate, timeout, what, interval=0.1):
@@ -16,3 +32,98 @@ def wait_until(predicate, timeout, what, interval=0.1):
         if time.monotonic() >= deadline:
             pytest.fail(f"waited {timeout} s for {what}")
         time.sleep(interval)
+
+
+def wait_for_status(studio, wanted, timeout=START_TIMEOUT):
+    """The studio, once its status is ``wanted``; the test fails at once when it errors instead."""
+
+    def arrived():
+        studio.refresh_from_db()
+        if studio.status == StudioStatus.ERRORED and wanted != StudioStatus.ERRORED:
+            pytest.fail(f"studio errored: {studio.status_reason}")
+        return studio.status == wanted
+
+    wait_until(arrived, timeout, f"studio {studio.name} to be {wanted}", interval=0.25)
+    return studio
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = open(f"/proc/{pid}/stat").read()
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+class Browser:
+    """An HTTP client holding a user's platform login, posting forms with their CSRF token."""
+
+    def __init__(self, platform, user=None):
+        self.http = httpx.Client(base_url=platform.url, timeout=30)
+        if user is not None:
+            self.http.cookies.set("sessionid", platform.session_cookie(user))
+
+    def post_form(self, path, data=None):
+        page = self.http.get("/")
+        token = self.http.cookies.get("csrftoken") or re.search(r'"X-CSRFToken": "([^"]+)"', page.text).group(1)
+        return self.http.post(path, data={"csrfmiddlewaretoken": token, **(data or {})}, headers={"Referer": str(self.http.base_url)})
+
+    def cookie_header(self):
+        return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+
+
+async def execute(platform, browser, studio, code, idle=0):
+    """Run ``code`` in a new kernel over the proxied kernel WebSocket, ``idle`` seconds after opening it."""
+    browser.http.get(f"{studio.connect_path}lab")  # JupyterLab sets its _xsrf cookie on its page
+    xsrf = next(c.value for c in browser.http.cookies.jar if c.name == "_xsrf" and c.path == studio.connect_path)
+    kernel = browser.http.post(
+        f"{studio.connect_path}api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}
+    )
+    assert kernel.status_code == 201, kernel.text
+    url = platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/{kernel.json()['id']}/channels"
+    async with websockets.connect(
+        url, additional_headers={"Cookie": browser.cookie_header()}, origin=platform.url
+    ) as socket:
+        await asyncio.sleep(idle)
+        msg_id = uuid.uuid4().hex
+        await socket.send(
+            json.dumps(
+                {
+                    "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                               "msg_type": "execute_request", "version": "5.3", "date": ""},
+                    "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                    "content": {"code": code, "silent": False, "store_history": False,
+                                "user_expressions": {}, "allow_stdin": False},
+                }  # fmt: skip
+            )
+        )
+        while True:
+            message = json.loads(await asyncio.wait_for(socket.recv(), 60))
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if message["msg_type"] == "stream":
+                return message["content"]["text"]
+            if message["msg_type"] == "error":
+                return "\n".join(message["content"]["traceback"])
+
+
+def run(platform, studio, user, code):
+    return asyncio.run(execute(platform, Browser(platform, user), studio, code)).strip()
+
+
+def make_wheel(directory):
+    """A tiny pure-Python wheel, so that the test installs a real package without a network."""
+    path = Path(directory) / "greeting-1.0-py3-none-any.whl"
+    files = {
+        "greeting/__init__.py": "def hello():\n    return 'hello from a checkpoint'\n",
+        "greeting-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: greeting\nVersion: 1.0\n",
+        "greeting-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+        wheel.writestr("greeting-1.0.dist-info/RECORD", "".join(f"{name},,\n" for name in files) + "greeting-1.0.dist-info/RECORD,,\n")
+    path.write_bytes(buffer.getvalue())
+    return path

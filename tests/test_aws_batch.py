@@ -2,6 +2,7 @@
 the jobs a start submits, how Batch's states and reasons reach the studio, stop and force stop,
 and the credentials that never come back out."""
 
+import html
 import json
 import logging
 import threading
@@ -47,10 +48,13 @@ def aws(monkeypatch):
 @pytest.fixture
 def environment(workspace, aws):
     aws.make_queue()
-    return ComputeEnvironment.objects.create(
+    environment = ComputeEnvironment.objects.create(
         workspace=workspace, name="batch", kind="aws-batch", region=REGION, job_queue="studios",
         work_dir="s3://lab-work/studios", writable_data_paths=["s3://lab-results/"], max_cpus=16,
     )  # fmt: skip
+    tasks.check_compute_environment(environment.pk)
+    environment.refresh_from_db()
+    return environment
 
 
 @pytest.fixture
@@ -144,17 +148,26 @@ def edit_url(environment):
     return reverse("environment_edit", args=[workspace.organization.slug, workspace.slug, environment.pk])
 
 
-def test_an_admin_adds_a_batch_environment_that_is_checked_at_once(client, workspace, members, aws):
+def list_url(workspace):
+    return reverse("environment_list", args=[workspace.organization.slug, workspace.slug])
+
+
+def test_an_admin_adds_a_batch_environment_whose_check_is_queued(
+    client, workspace, members, aws, eager_tasks, django_capture_on_commit_callbacks
+):
     aws.make_queue()
     client.force_login(members[Role.ADMIN])
-    response = client.post(add_url(workspace), form(), follow=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        saved = client.post(add_url(workspace), form(), follow=True).content.decode()
+    assert "Saved batch; checking whether studios can start on it." in saved
+    assert "checking…" in saved
     environment = ComputeEnvironment.objects.get(workspace=workspace, name="batch")
     assert (environment.kind, environment.region, environment.job_queue) == ("aws-batch", REGION, "studios")
     assert environment.writable_data_paths == ["s3://lab-results/", "s3://scratch/team-a/"]
     assert environment.status == "available" and environment.status_checked is not None
     assert not environment.has_credentials
-    page = response.content.decode()
-    assert "Saved batch; studios can start on it." in page
+    page = client.get(list_url(workspace)).content.decode()
+    assert "checking…" not in page
     assert "the platform's own role" in page
 
 
@@ -190,14 +203,15 @@ def environment_invalid(aws):
     ids=["queue-disabled", "queue-invalid", "environment-disabled", "environment-invalid", "fargate", "no-queue"],
 )
 def test_a_queue_that_cannot_run_sessions_makes_the_environment_invalid_and_studios_cannot_start(
-    client, workspace, members, aws, setup, reason
+    client, workspace, members, aws, setup, reason, eager_tasks, django_capture_on_commit_callbacks
 ):
     setup(aws)
     client.force_login(members[Role.ADMIN])
-    saved = client.post(add_url(workspace), form(), follow=True).content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(add_url(workspace), form())
     environment = ComputeEnvironment.objects.get(name="batch")
     assert environment.status == "invalid" and reason in environment.status_reason
-    assert "Saved batch, but studios cannot start on it" in saved
+    assert html.escape(reason) in client.get(list_url(workspace)).content.decode()
     studio = make_studio(
         workspace, name="blocked", author=members[Role.MAINTAIN], compute_environment_id=environment.pk
     )
@@ -251,7 +265,9 @@ def test_bad_input_is_explained_and_saves_nothing(client, workspace, members, aw
     assert not ComputeEnvironment.objects.filter(kind="aws-batch").exists()
 
 
-def test_editing_keeps_replaces_or_forgets_the_key_pair(client, workspace, members, aws):
+def test_editing_keeps_replaces_or_forgets_the_key_pair(
+    client, workspace, members, aws, eager_tasks, django_capture_on_commit_callbacks
+):
     aws.make_queue()
     client.force_login(members[Role.ADMIN])
     client.post(add_url(workspace), form(access_key_id=KEY_ID, secret_access_key=SECRET))
@@ -270,16 +286,20 @@ def test_editing_keeps_replaces_or_forgets_the_key_pair(client, workspace, membe
     environment.refresh_from_db()
     assert environment.aws_credentials()["aws_access_key_id"] == "AKIAI44QH8DHBEXAMPLE"
 
-    client.post(edit_url(environment), form(forget_credentials="on"))
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(edit_url(environment), form(forget_credentials="on"))
     environment.refresh_from_db()
     assert not environment.has_credentials and environment.status == "available"
 
 
-def test_the_secret_is_stored_encrypted_and_never_shown_or_logged(client, workspace, members, aws, caplog):
+def test_the_secret_is_stored_encrypted_and_never_shown_or_logged(
+    client, workspace, members, aws, caplog, eager_tasks, django_capture_on_commit_callbacks
+):
     caplog.set_level(logging.DEBUG)
     aws.make_queue()
     client.force_login(members[Role.ADMIN])
-    saved = client.post(add_url(workspace), form(access_key_id=KEY_ID, secret_access_key=SECRET))
+    with django_capture_on_commit_callbacks(execute=True):
+        saved = client.post(add_url(workspace), form(access_key_id=KEY_ID, secret_access_key=SECRET))
     assert saved.wsgi_request.sensitive_post_parameters == ("secret_access_key",)  # error reports hide it
     environment = ComputeEnvironment.objects.get(name="batch")
     assert SECRET not in environment.sealed_credentials and KEY_ID not in environment.sealed_credentials
@@ -304,7 +324,9 @@ def test_the_secret_is_stored_encrypted_and_never_shown_or_logged(client, worksp
     assert SECRET not in caplog.text
 
 
-def test_the_django_admin_changes_credentials_without_showing_them(client, environment, aws):
+def test_the_django_admin_changes_credentials_without_showing_them(
+    client, environment, aws, eager_tasks, django_capture_on_commit_callbacks
+):
     login_operator(client)
     url = f"/admin/studios/computeenvironment/{environment.pk}/change/"
     page = client.get(url).content.decode()
@@ -315,7 +337,8 @@ def test_the_django_admin_changes_credentials_without_showing_them(client, envir
         "access_key_id": KEY_ID, "secret_access_key": SECRET,
     }  # fmt: skip
     assert 'name="secret_access_key"' in page
-    response = client.post(url, fields)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url, fields)
     assert response.status_code == 302
     assert response.wsgi_request.sensitive_post_parameters == ("secret_access_key",)
     environment.refresh_from_db()

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import boto3
 import httpx
@@ -35,7 +34,7 @@ from .conftest import host_address
 from .factories import make_member, make_studio, make_workspace
 from .images import image_code
 from .moto_batch import REGION, MotoBatch, environment_of
-from .test_sessions import Browser, execute, wait_for_status
+from .live import Browser, execute, wait_for_status
 
 # The job's supervisor sandboxes the IDE, as it does in the job's privileged container on Batch.
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())

@@ -1,6 +1,8 @@
 """Checkpoint records: naming and renaming, Start as new, and the cleanup of shared content."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 from django.urls import reverse
@@ -12,6 +14,7 @@ from checkpoints.models import Checkpoint, CheckpointStore
 from checkpoints.store import LocalStore
 from checkpoints.tasks import clean_store
 from studios import lifecycle
+from studios.exceptions import ActionRefused
 from studios.models import Role, Studio, StudioStatus
 
 from .factories import make_member, make_studio, make_workspace
@@ -109,7 +112,7 @@ class TestStartAsNew:
 
     def test_the_checkpoint_in_use_cannot_be_the_source(self, saved_studio, maintainer):
         running = lifecycle.start_studio(maintainer, saved_studio)
-        with pytest.raises(lifecycle.ActionRefused, match="in use by atlas's running session"):
+        with pytest.raises(ActionRefused, match="in use by atlas's running session"):
             lifecycle.start_as_new(maintainer, running.session.checkpoint, name="x", cpus=1, memory_mb=1024)
         assert not Studio.objects.filter(name="x").exists()
 
@@ -186,12 +189,15 @@ class TestCleanup:
         assert self.objects(store) == before
 
 
-def test_checkpoints_are_scheduled_at_the_configured_interval():
-    from django.conf import settings
-
-    schedule = settings.CELERY_BEAT_SCHEDULE["checkpoint-sessions"]
-    assert schedule["task"] == "studios.tasks.checkpoint_running_sessions"
-    assert schedule["schedule"] == settings.STUDIOS_CHECKPOINT_INTERVAL_SECONDS == 300
+def test_the_beat_schedule_takes_checkpoints_at_the_interval_the_environment_sets(tmp_path):
+    """Settings read the environment once, when imported: read them in a fresh interpreter."""
+    script = (
+        "from studios_project import settings; "
+        "entry = settings.CELERY_BEAT_SCHEDULE['checkpoint-sessions']; print(entry['task'], entry['schedule'])"
+    )
+    environment = {**os.environ, "STUDIOS_CHECKPOINT_INTERVAL_SECONDS": "42", "STUDIOS_DATA_DIR": str(tmp_path)}
+    scheduled = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True)
+    assert scheduled.stdout.split() == ["studios.tasks.checkpoint_running_sessions", "42.0"]
 
 
 def test_the_detail_page_shows_the_checkpoints_and_the_last_save(client, saved_studio, maintainer):

@@ -1,11 +1,9 @@
 """Checkpoints of real sessions: what survives a stop, a SIGKILL, a corrupt store, and a clone."""
 
 import asyncio
-import io
 import os
 import signal
 import time
-import zipfile
 from pathlib import Path
 
 import boto3
@@ -17,24 +15,7 @@ from studios.models import Role, StudioStatus
 from studios.tasks import checkpoint_session, reconcile_sessions
 
 from .factories import make_member, make_studio, make_workspace
-from .test_sessions import Browser, execute, pid_alive, wait_for_status
-
-
-def make_wheel(directory):
-    """A tiny pure-Python wheel, so that the test installs a real package without a network."""
-    path = Path(directory) / "greeting-1.0-py3-none-any.whl"
-    files = {
-        "greeting/__init__.py": "def hello():\n    return 'hello from a checkpoint'\n",
-        "greeting-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: greeting\nVersion: 1.0\n",
-        "greeting-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as wheel:
-        for name, text in files.items():
-            wheel.writestr(name, text)
-        wheel.writestr("greeting-1.0.dist-info/RECORD", "".join(f"{name},,\n" for name in files) + "greeting-1.0.dist-info/RECORD,,\n")
-    path.write_bytes(buffer.getvalue())
-    return path
+from .live import Browser, execute, make_wheel, pid_alive, wait_for_status, wait_until
 
 
 class Files:
@@ -119,8 +100,7 @@ def test_a_killed_session_loses_only_what_changed_since_its_last_checkpoint(worl
     files.write("later.txt", "never saved\n")
     pid = studio.session.handle["pid"]
     os.killpg(pid, signal.SIGKILL)
-    while pid_alive(pid):
-        time.sleep(0.1)
+    wait_until(lambda: not pid_alive(pid), 10, f"the killed session's process {pid} to end")
     reconcile_sessions()
     studio.refresh_from_db()
     assert studio.status == StudioStatus.ERRORED

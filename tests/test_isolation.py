@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from checkpoints.models import Checkpoint
-from studios import lifecycle
+from studios import lifecycle, tasks
 from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
 from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_dataset, make_member, make_studio, make_workspace
-from .test_checkpoints_sessions import make_wheel
-from .test_sessions import Browser, execute, pid_alive, wait_for_status
+from .live import Browser, execute, make_wheel, pid_alive, run, wait_for_status
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
@@ -34,10 +33,6 @@ def world(live_platform, tmp_path):
     environment.save()
     user = make_member(workspace, Role.MAINTAIN)
     return live_platform, workspace, user
-
-
-def run(platform, studio, user, code):
-    return asyncio.run(execute(platform, Browser(platform, user), studio, code)).strip()
 
 
 def started(platform, workspace, user, **fields):
@@ -263,6 +258,7 @@ def test_the_detail_page_says_whether_sessions_are_isolated(world, settings):
     browser = Browser(platform, user)
     assert "Each session runs in its own container" in browser.http.get(studio.get_absolute_url()).text
     settings.STUDIOS_LOCAL_ISOLATION = "off"
+    tasks.check_compute_environment(studio.compute_environment_id)  # what the page says is what the check found
     page = browser.http.get(studio.get_absolute_url()).text
     assert "are not isolated (isolation is turned off)" in page
     lifecycle.start_studio(user, studio)

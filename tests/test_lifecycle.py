@@ -8,6 +8,7 @@ from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from studios import lifecycle
+from studios.exceptions import ActionRefused
 from studios.models import ALLOWED_TRANSITIONS, ActiveMount, InvalidTransition, Role, Studio, StudioStatus
 
 from .factories import make_dataset, make_member, make_studio, make_workspace
@@ -65,7 +66,7 @@ def test_start_from_stopped_or_errored(studio, owner, status):
 @pytest.mark.parametrize("status", [StudioStatus.STARTING, StudioStatus.RUNNING, StudioStatus.STOPPING])
 def test_start_refused_while_active(studio, owner, status):
     set_status(studio, status)
-    with pytest.raises(lifecycle.ActionRefused, match=f"genomics is {status}"):
+    with pytest.raises(ActionRefused, match=f"genomics is {status}"):
         lifecycle.start_studio(owner, studio)
     studio.refresh_from_db()
     assert studio.status == status
@@ -89,14 +90,14 @@ def test_a_starting_studio_can_be_stopped(studio, owner):
 @pytest.mark.parametrize("status", [StudioStatus.STOPPED, StudioStatus.ERRORED, StudioStatus.STOPPING])
 def test_stop_refused_unless_starting_or_running(studio, owner, status):
     set_status(studio, status)
-    with pytest.raises(lifecycle.ActionRefused, match="only a starting or running studio"):
+    with pytest.raises(ActionRefused, match="only a starting or running studio"):
         lifecycle.stop_studio(owner, studio)
 
 
 @pytest.mark.parametrize("status", [StudioStatus.STARTING, StudioStatus.RUNNING, StudioStatus.STOPPING])
 def test_delete_refused_while_active(studio, owner, status):
     set_status(studio, status)
-    with pytest.raises(lifecycle.ActionRefused, match="stop it before deleting"):
+    with pytest.raises(ActionRefused, match="stop it before deleting"):
         lifecycle.delete_studio(owner, studio)
     assert Studio.objects.filter(pk=studio.pk).exists()
 
@@ -112,7 +113,7 @@ def test_start_refused_on_invalid_compute_environment(studio, owner):
     studio.compute_environment.status = "invalid"
     studio.compute_environment.status_reason = "The job queue is DISABLED."
     studio.compute_environment.save()
-    with pytest.raises(lifecycle.ActionRefused, match="job queue is DISABLED"):
+    with pytest.raises(ActionRefused, match="job queue is DISABLED"):
         lifecycle.start_studio(owner, studio)
 
 
@@ -121,7 +122,7 @@ def test_start_past_the_workspace_cap_is_refused(db):
     owner = make_member(workspace, Role.OWNER)
     first, second = make_studio(workspace, author=owner), make_studio(workspace, author=owner)
     lifecycle.start_studio(owner, first)
-    with pytest.raises(lifecycle.ActionRefused, match="allows 1 running studio at once"):
+    with pytest.raises(ActionRefused, match="allows 1 running studio at once"):
         lifecycle.start_studio(owner, second)
     second.refresh_from_db()
     assert second.status == StudioStatus.STOPPED
@@ -133,7 +134,7 @@ def test_a_data_path_held_by_a_running_studio_cannot_be_mounted(workspace, owner
     first = make_studio(workspace, author=owner, datasets=[reads])
     second = make_studio(workspace, author=owner, datasets=[nested])
     lifecycle.start_studio(owner, first)
-    with pytest.raises(lifecycle.ActionRefused, match=f"mounted by running studio {first.name}"):
+    with pytest.raises(ActionRefused, match=f"mounted by running studio {first.name}"):
         lifecycle.start_studio(owner, second)
     assert not ActiveMount.objects.filter(studio=second).exists()
     # Once the first studio has stopped, the path is free again.
@@ -196,7 +197,7 @@ class TestSessionReports:
         from studios import tasks
 
         reaped = []
-        monkeypatch.setattr(tasks.reap_session, "delay", lambda *args: reaped.append(args))
+        monkeypatch.setattr(tasks.reap_session, "apply_async", lambda args, *_, **__: reaped.append(tuple(args)))
         studio.datasets.set([make_dataset(workspace)])
         lifecycle.start_studio(owner, studio)
         studio.refresh_from_db()
@@ -296,7 +297,7 @@ def race(functions):
 
 
 def refusals(results):
-    return [r for r in results if isinstance(r, lifecycle.ActionRefused)]
+    return [r for r in results if isinstance(r, ActionRefused)]
 
 
 @pytest.fixture

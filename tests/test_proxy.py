@@ -12,7 +12,7 @@ import websockets
 from websockets.sync.client import connect
 
 from studios import lifecycle
-from studios.models import Role, Studio, StudioStatus
+from studios.models import Role, StudioStatus
 
 from .factories import make_member, make_running, make_studio
 

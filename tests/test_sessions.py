@@ -1,96 +1,18 @@
 """Real sessions: JupyterLab started by a real Celery worker, reached through the real proxy."""
 
 import asyncio
-import json
 import os
-import re
 import signal
-import time
-import uuid
 
 import httpx
 import pytest
 import websockets
 
-from studios.models import Role, Studio, StudioStatus
+from studios.models import Role, StudioStatus
 from studios.tasks import reconcile_sessions
 
 from .factories import make_dataset, make_member, make_running, make_studio
-
-START_TIMEOUT = 120
-
-
-class Browser:
-    """An HTTP client holding a user's platform login, posting forms with their CSRF token."""
-
-    def __init__(self, platform, user=None):
-        self.http = httpx.Client(base_url=platform.url, timeout=30)
-        if user is not None:
-            self.http.cookies.set("sessionid", platform.session_cookie(user))
-
-    def post_form(self, path, data=None):
-        page = self.http.get("/")
-        token = self.http.cookies.get("csrftoken") or re.search(r'"X-CSRFToken": "([^"]+)"', page.text).group(1)
-        return self.http.post(path, data={"csrfmiddlewaretoken": token, **(data or {})}, headers={"Referer": str(self.http.base_url)})
-
-    def cookie_header(self):
-        return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
-
-
-def wait_for_status(studio, wanted, timeout=START_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        studio.refresh_from_db()
-        if studio.status == wanted:
-            return studio
-        if studio.status == StudioStatus.ERRORED:
-            pytest.fail(f"studio errored: {studio.status_reason}")
-        time.sleep(0.25)
-    pytest.fail(f"studio still {studio.status} after {timeout} s, wanted {wanted}")
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = open(f"/proc/{pid}/stat").read()
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-async def execute(platform, browser, studio, code, idle=0):
-    """Run ``code`` in a new kernel over the proxied kernel WebSocket, ``idle`` seconds after opening it."""
-    browser.http.get(f"{studio.connect_path}lab")  # JupyterLab sets its _xsrf cookie on its page
-    xsrf = next(c.value for c in browser.http.cookies.jar if c.name == "_xsrf" and c.path == studio.connect_path)
-    kernel = browser.http.post(
-        f"{studio.connect_path}api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}
-    )
-    assert kernel.status_code == 201, kernel.text
-    url = platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/{kernel.json()['id']}/channels"
-    async with websockets.connect(
-        url, additional_headers={"Cookie": browser.cookie_header()}, origin=platform.url
-    ) as socket:
-        await asyncio.sleep(idle)
-        msg_id = uuid.uuid4().hex
-        await socket.send(
-            json.dumps(
-                {
-                    "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                               "msg_type": "execute_request", "version": "5.3", "date": ""},
-                    "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                    "content": {"code": code, "silent": False, "store_history": False,
-                                "user_expressions": {}, "allow_stdin": False},
-                }  # fmt: skip
-            )
-        )
-        while True:
-            message = json.loads(await asyncio.wait_for(socket.recv(), 60))
-            if message.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if message["msg_type"] == "stream":
-                return message["content"]["text"]
-            if message["msg_type"] == "error":
-                return "\n".join(message["content"]["traceback"])
+from .live import Browser, execute, pid_alive, wait_for_status, wait_until
 
 
 @pytest.fixture
@@ -175,9 +97,7 @@ def test_a_killed_session_makes_the_studio_errored(session_world):
     Browser(platform, users[Role.MAINTAIN]).post_form(f"/studios/{studio.pk}/start/")
     studio = wait_for_status(studio, StudioStatus.RUNNING)
     os.killpg(studio.session.handle["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pid_alive(studio.session.handle["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not pid_alive(studio.session.handle["pid"]), 10, "the killed session's process to end")
     reconcile_sessions()
     studio.refresh_from_db()
     assert studio.status == StudioStatus.ERRORED

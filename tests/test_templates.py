@@ -17,8 +17,7 @@ from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
 
 from .factories import make_member, make_studio, make_workspace
-from .test_isolation import run
-from .test_sessions import Browser, wait_for_status
+from .live import Browser, run, wait_for_status
 
 needs_isolation = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 needs_code_server = pytest.mark.skipif(

@@ -59,6 +59,9 @@ class BackendError(Exception):
 
 
 class ComputeBackend(ABC):
+    # Why sessions here do not run isolated from the host, or "" when they do (the studio's page says so).
+    isolation_problem = ""
+
     @abstractmethod
     def template_problem(self, template: str) -> str:
         """Why ``template`` cannot run here and how to fix it, or "" when it can."""

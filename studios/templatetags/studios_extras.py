@@ -10,11 +10,6 @@ register = template.Library()
 
 
 @register.filter
-def get_item(mapping, key):
-    return mapping.get(key, {})
-
-
-@register.filter
 def actions_for(studio, role):
     """``{% with actions=studio|actions_for:role %}``: what the pages offer (``permissions.studio_actions``)."""
     return permissions.studio_actions(role, studio)

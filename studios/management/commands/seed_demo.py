@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from studios import tasks
 from studios.models import ComputeEnvironment, Dataset, Membership, Organization, Role, Workspace
 
 
@@ -39,7 +40,7 @@ class Command(BaseCommand):
         sample = data_dir / "reference" / "samples.csv"
         if not sample.exists():
             sample.write_text("sample,condition,reads\nS1,control,1204311\nS2,treated,1187420\nS3,treated,1299015\n")
-        ComputeEnvironment.objects.get_or_create(
+        local, _ = ComputeEnvironment.objects.get_or_create(
             workspace=workspace,
             name="local",
             defaults={
@@ -51,6 +52,8 @@ class Command(BaseCommand):
                 "max_memory_mb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
             },
         )
+        # What this host offers (templates, isolation) may have changed since the last run.
+        tasks.check_compute_environment(local.pk)
         Dataset.objects.get_or_create(
             workspace=workspace, name="reference", defaults={"uri": str(data_dir / "reference"), "region": "local"}
         )

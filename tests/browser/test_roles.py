@@ -60,7 +60,7 @@ CONNECTOR_MENUS = {"running_menu": ["Connect", "Copy URL"], "stopped_menu": []}
 JOURNEYS = [
     Journey(Role.OWNER, **MAINTAINER_MENUS, forbidden=("delete", "running", 200, "stop it before deleting it")),
     Journey(Role.ADMIN, **MAINTAINER_MENUS, forbidden=("start", "running", 200, "only a stopped or errored studio")),
-    Journey(Role.MAINTAIN, **MAINTAINER_MENUS, forbidden=("stop", "stopped", 200, "only a running studio")),
+    Journey(Role.MAINTAIN, **MAINTAINER_MENUS, forbidden=("stop", "stopped", 200, "only a starting or running studio")),
     Journey(Role.LAUNCH, **CONNECTOR_MENUS, forbidden=("start", "stopped", 403, NEEDS_MAINTAIN)),
     # At a phone's width.
     Journey(Role.CONNECT, **CONNECTOR_MENUS, forbidden=("delete", "stopped", 403, NEEDS_MAINTAIN), width=390),

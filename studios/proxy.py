@@ -19,6 +19,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from . import activity, forwarding, permissions, presence
+from .exceptions import DATABASE_OUTAGES, outage_page
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +163,27 @@ class SessionWebSocketProxy:
             if connection is not None:
                 log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
                 await presence.connection_closed(connection)
+
+
+def outage_answered(application):
+    """The proxy's HTTP requests go through Channels' session middleware, which reads the database before any
+    view runs: when it cannot be reached, answer the 503 page (as Django's pages do) instead of a bare 500."""
+
+    async def answer(scope, receive, send):
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await application(scope, receive, tracked)
+        except DATABASE_OUTAGES:
+            log.exception("proxy: the database is unreachable")
+            if started:
+                raise
+            await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/html; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": outage_page().encode()})
+
+    return answer

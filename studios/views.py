@@ -8,7 +8,6 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import InterfaceError, OperationalError
 from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,7 +19,7 @@ from django.views.decorators.http import require_POST
 from checkpoints import records
 
 from . import environments, lifecycle, permissions, presence
-from .exceptions import ActionRefused
+from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import BatchEnvironmentForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
@@ -37,9 +36,6 @@ SEARCH_KEYS = {
 
 
 # What says the database cannot be reached.
-DATABASE_OUTAGES = (OperationalError, InterfaceError)
-
-
 def server_error(request):
     """Django's handler500 (it has logged the error with its traceback): 503 with a sentence when the database
     cannot be reached, else the 500 page. (A broker outage fails no request: ``lifecycle`` queues its tasks after
@@ -48,8 +44,7 @@ def server_error(request):
     The failure may be the database itself, so the page is rendered from its template alone: no request, so no
     context processor, no user and no query."""
     if isinstance(sys.exc_info()[1], DATABASE_OUTAGES):
-        message = "The platform's database is unreachable; nothing was changed. Try again in a minute."
-        return HttpResponse(loader.render_to_string("503.html", {"message": message}), status=503)
+        return HttpResponse(outage_page(), status=503)
     return HttpResponse(loader.render_to_string("500.html"), status=500)
 
 

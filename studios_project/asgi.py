@@ -14,7 +14,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import re_path  # noqa: E402
 
 from studios.consumers import PresenceConsumer  # noqa: E402
-from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy  # noqa: E402
+from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy, outage_answered  # noqa: E402
 
 CONNECT_PATH = r"^studios/(?P<studio_id>\d+)/connect/"
 
@@ -22,7 +22,7 @@ application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
-                re_path(CONNECT_PATH, AuthMiddlewareStack(SessionHTTPProxy())),
+                re_path(CONNECT_PATH, outage_answered(AuthMiddlewareStack(SessionHTTPProxy()))),
                 re_path(r"", django_application),
             ]
         ),

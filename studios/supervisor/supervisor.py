@@ -40,6 +40,7 @@ log = logging.getLogger("studios.supervisor")
 
 READY_TIMEOUT_SECONDS = 180
 UNRECORDED_RETRY_SECONDS = 10
+WATCH_SECONDS = 1  # how often a running session's IDE, helpers and memory are looked at
 FINAL_REPORT_SECONDS = 60
 STOP_IDE_SECONDS = 10
 # A template root filesystem other than the host's has JupyterLab in its own Python here, as the images do.
@@ -334,7 +335,7 @@ class Supervisor:
                     return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise SessionEnded(f"The IDE did not answer within {READY_TIMEOUT_SECONDS} seconds.")
 
     def wait_for_ide(self):
@@ -354,7 +355,7 @@ class Supervisor:
                         "The session's network (slirp4netns) or a dataset's mount (rclone) ended unexpectedly. "
                         "Start the studio again; its last checkpoint is kept."
                     )
-            time.sleep(0.2)
+            time.sleep(WATCH_SECONDS)
         return code
 
     def ended_reason(self, code, when="unexpectedly"):

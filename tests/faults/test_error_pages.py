@@ -14,6 +14,14 @@ def test_a_page_asked_for_while_postgres_is_down_says_so_with_a_503(platform, po
     assert sentence in html.unescape(page.text)
 
 
+def test_a_session_page_asked_for_while_postgres_is_down_says_so_with_a_503(platform, postgres, studio):
+    """The proxy's requests meet the database before any view (the login is read from it)."""
+    postgres.stop()
+    page = platform.get(studio["connect_path"] + "lab", studio)
+    assert page.status_code == 503
+    assert "The platform's database is unreachable; nothing was changed." in html.unescape(page.text)
+
+
 def test_a_server_error_shows_the_500_page_and_is_logged_with_its_traceback(platform, postgres, studio):
     """The database lacks a table the code expects, as after a deployment that skipped a migration."""
     postgres.query("ALTER TABLE studios_studio RENAME TO studios_studio_elsewhere")

@@ -4,7 +4,6 @@ user's login; running code in a session's kernel; a wheel to install without a n
 import asyncio
 import io
 import json
-import os
 import re
 import time
 import uuid
@@ -48,11 +47,11 @@ def wait_for_status(studio, wanted, timeout=START_TIMEOUT):
 
 
 def pid_alive(pid):
+    """Whether process ``pid`` runs (a zombie, or one gone between two looks, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
         return False
-    stat = open(f"/proc/{pid}/stat").read()
     return stat[stat.rindex(")") + 2] != "Z"
 
 

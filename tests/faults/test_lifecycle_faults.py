@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 from studios.backends.local import LocalBackend
 from studios.supervisor import sandbox
 
-from ..live import wait_until
+from ..live import pid_alive, wait_until
 from .conftest import REPO
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
@@ -124,14 +124,6 @@ def session_supervisor(world, session):
     pytest.fail("the session's supervisor is not running")
 
 
-def alive(pid):
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 @pytest.fixture
 def world(services, platform, platform_side, tmp_path):
     _, _, _, environment = services
@@ -191,7 +183,7 @@ def test_a_stop_whose_worker_is_killed_while_it_waits_ends_once_a_worker_is_back
     time.sleep(2)  # it waits for the session
     world.worker.kill()
     os.kill(supervisor, signal.SIGCONT)  # the session saves its final checkpoint and ends, worker or not
-    wait_until(lambda: not alive(supervisor), 60, "the supervisor to end")
+    wait_until(lambda: not pid_alive(supervisor), 60, "the supervisor to end")
     world.worker.start()
     state, took = world.wait_for("stopped", CONVERGE_SECONDS)
     assert took <= CONVERGE_SECONDS
@@ -208,7 +200,7 @@ def test_an_ide_killed_inside_its_session_errors_the_studio_once_nothing_of_it_i
     state, took = world.wait_for("errored", CONVERGE_SECONDS)
     assert state["reason"].startswith("The IDE exited unexpectedly with code -9. Start the studio again")
     assert re.search(r"Changes made since checkpoint \S+ was saved at [\d: -]+UTC may be lost\.$", state["reason"])
-    assert world.leftovers() == [] and not any(alive(pid) for pid in helpers)
+    assert world.leftovers() == [] and not any(pid_alive(pid) for pid in helpers)
 
 
 @pytest.mark.parametrize("moment", ["restoring its checkpoint", "running"])

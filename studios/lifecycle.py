@@ -308,7 +308,9 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
             records.mark_invalid(session.restored_from, reason)
         if steps is not None:
             session.steps = steps
-            session.save(update_fields=["steps"])
+        # Kept for whichever ends the studio first: this session's reaping, or a reconcile that finds it gone.
+        session.end_reason = reason
+        session.save(update_fields=["steps", "end_reason"])
         session_id = session.pk
         transaction.on_commit(lambda: dispatch(REAP_SESSION, session_id, reason))
     return True
@@ -382,12 +384,14 @@ def unattended_stops():
 
 
 def fail_studio(studio_id, reason, expected=ACTIVE_STATUSES):
-    """Make a studio errored with a reason, if it is still in one of the ``expected`` statuses; a session that
-    had been running also says what may be lost."""
+    """Make a studio errored with a reason, if it is still in one of the ``expected`` statuses (the reason its
+    session reported, when it did); a session that had been running also says what may be lost."""
     with transaction.atomic():
         studio = Studio.objects.select_for_update(of=("self",)).select_related("session__checkpoint").filter(pk=studio_id).first()
         if studio is None or studio.status not in expected:
             return False
+        if studio.session is not None and studio.session.ended is None and studio.session.end_reason:
+            reason = studio.session.end_reason  # what the session said, over what the platform inferred
         if studio.status != StudioStatus.STARTING:
             reason = _possible_loss(studio, reason)
         _end_session(studio, StudioStatus.ERRORED, reason)

@@ -214,6 +214,20 @@ class TestSessionReports:
         assert studio.session.token is None and studio.session.end_reason == "JupyterLab exited with code 1"
         assert not studio.active_mounts.exists()
 
+    def test_a_reported_failure_keeps_its_reason_when_the_reconcile_finds_the_session_gone_first(
+        self, studio, owner, django_capture_on_commit_callbacks, monkeypatch
+    ):
+        from studios import tasks
+
+        monkeypatch.setattr(tasks.reap_session, "apply_async", lambda *args, **kwargs: None)
+        lifecycle.start_studio(owner, studio)
+        studio.refresh_from_db()
+        with django_capture_on_commit_callbacks(execute=True):
+            assert lifecycle.session_failed(studio.session.token, "The session's network ended unexpectedly.")
+        lifecycle.fail_studio(studio.pk, "The session's supervisor ended unexpectedly.")  # the reconcile, first
+        studio.refresh_from_db()
+        assert studio.status_reason == "The session's network ended unexpectedly."
+
     def test_the_session_report_endpoint_checks_the_token_and_what_the_report_says(self, client, studio, owner):
         lifecycle.start_studio(owner, studio)
         studio.refresh_from_db()

@@ -29,6 +29,8 @@ services:
 
 # The tools the code is written for; `make test` runs them first and stops when one fails.
 check: $(VENV)/test-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports
 
 test: $(VENV)/test-installed check services

@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from checkpoints import snapshot  # noqa: E402
-from checkpoints.store import LocalStore  # noqa: E402
+from checkpoints import snapshot
+from checkpoints.store import LocalStore
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 LAYER_MB = int(sys.argv[2]) if len(sys.argv) > 2 else 300
@@ -43,7 +43,9 @@ BASELINE = Path(sys.argv[3]).resolve() if len(sys.argv) > 3 else None
 def baseline_snapshot():
     """The baseline checkout's snapshot module, imported under another package name next to ours."""
     package = BASELINE / "checkpoints"
-    spec = importlib.util.spec_from_file_location("baseline_checkpoints", package / "__init__.py", submodule_search_locations=[str(package)])
+    spec = importlib.util.spec_from_file_location(
+        "baseline_checkpoints", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
     sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules[spec.name])
     return importlib.import_module("baseline_checkpoints.snapshot")
@@ -101,7 +103,9 @@ def measure(module, layer, scratch, rows):
     rows["second_bytes"].append(second.stored_bytes)
     target = scratch / "restored"
     target.mkdir()
-    rows["restore"].append(timed(lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256), store.root)[0])
+    rows["restore"].append(
+        timed(lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256), store.root)[0]
+    )
 
 
 def measure_tar(layer, scratch, rows):
@@ -126,7 +130,10 @@ def main():
         before = baseline_snapshot()
         columns["before"] = lambda scratch, rows: measure(before, layer, scratch, rows)
     columns["tar | zstd -3"] = lambda scratch, rows: measure_tar(layer, scratch, rows)
-    rows = {column: {name: [] for name in ("first", "first_bytes", "second", "second_bytes", "restore")} for column in columns}
+    rows = {
+        column: {name: [] for name in ("first", "first_bytes", "second", "second_bytes", "restore")}
+        for column in columns
+    }
     for run in range(RUNS):
         order = list(columns) if run % 2 == 0 else list(reversed(columns))
         for number, column in enumerate(order):

@@ -39,7 +39,9 @@ def session_processes(data_dir):
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             children.setdefault(int(stat_fields(proc.name)[1]), []).append(int(proc.name))
-            if b"studios.supervisor" in (proc / "cmdline").read_bytes() and os.readlink(proc / "cwd").startswith(data_dir):
+            if b"studios.supervisor" in (proc / "cmdline").read_bytes() and os.readlink(proc / "cwd").startswith(
+                data_dir
+            ):
                 supervisors.append(int(proc.name))
     (supervisor,) = supervisors
     pids, below = [], [supervisor]
@@ -70,16 +72,17 @@ def pss_mib(pids):
 
 
 def main():
-    with demo_platform(STUDIOS_LOCAL_ISOLATION="auto") as container_platform, demo_platform(
-        STUDIOS_LOCAL_ISOLATION="off"
-    ) as plain_platform:
+    with (
+        demo_platform(STUDIOS_LOCAL_ISOLATION="auto") as container_platform,
+        demo_platform(STUDIOS_LOCAL_ISOLATION="off") as plain_platform,
+    ):
         users = {}
         for name, (base, password, _) in (("container", container_platform), ("plain", plain_platform)):
             user = DemoUser(base, "maintain", password)
             users[name] = (user, user.add_studio("bench"))
         times = {name: [] for name in users}
         for run in range(RUNS):
-            for name, (user, studio_id) in users.items():
+            for user, studio_id in users.values():
                 began = time.perf_counter()
                 user.post(f"/studios/{studio_id}/start/")
                 user.wait_for(studio_id, "running")
@@ -104,8 +107,10 @@ def main():
         cpu = {"container": cpu_seconds(container_pids), "plain": cpu_seconds(plain_pids)}
         (layer_image,) = Path(container_platform[2]["STUDIOS_DATA_DIR"]).glob("sessions/*/layer.img")
         layer_disk = layer_image.stat().st_blocks * 512 / 2**20
-        cgroup_cpu = (int((Path(str(group).replace("/memory/", "/cpuacct/")) / "cpuacct.usage").read_text()) - cgroup_cpu_before) / 1e9
-        for name, (user, studio_id) in users.items():
+        cgroup_cpu = (
+            int((Path(str(group).replace("/memory/", "/cpuacct/")) / "cpuacct.usage").read_text()) - cgroup_cpu_before
+        ) / 1e9
+        for user, studio_id in users.values():
             user.post(f"/studios/{studio_id}/stop/")
             user.wait_for(studio_id, "stopped")
 
@@ -114,11 +119,15 @@ def main():
         print(f"{name}: start to running, median of {RUNS}: {statistics.median(times[name]):.2f} s (runs: {runs})")
     for name in ("container", "plain"):
         share = (cpu[name] - cpu_before[name]) / IDLE * 100
-        print(f"{name}: idle CPU over {IDLE:.0f} s: {share:.2f} % of one core; "
-              f"memory (PSS of its processes), median: {statistics.median(pss[name]):.1f} MiB")  # fmt: skip
-    print(f"container cgroup: CPU {cgroup_cpu / IDLE * 100:.2f} % of one core; "
-          f"memory incl. page cache, median {statistics.median(cgroup_memory):.1f} MiB; "
-          f"its writable layer's file takes {layer_disk:.1f} MiB of disk (sparse)")  # fmt: skip
+        print(
+            f"{name}: idle CPU over {IDLE:.0f} s: {share:.2f} % of one core; "
+            f"memory (PSS of its processes), median: {statistics.median(pss[name]):.1f} MiB"
+        )
+    print(
+        f"container cgroup: CPU {cgroup_cpu / IDLE * 100:.2f} % of one core; "
+        f"memory incl. page cache, median {statistics.median(cgroup_memory):.1f} MiB; "
+        f"its writable layer's file takes {layer_disk:.1f} MiB of disk (sparse)"
+    )
 
 
 if __name__ == "__main__":

@@ -56,11 +56,15 @@ def main():
         maintainer.post(f"/studios/{studio_id}/stop/")
         maintainer.wait_for(studio_id, "stopped")
 
-        print(f"start to running, median of {RUNS}: {statistics.median(start_times):.2f} s "
-              f"(runs: {', '.join(f'{t:.2f}' for t in start_times)})")  # fmt: skip
+        print(
+            f"start to running, median of {RUNS}: {statistics.median(start_times):.2f} s "
+            f"(runs: {', '.join(f'{t:.2f}' for t in start_times)})"
+        )
         proxied, plain = statistics.median(via_proxy) * 1000, statistics.median(straight) * 1000
-        print(f"GET {STATUS_PATHS[TEMPLATE]}, median of {REQUESTS}: via proxy {proxied:.2f} ms, direct {plain:.2f} ms, "
-              f"added by the proxy {proxied - plain:.2f} ms")  # fmt: skip
+        print(
+            f"GET {STATUS_PATHS[TEMPLATE]}, median of {REQUESTS}: via proxy {proxied:.2f} ms, direct {plain:.2f} ms, "
+            f"added by the proxy {proxied - plain:.2f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,15 @@ from playwright.sync_api import expect, sync_playwright
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def main():
@@ -37,7 +43,9 @@ def main():
             for way, samples in times.items():
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 if way == "through the proxy":
-                    context.add_cookies([{"name": "sessionid", "value": user.http.cookies.get("sessionid"), "url": base}])
+                    context.add_cookies(
+                        [{"name": "sessionid", "value": user.http.cookies.get("sessionid"), "url": base}]
+                    )
                     url = f"{base}{studio.connect_path}?folder=/workspace"
                 else:
                     context.set_extra_http_headers({"X-Studios-Session-Token": studio.session.token})

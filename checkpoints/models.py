@@ -39,9 +39,13 @@ class Checkpoint(models.Model):
     manifest_sha256 = models.CharField(max_length=64, blank=True)
     invalid_reason = models.TextField(blank=True)
     copied_from = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="copies",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="copies",
         help_text="For a clone's inherited history: the parent's record (both share the stored content).",
-    )  # fmt: skip
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["studio", "name"], name="unique_checkpoint_name")]

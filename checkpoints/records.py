@@ -23,7 +23,9 @@ def new_session_checkpoint(studio):
 
 def restore_source(studio):
     """What a start restores: the newest checkpoint the studio's own sessions saved, else the clone's source."""
-    own = studio.checkpoints.filter(copied_from__isnull=True, state__in=[Checkpoint.State.INTERIM, Checkpoint.State.FINALIZED])
+    own = studio.checkpoints.filter(
+        copied_from__isnull=True, state__in=[Checkpoint.State.INTERIM, Checkpoint.State.FINALIZED]
+    )
     newest = own.exclude(manifest_key="").order_by("-saved").first()
     if newest is None and studio.parent_checkpoint_id and studio.parent_checkpoint.restorable:
         return studio.parent_checkpoint
@@ -33,8 +35,16 @@ def restore_source(studio):
 def record_saved(checkpoint_id, manifest_key, manifest_sha256, size_bytes, final):
     """A complete version of a checkpoint was written: point the record at it."""
     state = Checkpoint.State.FINALIZED if final else Checkpoint.State.INTERIM
-    updated = Checkpoint.objects.filter(pk=checkpoint_id).exclude(state=Checkpoint.State.INVALID).update(
-        manifest_key=manifest_key, manifest_sha256=manifest_sha256, size_bytes=size_bytes, state=state, saved=timezone.now()
+    updated = (
+        Checkpoint.objects.filter(pk=checkpoint_id)
+        .exclude(state=Checkpoint.State.INVALID)
+        .update(
+            manifest_key=manifest_key,
+            manifest_sha256=manifest_sha256,
+            size_bytes=size_bytes,
+            state=state,
+            saved=timezone.now(),
+        )
     )
     return bool(updated)
 

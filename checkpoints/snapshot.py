@@ -156,7 +156,7 @@ class _Saver:
             self._send()
 
     def _send(self):
-        chunk_lists, pieces = zip(*self.batch)
+        chunk_lists, pieces = zip(*self.batch, strict=True)
         self.digesting.append((self.cpus.submit(self._digest, pieces), chunk_lists))
         self.batch, self.batch_bytes = [], 0
         while len(self.digesting) > IN_FLIGHT:
@@ -172,13 +172,16 @@ class _Saver:
         """
         digests = [hashlib.sha256(piece).hexdigest() for piece in pieces]
         new = [digest not in self.known for digest in digests]
-        fresh = [piece for piece, is_new in zip(pieces, new) if is_new]
+        fresh = [piece for piece, is_new in zip(pieces, new, strict=True) if is_new]
         frames = iter(zstandard.ZstdCompressor(level=3).multi_compress_to_buffer(fresh, threads=1) if fresh else ())
-        return [(digest, next(frames) if is_new else None, len(piece)) for digest, is_new, piece in zip(digests, new, pieces)]
+        return [
+            (digest, next(frames) if is_new else None, len(piece))
+            for digest, is_new, piece in zip(digests, new, pieces, strict=True)
+        ]
 
     def _receive(self):
         future, chunk_lists = self.digesting.popleft()
-        for chunks, (digest, compressed, size) in zip(chunk_lists, future.result()):
+        for chunks, (digest, compressed, size) in zip(chunk_lists, future.result(), strict=True):
             if digest not in self.known:  # else it was known when digested, or came earlier in this checkpoint
                 self.known[digest] = self._place(digest, compressed, size)
             chunks.append(self.known[digest])
@@ -324,7 +327,9 @@ def take(layer, store, previous=None, excluded=("data",), manifest_prefix="share
             saver.digested()
             manifest = {"version": VERSION, "entries": entries}
             # Encoded while the last writes complete.
-            encoded = zstandard.ZstdCompressor(level=3).compress(json.dumps(manifest, separators=(",", ":"), check_circular=False).encode())
+            encoded = zstandard.ZstdCompressor(level=3).compress(
+                json.dumps(manifest, separators=(",", ":"), check_circular=False).encode()
+            )
             stored = saver.written()
     finally:
         os.close(layer_fd)
@@ -417,7 +422,9 @@ def _check(manifest, key):
     their folder, so that a restore only ever writes into directories it has just created
     itself: a symlink entry cannot be a folder, and no path leaves the layer.
     """
-    if not (isinstance(manifest, dict) and manifest.get("version") == VERSION and isinstance(manifest.get("entries"), list)):
+    if not (
+        isinstance(manifest, dict) and manifest.get("version") == VERSION and isinstance(manifest.get("entries"), list)
+    ):
         raise CorruptCheckpoint(f"its manifest {key} is not a manifest of version {VERSION}")
     seen, folders = set(), {""}
     for number, entry in enumerate(manifest["entries"]):

@@ -8,7 +8,7 @@ import ctypes
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 CHECKPOINTS_DIR = ".studios/checkpoints"
@@ -27,6 +27,7 @@ class ContentStore(ABC):
     def put(self, key: str, content: bytes) -> None:
         """Write atomically: a reader sees all of it or nothing. Durable once ``persist`` returns."""
 
+    @abstractmethod
     def persist(self) -> None:
         """Make everything put so far durable (a checkpoint's content before its manifest, then the manifest)."""
 
@@ -83,7 +84,7 @@ class LocalStore(ContentStore):
             return
         for path in base.rglob("*"):
             if path.is_file() and not path.name.startswith(".incoming-"):
-                modified = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+                modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
                 yield str(path.relative_to(self.root)), modified
 
     def delete(self, key):
@@ -115,6 +116,9 @@ class S3Store(ContentStore):
     def put(self, key, content):
         # One PUT is atomic on S3: the object appears whole once the call has succeeded.
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=content)
+
+    def persist(self):
+        """Nothing to do: an S3 put is durable once it returns."""
 
     def get(self, key):
         try:

@@ -21,7 +21,7 @@ def clean_store(self, work_dir):
     store, _ = CheckpointStore.objects.get_or_create(work_dir=work_dir)
     try:
         removed = sweep(work_dir)
-    except Exception as error:  # noqa: BLE001 - any failure is recorded and retried, never dropped
+    except Exception as error:
         delay = min(60 * 2**store.failures, MAX_BACKOFF_SECONDS)
         CheckpointStore.objects.filter(pk=store.pk).update(
             failures=store.failures + 1,
@@ -29,7 +29,7 @@ def clean_store(self, work_dir):
             next_attempt=timezone.now() + timedelta(seconds=delay),
         )
         log.warning("cleanup of %s failed (%s); retrying in %s s", work_dir, error, delay)
-        raise self.retry(exc=error, countdown=delay)
+        raise self.retry(exc=error, countdown=delay) from error
     CheckpointStore.objects.filter(pk=store.pk).update(
         failures=0, last_error="", next_attempt=None, last_cleanup=timezone.now(), removed_objects=removed
     )

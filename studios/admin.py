@@ -46,7 +46,21 @@ class MembershipAdmin(admin.ModelAdmin):
 class ComputeEnvironmentAdminForm(CredentialsForm, forms.ModelForm):
     class Meta:
         model = ComputeEnvironment
-        fields = "__all__"
+        fields = [
+            "workspace",
+            "name",
+            "kind",
+            "region",
+            "work_dir",
+            "writable_data_paths",
+            "job_queue",
+            "status",
+            "status_reason",
+            "min_cpus",
+            "max_cpus",
+            "min_memory_mb",
+            "max_memory_mb",
+        ]
 
 
 @admin.register(ComputeEnvironment)
@@ -56,7 +70,14 @@ class ComputeEnvironmentAdmin(admin.ModelAdmin):
     form = ComputeEnvironmentAdminForm
     list_display = ["name", "workspace", "kind", "region", "job_queue", "status"]
     list_filter = ["kind", "status"]
-    readonly_fields = ["credentials", "status", "status_reason", "status_checked", "template_problems", "isolation_problem"]
+    readonly_fields = [
+        "credentials",
+        "status",
+        "status_reason",
+        "status_checked",
+        "template_problems",
+        "isolation_problem",
+    ]
 
     @admin.display(description="Stored credentials")
     def credentials(self, environment):

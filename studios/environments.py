@@ -39,4 +39,3 @@ def save_and_check(environment):
     environment.status, environment.status_reason = ComputeEnvironment.Status.CHECKING, ""
     environment.save()
     transaction.on_commit(lambda: lifecycle.dispatch(lifecycle.CHECK_COMPUTE_ENVIRONMENT, environment.pk))
-

@@ -59,9 +59,7 @@ class ResourcesForm(forms.Form):
             return cleaned
         cpus, memory = cleaned.get("cpus"), cleaned.get("memory_mb")
         if cpus is not None and not environment.min_cpus <= cpus <= environment.max_cpus:
-            self.add_error(
-                "cpus", f"{environment.name} offers {environment.min_cpus} to {environment.max_cpus} CPUs."
-            )
+            self.add_error("cpus", f"{environment.name} offers {environment.min_cpus} to {environment.max_cpus} CPUs.")
         if memory is not None and not environment.min_memory_mb <= memory <= environment.max_memory_mb:
             self.add_error(
                 "memory_mb",
@@ -149,7 +147,8 @@ class CredentialsForm(forms.Form):
             self.add_error(missing, "Enter both the access key ID and the secret access key.")
         elif key_id and not re.fullmatch(r"[A-Z0-9]{16,128}", key_id):
             self.add_error(
-                "access_key_id", "An AWS access key ID is 16 or more capital letters and digits, like AKIAIOSFODNN7EXAMPLE."
+                "access_key_id",
+                "An AWS access key ID is 16 or more capital letters and digits, like AKIAIOSFODNN7EXAMPLE.",
             )
         elif key_id and cleaned.get("forget_credentials"):
             self.add_error("forget_credentials", "Either enter a new key pair or forget the stored one, not both.")
@@ -165,7 +164,9 @@ class CredentialsForm(forms.Form):
 
 
 S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
-JOB_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}|arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/[A-Za-z0-9_-]+")
+JOB_QUEUE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}|arn:aws[a-z-]*:batch:[a-z0-9-]+:\d{12}:job-queue/[A-Za-z0-9_-]+"
+)
 
 
 class BatchEnvironmentForm(CredentialsForm, forms.ModelForm):
@@ -181,8 +182,12 @@ class BatchEnvironmentForm(CredentialsForm, forms.ModelForm):
     class Meta:
         model = ComputeEnvironment
         fields = ["name", "region", "job_queue", "work_dir", "writable_data_paths", "max_cpus", "max_memory_mb"]
-        labels = {"job_queue": "Job queue", "work_dir": "Work directory", "max_cpus": "Most CPUs a studio may ask for",
-                  "max_memory_mb": "Most memory a studio may ask for (MB)"}  # fmt: skip
+        labels = {
+            "job_queue": "Job queue",
+            "work_dir": "Work directory",
+            "max_cpus": "Most CPUs a studio may ask for",
+            "max_memory_mb": "Most memory a studio may ask for (MB)",
+        }
         help_texts = {"work_dir": "s3://bucket/prefix: where checkpoints are kept."}
         widgets = {"work_dir": forms.TextInput(attrs={"placeholder": "s3://lab-work/studios"})}
 

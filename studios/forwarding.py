@@ -14,9 +14,15 @@ import websockets
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
 HOP_HEADERS = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade",
-}  # fmt: skip
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
 
 
 def new_client(**options):
@@ -102,7 +108,9 @@ async def relay_websocket(connect, headers, origin, scope, receive, send, opened
     """
     await receive()  # websocket.connect
     headers = [
-        (name, value) for name, value in headers if not name.startswith("sec-websocket") and name not in ("host", "origin")
+        (name, value)
+        for name, value in headers
+        if not name.startswith("sec-websocket") and name not in ("host", "origin")
     ]
     try:
         upstream = await connect(

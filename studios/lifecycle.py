@@ -22,7 +22,6 @@ from checkpoints import records
 
 from . import permissions
 from .exceptions import ActionRefused
-from .supervisor import protocol
 from .models import (
     ACTIVE_STATUSES,
     ActiveMount,
@@ -33,6 +32,7 @@ from .models import (
     data_paths_overlap,
     normalize_data_path,
 )
+from .supervisor import protocol
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,12 @@ def add_studio(user, workspace, *, datasets=(), **fields):
 
 def _lock(studio_id):
     """The studio, locked; Http404 when it was deleted meanwhile (a start racing a delete, two deletes)."""
-    studio = Studio.objects.select_for_update(of=("self",)).select_related("compute_environment", "session").filter(pk=studio_id).first()
+    studio = (
+        Studio.objects.select_for_update(of=("self",))
+        .select_related("compute_environment", "session")
+        .filter(pk=studio_id)
+        .first()
+    )
     if studio is None:
         raise Http404("No such studio")
     return studio
@@ -183,7 +188,9 @@ def _hold_mounts(studio):
                     writable=studio.compute_environment.is_writable(dataset.uri),
                 )
         except IntegrityError:
-            raise ActionRefused(f"Dataset {dataset.name} ({dataset.uri}) is already mounted by another studio.") from None
+            raise ActionRefused(
+                f"Dataset {dataset.name} ({dataset.uri}) is already mounted by another studio."
+            ) from None
 
 
 def stop_studio(user, studio):
@@ -207,7 +214,9 @@ def force_stop_studio(user, studio):
     with transaction.atomic():
         studio = _lock(studio.pk)
         if studio.status != StudioStatus.STOPPING:
-            raise ActionRefused(f"{studio.name} is {studio.status}; only a studio that is stopping can be force stopped.")
+            raise ActionRefused(
+                f"{studio.name} is {studio.status}; only a studio that is stopping can be force stopped."
+            )
         if not studio.can_force_stop:
             raise ActionRefused(
                 f"{studio.name} is still saving its final checkpoint; force stop is offered once a stop has taken "
@@ -316,7 +325,9 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
     return True
 
 
-def session_checkpoint_saved(token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes):
+def session_checkpoint_saved(
+    token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes
+):
     with transaction.atomic():
         session = _by_token(token)
         if session is None or session.checkpoint_id is None:
@@ -387,7 +398,12 @@ def fail_studio(studio_id, reason, expected=ACTIVE_STATUSES):
     """Make a studio errored with a reason, if it is still in one of the ``expected`` statuses (the reason its
     session reported, when it did); a session that had been running also says what may be lost."""
     with transaction.atomic():
-        studio = Studio.objects.select_for_update(of=("self",)).select_related("session__checkpoint").filter(pk=studio_id).first()
+        studio = (
+            Studio.objects.select_for_update(of=("self",))
+            .select_related("session__checkpoint")
+            .filter(pk=studio_id)
+            .first()
+        )
         if studio is None or studio.status not in expected:
             return False
         if studio.session is not None and studio.session.ended is None and studio.session.end_reason:

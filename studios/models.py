@@ -309,11 +309,15 @@ class Session(models.Model):
     # What the backend created for it, named before it was created; and where the platform reaches it.
     handle = models.JSONField(default=dict, blank=True)
     endpoint = models.CharField(max_length=200, blank=True)
-    control_endpoint = models.CharField(max_length=200, blank=True, help_text="Where the platform asks for checkpoints.")
+    control_endpoint = models.CharField(
+        max_length=200, blank=True, help_text="Where the platform asks for checkpoints."
+    )
     ready = models.BooleanField(default=False, help_text="The supervisor reported its IDE answering.")
     launched = models.BooleanField(default=False, help_text="The backend has created what the handle names.")
     worked_on = models.DateTimeField(
-        null=True, blank=True, help_text="When a task last worked on starting or stopping it; a stale time means none does."
+        null=True,
+        blank=True,
+        help_text="When a task last worked on starting or stopping it; a stale time means none does.",
     )
     steps = models.JSONField(default=list, blank=True)
     # The checkpoint this session saves into, and the one it was restored from.

@@ -16,9 +16,7 @@ ADMIN = Role.ADMIN
 def role_of(user, workspace):
     if not user.is_authenticated:
         return None
-    return (
-        Membership.objects.filter(user=user, workspace=workspace).values_list("role", flat=True).first()
-    )
+    return Membership.objects.filter(user=user, workspace=workspace).values_list("role", flat=True).first()
 
 
 def has_role(role, lowest):
@@ -52,9 +50,11 @@ def require_role(user, workspace, lowest, action):
 
 
 def workspace_for(user, org_slug, workspace_slug):
-    workspace = Workspace.objects.select_related("organization").filter(
-        organization__slug=org_slug, slug=workspace_slug
-    ).first()
+    workspace = (
+        Workspace.objects.select_related("organization")
+        .filter(organization__slug=org_slug, slug=workspace_slug)
+        .first()
+    )
     role = role_of(user, workspace) if workspace else None
     if role is None:
         raise Http404("No such workspace")

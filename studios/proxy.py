@@ -101,7 +101,9 @@ class SessionHTTPProxy:
         log.info("proxy http user=%s studio=%s %s %s", scope["user"], studio_id, scope["method"], scope["path"])
         await activity.touch(access.studio.pk, scope["user"])
         url = access.endpoint + forwarding.target(scope)
-        if not await forwarding.forward_http(client(), url, upstream_headers(scope, access.token), scope, receive, send):
+        if not await forwarding.forward_http(
+            client(), url, upstream_headers(scope, access.token), scope, receive, send
+        ):
             log.warning("proxy: session of studio %s unreachable", studio_id)
             message = "The session did not answer. It may be stopping or restarting; try again."
             await self.page(scope, send, 502, message, access.studio)
@@ -154,9 +156,15 @@ class SessionWebSocketProxy:
 
         try:
             relayed = await forwarding.relay_websocket(
-                functools.partial(websockets.connect, url), headers, access.endpoint, scope, receive, send,
-                opened=opened, received=functools.partial(activity.touch, access.studio.pk, user),
-            )  # fmt: skip
+                functools.partial(websockets.connect, url),
+                headers,
+                access.endpoint,
+                scope,
+                receive,
+                send,
+                opened=opened,
+                received=functools.partial(activity.touch, access.studio.pk, user),
+            )
             if not relayed:
                 log.warning("proxy: websocket to studio %s failed", studio_id)
         finally:
@@ -183,7 +191,13 @@ def outage_answered(application):
             log.exception("proxy: the database is unreachable")
             if started:
                 raise
-            await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/html; charset=utf-8")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8")],
+                }
+            )
             await send({"type": "http.response.body", "body": outage_page().encode()})
 
     return answer

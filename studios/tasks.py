@@ -75,7 +75,9 @@ def launch_session(session_id):
     except (BackendError, OSError) as error:
         log.warning("studio %s: could not launch: %s", session.studio_id, error)
         end_compute(session.studio.compute_environment_id, handle)
-        lifecycle.fail_studio(session.studio_id, f"Could not provision compute: {error}", expected={StudioStatus.STARTING})
+        lifecycle.fail_studio(
+            session.studio_id, f"Could not provision compute: {error}", expected={StudioStatus.STARTING}
+        )
         return
     if not lifecycle.record_launch(session_id, handle, launched=True):
         log.info("studio %s: start superseded, ending the session just launched", session.studio_id)
@@ -284,8 +286,12 @@ def check_compute_environment(environment_id):
     if (status, problem) != (environment.status, environment.status_reason):
         log.log(
             logging.WARNING if problem else logging.INFO,
-            "compute environment %s (%s) is now %s%s", environment.pk, environment.name, status, f": {problem}" if problem else "",
-        )  # fmt: skip
+            "compute environment %s (%s) is now %s%s",
+            environment.pk,
+            environment.name,
+            status,
+            f": {problem}" if problem else "",
+        )
     ComputeEnvironment.objects.filter(pk=environment_id).update(
         status=status,
         status_reason=problem,

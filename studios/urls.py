@@ -8,7 +8,9 @@ urlpatterns = [
     path("w/<slug:org>/<slug:workspace>/studios/add/", views.studio_add, name="studio_add"),
     path("w/<slug:org>/<slug:workspace>/compute/", views.environment_list, name="environment_list"),
     path("w/<slug:org>/<slug:workspace>/compute/add/", views.environment_edit, name="environment_add"),
-    path("w/<slug:org>/<slug:workspace>/compute/<int:environment_id>/", views.environment_edit, name="environment_edit"),
+    path(
+        "w/<slug:org>/<slug:workspace>/compute/<int:environment_id>/", views.environment_edit, name="environment_edit"
+    ),
     path("studios/<int:studio_id>/", views.studio_detail, name="studio_detail"),
     path("studios/<int:studio_id>/start/", views.studio_start, name="studio_start"),
     path("studios/<int:studio_id>/stop/", views.studio_stop, name="studio_stop"),

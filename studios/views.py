@@ -143,7 +143,9 @@ def studio_history(studio):
     for session in studio.sessions.select_related("started_by", "restored_from"):
         who = session.started_by.username if session.started_by else "a deleted user"
         source = f", from checkpoint {session.restored_from.name}" if session.restored_from else ""
-        history.append((session.started, f"Started by {who} with {session.cpus} CPUs and {session.memory_mb} MB{source}"))
+        history.append(
+            (session.started, f"Started by {who} with {session.cpus} CPUs and {session.memory_mb} MB{source}")
+        )
         if session.ended:
             reason = f": {session.end_reason}" if session.end_reason else ""
             minutes = round(session.duration.total_seconds() / 60)
@@ -226,7 +228,10 @@ def studio_stop(request, studio_id):
 def studio_force_stop(request, studio_id):
     studio, _ = permissions.studio_for(request.user, studio_id)
     return _studio_action(
-        request, studio, lifecycle.force_stop_studio, "Force stopped {name}; changes since its last checkpoint may be lost."
+        request,
+        studio,
+        lifecycle.force_stop_studio,
+        "Force stopped {name}; changes since its last checkpoint may be lost.",
     )
 
 
@@ -290,7 +295,9 @@ SESSION_REPORTS = {
 @require_POST
 def session_report(request, what):
     token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    studio_id = Session.objects.filter(token=token, ended=None).values_list("studio_id", flat=True).first() if token else None
+    studio_id = (
+        Session.objects.filter(token=token, ended=None).values_list("studio_id", flat=True).first() if token else None
+    )
     if studio_id is None:
         log.warning("session report %r refused: no running session has its token", what[:40])
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
@@ -298,7 +305,9 @@ def session_report(request, what):
         report = protocol.parse_report(what, json.loads(request.body), f"studio-{studio_id}")
     except (ValueError, RecursionError) as error:
         log.warning("studio %s: session report %r refused: %s", studio_id, what[:40], error)
-        return JsonResponse({"error": str(error) if isinstance(error, protocol.BadReport) else "malformed report"}, status=400)
+        return JsonResponse(
+            {"error": str(error) if isinstance(error, protocol.BadReport) else "malformed report"}, status=400
+        )
     if not SESSION_REPORTS[what](token, **report):
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
     if what in (protocol.CHECKPOINT, protocol.CHECKPOINT_FAILED):

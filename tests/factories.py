@@ -67,9 +67,13 @@ def make_studio(workspace, name=None, author=None, **fields):
 def make_running(studio, endpoint="http://127.0.0.1:9", token=None, status=StudioStatus.RUNNING, **session_fields):
     """Give ``studio`` a session at ``endpoint`` (a fake one by default) and the status ``status``."""
     session = Session.objects.create(
-        studio=studio, token=token or secrets.token_urlsafe(16), endpoint=endpoint, cpus=studio.cpus,
-        memory_mb=studio.memory_mb, **session_fields,
-    )  # fmt: skip
+        studio=studio,
+        token=token or secrets.token_urlsafe(16),
+        endpoint=endpoint,
+        cpus=studio.cpus,
+        memory_mb=studio.memory_mb,
+        **session_fields,
+    )
     Studio.objects.filter(pk=studio.pk).update(status=status, session=session)
     studio.refresh_from_db()
     return studio

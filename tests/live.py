@@ -49,7 +49,7 @@ def wait_for_status(studio, wanted, timeout=START_TIMEOUT):
 def pid_alive(pid):
     """Whether process ``pid`` runs (a zombie, or one gone between two looks, does not)."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
@@ -66,7 +66,9 @@ class Browser:
     def post_form(self, path, data=None):
         page = self.http.get("/")
         token = self.http.cookies.get("csrftoken") or re.search(r'"X-CSRFToken": "([^"]+)"', page.text).group(1)
-        return self.http.post(path, data={"csrfmiddlewaretoken": token, **(data or {})}, headers={"Referer": str(self.http.base_url)})
+        return self.http.post(
+            path, data={"csrfmiddlewaretoken": token, **(data or {})}, headers={"Referer": str(self.http.base_url)}
+        )
 
     def cookie_header(self):
         return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
@@ -89,12 +91,26 @@ async def execute(platform, browser, studio, code, idle=0):
         await socket.send(
             json.dumps(
                 {
-                    "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                               "msg_type": "execute_request", "version": "5.3", "date": ""},
-                    "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                    "content": {"code": code, "silent": False, "store_history": False,
-                                "user_expressions": {}, "allow_stdin": False},
-                }  # fmt: skip
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
+                }
             )
         )
         while True:
@@ -123,6 +139,9 @@ def make_wheel(directory):
     with zipfile.ZipFile(buffer, "w") as wheel:
         for name, text in files.items():
             wheel.writestr(name, text)
-        wheel.writestr("greeting-1.0.dist-info/RECORD", "".join(f"{name},,\n" for name in files) + "greeting-1.0.dist-info/RECORD,,\n")
+        wheel.writestr(
+            "greeting-1.0.dist-info/RECORD",
+            "".join(f"{name},,\n" for name in files) + "greeting-1.0.dist-info/RECORD,,\n",
+        )
     path.write_bytes(buffer.getvalue())
     return path

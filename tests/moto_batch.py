@@ -99,9 +99,12 @@ class MotoBatch:
                 computeEnvironments=[min(order, key=lambda entry: entry["order"])["computeEnvironment"]]
             )["computeEnvironments"][0]
             instance = boto3.client("ec2", region_name=self.region).run_instances(
-                ImageId="ami-03cf127a", MinCount=1, MaxCount=1, SubnetId=environment["computeResources"]["subnets"][0],
+                ImageId="ami-03cf127a",
+                MinCount=1,
+                MaxCount=1,
+                SubnetId=environment["computeResources"]["subnets"][0],
                 PrivateIpAddress=host_address(),
-            )["Instances"][0]  # fmt: skip
+            )["Instances"][0]
             document = json.dumps({"instanceId": instance["InstanceId"]})
             self.instance_arn = boto3.client("ecs", region_name=self.region).register_container_instance(
                 cluster=environment["ecsClusterArn"], instanceIdentityDocument=document
@@ -126,9 +129,12 @@ class MotoBatch:
             if not kind.startswith("FARGATE"):
                 resources.update(minvCpus=0, instanceTypes=["optimal"], instanceRole=instance_role)
             arn = self.client.create_compute_environment(
-                computeEnvironmentName=environment, type="MANAGED", state=environment_state,
-                computeResources=resources, serviceRole=service_role,
-            )["computeEnvironmentArn"]  # fmt: skip
+                computeEnvironmentName=environment,
+                type="MANAGED",
+                state=environment_state,
+                computeResources=resources,
+                serviceRole=service_role,
+            )["computeEnvironmentArn"]
             order.append({"order": position, "computeEnvironment": arn})
         self.client.create_job_queue(jobQueueName=name, state=state, priority=1, computeEnvironmentOrder=order)
         return name

@@ -49,9 +49,15 @@ def aws(monkeypatch):
 def environment(workspace, aws):
     aws.make_queue()
     environment = ComputeEnvironment.objects.create(
-        workspace=workspace, name="batch", kind="aws-batch", region=REGION, job_queue="studios",
-        work_dir="s3://lab-work/studios", writable_data_paths=["s3://lab-results/"], max_cpus=16,
-    )  # fmt: skip
+        workspace=workspace,
+        name="batch",
+        kind="aws-batch",
+        region=REGION,
+        job_queue="studios",
+        work_dir="s3://lab-work/studios",
+        writable_data_paths=["s3://lab-results/"],
+        max_cpus=16,
+    )
     tasks.check_compute_environment(environment.pk)
     environment.refresh_from_db()
     return environment
@@ -131,10 +137,16 @@ def job_id(studio):
 
 def form(**changes):
     fields = {
-        "name": "batch", "region": REGION, "job_queue": "studios", "work_dir": "s3://lab-work/studios",
-        "writable_data_paths": "s3://lab-results/\ns3://scratch/team-a/", "max_cpus": 16, "max_memory_mb": 65536,
-        "access_key_id": "", "secret_access_key": "",
-    }  # fmt: skip
+        "name": "batch",
+        "region": REGION,
+        "job_queue": "studios",
+        "work_dir": "s3://lab-work/studios",
+        "writable_data_paths": "s3://lab-results/\ns3://scratch/team-a/",
+        "max_cpus": 16,
+        "max_memory_mb": 65536,
+        "access_key_id": "",
+        "secret_access_key": "",
+    }
     fields.update(changes)
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -331,11 +343,20 @@ def test_the_django_admin_changes_credentials_without_showing_them(
     url = f"/admin/studios/computeenvironment/{environment.pk}/change/"
     page = client.get(url).content.decode()
     fields = {
-        "workspace": environment.workspace_id, "name": "batch", "kind": "aws-batch", "region": REGION,
-        "job_queue": "studios", "work_dir": "s3://lab-work/studios", "writable_data_paths": '["s3://lab-results/"]',
-        "min_cpus": 1, "max_cpus": 16, "min_memory_mb": 512, "max_memory_mb": 65536,
-        "access_key_id": KEY_ID, "secret_access_key": SECRET,
-    }  # fmt: skip
+        "workspace": environment.workspace_id,
+        "name": "batch",
+        "kind": "aws-batch",
+        "region": REGION,
+        "job_queue": "studios",
+        "work_dir": "s3://lab-work/studios",
+        "writable_data_paths": '["s3://lab-results/"]',
+        "min_cpus": 1,
+        "max_cpus": 16,
+        "min_memory_mb": 512,
+        "max_memory_mb": 65536,
+        "access_key_id": KEY_ID,
+        "secret_access_key": SECRET,
+    }
     assert 'name="secret_access_key"' in page
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(url, fields)
@@ -384,8 +405,9 @@ def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_running_its_super
     }
     # The studio's memory is the sandbox's; the job has room for the supervisor besides.
     assert aws.job(job_id(studio)).container_overrides["resourceRequirements"] == [
-        {"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "4608"},
-    ]  # fmt: skip
+        {"type": "VCPU", "value": "4"},
+        {"type": "MEMORY", "value": "4608"},
+    ]
     environment = environment_of(job)
     config = SessionConfig.from_environ(environment)
     handle = studio.session.handle

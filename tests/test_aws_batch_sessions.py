@@ -33,8 +33,8 @@ from studios.tasks import reconcile_sessions
 from .conftest import host_address
 from .factories import make_member, make_studio, make_workspace
 from .images import image_code
-from .moto_batch import REGION, MotoBatch, environment_of
 from .live import Browser, execute, wait_for_status
+from .moto_batch import REGION, MotoBatch, environment_of
 
 # The job's supervisor sandboxes the IDE, as it does in the job's privileged container on Batch.
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
@@ -142,9 +142,13 @@ def running_on_batch_host(batch_host, studio, previous=None):
 def batch_workspace():
     workspace = make_workspace()
     environment = ComputeEnvironment.objects.create(
-        workspace=workspace, name="batch", kind="aws-batch", region=REGION, job_queue="studios",
+        workspace=workspace,
+        name="batch",
+        kind="aws-batch",
+        region=REGION,
+        job_queue="studios",
         work_dir="s3://lab-work/studios",
-    )  # fmt: skip
+    )
     return workspace, environment
 
 
@@ -187,11 +191,13 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
 
     # Code in the session runs in the sandbox: its own PID namespace, nothing of the supervisor's in sight.
     seen = in_session(
-        live_platform, user, studio,
+        live_platform,
+        user,
+        studio,
         "import os\nopen('/workspace/model.txt', 'w').write('trained\\n')\n"
         "print(os.getpid() < 100, [n for n in os.environ if n.startswith(('STUDIOS_', 'AWS_'))], "
         f"os.listdir({session['STUDIOS_SESSION_DIR']!r}))",
-    )  # fmt: skip
+    )
     assert seen == "True [] []"
 
     lifecycle.stop_studio(user, studio)
@@ -206,7 +212,7 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     assert f"studios/.studios/checkpoints/{checkpoint.manifest_key}" in keys
 
     lifecycle.start_studio(user, studio)
-    second, session, studio = running_on_batch_host(batch_host, studio, previous=job)
+    _second, session, studio = running_on_batch_host(batch_host, studio, previous=job)
     assert SessionConfig.from_environ(session).restore["manifest_key"] == checkpoint.manifest_key
     assert in_session(live_platform, user, studio, "print(open('/workspace/model.txt').read())") == "trained"
     assert "Restoring checkpoint" in [step["name"] for step in studio.session.steps]
@@ -220,9 +226,14 @@ def test_a_vscode_batch_session_answers_only_with_the_token(live_platform, batch
     workspace, environment = batch_workspace()
     user = make_member(workspace, Role.MAINTAIN)
     studio = make_studio(
-        workspace, name="editor", author=user, template="vscode", compute_environment_id=environment.pk,
-        cpus=1, memory_mb=2048,
-    )  # fmt: skip
+        workspace,
+        name="editor",
+        author=user,
+        template="vscode",
+        compute_environment_id=environment.pk,
+        cpus=1,
+        memory_mb=2048,
+    )
     lifecycle.start_studio(user, studio)
     _, _, studio = running_on_batch_host(batch_host, studio)
     gate = f"{studio.session.endpoint}{studio.connect_path}"

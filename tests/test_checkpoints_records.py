@@ -31,9 +31,14 @@ def saved_studio(workspace, maintainer):
     studio = make_studio(workspace, name="atlas", author=maintainer)
     for n in (1, 2):
         Checkpoint.objects.create(
-            studio=studio, name=f"atlas_{n}", state="finalized", manifest_key=f"manifests/{n}.json.zst",
-            manifest_sha256="0" * 64, saved=timezone.now(), size_bytes=1000 * n,
-        )  # fmt: skip
+            studio=studio,
+            name=f"atlas_{n}",
+            state="finalized",
+            manifest_key=f"manifests/{n}.json.zst",
+            manifest_sha256="0" * 64,
+            saved=timezone.now(),
+            size_bytes=1000 * n,
+        )
     return studio
 
 
@@ -100,7 +105,10 @@ class TestStartAsNew:
         source = saved_studio.checkpoints.get(name="atlas_1")
         page = client.get(reverse("start_as_new", args=[source.pk])).content.decode()
         assert ">\natlas</textarea>" in page  # the description defaults to the parent's name
-        response = client.post(reverse("start_as_new", args=[source.pk]), {"name": "atlas-v2", "description": "atlas", "cpus": 2, "memory_mb": 2048})
+        response = client.post(
+            reverse("start_as_new", args=[source.pk]),
+            {"name": "atlas-v2", "description": "atlas", "cpus": 2, "memory_mb": 2048},
+        )
         clone = Studio.objects.get(name="atlas-v2")
         assert response["Location"] == clone.get_absolute_url()
         assert (clone.template, clone.compute_environment) == (saved_studio.template, saved_studio.compute_environment)
@@ -119,7 +127,9 @@ class TestStartAsNew:
     def test_bad_input_creates_nothing(self, client, saved_studio, maintainer):
         client.force_login(maintainer)
         source = saved_studio.checkpoints.get(name="atlas_1")
-        response = client.post(reverse("start_as_new", args=[source.pk]), {"name": "atlas", "cpus": 999, "memory_mb": 2048})
+        response = client.post(
+            reverse("start_as_new", args=[source.pk]), {"name": "atlas", "cpus": 999, "memory_mb": 2048}
+        )
         assert response.status_code == 400
         page = response.content.decode()
         assert "already exists" in page and "offers 1 to 8 CPUs" in page
@@ -129,7 +139,9 @@ class TestStartAsNew:
     def test_start_as_new_needs_maintain_role(self, client, saved_studio, workspace, role):
         client.force_login(make_member(workspace, role))
         source = saved_studio.checkpoints.get(name="atlas_1")
-        response = client.post(reverse("start_as_new", args=[source.pk]), {"name": "mine", "cpus": 1, "memory_mb": 1024})
+        response = client.post(
+            reverse("start_as_new", args=[source.pk]), {"name": "mine", "cpus": 1, "memory_mb": 1024}
+        )
         assert response.status_code == 403
         assert not Studio.objects.filter(name="mine").exists()
 
@@ -149,9 +161,13 @@ class TestCleanup:
         saved = snapshot.take(layer, store)
         parent = make_studio(workspace, name="parent", author=maintainer)
         source = Checkpoint.objects.create(
-            studio=parent, name="parent_1", state="finalized", manifest_key=saved.manifest_key,
-            manifest_sha256=saved.manifest_sha256, saved=timezone.now(),
-        )  # fmt: skip
+            studio=parent,
+            name="parent_1",
+            state="finalized",
+            manifest_key=saved.manifest_key,
+            manifest_sha256=saved.manifest_sha256,
+            saved=timezone.now(),
+        )
         clone = lifecycle.start_as_new(maintainer, source, name="clone", cpus=1, memory_mb=1024)
         Studio.objects.filter(pk=clone.pk).update(status=StudioStatus.STOPPED)
         return environment.work_dir, store, saved, parent, Studio.objects.get(pk=clone.pk)
@@ -160,7 +176,7 @@ class TestCleanup:
         return sorted(key for key, _ in store.listing(""))
 
     def test_content_shared_with_a_clone_outlives_the_parent(self, stored, maintainer):
-        work_dir, store, saved, parent, clone = stored
+        work_dir, store, _saved, parent, clone = stored
         everything = self.objects(store)
         lifecycle.delete_studio(maintainer, parent)
         assert clean_store(work_dir) == 0
@@ -171,14 +187,14 @@ class TestCleanup:
         assert CheckpointStore.objects.get(work_dir=work_dir).removed_objects == len(everything)
 
     def test_content_younger_than_the_grace_period_is_kept(self, stored, maintainer, settings):
-        work_dir, store, saved, parent, clone = stored
+        work_dir, _store, _saved, parent, clone = stored
         settings.STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = 3600
         lifecycle.delete_studio(maintainer, parent)
         lifecycle.delete_studio(maintainer, clone)
         assert clean_store(work_dir) == 0
 
     def test_a_failed_cleanup_is_recorded_and_removes_nothing(self, stored, maintainer):
-        work_dir, store, saved, parent, clone = stored
+        work_dir, store, saved, parent, _clone = stored
         lifecycle.delete_studio(maintainer, parent)
         store.delete(saved.manifest_key)  # the clone's manifest is gone: nothing can be proven unreferenced
         before = self.objects(store)
@@ -196,7 +212,9 @@ def test_the_beat_schedule_takes_checkpoints_at_the_interval_the_environment_set
         "entry = settings.CELERY_BEAT_SCHEDULE['checkpoint-sessions']; print(entry['task'], entry['schedule'])"
     )
     environment = {**os.environ, "STUDIOS_CHECKPOINT_INTERVAL_SECONDS": "42", "STUDIOS_DATA_DIR": str(tmp_path)}
-    scheduled = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True)
+    scheduled = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True
+    )
     assert scheduled.stdout.split() == ["studios.tasks.checkpoint_running_sessions", "42.0"]
 
 

@@ -64,13 +64,15 @@ def test_installed_package_and_config_survive_a_restart(world, tmp_path):
     browser = Browser(platform, user)
     installed = asyncio.run(
         execute(
-            platform, browser, studio,
+            platform,
+            browser,
+            studio,
             "import subprocess, sys, pathlib\n"
             f"r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '{wheel}'], capture_output=True, text=True)\n"
             "cfg = pathlib.Path.home() / '.config' / 'tool.toml'\n"
             "cfg.parent.mkdir(parents=True, exist_ok=True); cfg.write_text('threads = 8\\n')\n"
             "print(r.returncode)",
-        )  # fmt: skip
+        )
     )
     assert installed.strip() == "0"
     stop(studio, user)
@@ -81,9 +83,11 @@ def test_installed_package_and_config_survive_a_restart(world, tmp_path):
     assert "Restoring checkpoint" in [step["name"] for step in studio.startup_steps]
     printed = asyncio.run(
         execute(
-            platform, Browser(platform, user), studio,
+            platform,
+            Browser(platform, user),
+            studio,
             "import greeting, pathlib; print(greeting.hello(), (pathlib.Path.home() / '.config/tool.toml').read_text().strip())",
-        )  # fmt: skip
+        )
     )
     assert printed.strip() == "hello from a checkpoint threads = 8"
     assert studio.session.checkpoint.name == "keeper_2"
@@ -180,4 +184,3 @@ def test_a_clone_and_its_parent_never_change_each_other(world):
     assert files.read("shared.txt") == "changed by the clone\n"
     assert files.read("parent-only.txt") is None
     stop(clone, user)
-

@@ -53,7 +53,9 @@ def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(tmp_path / "work")
     server = request.getfixturevalue("moto_server")
-    client = boto3.client("s3", endpoint_url=server, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    client = boto3.client(
+        "s3", endpoint_url=server, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
     client.create_bucket(Bucket="lab")
     return S3Store("s3://lab/studios/work", client=client)
 
@@ -65,7 +67,9 @@ def test_restore_recreates_the_layer_except_mounted_data(layer, store, tmp_path)
     snapshot.restore(target, store, saved.manifest_key, saved.manifest_sha256)
     expected = {path: kind for path, kind in tree(layer).items() if not path.startswith("data")}
     assert tree(target) == expected
-    assert saved.size_bytes == sum(p.stat().st_size for p in layer.rglob("*") if p.is_file() and not p.is_symlink() and "data" not in p.parts)
+    assert saved.size_bytes == sum(
+        p.stat().st_size for p in layer.rglob("*") if p.is_file() and not p.is_symlink() and "data" not in p.parts
+    )
 
 
 def test_a_checkpoint_costs_what_changed(layer, store):
@@ -137,7 +141,18 @@ def overlay(tmp_path):
     (lower / "etc/motd").write_text("hello\n")
 
     def mount():
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], check=True)
+        subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={lower},upperdir={upper},workdir={work}",
+                str(merged),
+            ],
+            check=True,
+        )
 
     def unmount():
         subprocess.run(["umount", str(merged)], check=True)
@@ -169,7 +184,9 @@ def test_deletions_in_an_overlay_survive_a_restore(overlay, tmp_path):
 def store_manifest(store, manifest):
     """Put a manifest written by hand, as a hostile session or someone with access to the store could; return
     its key and hash as the platform would have recorded them."""
-    encoded = zstandard.ZstdCompressor().compress(manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode())
+    encoded = zstandard.ZstdCompressor().compress(
+        manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    )
     key = f"manifests/{uuid.uuid4().hex}.json.zst"
     store.put(key, encoded)
     return key, hashlib.sha256(encoded).hexdigest()
@@ -199,7 +216,10 @@ HOSTILE = {
     "dot part": lambda outside, ref: [folder("a"), file("a/./planted", ref)],
     "empty part": lambda outside, ref: [folder("a"), file("a//planted", ref)],
     "NUL": lambda outside, ref: [file("planted\0.txt", ref)],
-    "file under a symlink to a folder outside": lambda outside, ref: [link("escape", str(outside)), file("escape/planted", ref)],
+    "file under a symlink to a folder outside": lambda outside, ref: [
+        link("escape", str(outside)),
+        file("escape/planted", ref),
+    ],
     "folder under a symlink": lambda outside, ref: [link("escape", str(outside)), folder("escape/planted")],
     "character device 1:3": lambda outside, ref: [
         {"path": "null", "type": "device", "mode": stat.S_IFCHR | 0o666, "mtime_ns": 0, "rdev": os.makedev(1, 3)}
@@ -213,7 +233,9 @@ HOSTILE = {
     "opaque file": lambda outside, ref: [file("planted", ref, opaque=True)],
     "chunk that is not a reference": lambda outside, ref: [file("planted", ref[0])],
     "chunk whose digest is not hex": lambda outside, ref: [file("planted", ["../" + ref[0][3:], *ref[1:]])],
-    "chunk in a key outside the objects": lambda outside, ref: [file("planted", [ref[0], "../../../etc/passwd", 0, 12])],
+    "chunk in a key outside the objects": lambda outside, ref: [
+        file("planted", [ref[0], "../../../etc/passwd", 0, 12])
+    ],
     "mode that is not a number": lambda outside, ref: [file("planted", ref, mode="0644")],
     "unsupported version": lambda outside, ref: {"version": 99, "entries": [file("planted", ref)]},
     "malformed JSON": lambda outside, ref: b'{"version": 2, "entries": [',
@@ -314,7 +336,9 @@ class RacingEntry:
         return self.race(self.entry.is_symlink())
 
 
-@pytest.mark.parametrize("swapped", ["a file for a symlink to a host file", "a folder for a symlink to a host folder", "a file for a FIFO"])
+@pytest.mark.parametrize(
+    "swapped", ["a file for a symlink to a host file", "a folder for a symlink to a host folder", "a file for a FIFO"]
+)
 def test_what_the_session_swaps_while_a_checkpoint_is_taken_is_never_read_through(tmp_path, monkeypatch, swapped):
     store = LocalStore(tmp_path / "work")
     host = tmp_path / "etc"
@@ -326,8 +350,14 @@ def test_what_the_session_swaps_while_a_checkpoint_is_taken_is_never_read_throug
     (layer / "notes.txt").write_text("my notes\n")
     os.mkfifo(layer / "waiting")  # a FIFO from the start is left out too
     victim, swap = {
-        "a file for a symlink to a host file": (layer / "notes.txt", lambda path: (path.unlink(), path.symlink_to(host / "shadow"))),
-        "a folder for a symlink to a host folder": (layer / "notes", lambda path: (shutil.rmtree(path), path.symlink_to(host))),
+        "a file for a symlink to a host file": (
+            layer / "notes.txt",
+            lambda path: (path.unlink(), path.symlink_to(host / "shadow")),
+        ),
+        "a folder for a symlink to a host folder": (
+            layer / "notes",
+            lambda path: (shutil.rmtree(path), path.symlink_to(host)),
+        ),
         "a file for a FIFO": (layer / "notes.txt", lambda path: (path.unlink(), os.mkfifo(path))),
     }[swapped]
     real_scandir = os.scandir

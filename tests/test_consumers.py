@@ -10,7 +10,7 @@ from studios.models import Role, SessionConnection
 
 from .factories import make_studio, make_workspace
 
-ROLES = Role.values + ["outsider", "anonymous"]
+ROLES = [*Role.values, "outsider", "anonymous"]
 
 
 @pytest.fixture

@@ -168,11 +168,16 @@ class TestSessionReports:
     def test_ready_makes_a_starting_studio_running_at_the_endpoint_the_backend_chose(self, studio, owner):
         lifecycle.start_studio(owner, studio)
         studio.refresh_from_db()
-        assert lifecycle.record_launch(studio.session_id, {"endpoint": "http://127.0.0.1:5555", "control": "http://127.0.0.1:5556"})
+        assert lifecycle.record_launch(
+            studio.session_id, {"endpoint": "http://127.0.0.1:5555", "control": "http://127.0.0.1:5556"}
+        )
         assert lifecycle.session_ready(studio.session.token, steps("Provisioning compute"))
         studio.refresh_from_db()
         assert studio.status == StudioStatus.RUNNING
-        assert (studio.session.endpoint, studio.session.control_endpoint) == ("http://127.0.0.1:5555", "http://127.0.0.1:5556")
+        assert (studio.session.endpoint, studio.session.control_endpoint) == (
+            "http://127.0.0.1:5555",
+            "http://127.0.0.1:5556",
+        )
 
     def test_ready_waits_for_the_backend_to_locate_the_session(self, studio, owner):
         lifecycle.start_studio(owner, studio)
@@ -256,7 +261,9 @@ class TestSessionReports:
         auth = {"HTTP_AUTHORIZATION": f"Bearer {studio.session.token}"}
         report = {"manifest_sha256": "a" * 64, "size_bytes": 10, "final": False}
         for key in ("manifests/studio-999/" + "0" * 32 + ".json.zst", "../../etc/passwd", "manifests/x.json.zst"):
-            response = client.post("/api/sessions/checkpoint", {**report, "manifest_key": key}, "application/json", **auth)
+            response = client.post(
+                "/api/sessions/checkpoint", {**report, "manifest_key": key}, "application/json", **auth
+            )
             assert response.status_code == 400
         own = f"manifests/studio-{studio.pk}/" + "0" * 32 + ".json.zst"
         response = client.post("/api/sessions/checkpoint", {**report, "manifest_key": own}, "application/json", **auth)
@@ -297,7 +304,7 @@ def race(functions):
         barrier.wait()
         try:
             results[index] = function()
-        except Exception as error:  # noqa: BLE001 - the outcome is what the test inspects
+        except Exception as error:
             results[index] = error
         finally:
             connection.close()

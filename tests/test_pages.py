@@ -20,7 +20,9 @@ def maintainer(workspace):
 def listed(workspace, maintainer):
     """Three studios by two authors on two compute environments."""
     other_author = make_member(workspace, Role.MAINTAIN, username="olaf")
-    gpu = ComputeEnvironment.objects.create(workspace=workspace, name="gpu-queue", kind="aws-batch", region="eu-west-1", work_dir="s3://b/w")
+    gpu = ComputeEnvironment.objects.create(
+        workspace=workspace, name="gpu-queue", kind="aws-batch", region="eu-west-1", work_dir="s3://b/w"
+    )
     make_studio(workspace, name="rnaseq-deseq2", author=maintainer)
     make_studio(workspace, name="rnaseq-salmon", author=other_author, compute_environment_id=gpu.pk)
     make_studio(workspace, name="variant-calling", author=other_author, status=StudioStatus.RUNNING)
@@ -79,7 +81,13 @@ class TestAddForm:
         environment = workspace.compute_environments.get(name="local")
 
         def post(**changes):
-            form = {"name": "new", "template": "jupyterlab", "compute_environment": environment.pk, "cpus": 2, "memory_mb": 4096}
+            form = {
+                "name": "new",
+                "template": "jupyterlab",
+                "compute_environment": environment.pk,
+                "cpus": 2,
+                "memory_mb": 4096,
+            }
             form.update(changes)
             return client.post(url, {k: v for k, v in form.items() if v is not None})
 
@@ -166,8 +174,15 @@ def test_refused_actions_say_why(client, workspace, maintainer):
 def test_operators_manage_every_model_in_the_admin(admin_client, workspace, maintainer):
     make_studio(workspace, author=maintainer)
     for model in (
-        "organization", "workspace", "membership", "computeenvironment", "dataset", "studio", "activemount",
-        "sessionconnection", "webprocess",
+        "organization",
+        "workspace",
+        "membership",
+        "computeenvironment",
+        "dataset",
+        "studio",
+        "activemount",
+        "sessionconnection",
+        "webprocess",
     ):
         assert admin_client.get(f"/admin/studios/{model}/").status_code == 200
         assert admin_client.get(f"/admin/studios/{model}/add/").status_code == 200
@@ -181,7 +196,9 @@ def test_operators_manage_every_model_in_the_admin(admin_client, workspace, main
 def test_seed_demo_creates_one_user_per_role_with_the_printed_password(db, capsys):
     call_command("seed_demo")
     call_command("seed_demo")  # twice: it converges
-    password = [line for line in capsys.readouterr().out.splitlines() if line.startswith("password: ")][-1].split(": ")[1]
+    password = [line for line in capsys.readouterr().out.splitlines() if line.startswith("password: ")][-1].split(": ")[
+        1
+    ]
     for role in Role.values:
         user = get_user_model().objects.get(username=role)
         assert user.check_password(password)

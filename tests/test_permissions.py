@@ -7,7 +7,7 @@ from studios.models import Role, Studio, StudioStatus
 
 from .factories import make_running, make_studio
 
-ROLES = Role.values + ["outsider"]
+ROLES = [*Role.values, "outsider"]
 MAINTAINERS = {Role.OWNER, Role.ADMIN, Role.MAINTAIN}
 
 
@@ -57,7 +57,13 @@ def test_adding_a_studio_needs_maintain_role(client, members, workspace, role):
     environment = workspace.compute_environments.get()
     response = login(client, members[role]).post(
         url,
-        {"name": "new-one", "template": "jupyterlab", "compute_environment": environment.pk, "cpus": 2, "memory_mb": 4096},
+        {
+            "name": "new-one",
+            "template": "jupyterlab",
+            "compute_environment": environment.pk,
+            "cpus": 2,
+            "memory_mb": 4096,
+        },
     )
     created = Studio.objects.filter(name="new-one").exists()
     if role in MAINTAINERS:

@@ -87,7 +87,7 @@ def test_a_session_that_dies_closes_its_members_sockets_and_ends_their_presence(
 
 
 def test_a_web_process_serving_sockets_keeps_a_heartbeat(websocket_session, workspace):
-    studio, open_socket = websocket_session
+    _studio, open_socket = websocket_session
     with open_socket(make_member(workspace, Role.CONNECT)):
         wait_until(lambda: WebProcess.objects.filter(id=presence.PROCESS_ID).exists())
     assert timezone.now() - WebProcess.objects.get(id=presence.PROCESS_ID).heartbeat < timedelta(seconds=5)

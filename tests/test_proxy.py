@@ -109,7 +109,10 @@ def test_a_cookie_the_session_sets_reaches_only_that_browser(echo_studio, worksp
 
 def test_members_requests_are_the_studios_last_activity_written_at_most_once_a_minute(echo_studio, workspace, settings):
     platform, studio = echo_studio
-    carol, dave = make_member(workspace, Role.CONNECT, username="carol"), make_member(workspace, Role.CONNECT, username="dave")
+    carol, dave = (
+        make_member(workspace, Role.CONNECT, username="carol"),
+        make_member(workspace, Role.CONNECT, username="dave"),
+    )
     assert studio.last_activity is None
     client_for(platform, carol).get(f"{studio.connect_path}api/status")
     studio.refresh_from_db()
@@ -124,7 +127,9 @@ def test_members_requests_are_the_studios_last_activity_written_at_most_once_a_m
     studio.refresh_from_db()
     assert studio.last_activity > first and studio.last_active_user == dave
     page = client_for(platform, carol).get(studio.get_absolute_url()).text
-    assert re.search(r'id="last-activity">Last used <time[^>]*>(now|a second ago|\d+ seconds ago)</time> by dave\.', page)
+    assert re.search(
+        r'id="last-activity">Last used <time[^>]*>(now|a second ago|\d+ seconds ago)</time> by dave\.', page
+    )
 
 
 def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):

@@ -25,8 +25,12 @@ def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
     env["STUDIOS_DATA_DIR"] = str(tmp_path)
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runstudios", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

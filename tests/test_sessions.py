@@ -25,7 +25,9 @@ def session_world(live_platform, tmp_path):
     (tmp_path / "reads").mkdir()
     (tmp_path / "reads" / "sample.txt").write_text("ACGT\n")
     dataset = make_dataset(workspace, "reads", str(tmp_path / "reads"))
-    studio = make_studio(workspace, name="live", author=users[Role.MAINTAIN], datasets=[dataset], cpus=1, memory_mb=1024)
+    studio = make_studio(
+        workspace, name="live", author=users[Role.MAINTAIN], datasets=[dataset], cpus=1, memory_mb=1024
+    )
     return live_platform, studio, users
 
 

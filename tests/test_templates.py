@@ -13,8 +13,8 @@ from django.urls import reverse
 
 from studios import lifecycle
 from studios.backends import LocalBackend
-from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
+from studios.supervisor import sandbox
 
 from .factories import make_member, make_studio, make_workspace
 from .live import Browser, run, wait_for_status
@@ -127,10 +127,12 @@ def test_a_template_root_filesystem_is_the_sessions_root(live_platform, tmp_path
         lifecycle.start_studio(user, studio)
         studio = wait_for_status(studio, StudioStatus.RUNNING)
         printed = run(
-            live_platform, studio, user,
+            live_platform,
+            studio,
+            user,
             "import importlib.util, sys\n"
             "print(open('/etc/studios-rootfs-marker').read().split()[-2], sys.prefix, importlib.util.find_spec('studios'))",
-        )  # fmt: skip
+        )
         assert printed == "root /opt/studios/venv None"
         assert not Path("/etc/studios-rootfs-marker").exists()
         lifecycle.stop_studio(user, studio)

@@ -4,24 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Checkpoint',
+            name="Checkpoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120)),
-                ('state', models.CharField(choices=[('empty', 'Empty'), ('interim', 'Interim'), ('finalized', 'Finalized'), ('invalid', 'Invalid')], default='empty', max_length=10)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('size_bytes', models.BigIntegerField(default=0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=120)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("empty", "Empty"),
+                            ("interim", "Interim"),
+                            ("finalized", "Finalized"),
+                            ("invalid", "Invalid"),
+                        ],
+                        default="empty",
+                        max_length=10,
+                    ),
+                ),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("size_bytes", models.BigIntegerField(default=0)),
             ],
             options={
-                'ordering': ['-created'],
+                "ordering": ["-created"],
             },
         ),
     ]

@@ -5,22 +5,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('checkpoints', '0001_initial'),
-        ('studios', '0001_initial'),
+        ("checkpoints", "0001_initial"),
+        ("studios", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='checkpoint',
-            name='studio',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='checkpoints', to='studios.studio'),
+            model_name="checkpoint",
+            name="studio",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="checkpoints", to="studios.studio"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='checkpoint',
-            constraint=models.UniqueConstraint(fields=('studio', 'name'), name='unique_checkpoint_name'),
+            model_name="checkpoint",
+            constraint=models.UniqueConstraint(fields=("studio", "name"), name="unique_checkpoint_name"),
         ),
     ]

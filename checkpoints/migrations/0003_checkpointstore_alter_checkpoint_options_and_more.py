@@ -5,56 +5,67 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('checkpoints', '0002_initial'),
+        ("checkpoints", "0002_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CheckpointStore',
+            name="CheckpointStore",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('work_dir', models.CharField(max_length=500, unique=True)),
-                ('last_cleanup', models.DateTimeField(blank=True, null=True)),
-                ('removed_objects', models.PositiveIntegerField(default=0, help_text='Removed by the last successful cleanup.')),
-                ('failures', models.PositiveIntegerField(default=0, help_text='Cleanups failed in a row.')),
-                ('last_error', models.TextField(blank=True)),
-                ('next_attempt', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("work_dir", models.CharField(max_length=500, unique=True)),
+                ("last_cleanup", models.DateTimeField(blank=True, null=True)),
+                (
+                    "removed_objects",
+                    models.PositiveIntegerField(default=0, help_text="Removed by the last successful cleanup."),
+                ),
+                ("failures", models.PositiveIntegerField(default=0, help_text="Cleanups failed in a row.")),
+                ("last_error", models.TextField(blank=True)),
+                ("next_attempt", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.AlterModelOptions(
-            name='checkpoint',
-            options={'ordering': ['-created', '-pk']},
+            name="checkpoint",
+            options={"ordering": ["-created", "-pk"]},
         ),
         migrations.AddField(
-            model_name='checkpoint',
-            name='copied_from',
-            field=models.ForeignKey(blank=True, help_text="For a clone's inherited history: the parent's record (both share the stored content).", null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='copies', to='checkpoints.checkpoint'),
+            model_name="checkpoint",
+            name="copied_from",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="For a clone's inherited history: the parent's record (both share the stored content).",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="copies",
+                to="checkpoints.checkpoint",
+            ),
         ),
         migrations.AddField(
-            model_name='checkpoint',
-            name='invalid_reason',
+            model_name="checkpoint",
+            name="invalid_reason",
             field=models.TextField(blank=True),
         ),
         migrations.AddField(
-            model_name='checkpoint',
-            name='manifest_key',
-            field=models.CharField(blank=True, help_text='The newest complete version.', max_length=200),
+            model_name="checkpoint",
+            name="manifest_key",
+            field=models.CharField(blank=True, help_text="The newest complete version.", max_length=200),
         ),
         migrations.AddField(
-            model_name='checkpoint',
-            name='manifest_sha256',
+            model_name="checkpoint",
+            name="manifest_sha256",
             field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
-            model_name='checkpoint',
-            name='saved',
-            field=models.DateTimeField(blank=True, help_text='When its newest complete version was written.', null=True),
+            model_name="checkpoint",
+            name="saved",
+            field=models.DateTimeField(
+                blank=True, help_text="When its newest complete version was written.", null=True
+            ),
         ),
         migrations.AlterField(
-            model_name='checkpoint',
-            name='size_bytes',
+            model_name="checkpoint",
+            name="size_bytes",
             field=models.BigIntegerField(default=0, help_text="What the session's writable layer held."),
         ),
     ]

@@ -57,10 +57,8 @@ def _start_time(pid):
 
 
 def _reap(pid):
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _running(pid, started):
@@ -144,9 +142,14 @@ class LocalBackend(ComputeBackend):
         descriptor = os.open(session_dir / "session.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(descriptor, "ab") as log_file:
             process = subprocess.Popen(
-                command, cwd=session_dir, env=environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                command,
+                cwd=session_dir,
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         return {**handle, "pid": process.pid, "started": _start_time(process.pid)}
 
     def _supervisor(self, handle):

@@ -7,139 +7,268 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('checkpoints', '0001_initial'),
+        ("checkpoints", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ComputeEnvironment',
+            name="ComputeEnvironment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('kind', models.CharField(choices=[('local', 'Local'), ('aws-batch', 'AWS Batch')], default='local', max_length=20)),
-                ('region', models.CharField(default='local', max_length=50)),
-                ('work_dir', models.CharField(help_text='Where checkpoints are kept: a local folder or s3://bucket/prefix.', max_length=500)),
-                ('writable_data_paths', models.JSONField(blank=True, default=list, help_text='Data under these paths may be mounted read-write.')),
-                ('status', models.CharField(choices=[('available', 'Available'), ('invalid', 'Invalid')], default='available', max_length=20)),
-                ('status_reason', models.TextField(blank=True)),
-                ('min_cpus', models.PositiveIntegerField(default=1)),
-                ('max_cpus', models.PositiveIntegerField(default=16)),
-                ('min_memory_mb', models.PositiveIntegerField(default=512)),
-                ('max_memory_mb', models.PositiveIntegerField(default=65536)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("local", "Local"), ("aws-batch", "AWS Batch")], default="local", max_length=20
+                    ),
+                ),
+                ("region", models.CharField(default="local", max_length=50)),
+                (
+                    "work_dir",
+                    models.CharField(
+                        help_text="Where checkpoints are kept: a local folder or s3://bucket/prefix.", max_length=500
+                    ),
+                ),
+                (
+                    "writable_data_paths",
+                    models.JSONField(
+                        blank=True, default=list, help_text="Data under these paths may be mounted read-write."
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("available", "Available"), ("invalid", "Invalid")], default="available", max_length=20
+                    ),
+                ),
+                ("status_reason", models.TextField(blank=True)),
+                ("min_cpus", models.PositiveIntegerField(default=1)),
+                ("max_cpus", models.PositiveIntegerField(default=16)),
+                ("min_memory_mb", models.PositiveIntegerField(default=512)),
+                ("max_memory_mb", models.PositiveIntegerField(default=65536)),
             ],
         ),
         migrations.CreateModel(
-            name='Dataset',
+            name="Dataset",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(help_text='Mounted at /workspace/data/<name>.', max_length=100)),
-                ('uri', models.CharField(help_text='s3://bucket/prefix/ or a local folder.', max_length=500)),
-                ('region', models.CharField(blank=True, max_length=50)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.SlugField(help_text="Mounted at /workspace/data/<name>.", max_length=100)),
+                ("uri", models.CharField(help_text="s3://bucket/prefix/ or a local folder.", max_length=500)),
+                ("region", models.CharField(blank=True, max_length=50)),
             ],
         ),
         migrations.CreateModel(
-            name='Organization',
+            name="Organization",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('slug', models.SlugField(max_length=100, unique=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("slug", models.SlugField(max_length=100, unique=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Workspace',
+            name="Workspace",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('slug', models.SlugField(max_length=100)),
-                ('max_running_studios', models.PositiveIntegerField(blank=True, help_text='How many studios may be starting or running at once; empty for no cap.', null=True)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='workspaces', to='studios.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                ("slug", models.SlugField(max_length=100)),
+                (
+                    "max_running_studios",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="How many studios may be starting or running at once; empty for no cap.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="workspaces",
+                        to="studios.organization",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Studio',
+            name="Studio",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=80)),
-                ('description', models.TextField(blank=True)),
-                ('template', models.CharField(choices=[('jupyterlab', 'JupyterLab'), ('rstudio', 'RStudio Server'), ('vscode', 'VS Code')], default='jupyterlab', max_length=20)),
-                ('template_version', models.CharField(blank=True, max_length=20)),
-                ('cpus', models.PositiveIntegerField(default=2, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(256)])),
-                ('memory_mb', models.PositiveIntegerField(default=8192, validators=[django.core.validators.MinValueValidator(128)])),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('status', models.CharField(choices=[('starting', 'Starting'), ('running', 'Running'), ('stopping', 'Stopping'), ('stopped', 'Stopped'), ('errored', 'Errored')], default='stopped', max_length=10)),
-                ('status_reason', models.TextField(blank=True)),
-                ('status_changed', models.DateTimeField(auto_now_add=True)),
-                ('startup_steps', models.JSONField(blank=True, default=list)),
-                ('session_token', models.CharField(blank=True, max_length=64)),
-                ('session_handle', models.JSONField(blank=True, default=dict)),
-                ('session_endpoint', models.CharField(blank=True, max_length=200)),
-                ('author', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studios', to=settings.AUTH_USER_MODEL)),
-                ('compute_environment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studios', to='studios.computeenvironment')),
-                ('datasets', models.ManyToManyField(blank=True, related_name='studios', to='studios.dataset')),
-                ('parent_checkpoint', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='clones', to='checkpoints.checkpoint')),
-                ('workspace', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='studios', to='studios.workspace')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=80)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "template",
+                    models.CharField(
+                        choices=[("jupyterlab", "JupyterLab"), ("rstudio", "RStudio Server"), ("vscode", "VS Code")],
+                        default="jupyterlab",
+                        max_length=20,
+                    ),
+                ),
+                ("template_version", models.CharField(blank=True, max_length=20)),
+                (
+                    "cpus",
+                    models.PositiveIntegerField(
+                        default=2,
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(256),
+                        ],
+                    ),
+                ),
+                (
+                    "memory_mb",
+                    models.PositiveIntegerField(
+                        default=8192, validators=[django.core.validators.MinValueValidator(128)]
+                    ),
+                ),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("starting", "Starting"),
+                            ("running", "Running"),
+                            ("stopping", "Stopping"),
+                            ("stopped", "Stopped"),
+                            ("errored", "Errored"),
+                        ],
+                        default="stopped",
+                        max_length=10,
+                    ),
+                ),
+                ("status_reason", models.TextField(blank=True)),
+                ("status_changed", models.DateTimeField(auto_now_add=True)),
+                ("startup_steps", models.JSONField(blank=True, default=list)),
+                ("session_token", models.CharField(blank=True, max_length=64)),
+                ("session_handle", models.JSONField(blank=True, default=dict)),
+                ("session_endpoint", models.CharField(blank=True, max_length=200)),
+                (
+                    "author",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="studios", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "compute_environment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="studios",
+                        to="studios.computeenvironment",
+                    ),
+                ),
+                ("datasets", models.ManyToManyField(blank=True, related_name="studios", to="studios.dataset")),
+                (
+                    "parent_checkpoint",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="clones",
+                        to="checkpoints.checkpoint",
+                    ),
+                ),
+                (
+                    "workspace",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="studios", to="studios.workspace"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created'],
+                "ordering": ["-created"],
             },
         ),
         migrations.CreateModel(
-            name='Membership',
+            name="Membership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('role', models.CharField(choices=[('owner', 'Owner'), ('admin', 'Admin'), ('maintain', 'Maintain'), ('launch', 'Launch'), ('connect', 'Connect'), ('view', 'View')], max_length=10)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to=settings.AUTH_USER_MODEL)),
-                ('workspace', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='studios.workspace')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("owner", "Owner"),
+                            ("admin", "Admin"),
+                            ("maintain", "Maintain"),
+                            ("launch", "Launch"),
+                            ("connect", "Connect"),
+                            ("view", "View"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "workspace",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="memberships", to="studios.workspace"
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='dataset',
-            name='workspace',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='datasets', to='studios.workspace'),
+            model_name="dataset",
+            name="workspace",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="datasets", to="studios.workspace"
+            ),
         ),
         migrations.AddField(
-            model_name='computeenvironment',
-            name='workspace',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='compute_environments', to='studios.workspace'),
+            model_name="computeenvironment",
+            name="workspace",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="compute_environments", to="studios.workspace"
+            ),
         ),
         migrations.CreateModel(
-            name='ActiveMount',
+            name="ActiveMount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('data_path', models.CharField(max_length=500)),
-                ('writable', models.BooleanField(default=False)),
-                ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='studios.dataset')),
-                ('studio', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='active_mounts', to='studios.studio')),
-                ('workspace', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='studios.workspace')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("data_path", models.CharField(max_length=500)),
+                ("writable", models.BooleanField(default=False)),
+                ("dataset", models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="studios.dataset")),
+                (
+                    "studio",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="active_mounts", to="studios.studio"
+                    ),
+                ),
+                ("workspace", models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="studios.workspace")),
             ],
         ),
         migrations.AddConstraint(
-            model_name='workspace',
-            constraint=models.UniqueConstraint(fields=('organization', 'slug'), name='unique_workspace_slug'),
+            model_name="workspace",
+            constraint=models.UniqueConstraint(fields=("organization", "slug"), name="unique_workspace_slug"),
         ),
         migrations.AddConstraint(
-            model_name='studio',
-            constraint=models.UniqueConstraint(fields=('workspace', 'name'), name='unique_studio_name'),
+            model_name="studio",
+            constraint=models.UniqueConstraint(fields=("workspace", "name"), name="unique_studio_name"),
         ),
         migrations.AddConstraint(
-            model_name='membership',
-            constraint=models.UniqueConstraint(fields=('workspace', 'user'), name='one_membership_per_workspace'),
+            model_name="membership",
+            constraint=models.UniqueConstraint(fields=("workspace", "user"), name="one_membership_per_workspace"),
         ),
         migrations.AddConstraint(
-            model_name='dataset',
-            constraint=models.UniqueConstraint(fields=('workspace', 'name'), name='unique_dataset_name'),
+            model_name="dataset",
+            constraint=models.UniqueConstraint(fields=("workspace", "name"), name="unique_dataset_name"),
         ),
         migrations.AddConstraint(
-            model_name='computeenvironment',
-            constraint=models.UniqueConstraint(fields=('workspace', 'name'), name='unique_compute_environment_name'),
+            model_name="computeenvironment",
+            constraint=models.UniqueConstraint(fields=("workspace", "name"), name="unique_compute_environment_name"),
         ),
         migrations.AddConstraint(
-            model_name='activemount',
-            constraint=models.UniqueConstraint(fields=('workspace', 'data_path'), name='one_active_mount_per_data_path'),
+            model_name="activemount",
+            constraint=models.UniqueConstraint(
+                fields=("workspace", "data_path"), name="one_active_mount_per_data_path"
+            ),
         ),
     ]

@@ -5,26 +5,37 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('checkpoints', '0003_checkpointstore_alter_checkpoint_options_and_more'),
-        ('studios', '0001_initial'),
+        ("checkpoints", "0003_checkpointstore_alter_checkpoint_options_and_more"),
+        ("studios", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='studio',
-            name='agent_endpoint',
+            model_name="studio",
+            name="agent_endpoint",
             field=models.CharField(blank=True, help_text="The session agent's control address.", max_length=200),
         ),
         migrations.AddField(
-            model_name='studio',
-            name='current_checkpoint',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='checkpoints.checkpoint'),
+            model_name="studio",
+            name="current_checkpoint",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="checkpoints.checkpoint",
+            ),
         ),
         migrations.AddField(
-            model_name='studio',
-            name='restored_from',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='checkpoints.checkpoint'),
+            model_name="studio",
+            name="restored_from",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="checkpoints.checkpoint",
+            ),
         ),
     ]

@@ -7,28 +7,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('studios', '0002_studio_agent_endpoint_studio_current_checkpoint_and_more'),
+        ("studios", "0002_studio_agent_endpoint_studio_current_checkpoint_and_more"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='WebProcess',
+            name="WebProcess",
             fields=[
-                ('id', models.CharField(max_length=100, primary_key=True, serialize=False)),
-                ('heartbeat', models.DateTimeField()),
+                ("id", models.CharField(max_length=100, primary_key=True, serialize=False)),
+                ("heartbeat", models.DateTimeField()),
             ],
         ),
         migrations.CreateModel(
-            name='SessionConnection',
+            name="SessionConnection",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('opened', models.DateTimeField(default=django.utils.timezone.now)),
-                ('web_process', models.CharField(db_index=True, max_length=100)),
-                ('studio', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='connections', to='studios.studio')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='session_connections', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("opened", models.DateTimeField(default=django.utils.timezone.now)),
+                ("web_process", models.CharField(db_index=True, max_length=100)),
+                (
+                    "studio",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="connections", to="studios.studio"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="session_connections",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
     ]

@@ -4,25 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('studios', '0003_session_connections'),
+        ("studios", "0003_session_connections"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='computeenvironment',
-            name='job_queue',
-            field=models.CharField(blank=True, help_text='AWS Batch: the job queue sessions are submitted to (name or ARN).', max_length=300),
+            model_name="computeenvironment",
+            name="job_queue",
+            field=models.CharField(
+                blank=True,
+                help_text="AWS Batch: the job queue sessions are submitted to (name or ARN).",
+                max_length=300,
+            ),
         ),
         migrations.AddField(
-            model_name='computeenvironment',
-            name='sealed_credentials',
+            model_name="computeenvironment",
+            name="sealed_credentials",
             field=models.TextField(blank=True, editable=False),
         ),
         migrations.AddField(
-            model_name='computeenvironment',
-            name='status_checked',
-            field=models.DateTimeField(blank=True, help_text='When the status was last checked.', null=True),
+            model_name="computeenvironment",
+            name="status_checked",
+            field=models.DateTimeField(blank=True, help_text="When the status was last checked.", null=True),
         ),
     ]

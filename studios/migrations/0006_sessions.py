@@ -7,81 +7,143 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('checkpoints', '0003_checkpointstore_alter_checkpoint_options_and_more'),
-        ('studios', '0005_studio_last_activity'),
+        ("checkpoints", "0003_checkpointstore_alter_checkpoint_options_and_more"),
+        ("studios", "0005_studio_last_activity"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveField(
-            model_name='studio',
-            name='agent_endpoint',
+            model_name="studio",
+            name="agent_endpoint",
         ),
         migrations.RemoveField(
-            model_name='studio',
-            name='current_checkpoint',
+            model_name="studio",
+            name="current_checkpoint",
         ),
         migrations.RemoveField(
-            model_name='studio',
-            name='restored_from',
+            model_name="studio",
+            name="restored_from",
         ),
         migrations.RemoveField(
-            model_name='studio',
-            name='session_endpoint',
+            model_name="studio",
+            name="session_endpoint",
         ),
         migrations.RemoveField(
-            model_name='studio',
-            name='session_handle',
+            model_name="studio",
+            name="session_handle",
         ),
         migrations.RemoveField(
-            model_name='studio',
-            name='session_token',
+            model_name="studio",
+            name="session_token",
         ),
         migrations.RemoveField(
-            model_name='studio',
-            name='startup_steps',
+            model_name="studio",
+            name="startup_steps",
         ),
         migrations.AddField(
-            model_name='webprocess',
-            name='beating_since',
+            model_name="webprocess",
+            name="beating_since",
             field=models.DateTimeField(default=django.utils.timezone.now),
         ),
         migrations.CreateModel(
-            name='Session',
+            name="Session",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('token', models.CharField(blank=True, max_length=64, null=True, unique=True)),
-                ('started', models.DateTimeField(default=django.utils.timezone.now)),
-                ('ended', models.DateTimeField(blank=True, null=True)),
-                ('end_status', models.CharField(blank=True, choices=[('starting', 'Starting'), ('running', 'Running'), ('stopping', 'Stopping'), ('stopped', 'Stopped'), ('errored', 'Errored')], max_length=10)),
-                ('end_reason', models.TextField(blank=True)),
-                ('cpus', models.PositiveIntegerField()),
-                ('memory_mb', models.PositiveIntegerField()),
-                ('handle', models.JSONField(blank=True, default=dict)),
-                ('endpoint', models.CharField(blank=True, max_length=200)),
-                ('control_endpoint', models.CharField(blank=True, help_text='Where the platform asks for checkpoints.', max_length=200)),
-                ('ready', models.BooleanField(default=False, help_text='The supervisor reported its IDE answering.')),
-                ('launched', models.BooleanField(default=False, help_text='The backend has created what the handle names.')),
-                ('worked_on', models.DateTimeField(blank=True, help_text='When a task last worked on starting or stopping it; a stale time means none does.', null=True)),
-                ('steps', models.JSONField(blank=True, default=list)),
-                ('layer_used_bytes', models.BigIntegerField(blank=True, null=True)),
-                ('layer_total_bytes', models.BigIntegerField(blank=True, null=True)),
-                ('checkpoint_error', models.TextField(blank=True)),
-                ('checkpoint_error_at', models.DateTimeField(blank=True, null=True)),
-                ('checkpoint', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='checkpoints.checkpoint')),
-                ('restored_from', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='checkpoints.checkpoint')),
-                ('started_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('studio', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='sessions', to='studios.studio')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("token", models.CharField(blank=True, max_length=64, null=True, unique=True)),
+                ("started", models.DateTimeField(default=django.utils.timezone.now)),
+                ("ended", models.DateTimeField(blank=True, null=True)),
+                (
+                    "end_status",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("starting", "Starting"),
+                            ("running", "Running"),
+                            ("stopping", "Stopping"),
+                            ("stopped", "Stopped"),
+                            ("errored", "Errored"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("end_reason", models.TextField(blank=True)),
+                ("cpus", models.PositiveIntegerField()),
+                ("memory_mb", models.PositiveIntegerField()),
+                ("handle", models.JSONField(blank=True, default=dict)),
+                ("endpoint", models.CharField(blank=True, max_length=200)),
+                (
+                    "control_endpoint",
+                    models.CharField(blank=True, help_text="Where the platform asks for checkpoints.", max_length=200),
+                ),
+                ("ready", models.BooleanField(default=False, help_text="The supervisor reported its IDE answering.")),
+                (
+                    "launched",
+                    models.BooleanField(default=False, help_text="The backend has created what the handle names."),
+                ),
+                (
+                    "worked_on",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="When a task last worked on starting or stopping it; a stale time means none does.",
+                        null=True,
+                    ),
+                ),
+                ("steps", models.JSONField(blank=True, default=list)),
+                ("layer_used_bytes", models.BigIntegerField(blank=True, null=True)),
+                ("layer_total_bytes", models.BigIntegerField(blank=True, null=True)),
+                ("checkpoint_error", models.TextField(blank=True)),
+                ("checkpoint_error_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "checkpoint",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="checkpoints.checkpoint",
+                    ),
+                ),
+                (
+                    "restored_from",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="checkpoints.checkpoint",
+                    ),
+                ),
+                (
+                    "started_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "studio",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="sessions", to="studios.studio"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-started', '-pk'],
+                "ordering": ["-started", "-pk"],
             },
         ),
         migrations.AddField(
-            model_name='studio',
-            name='session',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='studios.session'),
+            model_name="studio",
+            name="session",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="studios.session",
+            ),
         ),
     ]

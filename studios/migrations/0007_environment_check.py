@@ -4,25 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('studios', '0006_sessions'),
+        ("studios", "0006_sessions"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='computeenvironment',
-            name='isolation_problem',
+            model_name="computeenvironment",
+            name="isolation_problem",
             field=models.TextField(blank=True, editable=False),
         ),
         migrations.AddField(
-            model_name='computeenvironment',
-            name='template_problems',
+            model_name="computeenvironment",
+            name="template_problems",
             field=models.JSONField(blank=True, default=dict, editable=False),
         ),
         migrations.AlterField(
-            model_name='computeenvironment',
-            name='status',
-            field=models.CharField(choices=[('available', 'Available'), ('invalid', 'Invalid'), ('checking', 'Checking')], default='available', max_length=20),
+            model_name="computeenvironment",
+            name="status",
+            field=models.CharField(
+                choices=[("available", "Available"), ("invalid", "Invalid"), ("checking", "Checking")],
+                default="available",
+                max_length=20,
+            ),
         ),
     ]

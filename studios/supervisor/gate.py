@@ -59,7 +59,9 @@ class Gate:
             return
         if not self.allowed(scope):
             await self.answer(send, 403, b"This session only answers the platform's proxy.")
-        elif not await forwarding.forward_http(self.client, self.origin + path, self.headers(scope), scope, receive, send):
+        elif not await forwarding.forward_http(
+            self.client, self.origin + path, self.headers(scope), scope, receive, send
+        ):
             await self.answer(send, 502, b"The IDE is not answering yet.")
 
     async def answer(self, send, status, text):

@@ -111,7 +111,9 @@ def _steps(value):
             raise BadReport("a step has exactly a name, a state and a message")
         if step["name"] not in STEP_NAMES or step["state"] not in STEP_STATES:
             raise BadReport(f"unknown step {step['name']!r} or state {step['state']!r}")
-        steps.append({"name": step["name"], "state": step["state"], "message": _text(step["message"], "a step's message")})
+        steps.append(
+            {"name": step["name"], "state": step["state"], "message": _text(step["message"], "a step's message")}
+        )
     return steps
 
 
@@ -142,7 +144,11 @@ def parse_report(kind, body, manifest_prefix):
             "steps": _steps(body["steps"]) if "steps" in body else None,
         }
     key, digest = body.get("manifest_key"), body.get("manifest_sha256")
-    if not isinstance(key, str) or not MANIFEST_KEY.fullmatch(key) or not key.startswith(f"manifests/{manifest_prefix}/"):
+    if (
+        not isinstance(key, str)
+        or not MANIFEST_KEY.fullmatch(key)
+        or not key.startswith(f"manifests/{manifest_prefix}/")
+    ):
         raise BadReport("a checkpoint's manifest must be one of this studio's")
     if not isinstance(digest, str) or not SHA256.fullmatch(digest):
         raise BadReport("manifest_sha256 must be a SHA-256 in hex")

@@ -36,27 +36,71 @@ LAYER_EXCLUDED = ["workspace/data"]
 # the clock, swap) or open new namespaces, the way to privileges a container does not have: refused with
 # EPERM, as container engines' default profiles refuse them.
 DENIED_SYSCALLS = [
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "delete_module", "finit_module", "init_module",
-    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount", "open_by_handle_at", "perf_event_open",
-    "pivot_root", "quotactl", "reboot", "request_key", "setns", "settimeofday", "swapoff", "swapon", "umount2",
-    "unshare", "userfaultfd", "fsopen", "fsmount", "fsconfig", "fspick", "move_mount", "open_tree",
-]  # fmt: skip
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "delete_module",
+    "finit_module",
+    "init_module",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "umount2",
+    "unshare",
+    "userfaultfd",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "move_mount",
+    "open_tree",
+]
 # clone's flags that make new namespaces. clone3 passes its flags in memory a filter cannot read: it is
 # refused with ENOSYS, so that libc falls back to clone, whose flags argument the filter sees.
 NAMESPACE_FLAGS = {
-    "CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
-    "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
     "CLONE_NEWNET": 0x40000000,
-}  # fmt: skip
+}
 EPERM, ENOSYS = 1, 38
 SECCOMP_ARCHITECTURES = {
     "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
     "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
 }
 CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]  # fmt: skip
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNET = 0x40000000
@@ -153,7 +197,11 @@ def mount_s3(uri, mount_point, writable, log_file):
     Path(mount_point).mkdir(parents=True)
     # rclone's S3 client cannot take AWS_CA_BUNDLE; it trusts the system's CAs (SSL_CERT_FILE) instead.
     env = {
-        **{name: value for name, value in os.environ.items() if name != "AWS_CA_BUNDLE" and not name.startswith("STUDIOS_")},
+        **{
+            name: value
+            for name, value in os.environ.items()
+            if name != "AWS_CA_BUNDLE" and not name.startswith("STUDIOS_")
+        },
         "RCLONE_S3_PROVIDER": "AWS" if not os.environ.get("AWS_ENDPOINT_URL") else "Other",
         "RCLONE_S3_ENV_AUTH": "true",
         "RCLONE_S3_ENDPOINT": os.environ.get("AWS_ENDPOINT_URL", ""),
@@ -174,7 +222,12 @@ def mount_s3(uri, mount_point, writable, log_file):
 
 
 def bind(source, destination, writable):
-    return {"destination": destination, "type": "bind", "source": str(source), "options": ["rbind", "rw" if writable else "ro", "nosuid", "nodev"]}
+    return {
+        "destination": destination,
+        "type": "bind",
+        "source": str(source),
+        "options": ["rbind", "rw" if writable else "ro", "nosuid", "nodev"],
+    }
 
 
 def seccomp_rules():
@@ -212,17 +265,45 @@ def oci_config(*, container_id, args, env, cwd, cpus, memory_mb, mounts, hidden,
         "hostname": container_id,
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            {
+                "destination": "/sys/fs/cgroup",
+                "type": "cgroup",
+                "source": "cgroup",
+                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+            },
             # The host's runtime sockets (databases, daemons) stay out of reach.
             {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
             # What the root filesystem has but the session must not see: an empty, read-only folder instead.
-            *({"destination": str(path), "type": "tmpfs", "source": "tmpfs", "options": ["ro", "nosuid", "nodev", "noexec", "mode=000", "size=4k"]} for path in hidden),
+            *(
+                {
+                    "destination": str(path),
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["ro", "nosuid", "nodev", "noexec", "mode=000", "size=4k"],
+                }
+                for path in hidden
+            ),
             *mounts,
-        ],  # fmt: skip
+        ],
         "linux": {
             "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount", "network")],
             "cgroupsPath": f"/studios/{container_id}",
@@ -256,14 +337,19 @@ def create(layout, config, container_id, log_file):
         json.dump(config, file, indent=1)
     subprocess.run(
         [runtime(), "create", "--bundle", str(layout.session_dir), container_id],
-        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+        check=True,
+    )
     state = subprocess.run([runtime(), "state", container_id], capture_output=True, text=True, check=True)
     return json.loads(state.stdout)["pid"]
 
 
 def start(container_id, log_file):
-    subprocess.run([runtime(), "start", container_id], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True)
+    subprocess.run(
+        [runtime(), "start", container_id], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True
+    )
 
 
 def connect_network(pid, log_file):
@@ -273,11 +359,22 @@ def connect_network(pid, log_file):
     exit_read, exit_write = os.pipe()
     os.set_inheritable(exit_write, False)
     slirp = subprocess.Popen(
-        ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={ready_to_write}",
-         f"--exit-fd={exit_read}", str(pid), "tap0"],
-        pass_fds=(ready_to_write, exit_read), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+        [
+            "slirp4netns",
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            f"--ready-fd={ready_to_write}",
+            f"--exit-fd={exit_read}",
+            str(pid),
+            "tap0",
+        ],
+        pass_fds=(ready_to_write, exit_read),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
         preexec_fn=die_with_parent,
-    )  # fmt: skip
+    )
     os.close(ready_to_write)
     os.close(exit_read)
     slirp.exit_pipe = exit_write  # kept open for the session's life; closing it ends slirp4netns
@@ -289,8 +386,11 @@ def connect_network(pid, log_file):
     # host's credentials: link-local addresses are unreachable from the session (which cannot change its routes).
     subprocess.run(
         ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "route", "add", "prohibit", LINK_LOCAL],
-        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+        check=True,
+    )
     return slirp
 
 

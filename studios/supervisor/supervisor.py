@@ -34,7 +34,19 @@ from checkpoints import snapshot
 from checkpoints.store import store_for
 
 from . import gate, sandbox
-from .protocol import CHECKPOINT, CHECKPOINT_FAILED, FAILED, MOUNTING, PROGRESS, PROVISIONING, READY, REPORTS_PATH, RESTORING, SessionConfig, starting_step
+from .protocol import (
+    CHECKPOINT,
+    CHECKPOINT_FAILED,
+    FAILED,
+    MOUNTING,
+    PROGRESS,
+    PROVISIONING,
+    READY,
+    REPORTS_PATH,
+    RESTORING,
+    SessionConfig,
+    starting_step,
+)
 
 log = logging.getLogger("studios.supervisor")
 
@@ -71,29 +83,50 @@ def ide_for(template, python, port, base_path, root_dir):
     """The IDE of ``template``, listening on port ``port`` of its own loopback, served under ``base_path``."""
     if template == "jupyterlab":
         command = [
-            python, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-            f"--ServerApp.base_url={base_path}", f"--ServerApp.root_dir={root_dir}",
+            python,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--ServerApp.base_url={base_path}",
+            f"--ServerApp.root_dir={root_dir}",
             # The gate has checked the platform's token; JupyterLab holds none of its own.
             "--IdentityProvider.token=",
             # Requests arrive through the platform's proxy with the platform's Host header.
             "--ServerApp.allow_remote_access=True",
             # A closed network: no update checks or news feeds.
-            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ]  # fmt: skip
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
         return IDE(command, "api/status", strip_prefix=False)
     if template == "vscode":
         command = [
-            "code-server", "--bind-addr", f"127.0.0.1:{port}", "--auth", "none",
-            "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
+            "code-server",
+            "--bind-addr",
+            f"127.0.0.1:{port}",
+            "--auth",
+            "none",
+            "--disable-telemetry",
+            "--disable-update-check",
+            "--disable-workspace-trust",
             "--disable-getting-started-override",  # its welcome page advertises Coder's product otherwise
-            "--abs-proxy-base-path", base_path.rstrip("/"), str(root_dir),
-        ]  # fmt: skip
+            "--abs-proxy-base-path",
+            base_path.rstrip("/"),
+            str(root_dir),
+        ]
         return IDE(command, "healthz")
     if template == "rstudio":
         command = [
-            "/usr/lib/rstudio-server/bin/rserver", "--server-daemonize=0", "--www-address=127.0.0.1",
-            f"--www-port={port}", "--auth-none=1", "--server-user=rstudio", f"--www-root-path={base_path}",
-        ]  # fmt: skip
+            "/usr/lib/rstudio-server/bin/rserver",
+            "--server-daemonize=0",
+            "--www-address=127.0.0.1",
+            f"--www-port={port}",
+            "--auth-none=1",
+            "--server-user=rstudio",
+            f"--www-root-path={base_path}",
+        ]
         return IDE(command, "", environ={"USER": "rstudio"})
     raise SessionEnded(f"Template {template} is not available on this compute environment.")
 
@@ -199,7 +232,11 @@ class Supervisor:
         root_dir = "/workspace" if self.isolated else self.layer
         ide = ide_for(self.config.template, python, ide_port, self.config.base_path, root_dir)
         network_fd = self.start_container(ide, data_sources) if self.isolated else self.start_process(ide)
-        gate.serve(gate.Gate(self.config.token, self.config.base_path, f"127.0.0.1:{ide_port}", ide.strip_prefix), self.listening, network_fd)
+        gate.serve(
+            gate.Gate(self.config.token, self.config.base_path, f"127.0.0.1:{ide_port}", ide.strip_prefix),
+            self.listening,
+            network_fd,
+        )
         self.wait_until_ready(ide.ready_path)
         self.steps[-1].update(state="succeeded")
         self.serve_control()
@@ -222,9 +259,12 @@ class Supervisor:
         began = time.monotonic()
         try:
             self.manifest = snapshot.restore(
-                self.layer, self.store, self.config.restore["manifest_key"], self.config.restore["manifest_sha256"],
+                self.layer,
+                self.store,
+                self.config.restore["manifest_key"],
+                self.config.restore["manifest_sha256"],
                 keep_setuid=self.isolated,
-            )  # fmt: skip
+            )
         except snapshot.CorruptCheckpoint as error:
             raise SessionEnded(
                 f"Checkpoint {name} cannot be restored: {error}. It is now marked invalid; start the studio "
@@ -247,7 +287,9 @@ class Supervisor:
                 if not self.isolated:
                     raise SessionEnded(f"Dataset {mount.name} is on S3, which this compute environment cannot mount.")
                 try:
-                    self.helpers.append(sandbox.mount_s3(mount.uri, self.layout.data / mount.name, mount.writable, sys.stderr))
+                    self.helpers.append(
+                        sandbox.mount_s3(mount.uri, self.layout.data / mount.name, mount.writable, sys.stderr)
+                    )
                 except OSError as error:
                     raise SessionEnded(f"Dataset {mount.name} could not be mounted: {describe(error)}.") from None
                 sources[mount.name] = self.layout.data / mount.name
@@ -269,13 +311,20 @@ class Supervisor:
         sandbox.mount_root(self.layout, self.config.rootfs)
         writable = {mount.name: mount.writable for mount in self.config.mounts}
         mounts = [sandbox.resolver_mount(self.layout)] + [
-            sandbox.bind(source, f"{sandbox.DATA_IN_CONTAINER}/{name}", writable[name]) for name, source in data_sources.items()
+            sandbox.bind(source, f"{sandbox.DATA_IN_CONTAINER}/{name}", writable[name])
+            for name, source in data_sources.items()
         ]
         environ = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "HOME": "/root", "LANG": "C.UTF-8", **ide.environ}
         config = sandbox.oci_config(
-            container_id=self.config.container_id, args=ide.command, env=environ, cwd="/workspace",
-            cpus=self.config.cpus, memory_mb=self.config.memory_mb, mounts=mounts, hidden=self.config.hidden,
-        )  # fmt: skip
+            container_id=self.config.container_id,
+            args=ide.command,
+            env=environ,
+            cwd="/workspace",
+            cpus=self.config.cpus,
+            memory_mb=self.config.memory_mb,
+            mounts=mounts,
+            hidden=self.config.hidden,
+        )
         try:
             self.container_created = True
             self.ide_pid = sandbox.create(self.layout, config, self.config.container_id, sys.stderr)
@@ -283,7 +332,9 @@ class Supervisor:
             self.helpers.append(sandbox.connect_network(self.ide_pid, sys.stderr))
             sandbox.start(self.config.container_id, sys.stderr)
         except (OSError, subprocess.CalledProcessError) as error:
-            raise SessionEnded(f"The session's container could not start ({describe(error)}). Start the studio again.") from None
+            raise SessionEnded(
+                f"The session's container could not start ({describe(error)}). Start the studio again."
+            ) from None
         return network_fd
 
     def start_process(self, ide):
@@ -301,9 +352,13 @@ class Supervisor:
         try:
             # A group of its own (terminals, kernels) to stop as one; it ends with the supervisor, however that ends.
             self.ide_process = subprocess.Popen(
-                ide.command, env=environ, cwd=home, stdin=subprocess.DEVNULL, start_new_session=True,
+                ide.command,
+                env=environ,
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
                 preexec_fn=sandbox.die_with_parent,
-            )  # fmt: skip
+            )
         except OSError as error:
             raise SessionEnded(f"The IDE could not start ({describe(error)}).") from None
         self.ide_pid = self.ide_process.pid
@@ -373,9 +428,12 @@ class Supervisor:
             began = time.monotonic()
             try:
                 saved = snapshot.take(
-                    self.layer, self.store, previous=self.manifest, excluded=self.excluded,
+                    self.layer,
+                    self.store,
+                    previous=self.manifest,
+                    excluded=self.excluded,
                     manifest_prefix=self.config.manifest_prefix,
-                )  # fmt: skip
+                )
             except Exception as error:  # the store full or unreachable, the layer unreadable: say so, carry on
                 log.exception("checkpoint failed")
                 self.report(CHECKPOINT_FAILED, reason=checkpoint_failure(error))
@@ -387,14 +445,20 @@ class Supervisor:
                 "manifest_sha256": saved.manifest_sha256,
                 "size_bytes": saved.size_bytes,
                 "final": final,
-                "layer_used_bytes": (usage.f_blocks - usage.f_bfree) * usage.f_frsize if self.isolated else saved.size_bytes,
+                "layer_used_bytes": (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+                if self.isolated
+                else saved.size_bytes,
                 "layer_total_bytes": usage.f_blocks * usage.f_frsize if self.isolated else 0,
             }
             recorded = self.report_unrecorded()
             log.info(
                 "checkpoint%s: %d bytes in the layer, %d stored, %.2f s, recorded: %s",
-                " (final)" if final else "", saved.size_bytes, saved.stored_bytes, time.monotonic() - began, recorded,
-            )  # fmt: skip
+                " (final)" if final else "",
+                saved.size_bytes,
+                saved.stored_bytes,
+                time.monotonic() - began,
+                recorded,
+            )
             return recorded
 
     def report_unrecorded(self):
@@ -501,7 +565,9 @@ def main():
                 step.update(state="errored", message=str(error))
         # Everything is gone before the platform hears the session has ended.
         supervisor.tear_down()
-        supervisor.report(FAILED, reason=str(error), checkpoint_invalid=error.checkpoint_invalid, steps=supervisor.steps)
+        supervisor.report(
+            FAILED, reason=str(error), checkpoint_invalid=error.checkpoint_invalid, steps=supervisor.steps
+        )
         sys.exit(1)
     finally:
         supervisor.tear_down()

@@ -137,7 +137,7 @@ def test_a_non_member_finds_nothing_not_even_that_the_workspace_exists(world, op
 
 
 def test_an_open_menu_stays_open_while_the_list_follows_a_starting_studio(world, open_page):
-    workspace, running, stopped = world
+    workspace, _running, _stopped = world
     starting = make_studio(workspace, name="starting-one", status=StudioStatus.STARTING)
     page = open_page(make_member(workspace, Role.MAINTAIN))
     page.goto(workspace.get_absolute_url())

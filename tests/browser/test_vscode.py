@@ -7,8 +7,8 @@ import pytest
 from playwright.sync_api import expect
 
 from studios import lifecycle
-from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
+from studios.supervisor import sandbox
 
 from ..factories import make_dataset, make_member, make_studio, make_workspace
 from ..test_sessions import wait_for_status

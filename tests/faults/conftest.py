@@ -120,8 +120,12 @@ class PlatformSide:
     def __init__(self, environment):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.faults.platform_side"],
-            cwd=REPO, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            cwd=REPO,
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def ask(self, *command, timeout=60):
         self.process.stdin.write(json.dumps(command) + "\n")
@@ -191,11 +195,24 @@ class Platform:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "studios_project.asgi:application", "--host", "127.0.0.1",
-                "--port", self.url.rsplit(":", 1)[1], "--lifespan", "off", "--log-level", "warning",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "studios_project.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                self.url.rsplit(":", 1)[1],
+                "--lifespan",
+                "off",
+                "--log-level",
+                "warning",
             ],
-            cwd=REPO, env=environment, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=REPO,
+            env=environment,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         wait_until(self.serves, 30, "the platform to serve")
 
     def serves(self):

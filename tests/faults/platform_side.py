@@ -60,13 +60,18 @@ def state(studio_id):
     return {
         "status": studio.status,
         "reason": studio.status_reason,
-        "session": session and {
-            "id": session.pk, "handle": session.handle, "launched": session.launched, "ended": bool(session.ended),
-            "steps": session.steps, "checkpoint_error": session.checkpoint_error,
+        "session": session
+        and {
+            "id": session.pk,
+            "handle": session.handle,
+            "launched": session.launched,
+            "ended": bool(session.ended),
+            "steps": session.steps,
+            "checkpoint_error": session.checkpoint_error,
             "checkpoint": session.checkpoint and session.checkpoint.state,
             "manifest": session.checkpoint and session.checkpoint.manifest_key,
         },
-    }  # fmt: skip
+    }
 
 
 def forget():
@@ -86,9 +91,14 @@ def checkpoint(session_id):
 
 
 COMMANDS = {
-    "studio": studio, "forget": forget, "local_studio": local_studio, "act": act, "state": state,
-    "checkpoint": checkpoint, "forget_studio": forget_studio,
-}  # fmt: skip
+    "studio": studio,
+    "forget": forget,
+    "local_studio": local_studio,
+    "act": act,
+    "state": state,
+    "checkpoint": checkpoint,
+    "forget_studio": forget_studio,
+}
 
 if __name__ == "__main__":
     for line in sys.stdin:

@@ -42,9 +42,24 @@ class Worker:
 
     def start(self):
         command = [
-            sys.executable, "-m", "celery", "-A", "studios_project", "worker", "-B", "-s", str(self.folder / "beat"),
-            "--pool", "threads", "--concurrency", "4", "--queues", "studios", "--loglevel", "INFO",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "studios_project",
+            "worker",
+            "-B",
+            "-s",
+            str(self.folder / "beat"),
+            "--pool",
+            "threads",
+            "--concurrency",
+            "4",
+            "--queues",
+            "studios",
+            "--loglevel",
+            "INFO",
+        ]
         log = (self.folder / "worker.log").open("a")
         self.process = subprocess.Popen(
             command, cwd=REPO, env=self.environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -91,7 +106,9 @@ class World:
         processes, supervisors, network helpers, session folders, loop devices."""
         prefix = str(self.sessions_dir) + "/"
         listing = subprocess.run([sandbox.runtime(), "list", "--format", "json"], capture_output=True, text=True)
-        left = [f"container {c['id']}" for c in json.loads(listing.stdout or "null") or [] if c["bundle"].startswith(prefix)]
+        left = [
+            f"container {c['id']}" for c in json.loads(listing.stdout or "null") or [] if c["bundle"].startswith(prefix)
+        ]
         for process in Path("/proc").glob("[0-9]*"):
             try:
                 command = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -101,8 +118,14 @@ class World:
             if folder.startswith(prefix) or (prefix in command):
                 left.append(f"process {process.name}: {command[:80]}")
         left += [f"folder {path.name}" for path in self.sessions_dir.glob("*")]
-        loops = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True).stdout or "{}")
-        left += [f"loop device {d['name']}" for d in loops.get("loopdevices", []) if (d.get("back-file") or "").startswith(prefix)]
+        loops = json.loads(
+            subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True).stdout or "{}"
+        )
+        left += [
+            f"loop device {d['name']}"
+            for d in loops.get("loopdevices", [])
+            if (d.get("back-file") or "").startswith(prefix)
+        ]
         return left
 
     def helpers_of(self, session):
@@ -139,7 +162,9 @@ def world(services, platform, platform_side, tmp_path):
 
 def killed_launch(session_id, point, environment):
     """Run the launch task in a process of its own that is killed by SIGKILL at ``point`` (``killed_launch.py``)."""
-    died = subprocess.run([sys.executable, "-m", "tests.faults.killed_launch", str(session_id), point], cwd=REPO, env=environment)
+    died = subprocess.run(
+        [sys.executable, "-m", "tests.faults.killed_launch", str(session_id), point], cwd=REPO, env=environment
+    )
     assert died.returncode == -signal.SIGKILL
 
 
@@ -168,7 +193,7 @@ def test_a_supervisor_started_by_a_worker_killed_before_recording_it_is_the_sess
     containers = [line for line in world.leftovers() if line.startswith("container")]
     assert len(containers) == 1 and world.state()["status"] == "running"
     world.act("stop")
-    state, took = world.wait_for("stopped", CONVERGE_SECONDS)
+    state, _took = world.wait_for("stopped", CONVERGE_SECONDS)
     assert state["reason"] == "" and state["session"]["checkpoint"] == "finalized"
     assert world.leftovers() == []
 
@@ -195,9 +220,13 @@ def test_an_ide_killed_inside_its_session_errors_the_studio_once_nothing_of_it_i
     world.worker.start()
     session = world.started()
     helpers = world.helpers_of(session)
-    ide = json.loads(subprocess.run([sandbox.runtime(), "state", session["handle"]["container"]], capture_output=True, text=True).stdout)["pid"]
+    ide = json.loads(
+        subprocess.run(
+            [sandbox.runtime(), "state", session["handle"]["container"]], capture_output=True, text=True
+        ).stdout
+    )["pid"]
     os.kill(ide, signal.SIGKILL)
-    state, took = world.wait_for("errored", CONVERGE_SECONDS)
+    state, _took = world.wait_for("errored", CONVERGE_SECONDS)
     assert state["reason"].startswith("The IDE exited unexpectedly with code -9. Start the studio again")
     assert re.search(r"Changes made since checkpoint \S+ was saved at [\d: -]+UTC may be lost\.$", state["reason"])
     assert world.leftovers() == [] and not any(pid_alive(pid) for pid in helpers)
@@ -218,33 +247,42 @@ def test_a_supervisor_killed_errors_the_studio_once_nothing_of_it_is_left(world,
         world.wait_for("stopped", CONVERGE_SECONDS)
         world.act("start")
         wait_until(
-            lambda: any(s["name"] == "Restoring checkpoint" and s["state"] == "in-progress" for s in world.state()["session"]["steps"]),
-            START_SECONDS, "the restore to begin", interval=0.05,
-        )  # fmt: skip
+            lambda: any(
+                s["name"] == "Restoring checkpoint" and s["state"] == "in-progress"
+                for s in world.state()["session"]["steps"]
+            ),
+            START_SECONDS,
+            "the restore to begin",
+            interval=0.05,
+        )
         session = world.state()["session"]
     else:
         session = world.started()
     supervisor = session_supervisor(world, session)
     os.killpg(supervisor, signal.SIGKILL)
-    state, took = world.wait_for("errored", CONVERGE_SECONDS)
+    state, _took = world.wait_for("errored", CONVERGE_SECONDS)
     assert state["reason"].startswith("The session's supervisor ended unexpectedly.")
     assert world.leftovers() == []
 
 
 def test_a_start_posted_while_the_broker_is_down_runs_once_it_is_back(world, broker):
     world.worker.start()
-    page = httpx.get(f"{world.platform.url}/studios/{world.studio['id']}/", cookies={"sessionid": world.studio["cookie"]})
+    page = httpx.get(
+        f"{world.platform.url}/studios/{world.studio['id']}/", cookies={"sessionid": world.studio["cookie"]}
+    )
     token = page.cookies.get("csrftoken") or re.search(r'"X-CSRFToken": "([^"]+)"', page.text).group(1)
     broker.stop()
     posted = httpx.post(
-        f"{world.platform.url}/studios/{world.studio['id']}/start/", data={"csrfmiddlewaretoken": token},
-        cookies={"sessionid": world.studio["cookie"], "csrftoken": token}, headers={"Referer": world.platform.url},
+        f"{world.platform.url}/studios/{world.studio['id']}/start/",
+        data={"csrfmiddlewaretoken": token},
+        cookies={"sessionid": world.studio["cookie"], "csrftoken": token},
+        headers={"Referer": world.platform.url},
         timeout=30,
-    )  # fmt: skip
+    )
     assert posted.status_code == 302  # the start is recorded; its task could not be queued
     assert world.state()["status"] == "starting"
     broker.start()
-    state, took = world.wait_for("running", CONVERGE_SECONDS + 15)
+    _state, _took = world.wait_for("running", CONVERGE_SECONDS + 15)
     world.act("stop")
     world.wait_for("stopped", CONVERGE_SECONDS)
     assert world.leftovers() == []
@@ -273,7 +311,9 @@ def test_a_full_checkpoint_store_shows_on_the_status_panel_until_a_checkpoint_su
         (upper / "root/results.bin").unlink()
         state = world.platform_side.ask("checkpoint", session["id"])
         assert state["session"]["checkpoint_error"] == ""
-        assert "The last checkpoint failed" not in world.platform.get(f"/studios/{world.studio['id']}/", world.studio).text
+        assert (
+            "The last checkpoint failed" not in world.platform.get(f"/studios/{world.studio['id']}/", world.studio).text
+        )
         world.act("stop")
         world.wait_for("stopped", CONVERGE_SECONDS)
     finally:

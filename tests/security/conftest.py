@@ -23,8 +23,8 @@ import pytest
 
 from studios import lifecycle
 from studios.backends import backend_for
-from studios.supervisor import sandbox
 from studios.models import Role, StudioStatus
+from studios.supervisor import sandbox
 
 from ..conftest import end_sessions_left_running
 from ..factories import make_member, make_studio, make_workspace
@@ -99,7 +99,9 @@ def sweep_sessions_under(data_dir):
     helpers and mounts end with it). Assumes a session folder is ``<data dir>/sessions/<name>``, holding the
     container's bundle and the supervisor's working directory."""
     prefix = str(Path(data_dir).resolve()) + "/"
-    listing = subprocess.run([sandbox.runtime(), "list", "--format", "json"], capture_output=True, text=True, timeout=30)
+    listing = subprocess.run(
+        [sandbox.runtime(), "list", "--format", "json"], capture_output=True, text=True, timeout=30
+    )
     for entry in json.loads(listing.stdout or "null") or []:
         if (entry.get("bundle") or "").startswith(prefix):
             sandbox.delete(entry["id"])
@@ -147,7 +149,9 @@ def network_helpers(studio):
     are children of its supervisor."""
     pid = supervisor(studio)
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [(int(child), start_time(child)) for child in children if "slirp4netns" in dict(processes()).get(int(child), "")]
+    return [
+        (int(child), start_time(child)) for child in children if "slirp4netns" in dict(processes()).get(int(child), "")
+    ]
 
 
 def session_views(studio):
@@ -292,7 +296,11 @@ def files_exposed(studio, relative_paths=()):
     lies below them), where only ``relative_paths`` are looked at. Yields ``(path, lstat)``."""
     for view, pid in session_views(studio):
         folder = session_folder(studio)
-        overlays = {str(view) + point.removeprefix(str(folder)) for point, kind, _ in mounts_under(folder, pid) if kind == "overlay"}
+        overlays = {
+            str(view) + point.removeprefix(str(folder))
+            for point, kind, _ in mounts_under(folder, pid)
+            if kind == "overlay"
+        }
         for directory, subdirectories, files in os.walk(view):
             if directory in overlays:
                 subdirectories[:] = []
@@ -315,8 +323,10 @@ def effective_uid_as_nobody(path):
     try:
         result = subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", path, "-u"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except subprocess.TimeoutExpired:
         return "timed out"
     return result.stdout.strip() if result.returncode == 0 else f"refused: {result.stderr.strip()}"
@@ -359,4 +369,3 @@ def decoy():
     server = Decoy()
     yield server
     server.close()
-

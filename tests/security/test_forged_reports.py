@@ -40,9 +40,11 @@ def test_a_forged_failed_report_leaves_nothing_running(world):
     owner = (supervisor(studio), start_time(supervisor(studio)))
     assert ide, "the studio's JupyterLab was not found on the host"
     report = httpx.post(
-        f"{world.platform.url}/api/sessions/failed", json={"reason": "forged"},
-        headers={"Authorization": f"Bearer {session_token(studio)}"}, timeout=30,
-    )  # fmt: skip
+        f"{world.platform.url}/api/sessions/failed",
+        json={"reason": "forged"},
+        headers={"Authorization": f"Bearer {session_token(studio)}"},
+        timeout=30,
+    )
     deadline = time.monotonic() + (ENDING_TIMEOUT if report.status_code == 200 else 2)
     while True:
         studio.refresh_from_db()

@@ -23,8 +23,8 @@ from .conftest import (
     session_folder,
     session_token,
     setuid_files_exposed,
-    supervisor,
     start,
+    supervisor,
 )
 
 pytestmark = requires_isolation
@@ -76,11 +76,12 @@ def test_a_session_cannot_write_the_work_dir_or_read_other_studios_checkpoints(w
 def test_a_setuid_file_made_in_a_session_gives_no_one_root_on_the_host(world):
     studio = start(world)
     printed = run_as_tester(
-        world, studio,
+        world,
+        studio,
         "import os, shutil\nshutil.copy('/usr/bin/id', '/root/suid-id')\nos.chmod('/root/suid-id', 0o4755)\n"
         "os.chmod('/root', 0o755)  # the way in, for whoever looks from the host\n"
         "print(oct(os.stat('/root/suid-id').st_mode))",
-    )  # fmt: skip
+    )
     assert printed == "0o104755"
     copies = setuid_files_exposed(studio, relative_paths=["root/suid-id"])
     assert copies, "the setuid file was not found in any view of the session's folder"
@@ -107,7 +108,12 @@ def test_the_session_folder_is_closed_to_other_users_and_its_mounts_are_nosuid_a
             path = os.path.join(directory, name)
             info = os.lstat(path)
             mode = stat.S_IMODE(info.st_mode)
-            if stat.S_ISREG(info.st_mode) and info.st_size < 2**20 and token in Path(path).read_bytes() and mode != 0o600:
+            if (
+                stat.S_ISREG(info.st_mode)
+                and info.st_size < 2**20
+                and token in Path(path).read_bytes()
+                and mode != 0o600
+            ):
                 problems.append(f"{path} holds the session token and is mode {mode:o}, not 600")
     for point, kind, _ in mounts_under(folder):
         problems.append(f"{point} ({kind}) is mounted on the host")

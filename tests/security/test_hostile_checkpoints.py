@@ -44,8 +44,14 @@ def stored_file(store, path, content, mode=0o644):
     compressed = zstandard.ZstdCompressor(level=3).compress(content)
     digest = hashlib.sha256(content).hexdigest()
     store.put(snapshot.object_key(digest), compressed)
-    return {"path": path, "type": "file", "mode": mode, "mtime_ns": MTIME_NS, "size": len(content),
-            "chunks": [[digest, snapshot.object_key(digest), 0, len(compressed)]]}  # fmt: skip
+    return {
+        "path": path,
+        "type": "file",
+        "mode": mode,
+        "mtime_ns": MTIME_NS,
+        "size": len(content),
+        "chunks": [[digest, snapshot.object_key(digest), 0, len(compressed)]],
+    }
 
 
 def plant_checkpoint(world, studio, entries):
@@ -55,9 +61,14 @@ def plant_checkpoint(world, studio, entries):
     key = f"{snapshot.MANIFESTS}{uuid.uuid4().hex}.json.zst"
     store_for(str(world.work_dir)).put(key, encoded)
     return Checkpoint.objects.create(
-        studio=studio, name=f"{studio.name}_1", state=Checkpoint.State.FINALIZED, saved=timezone.now(),
-        manifest_key=key, manifest_sha256=hashlib.sha256(encoded).hexdigest(), size_bytes=0,
-    )  # fmt: skip
+        studio=studio,
+        name=f"{studio.name}_1",
+        state=Checkpoint.State.FINALIZED,
+        saved=timezone.now(),
+        manifest_key=key,
+        manifest_sha256=hashlib.sha256(encoded).hexdigest(),
+        size_bytes=0,
+    )
 
 
 def start_from_planted(world, entries):
@@ -95,8 +106,19 @@ def symlink_then_file(store, outside):
 def character_device(store, outside):
     # The format has no device type (a checkpoint skips the devices it finds), so a hostile manifest says it as it
     # likes: a character device 1:3, with its numbers every way a restore might read them.
-    return [{"path": "null", "type": "char", "mode": 0o666, "mtime_ns": MTIME_NS, "rdev": os.makedev(1, 3),
-             "major": 1, "minor": 3, "size": 0, "chunks": []}]  # fmt: skip
+    return [
+        {
+            "path": "null",
+            "type": "char",
+            "mode": 0o666,
+            "mtime_ns": MTIME_NS,
+            "rdev": os.makedev(1, 3),
+            "major": 1,
+            "minor": 3,
+            "size": 0,
+            "chunks": [],
+        }
+    ]
 
 
 @pytest.mark.parametrize(

@@ -72,10 +72,11 @@ def test_a_session_can_open_no_namespace_with_clone_or_clone3(world):
     studio = start(world)
     probe = f"FLAGS = {NAMESPACE_FLAGS!r}\nSYS_CLONE = {SYS_CLONE[machine]}\nSYS_CLONE3 = {SYS_CLONE3}\n" + PROBE
     printed = run_as_tester(
-        world, studio,
+        world,
+        studio,
         f"import subprocess, sys\nprobe = subprocess.run([sys.executable, '-c', {probe!r}], capture_output=True, text=True, "
         "timeout=30)\nprint(probe.stdout.strip() or probe.stderr.strip()[-2000:])",
-    )  # fmt: skip
+    )
     results = json.loads(printed)
     opened = {name: result for name, result in results.items() if name in NAMESPACE_FLAGS and result[1] != "EPERM"}
     assert opened == {}, (

@@ -17,12 +17,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def test_the_embedded_database_and_the_generated_secret_key_are_readable_by_root_only(tmp_path):
     data_dir = tmp_path / "fresh-data-dir"
     # The embedded defaults: no database, broker or key from the environment.
-    environment = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    environment = {
+        name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")
+    }
     environment["STUDIOS_DATA_DIR"] = str(data_dir)
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput"],
-        cwd=PROJECT_ROOT, env=environment, capture_output=True, check=True, timeout=300,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
     modes = {path.name: f"{stat.S_IMODE(path.stat().st_mode):o}" for path in sorted(data_dir.glob("studios.sqlite3*"))}
     modes["secret_key"] = f"{stat.S_IMODE((data_dir / 'secret_key').stat().st_mode):o}"
     assert "studios.sqlite3" in modes, f"no database was created in {data_dir}"

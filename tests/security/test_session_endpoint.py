@@ -10,6 +10,7 @@ The backend, not a report, must decide where a session is reached.
 import httpx
 
 from studios import lifecycle
+
 from .conftest import attacker_browser, requires_isolation, restart, run_as_tester, running, session_token, start, stop
 
 pytestmark = requires_isolation
@@ -17,7 +18,7 @@ pytestmark = requires_isolation
 # Left in the layer, run by JupyterLab at the next start (it reads ~/.jupyter as root with HOME=/root): finds the
 # session's token and its way to the platform wherever they are, and reports the session ready at the decoy,
 # early and a few times over, before the agent does.
-HOSTILE_JUPYTER_CONFIG = r'''
+HOSTILE_JUPYTER_CONFIG = r"""
 import http.client, json, os, socket, threading, time, urllib.parse
 
 DECOY = {decoy!r}
@@ -69,7 +70,7 @@ def _report_ready_at_the_decoy():
 
 
 threading.Thread(target=_report_ready_at_the_decoy, daemon=True).start()
-'''
+"""
 
 
 def open_through_the_proxy(world, studio):
@@ -82,10 +83,11 @@ def test_a_jupyter_config_left_in_the_layer_cannot_point_the_proxy_elsewhere(wor
     studio = start(world)
     config = HOSTILE_JUPYTER_CONFIG.format(decoy=decoy.url)
     printed = run_as_tester(
-        world, studio,
+        world,
+        studio,
         "import pathlib\npath = pathlib.Path('/root/.jupyter/jupyter_server_config.py')\n"
         f"path.parent.mkdir(parents=True, exist_ok=True)\npath.write_text({config!r})\nprint('left', path)",
-    )  # fmt: skip
+    )
     assert printed == "left /root/.jupyter/jupyter_server_config.py"
     stop(world, studio)  # its final checkpoint holds the config
     studio = restart(world, studio)
@@ -100,9 +102,11 @@ def test_a_ready_report_with_the_session_token_cannot_point_the_proxy_elsewhere(
     lifecycle.start_studio(world.maintainer, studio)
     # As an attacker holding the token would, while the studio is starting.
     httpx.post(
-        f"{world.platform.url}/api/sessions/ready", json={"endpoint": decoy.url},
-        headers={"Authorization": f"Bearer {session_token(studio)}"}, timeout=10,
-    )  # fmt: skip
+        f"{world.platform.url}/api/sessions/ready",
+        json={"endpoint": decoy.url},
+        headers={"Authorization": f"Bearer {session_token(studio)}"},
+        timeout=10,
+    )
     studio = running(world, studio)
     lab, kernels = open_through_the_proxy(world, studio)
     assert decoy.requests == [], f"the proxy forwarded members' requests to the decoy: {decoy.requests}"

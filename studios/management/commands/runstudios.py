@@ -23,16 +23,26 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         if not no_demo:
             call_command("seed_demo")
-        environment = dict(os.environ, STUDIOS_PLATFORM_URL=os.environ.get("STUDIOS_PLATFORM_URL", f"http://127.0.0.1:{port}"))
+        environment = dict(
+            os.environ, STUDIOS_PLATFORM_URL=os.environ.get("STUDIOS_PLATFORM_URL", f"http://127.0.0.1:{port}")
+        )
         os.environ.update(environment)
         worker = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "studios_project", "worker", "--beat",
-                "--pool=threads", "--concurrency=8", "--loglevel=INFO",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "studios_project",
+                "worker",
+                "--beat",
+                "--pool=threads",
+                "--concurrency=8",
+                "--loglevel=INFO",
                 f"--schedule={settings.DATA_DIR / 'celerybeat-schedule'}",
             ],
             env=environment,
-        )  # fmt: skip
+        )
         self.stdout.write(f"Studios is running at http://{host}:{port}/ (log in with a user and password above)")
         # uvicorn re-raises the signal that stopped it; with Python's default SIGTERM action that
         # would end this process before the worker is stopped.

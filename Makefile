@@ -19,6 +19,7 @@ $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 	touch $@
 
 run: $(VENV)/installed
+	$(PY) manage.py prepare
 	$(PY) manage.py runstudios
 
 # PostgreSQL and Redis run on this machine; start them when they are not running.
@@ -37,4 +38,4 @@ test: $(VENV)/test-installed check services
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
 	STUDIOS_DATA_DIR=$${STUDIOS_DATA_DIR:-$$(mktemp -d)} \
-	$(PY) -m pytest $(PYTEST_ARGS)
+	sh -c '$(PY) manage.py prepare >/dev/null && $(PY) -m pytest $(PYTEST_ARGS)'

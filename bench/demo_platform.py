@@ -32,6 +32,7 @@ def demo_platform(**settings):
     env = dict(os.environ, STUDIOS_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="studios_project.settings", **settings)
     for name in ("DATABASE_URL", "REDIS_URL"):
         env.pop(name, None)
+    subprocess.run([sys.executable, "manage.py", "prepare"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     with open(Path(data_dir) / "platform.log", "w") as log:  # the server keeps its own descriptor
         server = subprocess.Popen(
             [sys.executable, "manage.py", "runstudios", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log

@@ -1,31 +1,28 @@
 """Studios settings: one module, configured by environment variables with safe defaults.
 
 With nothing set, the product runs on embedded parts (SQLite, a filesystem Celery broker,
-the in-memory channel layer) so that one command brings it up on a laptop.
+the in-memory channel layer) so that one command brings it up on a laptop. Importing this module only reads:
+``manage.py prepare`` creates the data dir and what the embedded parts keep in it (``studios.datadir``).
 """
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# The SQLite database, the generated secret key, broker files and session folders; root's alone (0700).
 DATA_DIR = Path(os.environ.get("STUDIOS_DATA_DIR", BASE_DIR / "var")).resolve()
-# Only the platform's user may enter it: it holds the SQLite database, the secret key and session folders.
-DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+SECRET_KEY_FILE = DATA_DIR / "secret_key"
 
 
 def _secret_key():
-    """SECRET_KEY from the environment, else one generated once and kept in the data dir."""
-    if os.environ.get("SECRET_KEY"):
-        return os.environ["SECRET_KEY"]
-    key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        with os.fdopen(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
-            file.write(secrets.token_urlsafe(50))
-    return key_file.read_text().strip()
+    """SECRET_KEY from the environment, else the one ``manage.py prepare`` generated into the data dir."""
+    try:
+        return os.environ.get("SECRET_KEY") or SECRET_KEY_FILE.read_text().strip()
+    except FileNotFoundError:
+        return ""  # the system check "studios.E001" says to run ``manage.py prepare``
 
 
 SECRET_KEY = _secret_key()
@@ -84,9 +81,12 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+SQLITE_FILE = None
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # SQLite creates its file with the process's umask: created here first, readable by the platform only.
-    os.close(os.open(DATABASES["default"]["NAME"], os.O_WRONLY | os.O_CREAT, 0o600))
+    # Opened read-write, never created: ``manage.py prepare`` makes the file, readable by the platform only (a
+    # process that created it would use its umask: every session token readable by the host's users).
+    SQLITE_FILE = Path(DATABASES["default"]["NAME"])
+    DATABASES["default"]["NAME"] = f"{SQLITE_FILE.as_uri()}?mode=rw"
     # Web, worker and beat share one file: wait for a lock instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -106,7 +106,6 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -128,7 +127,6 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "filesystem://"
     _broker_dir = DATA_DIR / "broker"
-    _broker_dir.mkdir(exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir),
         "data_folder_out": str(_broker_dir),

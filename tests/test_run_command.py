@@ -23,6 +23,7 @@ def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["STUDIOS_DATA_DIR"] = str(tmp_path)
+    subprocess.run([sys.executable, "manage.py", "prepare"], cwd=ROOT, env=env, check=True, timeout=60)  # as make run
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runstudios", "--port", str(port)],
         cwd=ROOT,

@@ -8,11 +8,14 @@ import sys
 import uvicorn
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from .prepare import missing
 
 
 class Command(BaseCommand):
     help = __doc__
+    requires_system_checks: list[str] = []  # run once the data dir is known to be prepared
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -20,6 +23,12 @@ class Command(BaseCommand):
         parser.add_argument("--no-demo", action="store_true", help="do not create the demo workspace and users")
 
     def handle(self, *args, host, port, no_demo, **options):
+        if missing():
+            raise CommandError(
+                f"The data dir has no {' and no '.join(missing())} yet: run `python manage.py prepare` first "
+                "(`make run` does)."
+            )
+        self.check()
         call_command("migrate", interactive=False, verbosity=0)
         if not no_demo:
             call_command("seed_demo")

@@ -18,7 +18,7 @@ from .models import Studio
 
 log = logging.getLogger(__name__)
 
-_written = {}  # studio id -> when this process last wrote its activity (monotonic seconds)
+_written: dict[int, float] = {}  # studio id -> when this process last wrote its activity (monotonic seconds)
 
 
 async def touch(studio_id, user):

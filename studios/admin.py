@@ -1,4 +1,3 @@
-from django import forms
 from django.contrib import admin
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
@@ -43,7 +42,7 @@ class MembershipAdmin(admin.ModelAdmin):
     list_filter = ["role", "workspace"]
 
 
-class ComputeEnvironmentAdminForm(CredentialsForm, forms.ModelForm):
+class ComputeEnvironmentAdminForm(CredentialsForm):
     class Meta:
         model = ComputeEnvironment
         fields = [

@@ -19,10 +19,8 @@ class UnreadableCredentials(Exception):
 
 
 def _fernet():
-    key = settings.STUDIOS_SECRETS_KEY
-    if not key:
-        key = base64.urlsafe_b64encode(hashlib.sha256(f"studios-credentials:{settings.SECRET_KEY}".encode()).digest())
-    return Fernet(key)
+    derived = hashlib.sha256(f"studios-credentials:{settings.SECRET_KEY}".encode()).digest()
+    return Fernet(settings.STUDIOS_SECRETS_KEY or base64.urlsafe_b64encode(derived))
 
 
 def seal(credentials: dict) -> str:

@@ -1,10 +1,16 @@
 import re
+from typing import cast
 
 from django import forms
 from django.core.exceptions import ValidationError
 
 from .lifecycle import held_data_paths, holder_of
 from .models import ComputeEnvironment, Dataset, Studio, Template
+
+
+def model_choices(form, name) -> forms.ModelChoiceField:
+    """``form``'s model choice field ``name`` (``form.fields`` is typed as holding plain fields)."""
+    return cast(forms.ModelChoiceField, form.fields[name])
 
 
 class ResourcesForm(forms.Form):
@@ -23,14 +29,15 @@ class ResourcesForm(forms.Form):
         self.studio = studio
         self.fixed_environment = environment or (studio.compute_environment if studio else None)
         self.held = held_data_paths(workspace, exclude_studio=studio)
-        self.fields["datasets"].queryset = workspace.datasets.order_by("name")
+        self.workspace_datasets = workspace.datasets.order_by("name")
+        model_choices(self, "datasets").queryset = self.workspace_datasets
 
     def displayed_environment(self):
         """The compute environment the form is about, before validation: fixed, chosen, or the only one."""
         if self.fixed_environment or "compute_environment" not in self.fields:
             return self.fixed_environment
         chosen = self["compute_environment"].value()
-        return self.fields["compute_environment"].queryset.filter(pk=chosen).first() if chosen else None
+        return self.workspace.compute_environments.filter(pk=chosen).first() if chosen else None
 
     def dataset_choices(self):
         """Each dataset with the studio holding its data path (None when free), whether it would be mounted
@@ -46,14 +53,15 @@ class ResourcesForm(forms.Form):
                 "other_region": bool(environment and dataset.region and dataset.region != environment.region),
                 "environment": environment,
             }
-            for dataset in self.fields["datasets"].queryset
+            for dataset in self.workspace_datasets
         ]
 
     def environment(self):
         return self.fixed_environment or self.cleaned_data.get("compute_environment")
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         environment = self.environment()
         if environment is None:
             return cleaned
@@ -98,12 +106,13 @@ class StudioForm(CloneForm):
     def __init__(self, *args, workspace, **kwargs):
         super().__init__(*args, workspace=workspace, **kwargs)
         environments = workspace.compute_environments.order_by("name")
-        self.fields["compute_environment"].queryset = environments
+        model_choices(self, "compute_environment").queryset = environments
         if len(environments) == 1:
             self.fields["compute_environment"].initial = environments[0]
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         environment, template = cleaned.get("compute_environment"), cleaned.get("template")
         if environment and template:
             problem = environment.template_problems.get(template, "")
@@ -112,8 +121,10 @@ class StudioForm(CloneForm):
         return cleaned
 
 
-class CredentialsForm(forms.Form):
+class CredentialsForm(forms.ModelForm):
     """An AWS access key pair for a compute environment: write-only, never shown back."""
+
+    instance: ComputeEnvironment
 
     access_key_id = forms.CharField(
         label="AWS access key ID", required=False, max_length=128, widget=forms.TextInput(attrs={"autocomplete": "off"})
@@ -140,7 +151,8 @@ class CredentialsForm(forms.Form):
             self.fields["forget_credentials"].widget = forms.HiddenInput()
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         key_id, secret = cleaned.get("access_key_id", "").strip(), cleaned.get("secret_access_key", "")
         if bool(key_id) != bool(secret):
             missing = "secret_access_key" if key_id else "access_key_id"
@@ -169,7 +181,7 @@ JOB_QUEUE = re.compile(
 )
 
 
-class BatchEnvironmentForm(CredentialsForm, forms.ModelForm):
+class BatchEnvironmentForm(CredentialsForm):
     """An AWS Batch compute environment, as a workspace admin adds or edits it."""
 
     writable_data_paths = forms.CharField(
@@ -233,7 +245,8 @@ class BatchEnvironmentForm(CredentialsForm, forms.ModelForm):
         return paths
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if cleaned.get("max_cpus") is not None and cleaned["max_cpus"] < self.instance.min_cpus:
             self.add_error("max_cpus", f"Studios need at least {self.instance.min_cpus} CPU.")
         if cleaned.get("max_memory_mb") is not None and cleaned["max_memory_mb"] < self.instance.min_memory_mb:

@@ -232,7 +232,7 @@ class Studio(models.Model):
 
     def transition(self, status, reason=""):
         """Change the status in memory; the caller saves inside its transaction."""
-        if status not in ALLOWED_TRANSITIONS[self.status]:
+        if status not in ALLOWED_TRANSITIONS[StudioStatus(self.status)]:
             raise InvalidTransition(f"{self.status} cannot become {status}")
         self.status = status
         self.status_reason = reason
@@ -244,7 +244,7 @@ class Studio(models.Model):
 
         Reads ``connections`` and their users: prefetch ``connections__user`` when listing studios.
         """
-        since = {}
+        since: dict = {}  # member -> when they first connected
         for connection in sorted(self.connections.all(), key=lambda connection: connection.opened):
             since.setdefault(connection.user, connection.opened)
         return list(since.items())

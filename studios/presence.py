@@ -51,7 +51,7 @@ class HeldConnection:
 
 
 # Changed on the event loop, read by the threads that write the record.
-_held = set()
+_held: set[HeldConnection] = set()
 _held_lock = threading.Lock()
 
 

@@ -112,7 +112,7 @@ def stop_session(studio_id, forced_by="", claimed=None):
             unsaved = "The session did not save its final checkpoint in time, so it was stopped anyway"
         else:
             session.refresh_from_db()
-            checkpoint = Checkpoint.objects.filter(pk=session.checkpoint_id).first()
+            checkpoint = session.checkpoint
             if checkpoint is None or checkpoint.state != Checkpoint.State.FINALIZED:
                 unsaved = f"The session could not save a final checkpoint ({session.checkpoint_error or 'it did not say why'})"
     if end_compute(studio.compute_environment_id, session.handle):
@@ -226,6 +226,7 @@ def reconcile_sessions():
     active = Studio.objects.filter(status__in=ACTIVE_STATUSES, session__isnull=False, session__ended=None)
     for studio in active.exclude(session__handle={}).select_related("compute_environment", "session"):
         session = studio.session
+        assert session is not None  # the query asks for one
         try:
             state = backend_for(studio.compute_environment).poll(session.handle)
         except BackendError as error:

@@ -4,6 +4,7 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from functools import wraps
 
 from django.contrib import messages
@@ -206,7 +207,7 @@ def studio_start(request, studio_id):
         if not form.is_valid():
             for errors in form.errors.values():
                 for error in errors:
-                    messages.error(request, error)
+                    messages.error(request, str(error))
             return redirect(studio)
         changes = form.cleaned_data
 
@@ -282,7 +283,7 @@ def environment_edit(request, workspace, role, environment_id=None):
 # The session supervisor's reports, authenticated by the session's token. Only what the protocol lets a
 # supervisor say is believed; anything else is refused and logged.
 
-SESSION_REPORTS = {
+SESSION_REPORTS: dict[str, Callable[..., bool]] = {
     protocol.PROGRESS: lifecycle.session_progress,
     protocol.READY: lifecycle.session_ready,
     protocol.FAILED: lifecycle.session_failed,

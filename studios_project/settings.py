@@ -8,6 +8,7 @@ the in-memory channel layer) so that one command brings it up on a laptop. Impor
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -122,7 +123,7 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     # A task whose worker was killed goes back to the queue after this long (the reconcile re-queues the starts
     # and stops no task works on well before that).
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {"visibility_timeout": 600}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "filesystem://"

@@ -68,7 +68,7 @@ FORWARDED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 TERMINATE_POLL_SECONDS = 2
 # Container instance ARN -> its EC2 instance's private address, which never changes: each is looked up once
 # per worker process.
-INSTANCE_ADDRESSES = {}
+INSTANCE_ADDRESSES: dict[str, str] = {}
 
 # What a job in each state before RUNNING is waiting for.
 PROVISIONING = {

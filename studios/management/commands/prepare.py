@@ -48,6 +48,6 @@ class Command(BaseCommand):
             create_private(settings.SQLITE_FILE)
         broker = settings.CELERY_BROKER_TRANSPORT_OPTIONS
         folders = [broker[name] for name in ("data_folder_in", "data_folder_out", "control_folder") if name in broker]
-        for folder in (settings.STATIC_ROOT, *folders):
-            Path(folder).mkdir(parents=True, exist_ok=True)
+        for folder in [settings.STATIC_ROOT, *map(Path, folders)]:
+            folder.mkdir(parents=True, exist_ok=True)
         self.stdout.write(f"The data dir {settings.DATA_DIR} is ready.")

@@ -18,12 +18,15 @@ host listens; the queue's subnet is this host's network so that EC2 accepts that
 
 import ipaddress
 import json
+import uuid
 
 import boto3
 from moto.batch.models import BatchBackend, Job, batch_backends
 from moto.batch_simple.models import BatchSimpleBackend
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.config import default_user_config
+
+from studios import lifecycle, tasks
 
 from .conftest import host_address
 
@@ -147,3 +150,58 @@ def _leave_submitted(backend, include_start_attempt, job):
 def environment_of(job_description):
     """The environment a described job's container gets: what the job definition and the submission set."""
     return {variable["name"]: variable["value"] for variable in job_description["container"]["environment"]}
+
+
+# A studio's session on it, as the tests drive it: started, placed, reporting.
+
+
+def launch(user, studio):
+    """Start the studio and run the start task: its job is submitted."""
+    lifecycle.start_studio(user, studio)
+    studio.refresh_from_db()
+    tasks.launch_session(studio.session.pk)
+    studio.refresh_from_db()
+    return studio
+
+
+READY_STEPS = [
+    {"name": "Provisioning compute", "state": "succeeded", "message": ""},
+    {"name": "Starting JupyterLab", "state": "succeeded", "message": ""},
+]
+
+
+def report(client, studio, kind, body):
+    """A report from the job's supervisor, with its token: the platform's answer."""
+    authorization = f"Bearer {studio.session.token}"
+    return client.post(f"/api/sessions/{kind}", json.dumps(body), "application/json", HTTP_AUTHORIZATION=authorization)
+
+
+def report_ready(client, studio):
+    """What the supervisor sends once its IDE answers; it says nothing of where it is."""
+    assert report(client, studio, "ready", {"steps": READY_STEPS}).status_code == 200
+    studio.refresh_from_db()
+    return studio
+
+
+def manifest_key(studio_id):
+    """A key a supervisor may report a checkpoint's manifest under: in the studio's own folder of the store."""
+    return f"manifests/studio-{studio_id}/{uuid.uuid4().hex}.json.zst"
+
+
+def run_job(aws, studio):
+    """Batch places the job on its instance and runs it; the platform finds it there on its next reconcile."""
+    aws.place(job_id(studio))
+    aws.set_state(job_id(studio), "RUNNING")
+    tasks.reconcile_sessions()
+    studio.refresh_from_db()
+    return studio
+
+
+def addresses(studio):
+    """Where the backend says the session's gate and control endpoint are: this host, the job's instance."""
+    handle = studio.session.handle
+    return f"http://{host_address()}:{handle['port']}", f"http://{host_address()}:{handle['control_port']}"
+
+
+def job_id(studio):
+    return studio.session.handle["job_id"]

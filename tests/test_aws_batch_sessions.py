@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import boto3
 import httpx
@@ -33,7 +32,7 @@ from studios.tasks import reconcile_sessions
 from .conftest import host_address
 from .factories import make_member, make_studio, make_workspace
 from .images import image_code
-from .live import Browser, execute, wait_for_status
+from .live import Browser, execute, wait_for_status, wait_until
 from .moto_batch import REGION, MotoBatch, environment_of
 
 # The job's supervisor sandboxes the IDE, as it does in the job's privileged container on Batch.
@@ -120,15 +119,14 @@ def batch_host(live_platform, moto_server, monkeypatch, tmp_path):
 
 def wait_for_job(studio, previous=None, timeout=60):
     """The job the start task submitted for ``studio`` (another than ``previous``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def submitted():
         studio.refresh_from_db()
-        if studio.session.handle.get("job_id") not in (None, previous):
-            return studio.session.handle["job_id"]
         if studio.status == StudioStatus.ERRORED:
             pytest.fail(f"studio errored: {studio.status_reason}")
-        time.sleep(0.2)
-    pytest.fail("no job was submitted")
+        return studio.session.handle.get("job_id") not in (None, previous) and studio.session.handle["job_id"]
+
+    return wait_until(submitted, timeout, "the start task to submit a job", interval=0.2)
 
 
 def running_on_batch_host(batch_host, studio, previous=None):

@@ -3,7 +3,6 @@
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import boto3
@@ -126,11 +125,7 @@ def test_a_corrupt_checkpoint_fails_the_start_and_is_marked_invalid(world, tmp_p
         if chunk.is_file():
             chunk.write_bytes(b"garbage")
     studio = lifecycle.start_studio(user, studio)
-    deadline = time.monotonic() + 60
-    while studio.status == StudioStatus.STARTING and time.monotonic() < deadline:
-        time.sleep(0.2)
-        studio.refresh_from_db()
-    assert studio.status == StudioStatus.ERRORED
+    wait_for_status(studio, StudioStatus.ERRORED, timeout=60)
     assert studio.status_reason.startswith("Checkpoint keeper_1 cannot be restored")
     assert Checkpoint.objects.get(studio=studio, name="keeper_1").state == Checkpoint.State.INVALID
     # Nothing of the failed start is left mounted (its writable layer, in a container).

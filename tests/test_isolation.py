@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_dataset, make_member, make_studio, make_workspace
-from .live import Browser, execute, make_wheel, pid_alive, run, wait_for_status
+from .live import Browser, execute, make_wheel, pid_alive, run, wait_for_status, wait_until
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
@@ -172,6 +171,17 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
     assert not any(pid_alive(pid) for pid in helpers)
 
 
+def errored_after_reconciles(studio, timeout=30):
+    """Run the reconcile, as the beat does, until the studio is errored."""
+
+    def errored():
+        reconcile_sessions()
+        studio.refresh_from_db()
+        return studio.status == StudioStatus.ERRORED
+
+    wait_until(errored, timeout, f"studio {studio.name} to be errored", interval=0.5)
+
+
 def test_a_session_whose_network_helper_dies_is_ended_with_the_reason(world):
     platform, workspace, user = world
     studio = started(platform, workspace, user)
@@ -179,12 +189,7 @@ def test_a_session_whose_network_helper_dies_is_ended_with_the_reason(world):
     cid = studio.session.handle["container"]
     supervisor = studio.session.handle["pid"]
     os.kill(slirp, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while studio.status != StudioStatus.ERRORED and time.monotonic() < deadline:
-        reconcile_sessions()
-        studio.refresh_from_db()
-        time.sleep(0.5)
-    assert studio.status == StudioStatus.ERRORED
+    errored_after_reconciles(studio)
     assert studio.status_reason.startswith("The session's network (slirp4netns) or a dataset's mount (rclone) ended")
     assert not pid_alive(supervisor)  # and with it the session's mounts
     assert not sandbox.exists(cid)
@@ -238,14 +243,7 @@ def test_exceeding_memory_kills_the_session_and_says_why(world):
             )
 
     asyncio.run(allocate())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        reconcile_sessions()
-        studio.refresh_from_db()
-        if studio.status == StudioStatus.ERRORED:
-            break
-        time.sleep(0.5)
-    assert studio.status == StudioStatus.ERRORED
+    errored_after_reconciles(studio)
     assert studio.status_reason.startswith(
         "The session ran out of memory (limit 512 MB). Start it again with more memory."
     )

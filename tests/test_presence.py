@@ -19,14 +19,12 @@ from studios.tasks import reconcile_sessions
 from studios.templatetags.studios_extras import avatar_colour, contrast_with_white, initials
 
 from .factories import make_member, make_running, make_studio, make_user
+from .live import wait_until
 
 
-def wait_until(predicate, timeout=5):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.02)
+def settled(predicate, what):
+    """Presence is written by the web process's own threads: wait (briefly) for ``what``."""
+    wait_until(predicate, 5, what, interval=0.02)
 
 
 def connected(studio):
@@ -64,32 +62,32 @@ def test_a_member_with_two_open_sockets_is_connected_once_until_the_last_closes(
     with open_socket(mia) as first, open_socket(mia) as second:
         first.send("ping")
         assert first.recv(timeout=5) == "ping"
-        wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 2)
+        settled(lambda: SessionConnection.objects.filter(studio=studio).count() == 2, "two connections recorded")
         assert connected(studio) == ["mia"]
         assert "mia, connected since" in client.get(workspace.get_absolute_url()).content.decode()
 
         first.close()
-        wait_until(lambda: SessionConnection.objects.filter(studio=studio).count() == 1)
+        settled(lambda: SessionConnection.objects.filter(studio=studio).count() == 1, "one connection left")
         assert connected(studio) == ["mia"]
         second.close()
-        wait_until(lambda: not SessionConnection.objects.filter(studio=studio).exists())
+        settled(lambda: not SessionConnection.objects.filter(studio=studio).exists(), "no connection left")
         assert "mia, connected since" not in client.get(workspace.get_absolute_url()).content.decode()
 
 
 def test_a_session_that_dies_closes_its_members_sockets_and_ends_their_presence(websocket_session, workspace):
     studio, open_socket = websocket_session
     with open_socket(make_member(workspace, Role.CONNECT)) as member_socket:
-        wait_until(lambda: SessionConnection.objects.filter(studio=studio).exists())
+        settled(lambda: SessionConnection.objects.filter(studio=studio).exists(), "a connection recorded")
         member_socket.send("die")
         with pytest.raises(ConnectionClosed):
             member_socket.recv(timeout=5)
-    wait_until(lambda: not SessionConnection.objects.filter(studio=studio).exists())
+    settled(lambda: not SessionConnection.objects.filter(studio=studio).exists(), "no connection left")
 
 
 def test_a_web_process_serving_sockets_keeps_a_heartbeat(websocket_session, workspace):
     _studio, open_socket = websocket_session
     with open_socket(make_member(workspace, Role.CONNECT)):
-        wait_until(lambda: WebProcess.objects.filter(id=presence.PROCESS_ID).exists())
+        settled(lambda: WebProcess.objects.filter(id=presence.PROCESS_ID).exists(), "the heartbeat row")
     assert timezone.now() - WebProcess.objects.get(id=presence.PROCESS_ID).heartbeat < timedelta(seconds=5)
 
 
@@ -139,12 +137,12 @@ def test_the_heartbeat_writes_again_what_its_process_holds(websocket_session, wo
     settings.STUDIOS_HEARTBEAT_SECONDS = 1
     studio, open_socket = websocket_session
     with open_socket(make_member(workspace, Role.CONNECT, username="mia")):
-        wait_until(lambda: connected(studio) == ["mia"])
+        settled(lambda: connected(studio) == ["mia"], "mia alone connected")
         SessionConnection.objects.filter(studio=studio).delete()  # as if its open had not been written
-        wait_until(lambda: connected(studio) == ["mia"])
+        settled(lambda: connected(studio) == ["mia"], "mia alone connected")
         olaf = make_member(workspace, Role.CONNECT, username="olaf")
         SessionConnection.objects.create(studio=studio, user=olaf, web_process=presence.PROCESS_ID)  # a lost close
-        wait_until(lambda: connected(studio) == ["mia"])
+        settled(lambda: connected(studio) == ["mia"], "mia alone connected")
 
 
 def test_a_connection_opened_just_now_is_kept_before_its_process_first_beats(workspace):
@@ -176,10 +174,12 @@ def test_what_a_member_sends_over_a_socket_is_the_studios_last_activity(websocke
     settings.STUDIOS_ACTIVITY_WRITE_SECONDS = 0
     mia = make_member(workspace, Role.CONNECT, username="mia")
     with open_socket(mia) as socket_:
-        wait_until(lambda: Studio.objects.get(pk=studio.pk).last_activity is not None)  # opening it is activity
+        settled(
+            lambda: Studio.objects.get(pk=studio.pk).last_activity is not None, "activity recorded"
+        )  # opening it is activity
         opened = Studio.objects.get(pk=studio.pk).last_activity
         time.sleep(0.05)
         socket_.send("ping")
         assert socket_.recv(timeout=5) == "ping"
-        wait_until(lambda: Studio.objects.get(pk=studio.pk).last_activity > opened)
+        settled(lambda: Studio.objects.get(pk=studio.pk).last_activity > opened, "later activity recorded")
     assert Studio.objects.get(pk=studio.pk).last_active_user == mia

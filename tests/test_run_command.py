@@ -5,16 +5,24 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from .live import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def children_of(pid):
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def serves(url):
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
@@ -33,13 +41,7 @@ def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/accounts/login/").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_until(lambda: serves(f"http://127.0.0.1:{port}/accounts/login/"), 90, "the login page", interval=0.3)
         workers = children_of(process.pid)
         assert workers, "the Celery worker runs as a child of the command"
         process.send_signal(signal.SIGTERM)

@@ -55,15 +55,16 @@ class Journey:
 
 
 NEEDS_MAINTAIN = "You need the maintain role"
-MAINTAINER_MENUS = {"running_menu": ["Connect", "Copy URL", "Stop"], "stopped_menu": ["Start", "Delete"]}
-CONNECTOR_MENUS = {"running_menu": ["Connect", "Copy URL"], "stopped_menu": []}
+# (running_menu, stopped_menu)
+MAINTAINER_MENUS = (["Connect", "Copy URL", "Stop"], ["Start", "Delete"])
+CONNECTOR_MENUS: tuple[list[str], list[str]] = (["Connect", "Copy URL"], [])
 JOURNEYS = [
-    Journey(Role.OWNER, **MAINTAINER_MENUS, forbidden=("delete", "running", 200, "stop it before deleting it")),
-    Journey(Role.ADMIN, **MAINTAINER_MENUS, forbidden=("start", "running", 200, "only a stopped or errored studio")),
-    Journey(Role.MAINTAIN, **MAINTAINER_MENUS, forbidden=("stop", "stopped", 200, "only a starting or running studio")),
-    Journey(Role.LAUNCH, **CONNECTOR_MENUS, forbidden=("start", "stopped", 403, NEEDS_MAINTAIN)),
+    Journey(Role.OWNER, *MAINTAINER_MENUS, forbidden=("delete", "running", 200, "stop it before deleting it")),
+    Journey(Role.ADMIN, *MAINTAINER_MENUS, forbidden=("start", "running", 200, "only a stopped or errored studio")),
+    Journey(Role.MAINTAIN, *MAINTAINER_MENUS, forbidden=("stop", "stopped", 200, "only a starting or running studio")),
+    Journey(Role.LAUNCH, *CONNECTOR_MENUS, forbidden=("start", "stopped", 403, NEEDS_MAINTAIN)),
     # At a phone's width.
-    Journey(Role.CONNECT, **CONNECTOR_MENUS, forbidden=("delete", "stopped", 403, NEEDS_MAINTAIN), width=390),
+    Journey(Role.CONNECT, *CONNECTOR_MENUS, forbidden=("delete", "stopped", 403, NEEDS_MAINTAIN), width=390),
     Journey(Role.VIEW, [], [], forbidden=("stop", "running", 403, NEEDS_MAINTAIN)),
 ]
 

@@ -10,6 +10,7 @@ Usage: python -m tests.faults.killed_launch SESSION_ID POINT
 import os
 import signal
 import sys
+from unittest import mock
 
 import django
 
@@ -26,7 +27,7 @@ def die(*args, **kwargs):
 if __name__ == "__main__":
     session_id, point = int(sys.argv[1]), sys.argv[2]
     if point == "before-launch":
-        LocalBackend.launch = die
+        mock.patch.object(LocalBackend, "launch", die).start()
     else:
         record = lifecycle.record_launch
         lifecycle.record_launch = lambda session, handle, launched=False: (die if launched else record)(session, handle)

@@ -5,6 +5,7 @@ connections are refused). It reads one JSON command per line, ``["studio", endpo
 
 import json
 import sys
+from collections.abc import Callable
 
 import django
 
@@ -90,7 +91,7 @@ def checkpoint(session_id):
     return state(Studio.objects.get(session=session_id).pk)
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable] = {
     "studio": studio,
     "forget": forget,
     "local_studio": local_studio,

@@ -5,6 +5,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from . import environments
 from .forms import CredentialsForm
 from .models import (
+    AccessToken,
     ActiveMount,
     ComputeEnvironment,
     Dataset,
@@ -130,3 +131,16 @@ class SessionConnectionAdmin(admin.ModelAdmin):
 @admin.register(WebProcess)
 class WebProcessAdmin(admin.ModelAdmin):
     list_display = ["id", "heartbeat"]
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    """Operators see and revoke tokens; they never see a secret (only its hash is kept) and make none here."""
+
+    list_display = ["name", "user", "prefix", "created", "expires", "last_used", "revoked"]
+    list_filter = ["revoked"]
+    search_fields = ["name", "user__username", "prefix"]
+    readonly_fields = ["user", "name", "prefix", "created", "expires", "last_used"]
+
+    def has_add_permission(self, request):
+        return False

@@ -252,3 +252,19 @@ class BatchEnvironmentForm(CredentialsForm):
         if cleaned.get("max_memory_mb") is not None and cleaned["max_memory_mb"] < self.instance.min_memory_mb:
             self.add_error("max_memory_mb", f"Studios need at least {self.instance.min_memory_mb} MB.")
         return cleaned
+
+
+class AccessTokenForm(forms.Form):
+    """A new personal access token: a name to recognise it by, and how long it lasts."""
+
+    EXPIRY_CHOICES = [("7", "7 days"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year"), ("", "Never")]
+
+    name = forms.CharField(max_length=100, help_text="What it is for, e.g. nightly-pipeline or my laptop.")
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires after",
+        choices=EXPIRY_CHOICES,
+        coerce=int,
+        empty_value=None,
+        required=False,
+        initial="30",
+    )

@@ -395,3 +395,35 @@ class SessionConnection(models.Model):
 
     def __str__(self):
         return f"{self.user} on {self.studio} since {self.opened:%H:%M}"
+
+
+class AccessToken(models.Model):
+    """A personal access token: a user's scripts and the ``studios`` command act as that user through the API.
+
+    Only the SHA-256 of the secret is kept (the secret is shown once, when it is made); ``prefix``, its first
+    characters, tells tokens apart on the page. A revoked or expired token, or one whose user is inactive, is
+    refused at the next request (``tokens.authenticate``).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens")
+    name = models.CharField(max_length=100)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField(null=True, blank=True, help_text="Empty: never.")
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…) of {self.user}"
+
+    @property
+    def is_expired(self):
+        return self.expires is not None and self.expires <= timezone.now()
+
+    @property
+    def is_active(self):
+        return self.revoked is None and not self.is_expired

@@ -16,5 +16,7 @@ urlpatterns = [
     path("studios/<int:studio_id>/stop/", views.studio_stop, name="studio_stop"),
     path("studios/<int:studio_id>/force-stop/", views.studio_force_stop, name="studio_force_stop"),
     path("studios/<int:studio_id>/delete/", views.studio_delete, name="studio_delete"),
+    path("account/tokens/", views.access_tokens, name="access_tokens"),
+    path("account/tokens/<int:token_id>/revoke/", views.access_token_revoke, name="access_token_revoke"),
     path("api/sessions/<str:what>", views.session_report, name="session_report"),
 ]

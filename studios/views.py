@@ -19,9 +19,9 @@ from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import environments, lifecycle, permissions, presence
+from . import environments, lifecycle, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
-from .forms import BatchEnvironmentForm, ResourcesForm, StudioForm
+from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
@@ -278,6 +278,31 @@ def environment_edit(request, workspace, role, environment_id=None):
         {"workspace": workspace, "role": role, "form": form, "environment": environment},
         status=400 if form.errors else 200,
     )
+
+
+@login_required
+def access_tokens(request):
+    """The user's own personal access tokens: make one (its secret is shown in this response only), see when
+    each was last used, revoke."""
+    form = AccessTokenForm(request.POST or None)
+    secret = None
+    if request.method == "POST" and form.is_valid():
+        _, secret = tokens.issue_token(request.user, **form.cleaned_data)
+        form = AccessTokenForm()
+    context = {"form": form, "secret": secret, "tokens": request.user.access_tokens.all()}
+    response = render(request, "studios/access_tokens.html", context, status=400 if form.errors else 200)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def access_token_revoke(request, token_id):
+    token = tokens.revoke_token(request.user, token_id)
+    if request.htmx:
+        return render(request, "studios/partials/access_token_row.html", {"token": token})
+    messages.success(request, f"Access token {token.name} revoked.")
+    return redirect("access_tokens")
 
 
 # The session supervisor's reports, authenticated by the session's token. Only what the protocol lets a

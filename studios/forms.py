@@ -81,7 +81,8 @@ class ResourcesForm(forms.Form):
 
 
 class CloneForm(ResourcesForm):
-    """A new studio's name and description, with its resources and mounts (Start as new)."""
+    """A studio's name and description, with its resources and mounts: a new studio's (Start as new), or a stopped
+    studio's changes (``studio``: its own name is not taken)."""
 
     name = forms.CharField(max_length=80, help_text="Unique in this workspace, e.g. rnaseq-qc.")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
@@ -92,7 +93,10 @@ class CloneForm(ResourcesForm):
         name = self.cleaned_data["name"].strip()
         if not name:
             raise ValidationError("Give the studio a name.")
-        if Studio.objects.filter(workspace=self.workspace, name=name).exists():
+        taken = Studio.objects.filter(workspace=self.workspace, name=name)
+        if self.studio is not None:
+            taken = taken.exclude(pk=self.studio.pk)
+        if taken.exists():
             raise ValidationError(f"A studio named {name!r} already exists in this workspace.")
         return name
 
@@ -115,9 +119,9 @@ class StudioForm(CloneForm):
         cleaned = self.cleaned_data
         environment, template = cleaned.get("compute_environment"), cleaned.get("template")
         if environment and template:
-            problem = environment.template_problems.get(template, "")
-            if problem:
-                self.add_error("template", f"{Template(template).label} cannot run on {environment.name}. {problem}")
+            refusal = environment.template_refusal(template)
+            if refusal:
+                self.add_error("template", refusal)
         return cleaned
 
 

@@ -53,16 +53,38 @@ CLEAN_STORE = "checkpoints.tasks.clean_store"
 FIRST_STEP = {"name": protocol.PROVISIONING, "state": "in-progress", "message": ""}
 
 
-def add_studio(user, workspace, *, datasets=(), **fields):
-    """Create a stopped studio. Fields are validated by the caller's form; the role is checked here."""
+def add_studio(user, workspace, *, datasets=(), start=False, **fields):
+    """Create a stopped studio, and start it when ``start`` (when the start is refused, nothing is added). Fields
+    are validated by the caller's form; the role is checked here."""
     permissions.require_role(user, workspace, permissions.MAINTAIN, "add studios")
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                studio = Studio.objects.create(workspace=workspace, author=user, **fields)
+                studio.datasets.set(datasets)
+        except IntegrityError:
+            raise ActionRefused(f"A studio named {fields.get('name')!r} already exists in this workspace.") from None
+        log.info("studio %s added by %s", studio.pk, user)
+        if start:
+            studio = start_studio(user, studio)
+    return studio
+
+
+def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets):
+    """Change a stopped or errored studio's name, description, resources and mounts (validated by the caller's
+    form); a studio with a session keeps what it started with until it is stopped."""
+    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "change studios")
     try:
         with transaction.atomic():
-            studio = Studio.objects.create(workspace=workspace, author=user, **fields)
+            studio = _lock(studio.pk)
+            if not studio.can_start:
+                raise ActionRefused(f"{studio.name} is {studio.status}; stop it before changing it.")
+            studio.name, studio.description, studio.cpus, studio.memory_mb = name, description, cpus, memory_mb
+            studio.save(update_fields=["name", "description", "cpus", "memory_mb"])
             studio.datasets.set(datasets)
     except IntegrityError:
-        raise ActionRefused(f"A studio named {fields.get('name')!r} already exists in this workspace.") from None
-    log.info("studio %s added by %s", studio.pk, user)
+        raise ActionRefused(f"A studio named {name!r} already exists in this workspace.") from None
+    log.info("studio %s changed by %s", studio.pk, user)
     return studio
 
 

@@ -115,6 +115,11 @@ class ComputeEnvironment(models.Model):
             return []
         return [(label, self.template_problems.get(value, "")) for value, label in Template.choices]
 
+    def template_refusal(self, template):
+        """Why ``template`` cannot run here, as the add form says it; "" when it can (or before the first check)."""
+        problem = self.template_problems.get(template, "")
+        return f"{Template(template).label} cannot run on {self.name}. {problem}" if problem else ""
+
     def is_writable(self, uri):
         return any(data_path_contains(path, uri) for path in self.writable_data_paths)
 

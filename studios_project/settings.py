@@ -41,6 +41,9 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "channels",
     "django_htmx",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "studios",
     "checkpoints",
 ]
@@ -193,6 +196,35 @@ STUDIOS_TEMPLATE_IMAGES = {
 STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))
 # How often each web process vouches for the session connections it holds; three missed beats make them ghosts.
 STUDIOS_HEARTBEAT_SECONDS = int(os.environ.get("STUDIOS_HEARTBEAT_SECONDS", 10))
+
+# The JSON API under /api/v1/ (studios/api/): personal access tokens for scripts, the login session for the
+# browsable API; its errors carry a stable code and the sentence the pages show.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "studios.api.authentication.AccessTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser", "rest_framework.parsers.FormParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "studios.api.errors.handle_exception",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Studios API",
+    "DESCRIPTION": "Workspaces, studios, checkpoints, templates, compute environments and datasets. Authenticate "
+    "with a personal access token: `Authorization: Bearer stu_…`.",
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the drf-spectacular-sidecar package's static files, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 LOGGING = {
     "version": 1,

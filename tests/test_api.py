@@ -105,6 +105,25 @@ def test_adding_refuses_bad_input_with_the_forms_sentence(api, studios_url, work
     assert not Studio.objects.filter(name="qc").exists()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"computeEnvironment": {"id": 1}},
+        {"computeEnvironment": None},
+        {"datasets": [{"id": 1}]},
+        {"datasets": "reads"},
+        {"cpus": True},
+        {"cpus": 1e30},
+        {"memoryMb": [1]},
+        {"name": None},
+    ],
+)
+def test_adding_refuses_malformed_values_without_failing(api, studios_url, workspace, body):
+    response = api.post(studios_url, {"name": "qc", "computeEnvironment": environment_of(workspace).pk, **body})
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert not Studio.objects.exists()
+
+
 def test_a_template_that_cannot_run_there_is_refused_with_the_reason(api, studios_url, workspace):
     environment = environment_of(workspace)
     ComputeEnvironment.objects.filter(pk=environment.pk).update(template_problems={"rstudio": "No image for it."})

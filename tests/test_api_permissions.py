@@ -1,5 +1,5 @@
 """The API's role matrix: every endpoint for every role, a non-member, an anonymous request and revoked and expired
-tokens, from the role table the pages use (``permissions``, ``Role.rank``, as tests/test_permissions.py)."""
+tokens and an inactive user's, from the role table the pages use (``permissions``, ``Role.rank``, as tests/test_permissions.py)."""
 
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +17,7 @@ from .api import TokenClient
 from .factories import make_running, make_studio
 
 API = "/api/v1"
-PRINCIPALS = [*Role.values, "outsider", "anonymous", "revoked token", "expired token"]
+PRINCIPALS = [*Role.values, "outsider", "anonymous", "revoked token", "expired token", "inactive owner"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ ENDPOINTS = [
 
 def expected(principal, endpoint):
     """What ``principal`` gets from ``endpoint``: its success status, 401, 403 or 404."""
-    if principal in ("anonymous", "revoked token", "expired token"):
+    if principal in ("anonymous", "revoked token", "expired token", "inactive owner"):
         return 401
     if endpoint.lowest is None:
         return endpoint.allowed
@@ -132,12 +132,15 @@ def expected(principal, endpoint):
 def client_for(principal, members):
     if principal == "anonymous":
         return TokenClient()
-    user = members[Role.OWNER] if principal.endswith("token") else members[principal]
+    user = members[Role.OWNER] if principal not in members else members[principal]
     token, secret = tokens.issue_token(user, principal)
     if principal == "revoked token":
         tokens.revoke_token(user, token.pk)
     elif principal == "expired token":
         AccessToken.objects.filter(pk=token.pk).update(expires=timezone.now() - timedelta(seconds=1))
+    elif principal == "inactive owner":
+        user.is_active = False
+        user.save()
     return TokenClient(secret)
 
 

@@ -44,14 +44,15 @@ STUDIO_PREFETCH = ("connections__user", "datasets")
 
 
 def refusals(*codes):
-    """The schema's word for the error answers an endpoint may give."""
+    """The schema's word for the error answers an endpoint may give (every one may answer 401)."""
     descriptions = {
+        401: "not_authenticated or authentication_failed: no token, or one revoked, expired or of an inactive user",
         400: "invalid: the sentences the forms give, per field in errors",
         403: "role_required: the role needed",
         404: "not_found: no such thing, or not a member of its workspace",
         409: "refused: not possible in the studio's status or the workspace's limits now",
     }
-    return {code: OpenApiResponse(description=descriptions[code]) for code in codes}
+    return {code: OpenApiResponse(description=descriptions[code]) for code in (401, *codes)}
 
 
 def studio_answer(request, studio_id, status_code=status.HTTP_200_OK):
@@ -76,7 +77,7 @@ def resources_form(request_serializer, body, studio, form_class=ResourcesForm, *
 
 
 class WorkspaceList(APIView):
-    @extend_schema(operation_id="listWorkspaces", responses=WorkspaceSerializer(many=True))
+    @extend_schema(operation_id="listWorkspaces", responses={200: WorkspaceSerializer(many=True), **refusals()})
     def get(self, request):
         """The workspaces you belong to, with your role in each."""
         memberships = Membership.objects.filter(user=request.user).select_related("workspace__organization")

@@ -188,6 +188,15 @@ STUDIOS_TEMPLATE_IMAGES = {
     **json.loads(os.environ.get("STUDIOS_TEMPLATE_IMAGES", "{}")),
 }
 
+# Each studio's session is served on an origin of its own, <prefix><id>.<domain>: s12.localhost by default
+# (browsers resolve *.localhost to the loopback address); in production a wildcard DNS name with a wildcard
+# certificate, ideally under a registrable domain other than the platform's (sessions.example-usercontent.com).
+STUDIOS_SESSION_DOMAIN = os.environ.get("STUDIOS_SESSION_DOMAIN", "localhost").strip(".").lower()
+STUDIOS_SESSION_PREFIX = os.environ.get("STUDIOS_SESSION_PREFIX", "s").lower()
+# The platform's address as browsers reach it (https://studios.example.com), where session origins send browsers
+# for a ticket. Empty: the session domain itself, with the session origin's scheme and port (localhost:8000).
+STUDIOS_PUBLIC_URL = os.environ.get("STUDIOS_PUBLIC_URL", "").rstrip("/")
+
 # A studio's last activity is written at most this often by each web process (the proxy is a hot path).
 STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))
 # How often each web process vouches for the session connections it holds; three missed beats make them ghosts.

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+import websockets.sync.client
 
 from studios.models import StudioStatus
 
@@ -163,6 +164,24 @@ async def run_in(socket, code):
             return message["content"]["text"]
         if message["msg_type"] == "error":
             return "\n".join(message["content"]["traceback"])
+
+
+def execute_without_a_loop(platform, user, studio, code):
+    """As ``execute``, for tests whose thread runs an event loop of its own (Playwright's)."""
+    session = Browser(platform, user).session(studio)
+    kernel = session.start_kernel()
+    with websockets.sync.client.connect(
+        f"ws://{session.host}/api/kernels/{kernel}/channels",
+        address=("127.0.0.1", platform.port),
+        additional_headers={"Cookie": session.cookie_header()},
+        origin=session.origin,
+    ) as socket:
+        message, msg_id = execute_request(code)
+        socket.send(message)
+        while True:
+            reply = json.loads(socket.recv(timeout=60))
+            if reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] in ("stream", "error"):
+                return reply["content"].get("text") or "\n".join(reply["content"]["traceback"])
 
 
 async def execute(platform, browser, studio, code, idle=0):

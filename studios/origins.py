@@ -24,7 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
 from django.core import signing
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.http.request import split_domain_port
 from django.urls import reverse
 from django.utils import timezone
@@ -99,7 +99,10 @@ def grant(request, studio, next_path):
     if request.session.session_key is None:
         request.session.save()
     now = timezone.now()
-    SessionAccess.objects.filter(redeemed=None, issued__lt=now - timedelta(seconds=TICKET_SECONDS)).delete()
+    SessionAccess.objects.filter(
+        Q(redeemed=None, issued__lt=now - timedelta(seconds=TICKET_SECONDS))
+        | Q(redeemed__lt=now - timedelta(seconds=settings.SESSION_COOKIE_AGE))
+    ).delete()  # tickets never redeemed, and cookies expired
     access = SessionAccess.objects.create(
         key=secrets.token_urlsafe(32), studio=studio, user=request.user, login=login_of(request), issued=now
     )

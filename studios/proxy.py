@@ -115,6 +115,15 @@ class SessionHTTPProxy:
 
     async def __call__(self, scope, receive, send):
         studio_id = scope["studio_id"]
+        if settings.STUDIOS_HTTPS and not is_secure(scope):
+            await answer(
+                send,
+                301,
+                headers=[
+                    (b"location", f"https://{header(scope, b'host')}{forwarding.target(scope)}".encode("latin-1"))
+                ],
+            )
+            return
         if scope["path"] == origins.TICKET_PATH:
             await self.redeem(scope, send, studio_id)
             return
@@ -169,6 +178,8 @@ class SessionWebSocketProxy:
     async def __call__(self, scope, receive, send):
         studio_id = scope["studio_id"]
         refusal = foreign(scope) or ("" if header(scope, b"origin") else "A WebSocket must say its origin.")
+        if settings.STUDIOS_HTTPS and not is_secure(scope):
+            refusal = "Connect over TLS (wss://)."
         key = access_key(scope) if not refusal else None
         access = await check_access(key, studio_id) if key else None
         if access is None or access.status != 200:

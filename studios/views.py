@@ -205,7 +205,7 @@ def studio_ticket(request, studio_id):
 def session_unavailable(request, status, message, studio, role):
     """A shared link to a studio that is not running tells its status and, to maintainers, offers Start."""
     actions = [action for action in permissions.studio_actions(role, studio) if action == "start"]
-    context = {"status": status, "message": message, "studio": studio, "workspace": studio.workspace}
+    context = {"status": status, "message": message, "studio": studio, "workspace": studio.workspace, "role": role}
     return render(request, "studios/session_unavailable.html", {**context, "actions": actions}, status=status)
 
 

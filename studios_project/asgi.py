@@ -36,9 +36,7 @@ platform = ProtocolTypeRouter(
         ),
     }
 )
-session_origin = ProtocolTypeRouter(
-    {"http": outage_answered(SessionHTTPProxy()), "websocket": outage_answered(SessionWebSocketProxy())}
-)
+session_origin = ProtocolTypeRouter({"http": outage_answered(SessionHTTPProxy()), "websocket": SessionWebSocketProxy()})
 
 
 def host_of(scope):

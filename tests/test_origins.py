@@ -238,3 +238,14 @@ def test_a_websocket_opens_only_with_the_origins_cookie_and_from_its_own_pages(e
             origin=session.origin,
         )
     assert refused.value.response.status_code == 403
+
+
+def test_over_tls_a_session_origin_asked_over_plain_http_redirects_to_https(echo, settings):
+    platform, studio, _ = echo
+    settings.STUDIOS_HTTPS = True
+    session = SessionClient(platform, studio)
+    answer = session.http.get("/lab?reset")
+    assert answer.status_code == 301 and answer.headers["location"] == f"https://{session.host}/lab?reset"
+    session.http.headers["X-Forwarded-Proto"] = "https"  # as the TLS proxy says
+    answer = session.http.get("/lab")
+    assert answer.status_code == 302 and "/ticket/" in answer.headers["location"]

@@ -38,7 +38,7 @@ def demo_platform(**settings):
             [sys.executable, "manage.py", "runstudios", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
         )
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://localhost:{port}"  # where session origins (s<id>.localhost) send browsers for a ticket
         while True:
             try:
                 httpx.get(f"{base}/accounts/login/")
@@ -72,6 +72,16 @@ class DemoUser:
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
         credentials = {"username": username, "password": password, "csrfmiddlewaretoken": token}
         self.http.post("/accounts/login/", data=credentials)
+
+    def session(self, studio_id):
+        """A client on the studio's session origin, signed in there by the ticket round trip. (It connects to the
+        loopback address and names the origin in Host: Python does not resolve *.localhost.)"""
+        port = self.http.base_url.port
+        host = f"s{studio_id}.localhost:{port}"
+        session = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Host": host}, timeout=60)
+        ticket = self.http.get(f"/studios/{studio_id}/ticket/").headers["location"]
+        session.get(ticket.removeprefix(f"http://{host}"))
+        return session
 
     def post(self, path, data=None):
         return self.http.post(path, data={"csrfmiddlewaretoken": self.http.cookies.get("csrftoken"), **(data or {})})

@@ -64,7 +64,7 @@ def main():
             watcher.evaluate("window.avatarSeen = window.avatarGone = null")
             session = member.new_page()
             connected = time.time() * 1000
-            session.goto(f"{base}/studios/{studio_id}/connect/")
+            session.goto(f"http://s{studio_id}.localhost:{base.rsplit(':', 1)[1]}/")
             watcher.wait_for_function("window.avatarSeen !== null", timeout=60_000)
             seen = watcher.evaluate("window.avatarSeen")
             to_avatar.append(seen - connected)

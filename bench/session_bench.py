@@ -26,7 +26,6 @@ STATUS_PATHS = {"jupyterlab": "api/status", "vscode": "healthz"}
 def main():
     with demo_platform() as (base, password, env):
         maintainer = DemoUser(base, "maintain", password)
-        http = maintainer.http
         studio_id = maintainer.add_studio("bench", TEMPLATE)
 
         start_times = []
@@ -46,7 +45,8 @@ def main():
         direct = httpx.Client(
             base_url=studio.session.endpoint, timeout=30, headers={"X-Studios-Session-Token": studio.session.token}
         )
-        path = f"{studio.connect_path}{STATUS_PATHS[TEMPLATE]}"
+        http = maintainer.session(studio_id)  # through the proxy, on the studio's own origin
+        path = f"/{STATUS_PATHS[TEMPLATE]}"
         via_proxy, straight = [], []
         for _ in range(REQUESTS):
             for client, samples in ((http, via_proxy), (direct, straight)):

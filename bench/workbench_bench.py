@@ -46,10 +46,10 @@ def main():
                     context.add_cookies(
                         [{"name": "sessionid", "value": user.http.cookies.get("sessionid"), "url": base}]
                     )
-                    url = f"{base}{studio.connect_path}?folder=/workspace"
+                    url = f"http://s{studio.pk}.localhost:{base.rsplit(':', 1)[1]}/?folder=/workspace"
                 else:
                     context.set_extra_http_headers({"X-Studios-Session-Token": studio.session.token})
-                    url = f"{studio.session.endpoint}{studio.connect_path}?folder=/workspace"
+                    url = f"{studio.session.endpoint}/?folder=/workspace"
                 page = context.new_page()
                 began = time.perf_counter()
                 page.goto(url)

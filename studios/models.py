@@ -255,10 +255,6 @@ class Studio(models.Model):
         return list(since.items())
 
     @property
-    def connect_path(self):
-        return f"/studios/{self.pk}/connect/"
-
-    @property
     def is_transitional(self):
         return self.status in TRANSITIONAL_STATUSES
 
@@ -432,3 +428,25 @@ class AccessToken(models.Model):
     @property
     def is_active(self):
         return self.revoked is None and not self.is_expired
+
+
+class SessionAccess(models.Model):
+    """A browser's access to one studio's session origin (``origins``).
+
+    The platform records it when it has checked the member's login and role, and hands the browser a ticket naming
+    it; the session origin redeems the ticket once, within a minute, for a cookie naming it. It ends with the
+    platform login that asked for it (``login``, a hash of that session's key): logging out deletes it.
+    """
+
+    key = models.CharField(max_length=64, primary_key=True)
+    studio = models.ForeignKey(Studio, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    login = models.CharField(max_length=64, db_index=True)
+    issued = models.DateTimeField(default=timezone.now, db_index=True)
+    redeemed = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "session accesses"
+
+    def __str__(self):
+        return f"{self.user} on {self.studio}'s session origin"

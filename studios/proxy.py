@@ -1,31 +1,30 @@
-"""The connect proxy: ASGI, inside the web process.
+"""The connect proxy: ASGI, inside the web process, serving each studio's session origin (``origins``).
 
-Every request under ``/studios/<id>/connect/`` is authenticated with the Django session,
-checked against the role table (connect and above), and streamed to the session's endpoint
-with the session's token added on the way. The token never reaches the browser, and the
-platform's own cookies never reach the session.
+A session origin serves the session and nothing of the platform: the redirect to the platform's ticket page, the
+ticket's redemption for the origin's own cookie, and then every request and WebSocket checked against the access,
+the role table and the studio's status (``origins.check_access``) and streamed to the session's endpoint with the
+session's token added on the way. The token never reaches the browser, and no login cookie reaches the session.
 """
 
+import asyncio
 import functools
-import io
 import logging
-from urllib.parse import quote
+from urllib.parse import parse_qs
 
 import websockets
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
-from django.shortcuts import render
-from django.views.decorators.csrf import ensure_csrf_cookie
+from django.http.cookie import parse_cookie
 
-from . import activity, forwarding, permissions, presence
+from . import activity, forwarding, origins, presence, revocation
 from .exceptions import DATABASE_OUTAGES, outage_page
 
 log = logging.getLogger(__name__)
 
 # Request headers the proxy sets itself: a browser cannot send its own.
 REPLACED_HEADERS = forwarding.HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
-PLATFORM_COOKIES = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 _client = None
 
@@ -38,124 +37,173 @@ def client():
     return _client
 
 
-class Access:
-    """What the proxy may do for this user and studio."""
-
-    def __init__(self, status, message="", endpoint="", token="", studio=None):
-        self.status, self.message, self.endpoint, self.token, self.studio = status, message, endpoint, token, studio
+check_access = database_sync_to_async(origins.check_access)
 
 
-@database_sync_to_async
-def check_access(user, studio_id):
-    """The role table for one proxied request, in one query (this runs for every request)."""
-    if not user.is_authenticated:
-        return Access(401)
-    studio = permissions.studio_with_role(user, studio_id, ("session",))
-    if studio is None or studio.role is None:
-        return Access(404, "No such studio.")
-    if not permissions.has_role(studio.role, permissions.CONNECT):
-        message = f"You need the connect role or higher to open this session; your role is {studio.role}."
-        return Access(403, message, studio=studio)
-    if not studio.can_connect:
-        return Access(409, f"{studio.name} is {studio.status}, not running.", studio=studio)
-    return Access(200, endpoint=studio.session.endpoint, token=studio.session.token, studio=studio)
+def header(scope, name):
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
 
 
-@ensure_csrf_cookie
-def session_unavailable(request, status, message, studio=None, role=None):
-    """The page the proxy answers instead of the session (a Django view for its CSRF cookie, but not routed).
-
-    A shared link to a studio that is not running tells its status and, to maintainers, offers Start.
-    """
-    context = {"status": status, "message": message, "studio": studio, "role": role}
-    if studio is not None and status != 404:
-        context["workspace"] = studio.workspace
-        context["actions"] = [action for action in permissions.studio_actions(role, studio) if action == "start"]
-    return render(request, "studios/session_unavailable.html", context, status=status)
+def is_secure(scope):
+    return scope.get("scheme") in ("https", "wss")
 
 
-def upstream_headers(scope, token):
+def own_origin(scope):
+    """This session origin, as browsers name it in ``Origin`` headers and tickets."""
+    return f"{'https' if is_secure(scope) else 'http'}://{header(scope, b'host').lower()}"
+
+
+def login_cookies():
+    return {
+        origins.cookie_name(True),
+        origins.cookie_name(False),
+        settings.SESSION_COOKIE_NAME,
+        settings.CSRF_COOKIE_NAME,
+    }
+
+
+def access_key(scope):
+    value = parse_cookie(header(scope, b"cookie")).get(origins.cookie_name(is_secure(scope)), "")
+    return origins.access_key_from_cookie(value) if value else None
+
+
+def upstream_headers(scope, token, username):
     headers = []
     for name, value in scope["headers"]:
         name = name.decode("latin-1").lower()
         if name == "cookie":
-            kept = [c for c in value.decode("latin-1").split(";") if c.strip().split("=")[0] not in PLATFORM_COOKIES]
+            hidden = login_cookies()
+            kept = [c for c in value.decode("latin-1").split(";") if c.strip().split("=")[0] not in hidden]
             if kept:
                 headers.append(("cookie", ";".join(kept).strip()))
         elif name not in REPLACED_HEADERS:
             headers.append((name, value.decode("latin-1")))
     headers.append(("x-studios-session-token", token))
-    headers.append(("x-studios-user", scope["user"].get_username()))
+    headers.append(("x-studios-user", username))
     return headers
+
+
+def foreign(scope):
+    """Why a request comes from another site's page, which may not use the member's access here (a sibling
+    session's page is same-site under a shared session domain); "" for a request this origin's pages or a
+    navigation made. Browsers say so in ``Sec-Fetch-Site`` and ``Origin``."""
+    site, mode = header(scope, b"sec-fetch-site"), header(scope, b"sec-fetch-mode")
+    if site in ("cross-site", "same-site") and mode not in ("navigate", "websocket"):
+        return "A request from another site's page may not use your access to this session."
+    origin = header(scope, b"origin")
+    unsafe = scope["type"] == "websocket" or scope["method"] not in SAFE_METHODS
+    if unsafe and origin and origin != own_origin(scope):
+        return "A page of another origin may not use your access to this session."
+    return ""
+
+
+async def answer(send, status, text="", headers=()):
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store"), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text.encode()})
+
+
+async def redirect(send, location, headers=()):
+    await answer(send, 302, headers=[(b"location", location.encode("latin-1")), *headers])
 
 
 class SessionHTTPProxy:
     """A raw ASGI application: request and response bodies stream through without buffering."""
 
     async def __call__(self, scope, receive, send):
-        studio_id = scope["url_route"]["kwargs"]["studio_id"]
-        access = await check_access(scope["user"], studio_id)
+        studio_id = scope["studio_id"]
+        if settings.STUDIOS_HTTPS and not is_secure(scope):
+            await answer(
+                send,
+                301,
+                headers=[
+                    (b"location", f"https://{header(scope, b'host')}{forwarding.target(scope)}".encode("latin-1"))
+                ],
+            )
+            return
+        if scope["path"] == origins.TICKET_PATH:
+            await self.redeem(scope, send, studio_id)
+            return
+        refusal = foreign(scope)
+        if refusal:
+            await answer(send, 403, refusal)
+            return
+        access = await check_access(access_key(scope), studio_id)
         if access.status != 200:
-            await self.refuse(scope, send, access)
+            await self.refuse(scope, send, access, studio_id)
             return
-        log.info("proxy http user=%s studio=%s %s %s", scope["user"], studio_id, scope["method"], scope["path"])
-        await activity.touch(access.studio.pk, scope["user"])
+        log.debug("proxy http user=%s studio=%s %s %s", access.user, studio_id, scope["method"], scope["path"])
+        await activity.touch(studio_id, access.user)
         url = access.endpoint + forwarding.target(scope)
-        if not await forwarding.forward_http(
-            client(), url, upstream_headers(scope, access.token), scope, receive, send
-        ):
+        headers = upstream_headers(scope, access.token, access.user.get_username())
+        if not await forwarding.forward_http(client(), url, headers, scope, receive, send):
             log.warning("proxy: session of studio %s unreachable", studio_id)
-            message = "The session did not answer. It may be stopping or restarting; try again."
-            await self.page(scope, send, 502, message, access.studio)
+            await answer(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
 
-    async def refuse(self, scope, send, access):
-        if access.status == 401:
-            location = f"{settings.LOGIN_URL}?next={quote(forwarding.target(scope))}"
-            await send({"type": "http.response.start", "status": 302, "headers": [(b"location", location.encode())]})
-            await send({"type": "http.response.body", "body": b""})
+    async def redeem(self, scope, send, studio_id):
+        """Exchange a ticket for this origin's cookie, and go on to the page the browser asked for."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        ticket, next_path = query.get("ticket", [""])[0], origins.safe_next(query.get("next", ["/"])[0])
+        key = await database_sync_to_async(origins.redeem)(ticket, own_origin(scope), studio_id)
+        if key is None:
+            log.info("proxy: ticket for studio %s refused", studio_id)
+            await answer(send, 403, "This link to the session has been used or has expired. Open the session again.")
             return
-        await self.page(scope, send, access.status, access.message, access.studio)
-
-    async def page(self, scope, send, status, message, studio=None):
-        """A platform page instead of the session, from a Django view (which may set the CSRF cookie its form needs)."""
-        request = ASGIRequest(scope, io.BytesIO())
-        request.user = scope["user"]
-        response = await database_sync_to_async(session_unavailable)(
-            request, status, message, studio, studio.role if studio else None
+        secure = is_secure(scope)
+        cookie = (
+            f"{origins.cookie_name(secure)}={origins.cookie_value(key)}; Path=/; HttpOnly; SameSite=Lax; "
+            f"Max-Age={settings.SESSION_COOKIE_AGE}" + ("; Secure" if secure else "")
         )
-        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
-        headers += [(b"set-cookie", cookie.OutputString().encode("latin-1")) for cookie in response.cookies.values()]
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": response.content})
+        await redirect(send, next_path, headers=[(b"set-cookie", cookie.encode("latin-1"))])
+
+    async def refuse(self, scope, send, access, studio_id):
+        """A page asked for is sent to the platform, which logs in, grants a ticket, or says why not (a studio that
+        is not running offers Start to maintainers there); anything else gets the status and a sentence."""
+        if scope["method"] in ("GET", "HEAD"):
+            await redirect(send, origins.ticket_page(own_origin(scope), studio_id, forwarding.target(scope)))
+            return
+        await answer(send, access.status, access.message or "Open the session again to sign in.")
 
 
 class SessionWebSocketProxy:
-    """Relays one browser WebSocket to the session, frame by frame, in both directions.
+    """Relays one browser WebSocket to the session, frame by frame, in both directions, until either side ends or
+    the member's access does (``revocation``).
 
     While it is open, the member counts as connected to the studio (``presence``).
     """
 
     async def __call__(self, scope, receive, send):
-        studio_id = scope["url_route"]["kwargs"]["studio_id"]
-        user = scope["user"]
-        access = await check_access(user, studio_id)
-        if access.status != 200:
+        studio_id = scope["studio_id"]
+        refusal = foreign(scope) or ("" if header(scope, b"origin") else "A WebSocket must say its origin.")
+        if settings.STUDIOS_HTTPS and not is_secure(scope):
+            refusal = "Connect over TLS (wss://)."
+        key = access_key(scope) if not refusal else None
+        access = await check_access(key, studio_id) if key else None
+        if access is None or access.status != 200:
             await receive()  # websocket.connect
-            await send({"type": "websocket.close"})
+            await forwarding.refuse_websocket(scope, send, 403, refusal or "No access to this session.")
+            return
+        user = access.user
+        watch = RevocationWatch(key, studio_id, user.pk)
+        if not await watch.start():
+            await receive()
+            await forwarding.refuse_websocket(scope, send, 403, "No access to this session.")
             return
         url = access.endpoint.replace("http", "ws", 1) + forwarding.target(scope)
-        # The browser's Origin was checked against ALLOWED_HOSTS before this application ran.
-        headers = upstream_headers(scope, access.token)
+        headers = upstream_headers(scope, access.token, user.get_username())
         connection = None
 
         async def opened():
             nonlocal connection
             log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
-            connection = await presence.connection_opened(user, access.studio.pk)
-            await activity.touch(access.studio.pk, user)
+            connection = await presence.connection_opened(user, studio_id)
+            await activity.touch(studio_id, user)
 
-        try:
-            relayed = await forwarding.relay_websocket(
+        relay = asyncio.create_task(
+            forwarding.relay_websocket(
                 functools.partial(websockets.connect, url),
                 headers,
                 access.endpoint,
@@ -163,21 +211,85 @@ class SessionWebSocketProxy:
                 receive,
                 send,
                 opened=opened,
-                received=functools.partial(activity.touch, access.studio.pk, user),
+                received=functools.partial(activity.touch, studio_id, user),
             )
-            if not relayed:
+        )
+        watch.guard(relay)
+        try:
+            if not await relay:
                 log.warning("proxy: websocket to studio %s failed", studio_id)
+        except asyncio.CancelledError:
+            if not watch.revoked:
+                raise
+            log.info("proxy websocket closed: access of user=%s to studio=%s ended", user, studio_id)
+            await send({"type": "websocket.close", "code": 1008})
         finally:
+            await watch.stop()
             if connection is not None:
                 log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
                 await presence.connection_closed(connection)
 
 
-def outage_answered(application):
-    """The proxy's HTTP requests go through Channels' session middleware, which reads the database before any
-    view runs: when it cannot be reached, answer the 503 page (as Django's pages do) instead of a bare 500."""
+class RevocationWatch:
+    """Listens in the groups of one socket's member and studio; when told access changed, checks it again and
+    cancels the relay if it ended."""
 
-    async def answer(scope, receive, send):
+    def __init__(self, key, studio_id, user_id):
+        self.key, self.studio_id = key, studio_id
+        self.groups = [revocation.user_group(user_id), revocation.studio_group(studio_id)]
+        self.layer = get_channel_layer()
+        self.channel = None
+        self.task = None
+        self.revoked = False
+
+    async def start(self):
+        """Join the groups, then check the access again (a change between the first check and the joining would be
+        missed otherwise); whether it still holds. A channel layer that cannot be reached leaves the socket
+        unwatched (logged): its member's next HTTP request is still checked."""
+        try:
+            self.channel = await self.layer.new_channel()
+            for group in self.groups:
+                await self.layer.group_add(group, self.channel)
+        except Exception:
+            log.exception("proxy: cannot watch for revocation of studio %s's socket", self.studio_id)
+            self.channel = None
+        return (await check_access(self.key, self.studio_id)).status == 200
+
+    def guard(self, relay):
+        if self.channel is not None:
+            self.task = asyncio.create_task(self.watch(relay))
+
+    async def watch(self, relay):
+        while True:
+            try:
+                await self.layer.receive(self.channel)
+                access = await check_access(self.key, self.studio_id)
+            except Exception:
+                log.exception("proxy: revocation watch of studio %s failed; retrying", self.studio_id)
+                await asyncio.sleep(1)
+                continue
+            if access.status != 200:
+                self.revoked = True
+                relay.cancel()
+                return
+
+    async def stop(self):
+        if self.task is not None:
+            self.task.cancel()
+        if self.channel is None:
+            return
+        try:
+            for group in self.groups:
+                await self.layer.group_discard(group, self.channel)
+        except Exception:
+            log.exception("proxy: could not leave the revocation groups of studio %s", self.studio_id)
+
+
+def outage_answered(application):
+    """The proxy reads the database before it answers: when it cannot be reached, answer the 503 page (as Django's
+    pages do) instead of a bare 500."""
+
+    async def answered(scope, receive, send):
         started = False
 
         async def tracked(message):
@@ -200,4 +312,4 @@ def outage_answered(application):
             )
             await send({"type": "http.response.body", "body": outage_page().encode()})
 
-    return answer
+    return answered

@@ -30,7 +30,7 @@ def session_spec(session):
     return SessionSpec(
         name=f"studio-{studio.pk}",
         template=studio.template,
-        base_path=studio.connect_path,
+        base_path="/",  # each session has an origin of its own (``origins``)
         cpus=session.cpus,
         memory_mb=session.memory_mb,
         token=session.token,

@@ -12,6 +12,7 @@ urlpatterns = [
         "w/<slug:org>/<slug:workspace>/compute/<int:environment_id>/", views.environment_edit, name="environment_edit"
     ),
     path("studios/<int:studio_id>/", views.studio_detail, name="studio_detail"),
+    path("studios/<int:studio_id>/ticket/", views.studio_ticket, name="studio_ticket"),
     path("studios/<int:studio_id>/start/", views.studio_start, name="studio_start"),
     path("studios/<int:studio_id>/stop/", views.studio_stop, name="studio_stop"),
     path("studios/<int:studio_id>/force-stop/", views.studio_force_stop, name="studio_force_stop"),

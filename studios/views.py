@@ -13,13 +13,13 @@ from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
-from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import environments, lifecycle, permissions, presence, tokens
+from . import environments, lifecycle, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
@@ -184,6 +184,30 @@ def studio_detail(request, studio_id):
         ),
     )
     return render(request, "studios/studio_detail.html", context)
+
+
+@login_required
+@ensure_csrf_cookie
+def studio_ticket(request, studio_id):
+    """The platform's door to a studio's session origin: checks the login and the role, then sends the browser to
+    the session origin with a ticket (``origins``); or says why not, offering Start to maintainers of a stopped
+    studio (and waiting for a starting one)."""
+    studio, role = permissions.studio_for(request.user, studio_id)
+    if not permissions.has_role(role, permissions.CONNECT):
+        message = f"You need the connect role or higher to open this session; your role is {role}."
+        return session_unavailable(request, 403, message, studio, role)
+    if not studio.can_connect:
+        return session_unavailable(request, 409, f"{studio.name} is {studio.status}, not running.", studio, role)
+    response = redirect(origins.grant(request, studio, request.GET.get("next", "/")))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def session_unavailable(request, status, message, studio, role):
+    """A shared link to a studio that is not running tells its status and, to maintainers, offers Start."""
+    actions = [action for action in permissions.studio_actions(role, studio) if action == "start"]
+    context = {"status": status, "message": message, "studio": studio, "workspace": studio.workspace, "role": role}
+    return render(request, "studios/session_unavailable.html", {**context, "actions": actions}, status=status)
 
 
 def _studio_action(request, studio, action, done_message, success_url=None):

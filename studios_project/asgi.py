@@ -1,5 +1,7 @@
-"""ASGI routing: Django for pages, the session proxy for everything under /studios/<id>/connect/, and the
-presence WebSockets of the pages under /ws/."""
+"""ASGI routing by ``Host``: a studio's session origin (``<prefix><id>.<session domain>``) goes to the session proxy
+and nowhere else; the platform's hosts (ALLOWED_HOSTS) to Django and the presence WebSockets of its pages under
+/ws/; any other host is refused. So no platform page is served on a session origin, and no session content on the
+platform's."""
 
 import os
 
@@ -11,26 +13,21 @@ django_application = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.http.request import split_domain_port, validate_host  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from studios import origins  # noqa: E402
 from studios.consumers import PresenceConsumer  # noqa: E402
 from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy, outage_answered  # noqa: E402
 
-CONNECT_PATH = r"^studios/(?P<studio_id>\d+)/connect/"
-
-application = ProtocolTypeRouter(
+platform = ProtocolTypeRouter(
     {
-        "http": URLRouter(
-            [
-                re_path(CONNECT_PATH, outage_answered(AuthMiddlewareStack(SessionHTTPProxy()))),
-                re_path(r"", django_application),
-            ]
-        ),
+        "http": django_application,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(
                 URLRouter(
                     [
-                        re_path(CONNECT_PATH, SessionWebSocketProxy()),
                         re_path(r"^ws/workspaces/(?P<workspace_id>\d+)/presence/$", PresenceConsumer.as_asgi()),
                         re_path(r"^ws/studios/(?P<studio_id>\d+)/presence/$", PresenceConsumer.as_asgi()),
                     ]
@@ -39,3 +36,35 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+session_origin = ProtocolTypeRouter({"http": outage_answered(SessionHTTPProxy()), "websocket": SessionWebSocketProxy()})
+
+
+def host_of(scope):
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return value.decode("latin-1")
+    return ""
+
+
+async def refuse(scope, receive, send):
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.close"})
+        return
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": b"Unknown host."})
+
+
+async def application(scope, receive, send):
+    if scope["type"] not in ("http", "websocket"):
+        await platform(scope, receive, send)
+        return
+    host = host_of(scope)
+    studio_id = origins.studio_for_host(host)
+    if studio_id is not None:
+        await session_origin({**scope, "studio_id": studio_id}, receive, send)
+    elif validate_host(split_domain_port(host)[0], settings.ALLOWED_HOSTS):
+        await platform(scope, receive, send)
+    else:
+        await refuse(scope, receive, send)

@@ -7,6 +7,7 @@ the in-memory channel layer) so that one command brings it up on a laptop. Impor
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "studios",
     "checkpoints",
 ]
@@ -58,6 +60,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "studios_project.csp.ContentSecurityPolicyMiddleware",
+    # Last, as its documentation asks: it answers a locked-out login before the view runs.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "studios_project.urls"
@@ -98,6 +103,32 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # Counts failed logins and refuses a locked-out username at this address (django-axes); then the usual check.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After this many failed logins for one username from one address, it is locked out for the cool-off time (or until
+# an administrator deletes its access attempts in the admin, when the cool-off is 0).
+AXES_FAILURE_LIMIT = int(os.environ.get("STUDIOS_LOGIN_FAILURE_LIMIT", 5))
+_lockout_minutes = int(os.environ.get("STUDIOS_LOGIN_LOCKOUT_MINUTES", 15))
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes) if _lockout_minutes else None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
+# A platform login lasts this long (and a session origin's cookie with it); CSRF tokens live in a cookie readable
+# only by the platform's own origin (host-only), checked together with the Origin header of every POST.
+SESSION_COOKIE_AGE = int(os.environ.get("SESSION_COOKIE_AGE", 14 * 24 * 3600))
+# Behind TLS (a reverse proxy that terminates https and says so in X-Forwarded-Proto, which uvicorn believes from
+# the addresses in FORWARDED_ALLOW_IPS): Secure cookies, a redirect from http, and HSTS.
+STUDIOS_HTTPS = os.environ.get("STUDIOS_HTTPS", "") == "1"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = STUDIOS_HTTPS
+SECURE_SSL_REDIRECT = STUDIOS_HTTPS and os.environ.get("SECURE_SSL_REDIRECT", "1") == "1"
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if STUDIOS_HTTPS else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = os.environ.get("SECURE_HSTS_INCLUDE_SUBDOMAINS", "") == "1"
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -191,6 +222,15 @@ STUDIOS_TEMPLATE_IMAGES = {
     "vscode": "studios/vscode:4.100",
     **json.loads(os.environ.get("STUDIOS_TEMPLATE_IMAGES", "{}")),
 }
+
+# Each studio's session is served on an origin of its own, <prefix><id>.<domain>: s12.localhost by default
+# (browsers resolve *.localhost to the loopback address); in production a wildcard DNS name with a wildcard
+# certificate, ideally under a registrable domain other than the platform's (sessions.example-usercontent.com).
+STUDIOS_SESSION_DOMAIN = os.environ.get("STUDIOS_SESSION_DOMAIN", "localhost").strip(".").lower()
+STUDIOS_SESSION_PREFIX = os.environ.get("STUDIOS_SESSION_PREFIX", "s").lower()
+# The platform's address as browsers reach it (https://studios.example.com), where session origins send browsers
+# for a ticket. Empty: the session domain itself, with the session origin's scheme and port (localhost:8000).
+STUDIOS_PUBLIC_URL = os.environ.get("STUDIOS_PUBLIC_URL", "").rstrip("/")
 
 # A studio's last activity is written at most this often by each web process (the proxy is a hot path).
 STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))

@@ -36,10 +36,21 @@ def eager_tasks(monkeypatch):
 
 
 class LivePlatform:
-    """The product served for real on loopback: the ASGI app under uvicorn and a Celery worker."""
+    """The product served for real on loopback: the ASGI app under uvicorn and a Celery worker.
+
+    Its session origins are ``s<id>.localhost:<port>``: Chromium resolves them to the loopback address; Python
+    clients connect to ``url`` and name the session origin in their ``Host`` header (``live.SessionClient``)."""
 
     def __init__(self, url):
         self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+
+    def session_host(self, studio):
+        settings = django_settings()
+        return f"{settings.STUDIOS_SESSION_PREFIX}{studio.pk}.{settings.STUDIOS_SESSION_DOMAIN}:{self.port}"
+
+    def session_origin(self, studio):
+        return f"http://{self.session_host(studio)}"
 
     def session_cookie(self, user):
         """A logged-in Django session for ``user``, as the browser would hold it."""
@@ -81,7 +92,8 @@ def live_platform(transactional_db, settings, tmp_path):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    settings.STUDIOS_PLATFORM_URL = f"http://127.0.0.1:{port}"
+    settings.STUDIOS_PLATFORM_URL = settings.STUDIOS_PUBLIC_URL = f"http://127.0.0.1:{port}"
+    settings.STUDIOS_SESSION_DOMAIN, settings.STUDIOS_SESSION_PREFIX = "localhost", "s"
     settings.DATA_DIR = tmp_path / "data"
     settings.STUDIOS_STOP_TIMEOUT_SECONDS = 60
     # The channel layer binds its receiving to one event loop: each server's loop gets a fresh layer.

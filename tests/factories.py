@@ -4,8 +4,9 @@ import itertools
 import secrets
 
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
-from studios import tasks
+from studios import origins, tasks
 from studios.models import (
     ComputeEnvironment,
     Dataset,
@@ -13,6 +14,7 @@ from studios.models import (
     Organization,
     Role,
     Session,
+    SessionAccess,
     Studio,
     StudioStatus,
     Workspace,
@@ -77,3 +79,11 @@ def make_running(studio, endpoint="http://127.0.0.1:9", token=None, status=Studi
     Studio.objects.filter(pk=studio.pk).update(status=status, session=session)
     studio.refresh_from_db()
     return studio
+
+
+def make_session_cookie(studio, user):
+    """The cookie of ``studio``'s session origin for ``user``, as a ticket round trip leaves it in their browser."""
+    access = SessionAccess.objects.create(
+        key=secrets.token_urlsafe(32), studio=studio, user=user, login="made by a test", redeemed=timezone.now()
+    )
+    return origins.cookie_value(access.key)

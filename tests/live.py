@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+import websockets.sync.client
 
 from studios.models import StudioStatus
 
@@ -59,9 +60,23 @@ class Browser:
     """An HTTP client holding a user's platform login, posting forms with their CSRF token."""
 
     def __init__(self, platform, user=None):
+        self.platform = platform
         self.http = httpx.Client(base_url=platform.url, timeout=30)
         if user is not None:
             self.http.cookies.set("sessionid", platform.session_cookie(user))
+
+    def session(self, studio, next_path="/"):
+        """A client on ``studio``'s session origin, signed in there by the ticket round trip when the platform
+        grants one (``granted`` says whether it did: else it holds the platform's answer)."""
+        session = SessionClient(self.platform, studio)
+        answer = self.http.get(f"/studios/{studio.pk}/ticket/", params={"next": next_path})
+        session.granted = answer.status_code == 302 and answer.headers["location"].startswith(session.origin + "/")
+        if session.granted:
+            redeemed = session.http.get(answer.headers["location"].removeprefix(session.origin))
+            assert redeemed.status_code == 302 and redeemed.headers["location"] == next_path, redeemed.text
+        else:
+            session.refusal = answer
+        return session
 
     def post_form(self, path, data=None):
         page = self.http.get("/")
@@ -74,53 +89,108 @@ class Browser:
         return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
 
 
+class SessionClient:
+    """An HTTP client on one studio's session origin: it connects to the platform's address and names the origin
+    in ``Host`` (Python does not resolve ``*.localhost``), keeping the cookies that origin sets."""
+
+    def __init__(self, platform, studio):
+        self.platform, self.studio = platform, studio
+        self.host = platform.session_host(studio)
+        self.origin = platform.session_origin(studio)
+        self.http = httpx.Client(base_url=platform.url, headers={"Host": self.host}, timeout=30)
+
+    def cookie_header(self):
+        return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+
+    def websocket(self, path, origin=None, **options):
+        """An asyncio WebSocket to ``path`` on the origin, with this client's cookies, from a page of ``origin``
+        (the session origin's own by default)."""
+        return websockets.connect(
+            f"ws://{self.host}{path}",
+            host="127.0.0.1",
+            port=self.platform.port,
+            additional_headers={"Cookie": self.cookie_header()},
+            origin=origin or self.origin,
+            **options,
+        )
+
+    def xsrf(self):
+        """JupyterLab's _xsrf token, from the cookie its page sets."""
+        self.http.get("/lab")
+        return self.http.cookies.get("_xsrf")
+
+    def start_kernel(self):
+        kernel = self.http.post("/api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": self.xsrf()})
+        assert kernel.status_code == 201, kernel.text
+        return kernel.json()["id"]
+
+
+def execute_request(code):
+    """A Jupyter ``execute_request`` message for ``code``, and its id."""
+    msg_id = uuid.uuid4().hex
+    message = {
+        "header": {
+            "msg_id": msg_id,
+            "username": "test",
+            "session": uuid.uuid4().hex,
+            "msg_type": "execute_request",
+            "version": "5.3",
+            "date": "",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "channel": "shell",
+        "buffers": [],
+        "content": {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
+    }
+    return json.dumps(message), msg_id
+
+
+async def run_in(socket, code):
+    """Run ``code`` over an open kernel WebSocket; its output (or traceback)."""
+    message, msg_id = execute_request(code)
+    await socket.send(message)
+    while True:
+        message = json.loads(await asyncio.wait_for(socket.recv(), 60))
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if message["msg_type"] == "stream":
+            return message["content"]["text"]
+        if message["msg_type"] == "error":
+            return "\n".join(message["content"]["traceback"])
+
+
+def execute_without_a_loop(platform, user, studio, code):
+    """As ``execute``, for tests whose thread runs an event loop of its own (Playwright's)."""
+    session = Browser(platform, user).session(studio)
+    kernel = session.start_kernel()
+    with websockets.sync.client.connect(
+        f"ws://{session.host}/api/kernels/{kernel}/channels",
+        address=("127.0.0.1", platform.port),
+        additional_headers={"Cookie": session.cookie_header()},
+        origin=session.origin,
+    ) as socket:
+        message, msg_id = execute_request(code)
+        socket.send(message)
+        while True:
+            reply = json.loads(socket.recv(timeout=60))
+            if reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] in ("stream", "error"):
+                return reply["content"].get("text") or "\n".join(reply["content"]["traceback"])
+
+
 async def execute(platform, browser, studio, code, idle=0):
     """Run ``code`` in a new kernel over the proxied kernel WebSocket, ``idle`` seconds after opening it."""
-    browser.http.get(f"{studio.connect_path}lab")  # JupyterLab sets its _xsrf cookie on its page
-    xsrf = next(c.value for c in browser.http.cookies.jar if c.name == "_xsrf" and c.path == studio.connect_path)
-    kernel = browser.http.post(
-        f"{studio.connect_path}api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}
-    )
-    assert kernel.status_code == 201, kernel.text
-    url = platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/{kernel.json()['id']}/channels"
-    async with websockets.connect(
-        url, additional_headers={"Cookie": browser.cookie_header()}, origin=platform.url
-    ) as socket:
+    session = browser.session(studio)
+    kernel = session.start_kernel()
+    async with session.websocket(f"/api/kernels/{kernel}/channels") as socket:
         await asyncio.sleep(idle)
-        msg_id = uuid.uuid4().hex
-        await socket.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "username": "test",
-                        "session": uuid.uuid4().hex,
-                        "msg_type": "execute_request",
-                        "version": "5.3",
-                        "date": "",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "channel": "shell",
-                    "buffers": [],
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": False,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                    },
-                }
-            )
-        )
-        while True:
-            message = json.loads(await asyncio.wait_for(socket.recv(), 60))
-            if message.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if message["msg_type"] == "stream":
-                return message["content"]["text"]
-            if message["msg_type"] == "error":
-                return "\n".join(message["content"]["traceback"])
+        return await run_in(socket, code)
 
 
 def run(platform, studio, user, code):

@@ -184,7 +184,7 @@ def test_a_running_studio_shows_its_session_steps_checkpoint_and_members(workspa
     assert answer["startupSteps"] == [{"name": "Starting JupyterLab", "state": "succeeded", "message": ""}]
     assert answer["lastCheckpoint"]["id"] == checkpoint.pk and answer["lastCheckpoint"]["name"] == "rnaseq_1"
     assert [member["username"] for member in answer["connectedMembers"]] == ["cora"]
-    assert answer["sessionUrl"] == f"http://testserver{studio.connect_path}"
+    assert answer["sessionUrl"] == f"http://s{studio.pk}.localhost/"  # its own origin, the platform's scheme
     assert answer["actions"] == ["connect", "copy-url"] and answer["role"] == "connect"
     assert token_client(viewer).get(f"{API}/studios/{studio.pk}/").json()["sessionUrl"] is None
 

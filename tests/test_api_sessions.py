@@ -4,7 +4,7 @@ URL to a person, renames its checkpoint, starts a clone as new from it, stops an
 import httpx
 
 from studios import tokens
-from studios.models import Role
+from studios.models import Role, Studio
 
 from .factories import make_member, make_workspace
 from .live import START_TIMEOUT, Browser, wait_until
@@ -42,9 +42,9 @@ def test_a_token_adds_starts_shares_clones_stops_and_deletes_studios(live_platfo
     assert api.post(f"/studios/{studio_id}/start/").status_code == 409
 
     # The URL the pipeline hands to a person answers them through the proxy.
-    url = running["sessionUrl"]
-    assert url.startswith(live_platform.url)
-    assert Browser(live_platform, colleague).http.get(f"{url}api/status").status_code == 200
+    studio = Studio.objects.get(pk=studio_id)
+    assert running["sessionUrl"] == live_platform.session_origin(studio) + "/"
+    assert Browser(live_platform, colleague).session(studio).http.get("/api/status").status_code == 200
 
     stop = api.post(f"/studios/{studio_id}/stop/")
     assert stop.status_code == 202 and stop.json()["status"] == "stopping"

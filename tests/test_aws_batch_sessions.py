@@ -174,7 +174,7 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     host = host_address()
     assert studio.session.endpoint == f"http://{host}:{session['STUDIOS_PORT']}"
     assert studio.session.control_endpoint == f"http://{host}:{session['STUDIOS_CONTROL_PORT']}"
-    ide = f"{studio.session.endpoint}{studio.connect_path}"
+    ide = f"{studio.session.endpoint}/"
     for path in ("api/contents", "api/kernels", "api/terminals", "api/status", "lab"):
         assert httpx.get(ide + path).status_code == 403, path
     assert httpx.post(ide + "api/kernels", json={"name": "python3"}).status_code == 403
@@ -185,7 +185,7 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     token = studio.session.token
     assert httpx.get(ide + "api/contents", headers={"X-Studios-Session-Token": token}).status_code == 200
     # Members reach it through the platform's proxy, which adds the token.
-    assert Browser(live_platform, user).http.get(f"{studio.connect_path}api/contents").status_code == 200
+    assert Browser(live_platform, user).session(studio).http.get("/api/contents").status_code == 200
 
     # Code in the session runs in the sandbox: its own PID namespace, nothing of the supervisor's in sight.
     seen = in_session(
@@ -234,11 +234,11 @@ def test_a_vscode_batch_session_answers_only_with_the_token(live_platform, batch
     )
     lifecycle.start_studio(user, studio)
     _, _, studio = running_on_batch_host(batch_host, studio)
-    gate = f"{studio.session.endpoint}{studio.connect_path}"
+    gate = f"{studio.session.endpoint}/"
     assert httpx.get(gate + "healthz").status_code == 403
     assert httpx.get(gate, headers={"X-Studios-Session-Token": "guessed"}).status_code == 403
     assert httpx.get(gate + "healthz", headers={"X-Studios-Session-Token": studio.session.token}).status_code == 200
-    opened = Browser(live_platform, user).http.get(studio.connect_path)
+    opened = Browser(live_platform, user).session(studio).http.get("/")
     assert opened.status_code == 302 and opened.headers["location"] == "./?folder=/workspace"
 
     lifecycle.stop_studio(user, studio)

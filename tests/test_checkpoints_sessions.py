@@ -21,20 +21,19 @@ class Files:
     """A user's files in the session's folder, through JupyterLab's contents API behind the proxy."""
 
     def __init__(self, platform, studio, user):
-        self.browser, self.studio = Browser(platform, user), studio
-        self.browser.http.get(f"{studio.connect_path}lab")  # JupyterLab sets its _xsrf cookie on its page
-        self.xsrf = next(c.value for c in self.browser.http.cookies.jar if c.name == "_xsrf")
+        self.session = Browser(platform, user).session(studio)
+        self.xsrf = self.session.xsrf()
 
     def write(self, name, text):
-        response = self.browser.http.put(
-            f"{self.studio.connect_path}api/contents/{name}",
+        response = self.session.http.put(
+            f"/api/contents/{name}",
             json={"type": "file", "format": "text", "content": text},
             headers={"X-XSRFToken": self.xsrf},
         )
         assert response.status_code in (200, 201), response.text
 
     def read(self, name):
-        response = self.browser.http.get(f"{self.studio.connect_path}api/contents/{name}")
+        response = self.session.http.get(f"/api/contents/{name}")
         return response.json()["content"] if response.status_code == 200 else None
 
 

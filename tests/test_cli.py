@@ -8,16 +8,15 @@ import sys
 import tomllib
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from checkpoints.models import Checkpoint
 from studios import cli, tokens
-from studios.models import Role
+from studios.models import Role, Studio
 
 from .factories import make_member, make_studio, make_workspace
-from .live import Browser
+from .live import Browser, SessionClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,10 +167,10 @@ def test_the_cli_runs_a_studio_end_to_end_as_a_subprocess(live_platform, tmp_pat
     studios("add", "pipeline", "--cpu", "1", "--memory", "1024")
     started = studios("start", "pipeline", "--wait")
     assert "running" in started.stdout and "[✓]" in started.stderr
-    url = studios("url", "pipeline").stdout.strip()
-    assert url.startswith(live_platform.url)
-    assert Browser(live_platform, colleague).http.get(f"{url}api/status").status_code == 200
-    assert httpx.get(f"{url}api/status", follow_redirects=False).status_code == 302  # no login, no session
+    studio = Studio.objects.get(workspace=workspace, name="pipeline")
+    assert studios("url", "pipeline").stdout.strip() == live_platform.session_origin(studio) + "/"
+    assert Browser(live_platform, colleague).session(studio).http.get("/api/status").status_code == 200
+    assert SessionClient(live_platform, studio).http.get("/api/status").status_code == 302  # no login: a ticket first
 
     studios("stop", "pipeline", "--wait")
     [checkpoint] = json.loads(studios("--json", "checkpoints", "pipeline").stdout)

@@ -165,7 +165,7 @@ def test_a_session_reaches_the_network_but_not_the_hosts_loopback(world):
     helpers = supervisor_helpers(studio)
     assert len(helpers) == 1 and all(pid_alive(pid) for pid in helpers)
     for session in (studio, other):
-        assert Browser(platform, user).http.get(f"{session.connect_path}api/status").status_code == 200
+        assert Browser(platform, user).session(session).http.get("/api/status").status_code == 200
         lifecycle.stop_studio(user, session)
         wait_for_status(session, StudioStatus.STOPPED, timeout=90)
     assert not any(pid_alive(pid) for pid in helpers)
@@ -265,7 +265,7 @@ def test_the_writable_layer_has_a_quota(world, settings):
     )
     assert printed == "No space left on device"
     # The platform and the session's IDE carry on.
-    assert Browser(platform, user).http.get(f"{studio.connect_path}api/status").status_code == 200
+    assert Browser(platform, user).session(studio).http.get("/api/status").status_code == 200
     page = Browser(platform, user).http.get(studio.get_absolute_url()).text
     assert "Writable layer:" in page
     lifecycle.stop_studio(user, studio)

@@ -18,7 +18,7 @@ from studios.models import Role, SessionConnection, Studio, StudioStatus, WebPro
 from studios.tasks import reconcile_sessions
 from studios.templatetags.studios_extras import avatar_colour, contrast_with_white, initials
 
-from .factories import make_member, make_running, make_studio, make_user
+from .factories import make_member, make_running, make_session_cookie, make_studio, make_user
 from .live import wait_until
 
 
@@ -47,9 +47,13 @@ def websocket_session(live_platform, workspace):
     studio = make_running(make_studio(workspace, name="shared"), f"http://127.0.0.1:{server.socket.getsockname()[1]}")
 
     def open_socket(user):
-        url = live_platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/k/channels"
-        cookie = f"sessionid={live_platform.session_cookie(user)}"
-        return connect(url, additional_headers={"Cookie": cookie}, origin=live_platform.url)
+        host = live_platform.session_host(studio)
+        return connect(
+            f"ws://{host}/api/kernels/k/channels",
+            address=("127.0.0.1", live_platform.port),
+            additional_headers={"Cookie": f"studios-session={make_session_cookie(studio, user)}"},
+            origin=f"http://{host}",
+        )
 
     yield studio, open_socket
     server.shutdown()

@@ -6,7 +6,6 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 import websockets
 from websockets.sync.client import connect
@@ -15,6 +14,7 @@ from studios import lifecycle
 from studios.models import Role, StudioStatus
 
 from .factories import make_member, make_running, make_studio
+from .live import Browser
 
 
 class EchoSession(BaseHTTPRequestHandler):
@@ -60,50 +60,53 @@ def echo_studio(live_platform, workspace):
     server.shutdown()
 
 
-def client_for(platform, user, **cookies):
-    http = httpx.Client(base_url=platform.url, timeout=30)
-    http.cookies.set("sessionid", platform.session_cookie(user))
+def client_for(platform, user, studio, **cookies):
+    """A member's client on the studio's session origin, signed in by the ticket round trip."""
+    session = Browser(platform, user).session(studio)
     for name, value in cookies.items():
-        http.cookies.set(name, value)
-    return http
+        session.http.cookies.set(name, value)
+    return session.http
 
 
 def test_proxy_adds_the_token_and_user_and_strips_platform_cookies(echo_studio, workspace):
     platform, studio = echo_studio
     user = make_member(workspace, Role.CONNECT, username="carol")
-    http = client_for(platform, user, csrftoken="platform-csrf", _xsrf="session-xsrf")
+    http = client_for(
+        platform, user, studio, sessionid="platform-login", csrftoken="platform-csrf", _xsrf="session-xsrf"
+    )
     response = http.get(
-        f"{studio.connect_path}api/contents/a%20b?x=1&y=%2F",
+        "/api/contents/a%20b?x=1&y=%2F",
         headers={"X-Studios-Session-Token": "forged", "X-Studios-User": "mallory"},
     )
     assert response.status_code == 200
     seen = response.json()
-    assert seen["path"] == f"{studio.connect_path}api/contents/a%20b?x=1&y=%2F"
+    assert seen["path"] == "/api/contents/a%20b?x=1&y=%2F"
     assert seen["headers"]["x-studios-session-token"] == "the-session-token"
     assert seen["headers"]["x-studios-user"] == "carol"
     assert "sessionid" not in seen["headers"]["cookie"]
     assert "csrftoken" not in seen["headers"]["cookie"]
+    assert "studios-session" not in seen["headers"]["cookie"]
     assert "_xsrf=session-xsrf" in seen["headers"]["cookie"]
     assert "the-session-token" not in str(response.headers)
 
 
 def test_request_and_response_bodies_stream_through_intact(echo_studio, workspace):
     platform, studio = echo_studio
-    http = client_for(platform, make_member(workspace, Role.CONNECT))
+    http = client_for(platform, make_member(workspace, Role.CONNECT), studio)
     upload = bytes(range(256)) * 8192  # 2 MB
-    response = http.put(f"{studio.connect_path}api/contents/upload", content=upload)
+    response = http.put("/api/contents/upload", content=upload)
     assert response.json()["body_sha256"] == hashlib.sha256(upload).hexdigest()
     assert response.json()["method"] == "PUT"
-    assert len(http.get(f"{studio.connect_path}big").content) == 3 * 2**20
+    assert len(http.get("/big").content) == 3 * 2**20
 
 
 def test_a_cookie_the_session_sets_reaches_only_that_browser(echo_studio, workspace):
     platform, studio = echo_studio
-    first = client_for(platform, make_member(workspace, Role.CONNECT))
-    second = client_for(platform, make_member(workspace, Role.CONNECT))
-    response = first.get(f"{studio.connect_path}set-cookie")
+    first = client_for(platform, make_member(workspace, Role.CONNECT), studio)
+    second = client_for(platform, make_member(workspace, Role.CONNECT), studio)
+    response = first.get("/set-cookie")
     assert response.headers["set-cookie"].startswith("_xsrf=from-session")
-    seen = second.get(f"{studio.connect_path}api/status").json()
+    seen = second.get("/api/status").json()
     assert "from-session" not in seen["headers"].get("cookie", "")
 
 
@@ -114,19 +117,19 @@ def test_members_requests_are_the_studios_last_activity_written_at_most_once_a_m
         make_member(workspace, Role.CONNECT, username="dave"),
     )
     assert studio.last_activity is None
-    client_for(platform, carol).get(f"{studio.connect_path}api/status")
+    client_for(platform, carol, studio).get("/api/status")
     studio.refresh_from_db()
     first = studio.last_activity
     assert first is not None and studio.last_active_user == carol
-    client_for(platform, dave).get(f"{studio.connect_path}api/status")  # within the minute: not written again
+    client_for(platform, dave, studio).get("/api/status")  # within the minute: not written again
     studio.refresh_from_db()
     assert (studio.last_activity, studio.last_active_user) == (first, carol)
 
     settings.STUDIOS_ACTIVITY_WRITE_SECONDS = 0
-    client_for(platform, dave).get(f"{studio.connect_path}api/status")
+    client_for(platform, dave, studio).get("/api/status")
     studio.refresh_from_db()
     assert studio.last_activity > first and studio.last_active_user == dave
-    page = client_for(platform, carol).get(studio.get_absolute_url()).text
+    page = Browser(platform, carol).http.get(studio.get_absolute_url()).text
     assert re.search(
         r'id="last-activity">Last used <time[^>]*>(now|a second ago|\d+ seconds ago)</time> by dave\.', page
     )
@@ -135,8 +138,8 @@ def test_members_requests_are_the_studios_last_activity_written_at_most_once_a_m
 def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):
     studio = make_studio(workspace, name="gone")
     make_running(studio)
-    http = client_for(live_platform, make_member(workspace, Role.CONNECT))
-    response = http.get(f"{studio.connect_path}lab")
+    http = client_for(live_platform, make_member(workspace, Role.CONNECT), studio)
+    response = http.get("/lab")
     assert response.status_code == 502
     assert "did not answer" in response.text
 
@@ -144,30 +147,37 @@ def test_an_unreachable_session_gets_a_clear_error(live_platform, workspace):
 def test_a_websocket_to_an_unreachable_session_is_refused_with_502_not_403(live_platform, workspace):
     """A browser shows a refused handshake only by its status: 403 would read as a permission problem."""
     studio = make_running(make_studio(workspace, name="gone"))
-    cookie = f"sessionid={live_platform.session_cookie(make_member(workspace, Role.CONNECT))}"
-    url = live_platform.url.replace("http", "ws") + f"{studio.connect_path}api/kernels/k/channels"
+    session = Browser(live_platform, make_member(workspace, Role.CONNECT)).session(studio)
     with pytest.raises(websockets.InvalidStatus) as refused:
-        connect(url, additional_headers={"Cookie": cookie}, origin=live_platform.url)
+        connect(
+            f"ws://{session.host}/api/kernels/k/channels",
+            address=("127.0.0.1", live_platform.port),
+            additional_headers={"Cookie": session.cookie_header()},
+            origin=session.origin,
+        )
     assert refused.value.response.status_code == 502
     assert b"The session did not answer" in refused.value.response.body
 
 
 def test_a_stopped_studios_link_tells_its_status_and_offers_start_to_maintainers(live_platform, workspace):
+    """The session origin sends the browser to the platform, which says why there is no session."""
     studio = make_studio(workspace, name="paused")
-    colleague = client_for(live_platform, make_member(workspace, Role.CONNECT))
-    page = colleague.get(f"{studio.connect_path}lab")
+    colleague = Browser(live_platform, make_member(workspace, Role.CONNECT))
+    link = colleague.session(studio, "/lab")
+    assert not link.granted
+    page = link.refusal
     assert page.status_code == 409 and "paused is stopped" in page.text
     assert ">Start</button>" not in page.text and "Ask a member with the maintain role" in page.text
 
-    maintainer = client_for(live_platform, make_member(workspace, Role.MAINTAIN))
-    page = maintainer.get(f"{studio.connect_path}lab")
+    maintainer = Browser(live_platform, make_member(workspace, Role.MAINTAIN))
+    page = maintainer.session(studio, "/lab").refusal
     assert page.status_code == 409 and ">Start</button>" in page.text
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    started = maintainer.post(f"/studios/{studio.pk}/start/", data={"csrfmiddlewaretoken": token})
+    started = maintainer.http.post(f"/studios/{studio.pk}/start/", data={"csrfmiddlewaretoken": token})
     assert started.status_code == 302 and started.headers["location"] == studio.get_absolute_url()
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STARTING
     # While it starts, the link waits for it, and opens the session once it runs.
-    waiting = maintainer.get(f"{studio.connect_path}lab")
+    waiting = maintainer.session(studio, "/lab").refusal
     assert waiting.status_code == 409 and 'http-equiv="refresh"' in waiting.text
     lifecycle.fail_studio(studio.pk, "The test is over.")  # the launch, if it ran, ends its own session

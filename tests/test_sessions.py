@@ -3,6 +3,7 @@
 import asyncio
 import os
 import signal
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -43,11 +44,12 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
     supervisor_pid = studio.session.handle["pid"]
     endpoint_port = int(studio.session.endpoint.rsplit(":", 1)[1])
 
-    # HTTP through the proxy: the lab page and the REST API, never the session's token.
-    lab = maintainer.http.get(f"{studio.connect_path}lab")
+    # HTTP through the proxy on the studio's own origin: the lab page and the REST API, never the session's token.
+    session = maintainer.session(studio)
+    lab = session.http.get("/lab")
     assert lab.status_code == 200 and "JupyterLab" in lab.text
     assert token not in lab.text and token not in str(lab.headers)
-    contents = maintainer.http.get(f"{studio.connect_path}api/contents/data/reads")
+    contents = session.http.get("/api/contents/data/reads")
     assert [item["name"] for item in contents.json()["content"]] == ["sample.txt"]
 
     # A kernel over the proxied WebSocket, which stays open while idle (longer than Redis's read timeout).
@@ -55,7 +57,7 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
 
     # Another member with the connect role opens the same session by its URL.
     colleague = Browser(platform, users[Role.CONNECT])
-    assert colleague.http.get(f"{studio.connect_path}api/status").status_code == 200
+    assert colleague.session(studio).http.get("/api/status").status_code == 200
 
     # Stop: stopping, then stopped, and the processes are gone.
     assert maintainer.post_form(f"/studios/{studio.pk}/stop/").status_code == 302
@@ -63,35 +65,47 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
     assert not pid_alive(supervisor_pid)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{endpoint_port}/", timeout=2)
-    gone = maintainer.http.get(f"{studio.connect_path}lab")
-    assert gone.status_code == 409 and "is stopped" in gone.text
+    gone = session.http.get("/lab")
+    assert gone.status_code == 302 and gone.headers["location"].endswith(f"/studios/{studio.pk}/ticket/?next=%2Flab")
+    page = maintainer.http.get(gone.headers["location"])
+    assert page.status_code == 409 and "is stopped" in page.text
 
 
 def test_proxy_refuses_view_role_non_members_and_anonymous(session_world):
     platform, studio, users = session_world
     make_running(studio)
-    viewer = Browser(platform, users[Role.VIEW]).http.get(f"{studio.connect_path}lab")
-    assert viewer.status_code == 403 and "You need the connect role" in viewer.text
-    assert Browser(platform, users["outsider"]).http.get(f"{studio.connect_path}lab").status_code == 404
-    anonymous = Browser(platform).http.get(f"{studio.connect_path}lab")
-    assert anonymous.status_code == 302
-    assert anonymous.headers["location"] == f"/accounts/login/?next={studio.connect_path}lab"
+    viewer = Browser(platform, users[Role.VIEW]).session(studio, "/lab")
+    assert not viewer.granted
+    assert viewer.refusal.status_code == 403 and "You need the connect role" in viewer.refusal.text
+    outsider = Browser(platform, users["outsider"]).session(studio, "/lab")
+    assert not outsider.granted and outsider.refusal.status_code == 404
+    anonymous = Browser(platform).session(studio, "/lab")
+    assert not anonymous.granted and anonymous.refusal.status_code == 302
+    ticket_page = f"/studios/{studio.pk}/ticket/?next=%2Flab"
+    assert unquote(anonymous.refusal.headers["location"]) == f"/accounts/login/?next={ticket_page}"
+    # Nor does a session origin answer anyone without its own cookie.
+    assert anonymous.http.get("/lab").status_code == 302
 
 
 def test_proxy_refuses_websockets_below_connect_role(session_world):
     platform, studio, users = session_world
     make_running(studio)
-    url = platform.url.replace("http", "ws") + f"{studio.connect_path}api/events/subscribe"
 
-    async def attempt(cookie):
-        async with websockets.connect(url, additional_headers={"Cookie": cookie}, origin=platform.url):
+    async def attempt(session):
+        async with session.websocket("/api/events/subscribe"):
             pass
 
+    connector = Browser(platform, users[Role.CONNECT]).session(studio)
     for who in (Role.VIEW, "outsider"):
-        cookie = f"sessionid={platform.session_cookie(users[who])}"
+        # Their platform login is no use on the session origin, nor is a colleague's cookie once they lose the role.
+        session = Browser(platform, users[who]).session(studio)
         with pytest.raises(websockets.InvalidStatus) as refused:
-            asyncio.run(attempt(cookie))
+            asyncio.run(attempt(session))
         assert refused.value.response.status_code == 403
+    users[Role.CONNECT].memberships.update(role=Role.VIEW)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        asyncio.run(attempt(connector))
+    assert refused.value.response.status_code == 403
 
 
 def test_a_killed_session_makes_the_studio_errored(session_world):

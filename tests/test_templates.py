@@ -82,24 +82,24 @@ def test_vscode_answers_only_through_the_proxy(live_platform, tmp_path, settings
     lifecycle.start_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.RUNNING)
     assert bool(studio.session.handle["container"]) is (isolation == "auto")
-    browser = Browser(live_platform, user)
+    browser = Browser(live_platform, user).session(studio)
 
-    health = browser.http.get(f"{studio.connect_path}healthz")
+    health = browser.http.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] in ("alive", "expired")
-    opened = browser.http.get(studio.connect_path)  # VS Code sends the browser on to the session's folder
+    opened = browser.http.get("/")  # VS Code sends the browser on to the session's folder
     folder = "/workspace" if isolation == "auto" else str(Path(studio.session.handle["session_dir"]) / "home")
     assert opened.status_code == 302 and opened.headers["location"] == f"./?folder={folder}"
-    workbench = browser.http.get(f"{studio.connect_path}?folder={folder}")
+    workbench = browser.http.get(f"/?folder={folder}")
     assert workbench.status_code == 200 and "vscode-workbench-web-configuration" in workbench.text
 
     # The session's own address (reachable by anything on this host) wants the session token.
     endpoint = studio.session.endpoint
-    direct = httpx.get(f"{endpoint}{studio.connect_path}healthz")
+    direct = httpx.get(f"{endpoint}/healthz")
     assert direct.status_code == 403
-    forged = httpx.get(f"{endpoint}{studio.connect_path}", headers={"X-Studios-Session-Token": "guess"})
+    forged = httpx.get(f"{endpoint}/", headers={"X-Studios-Session-Token": "guess"})
     assert forged.status_code == 403
     with pytest.raises(websockets.InvalidStatus):
-        websockets.sync.client.connect(endpoint.replace("http", "ws") + studio.connect_path)
+        websockets.sync.client.connect(endpoint.replace("http", "ws") + "/")
 
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

@@ -34,3 +34,11 @@ document.addEventListener("click", (event) => {
     if (!menu.contains(event.target)) menu.open = false;
   }
 });
+
+// The studio list's polling waits while an actions menu is open, so that the menu stays open. (Here rather than
+// in an hx-trigger filter: htmx evaluates those with eval, which the platform's Content-Security-Policy forbids.)
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (event.detail.elt.id === "studio-table" && document.querySelector("details.menu[open]")) {
+    event.preventDefault();
+  }
+});

@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from checkpoints import records
-from studios import permissions
+from studios import origins, permissions
 from studios.models import Role, Template
 
 from .errors import InvalidInput
@@ -123,7 +123,7 @@ class StudioSerializer(serializers.Serializer):
     def get_sessionUrl(self, studio):
         if "connect" not in permissions.studio_actions(self.context["role"], studio):
             return None
-        return self.context["request"].build_absolute_uri(studio.connect_path)
+        return origins.session_url(self.context["request"], studio)
 
 
 class StudioPageSerializer(serializers.Serializer):

@@ -15,7 +15,7 @@ from ..supervisor.protocol import Mount, SessionConfig
 class SessionSpec:
     name: str  # unique per studio, e.g. "studio-42"
     template: str
-    base_path: str  # the proxy's path prefix, e.g. "/studios/42/connect/"
+    base_path: str  # the path prefix the session is served under: "/" on its own origin
     cpus: int
     memory_mb: int
     token: str  # authenticates the supervisor's reports and the platform's requests to the session

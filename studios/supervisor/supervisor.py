@@ -112,8 +112,7 @@ def ide_for(template, python, port, base_path, root_dir):
             "--disable-update-check",
             "--disable-workspace-trust",
             "--disable-getting-started-override",  # its welcome page advertises Coder's product otherwise
-            "--abs-proxy-base-path",
-            base_path.rstrip("/"),
+            *(["--abs-proxy-base-path", base_path.rstrip("/")] if base_path.rstrip("/") else []),
             str(root_dir),
         ]
         return IDE(command, "healthz")

@@ -4,7 +4,7 @@ import re
 
 from django import template
 
-from studios import permissions
+from studios import origins, permissions
 
 register = template.Library()
 
@@ -13,6 +13,12 @@ register = template.Library()
 def actions_for(studio, role):
     """``{% with actions=studio|actions_for:role %}``: what the pages offer (``permissions.studio_actions``)."""
     return permissions.studio_actions(role, studio)
+
+
+@register.simple_tag(takes_context=True)
+def session_url(context, studio):
+    """The address of ``studio``'s session origin, which Connect opens and Copy URL copies."""
+    return origins.session_url(context["request"], studio)
 
 
 @register.filter

@@ -46,7 +46,7 @@ def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_running_its_super
     assert (config.token, config.platform_url, config.base_path) == (
         studio.session.token,
         settings.STUDIOS_PLATFORM_URL,
-        studio.connect_path,
+        "/",
     )
     assert (config.work_dir, config.manifest_prefix, config.restore) == (
         "s3://lab-work/studios",

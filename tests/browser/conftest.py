@@ -35,10 +35,17 @@ def browser(monkeypatch):
 def open_page(browser, live_platform):
     """A page in a browser context of its own, logged in as ``user`` (or not logged in), at a viewport size."""
     contexts = []
+    # What the platform's Content-Security-Policy refused on its own pages: nothing, or a page lost a behaviour.
+    refused = []
+
+    def watch(message):
+        if "Content Security Policy" in message.text and message.location["url"].startswith(live_platform.url):
+            refused.append(f"{message.location['url']}: {message.text}")
 
     def open_page(user=None, width=1280, height=900):
         context = browser.new_context(viewport={"width": width, "height": height}, base_url=live_platform.url)
         contexts.append(context)
+        context.on("console", watch)
         if user is not None:
             cookie = {"name": "sessionid", "value": live_platform.session_cookie(user), "url": live_platform.url}
             context.add_cookies([cookie])
@@ -47,3 +54,4 @@ def open_page(browser, live_platform):
     yield open_page
     for context in contexts:
         context.close()
+    assert not refused, refused

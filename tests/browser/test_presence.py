@@ -26,7 +26,9 @@ def running_studio(live_platform, tmp_path):
     wait_for_status(studio, StudioStatus.STOPPED, timeout=60)
 
 
-def test_a_members_avatar_appears_for_colleagues_while_they_are_in_the_session(running_studio, open_page):
+def test_a_members_avatar_appears_for_colleagues_while_they_are_in_the_session(
+    running_studio, open_page, live_platform
+):
     workspace = running_studio.workspace
     alice = make_member(workspace, Role.CONNECT, username="alice")
     bob = make_member(workspace, Role.VIEW, username="bob")
@@ -40,7 +42,7 @@ def test_a_members_avatar_appears_for_colleagues_while_they_are_in_the_session(r
         expect(avatar).to_have_count(0)
 
     session = open_page(alice)
-    session.goto(f"{running_studio.connect_path}lab")
+    session.goto(f"{live_platform.session_origin(running_studio)}/lab")
     expect(session.locator(".jp-LauncherCard").first).to_be_visible(timeout=60_000)
     for avatar in avatars:
         expect(avatar).to_be_visible(timeout=5_000)
@@ -48,7 +50,7 @@ def test_a_members_avatar_appears_for_colleagues_while_they_are_in_the_session(r
 
     # A second tab is the same member: still one avatar.
     second_tab = session.context.new_page()
-    second_tab.goto(f"{running_studio.connect_path}lab")
+    second_tab.goto(f"{live_platform.session_origin(running_studio)}/lab")
     expect(second_tab.locator(".jp-LauncherCard").first).to_be_visible(timeout=60_000)
     session.close()
     expect(avatars[0]).to_have_count(1)

@@ -89,7 +89,7 @@ def menu_items(page, studio):
 
 
 @pytest.mark.parametrize("journey", JOURNEYS, ids=lambda journey: journey.role)
-def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, journey):
+def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, journey, live_platform):
     workspace, running, stopped = world
     page = open_page(make_member(workspace, journey.role), width=journey.width)
     page.goto(workspace.get_absolute_url())
@@ -102,15 +102,15 @@ def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, j
         else:
             expect(page.get_by_label(f"Actions for {studio.name}")).to_have_count(0)
 
-    # The running studio's link: the session for connect and above, a clear refusal for view.
+    # The running studio's link, its own origin: the session for connect and above, a clear refusal for view.
     session = page.context.new_page()
-    session.goto(running.connect_path)
+    session.goto(live_platform.session_origin(running) + "/")
     if journey.role == Role.VIEW:
         expect(session.get_by_text("You need the connect role or higher to open this session")).to_be_visible()
     else:
         expect(session.get_by_role("heading", name="Inside the session")).to_be_visible()
     # The stopped studio's link tells its status; only maintainers are offered Start.
-    session.goto(stopped.connect_path)
+    session.goto(live_platform.session_origin(stopped) + "/")
     if journey.role != Role.VIEW:
         expect(session.get_by_text("stopped-one is stopped, not running.")).to_be_visible()
     expect(session.get_by_role("button", name="Start")).to_have_count(1 if maintainer else 0)
@@ -122,14 +122,14 @@ def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, j
     assert Studio.objects.get(pk=studio.pk).status == studio.status
 
 
-def test_a_non_member_finds_nothing_not_even_that_the_workspace_exists(world, open_page):
+def test_a_non_member_finds_nothing_not_even_that_the_workspace_exists(world, open_page, live_platform):
     workspace, running, stopped = world
     outsider = make_user("outsider")
     outsider.memberships.create(workspace=make_workspace(), role=Role.OWNER)
     page = open_page(outsider)
     page.goto("/")
     expect(page.get_by_text(workspace.name)).to_have_count(0)
-    for path in (workspace.get_absolute_url(), running.get_absolute_url(), running.connect_path):
+    for path in (workspace.get_absolute_url(), running.get_absolute_url(), live_platform.session_origin(running) + "/"):
         assert page.goto(path).status == 404
         expect(page.get_by_text("running-one")).to_have_count(0)
     response = hand_crafted_post(page, f"/studios/{stopped.pk}/start/")

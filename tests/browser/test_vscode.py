@@ -32,7 +32,7 @@ def test_a_member_works_in_vscode_on_the_sessions_folder(live_platform, open_pag
     studio = wait_for_status(studio, StudioStatus.RUNNING)
 
     page = open_page(user)
-    page.goto(studio.connect_path)
+    page.goto(live_platform.session_origin(studio) + "/")
     # The workbench reads the session's files over its WebSocket: the explorer lists the mounted dataset.
     expect(page.locator(".monaco-workbench")).to_be_visible(timeout=60_000)
     data = page.get_by_role("treeitem", name=re.compile(r"^data")).first  # "data", then "data/reads" once open
@@ -40,7 +40,7 @@ def test_a_member_works_in_vscode_on_the_sessions_folder(live_platform, open_pag
     data.click()
     page.get_by_role("treeitem", name="sample.fastq").click()
     expect(page.locator(".monaco-editor .view-lines")).to_contain_text("ACGT")
-    assert page.url.endswith(f"{studio.connect_path}?folder=/workspace")
+    assert page.url == f"{live_platform.session_origin(studio)}/?folder=/workspace"
 
     lifecycle.stop_studio(maintainer, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
@@ -56,7 +56,7 @@ def test_what_a_vscode_terminal_makes_survives_a_restart(live_platform, open_pag
     studio = wait_for_status(studio, StudioStatus.RUNNING)
 
     page = open_page(maintainer)
-    page.goto(studio.connect_path)
+    page.goto(live_platform.session_origin(studio) + "/")
     expect(page.get_by_role("tree", name="Files Explorer")).to_be_visible(timeout=60_000)
     # A new profile opens its walkthrough, which takes the keyboard focus when it arrives: wait for it first, or the
     # typing below can land in the walkthrough instead of the terminal (seen on a loaded machine).
@@ -76,7 +76,7 @@ def test_what_a_vscode_terminal_makes_survives_a_restart(live_platform, open_pag
     lifecycle.start_studio(maintainer, studio)
     studio = wait_for_status(studio, StudioStatus.RUNNING)
     page = open_page(maintainer)
-    page.goto(studio.connect_path)
+    page.goto(live_platform.session_origin(studio) + "/")
     page.get_by_role("treeitem", name="notes.txt").click(timeout=60_000)
     expect(page.locator(".monaco-editor .view-lines")).to_contain_text("kept")
     lifecycle.stop_studio(maintainer, studio)

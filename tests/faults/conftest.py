@@ -224,10 +224,23 @@ class Platform:
     def get(self, path, studio):
         return httpx.get(self.url + path, cookies={"sessionid": studio["cookie"]}, timeout=30)
 
+    def session_host(self, studio):
+        return f"s{studio['id']}.localhost:{self.url.rsplit(':', 1)[1]}"
+
+    def get_session(self, path, studio):
+        """``path`` on the studio's session origin, with its member's cookie there."""
+        headers = {"Host": self.session_host(studio), "Cookie": f"studios-session={studio['session_cookie']}"}
+        return httpx.get(self.url + path, headers=headers, timeout=30)
+
     def open_socket(self, studio):
         """A WebSocket to the studio's session through the proxy, as its member's browser opens one."""
-        url = self.url.replace("http", "ws") + studio["connect_path"] + "api/kernels/k/channels"
-        return connect(url, additional_headers={"Cookie": f"sessionid={studio['cookie']}"}, origin=self.url)
+        host = self.session_host(studio)
+        return connect(
+            f"ws://{host}/api/kernels/k/channels",
+            address=("127.0.0.1", int(self.url.rsplit(":", 1)[1])),
+            additional_headers={"Cookie": f"studios-session={studio['session_cookie']}"},
+            origin=f"http://{host}",
+        )
 
     def shows_avatar(self, studio):
         """Whether the studio list shows the member as connected."""

@@ -16,7 +16,13 @@ from django.test import Client  # noqa: E402
 
 from studios import lifecycle, presence, tasks  # noqa: E402
 from studios.models import Role, Studio  # noqa: E402
-from tests.factories import make_member, make_running, make_studio, make_workspace  # noqa: E402
+from tests.factories import (  # noqa: E402
+    make_member,
+    make_running,
+    make_session_cookie,
+    make_studio,
+    make_workspace,
+)
 
 
 def studio(endpoint):
@@ -29,10 +35,10 @@ def studio(endpoint):
     browser.force_login(member)
     return {
         "id": studio.pk,
-        "connect_path": studio.connect_path,
         "list_path": workspace.get_absolute_url(),
         "member": member.username,
         "cookie": browser.cookies["sessionid"].value,
+        "session_cookie": make_session_cookie(studio, member),
     }
 
 
@@ -44,7 +50,7 @@ def local_studio(work_dir):
     studio = make_studio(workspace, author=maintainer, cpus=1, memory_mb=1024)
     browser = Client()
     browser.force_login(maintainer)
-    return {"id": studio.pk, "connect_path": studio.connect_path, "cookie": browser.cookies["sessionid"].value}
+    return {"id": studio.pk, "cookie": browser.cookies["sessionid"].value}
 
 
 def act(action, studio_id):

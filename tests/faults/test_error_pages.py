@@ -15,9 +15,9 @@ def test_a_page_asked_for_while_postgres_is_down_says_so_with_a_503(platform, po
 
 
 def test_a_session_page_asked_for_while_postgres_is_down_says_so_with_a_503(platform, postgres, studio):
-    """The proxy's requests meet the database before any view (the login is read from it)."""
+    """The proxy's requests meet the database before anything else (the access is read from it)."""
     postgres.stop()
-    page = platform.get(studio["connect_path"] + "lab", studio)
+    page = platform.get_session("/lab", studio)
     assert page.status_code == 503
     assert "The platform's database is unreachable; nothing was changed." in html.unescape(page.text)
 

@@ -178,14 +178,13 @@ def container_processes(container_id):
 
 
 def ide_processes(studio):
-    """The host pids (with their start times) of the studio's IDE. Assumes JupyterLab runs in the session's
-    container (``container_processes``) with the studio's connect path on its command line (its base URL);
-    sessions of other platforms on this host may use the same path."""
+    """The host pids (with their start times) of the studio's IDE: JupyterLab in the session's container
+    (``container_processes``)."""
     commands = dict(processes())
     return [
         (pid, started)
         for pid, started in container_processes(container_id(studio))
-        if "jupyterlab" in commands.get(pid, "") and studio.connect_path in commands.get(pid, "")
+        if "jupyterlab" in commands.get(pid, "")
     ]
 
 

@@ -75,8 +75,8 @@ threading.Thread(target=_report_ready_at_the_decoy, daemon=True).start()
 
 def open_through_the_proxy(world, studio):
     """What a member does: the lab page and a kernel request, through the platform's proxy."""
-    browser = attacker_browser(world)
-    return browser.http.get(f"{studio.connect_path}lab"), browser.http.get(f"{studio.connect_path}api/kernels")
+    session = attacker_browser(world).session(studio)
+    return session.http.get("/lab"), session.http.get("/api/kernels")
 
 
 def test_a_jupyter_config_left_in_the_layer_cannot_point_the_proxy_elsewhere(world, decoy):

@@ -52,7 +52,9 @@ class Command(BaseCommand):
             ],
             env=environment,
         )
-        self.stdout.write(f"Studios is running at http://{host}:{port}/ (log in with a user and password above)")
+        # Session origins send browsers to the platform at the session domain (localhost), where its login cookie is.
+        address = settings.STUDIOS_PUBLIC_URL or f"http://{settings.STUDIOS_SESSION_DOMAIN}:{port}"
+        self.stdout.write(f"Studios is running at {address}/ (log in with a user and password above)")
         # uvicorn re-raises the signal that stopped it; with Python's default SIGTERM action that
         # would end this process before the worker is stopped.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -1,0 +1,139 @@
+"""Revocation closes what is open: a member whose access ends loses their kernel WebSockets within a second, and
+their next request is refused; everyone else's stay open."""
+
+import json
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from studios import lifecycle
+from studios.models import Membership, Role, StudioStatus
+
+from .factories import make_member, make_studio, make_workspace
+from .live import Browser, execute_request, wait_for_status
+
+# What the issue asks: an open socket of a member whose access ended is closed within this long.
+CLOSED_WITHIN = 1.0
+
+
+@pytest.fixture
+def jupyter(live_platform, tmp_path):
+    """A running JupyterLab studio, its owner, and a kernel in it."""
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    owner = make_member(workspace, Role.OWNER, username="olga")
+    studio = make_studio(workspace, name="shared", author=owner, cpus=1, memory_mb=1024)
+    lifecycle.start_studio(owner, studio)
+    studio = wait_for_status(studio, StudioStatus.RUNNING)
+    kernel = Browser(live_platform, owner).session(studio).start_kernel()
+    yield live_platform, studio, owner, kernel
+    if Membership.objects.filter(user=owner).exists():
+        studio.refresh_from_db()
+        if studio.can_stop:
+            lifecycle.stop_studio(owner, studio)
+        wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+class Member:
+    """A member's browser: their platform login, the session origin signed in, and a kernel WebSocket open."""
+
+    def __init__(self, platform, studio, user, kernel):
+        self.user = user
+        self.browser = Browser(platform, user)
+        self.session = self.browser.session(studio)
+        self.socket = connect(
+            f"ws://{self.session.host}/api/kernels/{kernel}/channels",
+            address=("127.0.0.1", platform.port),
+            additional_headers={"Cookie": self.session.cookie_header()},
+            origin=self.session.origin,
+        )
+
+    def run(self, code):
+        """Run ``code`` in the kernel over this member's socket; what it printed."""
+        message, msg_id = execute_request(code)
+        self.socket.send(message)
+        while True:
+            reply = json.loads(self.socket.recv(timeout=30))
+            if reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] == "stream":
+                return reply["content"]["text"].strip()
+
+    def closed_within(self, seconds):
+        """Whether the proxy closes the socket within ``seconds``; how long it took."""
+        began = time.monotonic()
+        try:
+            while True:
+                remaining = seconds - (time.monotonic() - began)
+                if remaining <= 0:
+                    return False, seconds
+                self.socket.recv(timeout=remaining)  # kernel status messages may still arrive
+        except TimeoutError:
+            return False, seconds
+        except ConnectionClosed:
+            return True, time.monotonic() - began
+
+    def refused(self):
+        """The next HTTP requests: a page is sent to the platform, an API call refused."""
+        page = self.session.http.get("/api/status")
+        call = self.session.http.post("/api/kernels", json={"name": "python3"}, headers={"Origin": self.session.origin})
+        return (
+            page.status_code == 302
+            and "/ticket/" in page.headers["location"]
+            and call.status_code in (401, 403, 404, 409)
+        )
+
+
+def lower_role(member):
+    membership = Membership.objects.get(user=member.user)
+    membership.role = Role.VIEW
+    membership.save()
+
+
+def deactivate(member):
+    member.user.is_active = False
+    member.user.save()
+
+
+def log_out(member):
+    assert member.browser.post_form("/accounts/logout/").status_code == 302
+
+
+REVOCATIONS = {
+    "role lowered to view": lower_role,
+    "removed from the workspace": lambda member: Membership.objects.get(user=member.user).delete(),
+    "deactivated": deactivate,
+    "logged out": log_out,
+}
+
+
+def test_each_way_an_access_ends_closes_that_members_kernel_sockets_within_a_second(jupyter):
+    platform, studio, owner, kernel = jupyter
+    olga = Member(platform, studio, owner, kernel)
+    assert olga.run("x = 6 * 7; print(x)") == "42"
+    timings = {}
+    for what, revoke in REVOCATIONS.items():
+        user = make_member(studio.workspace, Role.CONNECT)
+        member = Member(platform, studio, user, kernel)
+        assert member.run("print(x)") == "42"
+        # The same member in another browser, which only a logout of the first leaves open.
+        other_browser = Member(platform, studio, user, kernel)
+        revoke(member)
+        closed, timings[what] = member.closed_within(CLOSED_WITHIN)
+        assert closed, f"{what}: the member's kernel socket was still open after {CLOSED_WITHIN} s"
+        assert member.refused(), what
+        if what == "logged out":
+            assert other_browser.run("print(x + 1)") == "43"
+            other_browser.socket.close()
+        else:
+            assert other_browser.closed_within(CLOSED_WITHIN)[0], what
+        # Nobody else was touched.
+        assert olga.run("print(x)") == "42"
+    print("closed after", {what: f"{seconds * 1000:.0f} ms" for what, seconds in timings.items()})
+
+    colleague = Member(platform, studio, make_member(studio.workspace, Role.CONNECT), kernel)
+    lifecycle.stop_studio(owner, studio)
+    for member in (olga, colleague):
+        closed, seconds = member.closed_within(CLOSED_WITHIN)
+        assert closed, f"a stop left {member.user}'s kernel socket open for {seconds} s"
+        assert member.refused()
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

@@ -5,7 +5,7 @@ content) plus the content, stored once per SHA-256 in zstd frames. A chunk of 1 
 is an object of its own, named by its hash, one frame. Smaller ones (most files of a Python
 environment) are compressed together, about 4 MiB at a time, into one frame: a solid pack, so
 that a layer of tens of thousands of small files costs tens of writes, not tens of thousands,
-and compresses as well as a tar archive. A reference is ``[sha256, object key, offset,
+and compresses nearly as well as a tar archive. A reference is ``[sha256, object key, offset,
 length]``: in a solid pack, offset and length are those of the piece in the pack's content; in
 a pack of version 2 (a frame per piece, appended), those of its frame. Content that does not
 compress (random or already compressed, found from a few samples) is stored in raw blocks of

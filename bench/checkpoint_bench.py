@@ -5,7 +5,7 @@ site-packages up to LAYER_MB, plus two 64 MiB binary files), then for RUNS runs,
 fresh local store, measures: the first checkpoint (time, bytes stored), a second checkpoint
 after changing 1 MiB of a binary file, and a restore into an empty folder; and the same
 layer through the real command line ``tar -c | zstd -3`` (Debian's tar and zstd, level 3 as
-the snapshots use): archive, and extract. Prints medians.
+the snapshots use): archive, and extract. Prints medians, of the time and of the CPU time.
 
 BASELINE, a checkout of this repository (e.g. a git worktree of main), adds a column: its
 ``checkpoints/snapshot.py`` measured in the same runs, interleaved, on the same layer, so a
@@ -21,6 +21,7 @@ Usage: .venv/bin/python bench/checkpoint_bench.py [RUNS] [LAYER_MB] [BASELINE]
 import importlib
 import importlib.util
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,16 +68,28 @@ def prepare_layer(root):
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def timed(function, source):
+def cpu_seconds():
+    """User and system time of this process (all its threads) and of its children waited for."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
+def timed(function, source, cpu=None):
     """Seconds ``function`` takes, and its result, from the same start for every method: what earlier
     steps left is written back, and ``source`` (a file or a folder) is read into the page cache first,
-    since the development VM pages out what has been idle for some seconds (DAMON's pageout scheme)."""
+    since the development VM pages out what has been idle for some seconds (DAMON's pageout scheme).
+    The CPU seconds it took (all threads and processes, writeback by the kernel's own threads aside)
+    are appended to ``cpu``: unlike the time, they hardly depend on what else runs on the machine."""
     os.sync()
     for path in [source] if source.is_file() else source.rglob("*"):
         if path.is_file() and not path.is_symlink():
             path.read_bytes()
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), cpu_seconds()
     result = function()
+    if cpu is not None:
+        cpu.append(cpu_seconds() - began_cpu)
     return time.perf_counter() - began, result
 
 
@@ -92,7 +105,7 @@ def untar_zstd(archive, target):
 def measure(module, layer, scratch, rows):
     """One run of ``module``'s snapshots on a fresh store: first checkpoint, second after a 1 MiB change, restore."""
     store = LocalStore(scratch / "store")
-    seconds, first = timed(lambda: module.take(layer, store), layer)
+    seconds, first = timed(lambda: module.take(layer, store), layer, rows["first_cpu"])
     rows["first"].append(seconds)
     rows["first_bytes"].append(first.stored_bytes)
     with open(layer / "model.bin", "r+b") as binary:
@@ -104,23 +117,28 @@ def measure(module, layer, scratch, rows):
     target = scratch / "restored"
     target.mkdir()
     rows["restore"].append(
-        timed(lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256), store.root)[0]
+        timed(
+            lambda: module.restore(target, store, second.manifest_key, second.manifest_sha256),
+            store.root,
+            rows["restore_cpu"],
+        )[0]
     )
 
 
 def measure_tar(layer, scratch, rows):
     archive = scratch / "layer.tar.zst"
-    seconds, archived = timed(lambda: tar_zstd(layer, archive), layer)
+    seconds, archived = timed(lambda: tar_zstd(layer, archive), layer, rows["first_cpu"])
     rows["first"].append(seconds)
     rows["first_bytes"].append(archived)
     rows["second"].append(seconds)  # a tar holds everything again
     rows["second_bytes"].append(archived)
     untarred = scratch / "untarred"
     untarred.mkdir()
-    rows["restore"].append(timed(lambda: untar_zstd(archive, untarred), archive)[0])
+    rows["restore"].append(timed(lambda: untar_zstd(archive, untarred), archive, rows["restore_cpu"])[0])
 
 
 def main():
+    load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="checkpoint-bench-"))
     layer = work / "layer"
     size = prepare_layer(layer)
@@ -131,7 +149,10 @@ def main():
         columns["before"] = lambda scratch, rows: measure(before, layer, scratch, rows)
     columns["tar | zstd -3"] = lambda scratch, rows: measure_tar(layer, scratch, rows)
     rows = {
-        column: {name: [] for name in ("first", "first_bytes", "second", "second_bytes", "restore")}
+        column: {
+            name: []
+            for name in ("first", "first_cpu", "first_bytes", "second", "second_bytes", "restore", "restore_cpu")
+        }
         for column in columns
     }
     for run in range(RUNS):
@@ -142,13 +163,17 @@ def main():
             columns[column](scratch, rows[column])
     mb = 2**20
     print(f"layer: {size / mb:.0f} MiB in {files} files; medians of {RUNS} runs, the columns interleaved")
+    loads = (" ".join(f"{load:.2f}" for load in loads) for loads in (load_at_start, os.getloadavg()))
+    print("load average (1, 5, 15 min) at the start: {}; at the end: {}".format(*loads))
     print(f"{'':32}" + "".join(f"{column:>30}" for column in columns))
     for name, label, scale, unit in (
         ("first", "first checkpoint, time", 1, "s"),
+        ("first_cpu", "first checkpoint, CPU time", 1, "s"),
         ("first_bytes", "first checkpoint, stored", mb, "MiB"),
         ("second", "after changing 1 MiB, time", 1, "s"),
         ("second_bytes", "after changing 1 MiB, stored", mb, "MiB"),
         ("restore", "restore, time", 1, "s"),
+        ("restore_cpu", "restore, CPU time", 1, "s"),
     ):
         medians = (f"{statistics.median(rows[column][name]) / scale:.2f} {unit}" for column in columns)
         print(f"{label:32}" + "".join(f"{median:>30}" for median in medians))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 CHECKPOINTS_DIR = ".studios/checkpoints"
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
 
 
 class MissingContent(Exception):
@@ -57,6 +59,9 @@ class LocalStore(ContentStore):
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(content)
+                file.flush()
+                # Start writing it to disk now, without waiting: ``persist`` then has little left to wait for.
+                _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

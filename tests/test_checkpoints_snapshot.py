@@ -126,6 +126,127 @@ def test_many_small_files_are_packed_into_few_objects(tmp_path, store):
     assert tree(restored) == tree(layer)
 
 
+def text(size, seed):
+    """``size`` bytes of varied text that compresses as source code does."""
+    words = [f"name{seed}_{n}" for n in range(5000)]
+    lines = (f"def {words[n % 5000]}(value):  # {n * 7919 % 104729}\n" for n in range(size // 20 + 1))
+    return "".join(lines).encode()[:size]
+
+
+def restored_from(saved, store, tmp_path):
+    target = tmp_path / f"restored-{uuid.uuid4().hex[:8]}"
+    target.mkdir()
+    snapshot.restore(target, store, saved.manifest_key, saved.manifest_sha256)
+    return target
+
+
+def test_content_that_does_not_compress_is_stored_at_its_size_and_restored(tmp_path, store):
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "model.bin").write_bytes(os.urandom(9 * 2**20 + 12345))  # three chunks, the last one short
+    (layer / "archive.zst").write_bytes(zstandard.ZstdCompressor().compress(text(2**21, 1)))  # already compressed
+    for n in range(100):  # small random files, as many as a batch's small pieces hold
+        (layer / f"key{n}.bin").write_bytes(os.urandom(5000))
+    size = sum(p.stat().st_size for p in layer.iterdir())
+    saved = snapshot.take(layer, store)
+    assert size < saved.stored_bytes < size * 1.001 + 4096  # no bigger than the content and its manifest
+    assert tree(restored_from(saved, store, tmp_path)) == tree(layer)
+
+
+def test_content_that_compresses_is_stored_compressed(tmp_path, store):
+    layer = tmp_path / "layer"
+    (layer / "src").mkdir(parents=True)
+    (layer / "corpus.txt").write_bytes(text(6 * 2**20, 1))
+    (layer / "half.bin").write_bytes(os.urandom(2**21) + bytes(2**21))  # random, then zeros
+    for n in range(300):
+        (layer / f"src/module{n}.py").write_bytes(text(3000 + n * 10, n))
+    saved = snapshot.take(layer, store)
+    assert saved.stored_bytes < 2**20 + 2**21 + 2**20  # the text to a fraction, the zeros to nothing
+    assert tree(restored_from(saved, store, tmp_path)) == tree(layer)
+
+
+def test_a_mixed_layer_restores_byte_for_byte_with_its_modes(tmp_path, store):
+    layer = tmp_path / "layer"
+    (layer / "lib/pkg").mkdir(parents=True)
+    (layer / "lib/pkg").chmod(0o750)
+    (layer / "lib/tool").write_bytes(text(3 * 2**20 + 7, 2))
+    (layer / "lib/tool").chmod(0o755)
+    (layer / "lib/weights.bin").write_bytes(os.urandom(5 * 2**20 + 1))
+    (layer / "lib/readonly.cfg").write_bytes(b"x = 1\n")
+    (layer / "lib/readonly.cfg").chmod(0o400)
+    for n in range(3000):  # batches of small files, with copies inside a batch and across batches
+        content = b"# shared\n" if n % 50 == 0 else text(2000 + n % 2000, n % 40) if n % 3 else os.urandom(700)
+        (layer / f"lib/pkg/file{n}.py").write_bytes(content)
+        (layer / f"lib/pkg/file{n}.py").chmod(0o600 if n % 2 else 0o644)
+    (layer / "lib/pkg/empty").write_bytes(b"")
+    (layer / "lib/latest").symlink_to("pkg/file7.py")
+    saved = snapshot.take(layer, store)
+    assert tree(restored_from(saved, store, tmp_path)) == tree(layer)
+    (layer / "lib/pkg/file5.py").write_bytes(b"changed\n")
+    (layer / "lib/pkg/new.py").write_bytes(text(10_000, 99))
+    again = snapshot.take(layer, store, previous=saved.manifest)
+    assert again.stored_bytes - len(store.get(again.manifest_key)) < 16 * 1024  # the two files, compressed
+    assert tree(restored_from(again, store, tmp_path)) == tree(layer)
+
+
+def test_a_checkpoint_saved_in_version_2_still_restores(tmp_path, store):
+    """Version 2 appended a frame per small piece to a pack, offsets in the pack; big pieces were objects."""
+    compressor = zstandard.ZstdCompressor(level=3)
+    small = [b"print('hello')\n", text(5000, 3), os.urandom(3000)]
+    big = text(2**20 + 5, 4)
+    frames = [compressor.compress(piece) for piece in small]
+    pack = f"{snapshot.OBJECTS}packs/{uuid.uuid4().hex}"
+    store.put(pack, b"".join(frames))
+    store.put(snapshot.object_key(hashlib.sha256(big).hexdigest()), compressor.compress(big))
+    entries, offset = [folder("src")], 0
+    for number, (piece, frame) in enumerate(zip(small, frames, strict=True)):
+        ref = [hashlib.sha256(piece).hexdigest(), pack, offset, len(frame)]
+        entries.append(file(f"src/small{number}", ref, size=len(piece), mode=0o640))
+        offset += len(frame)
+    big_frame = compressor.compress(big)
+    big_ref = [hashlib.sha256(big).hexdigest(), snapshot.object_key(hashlib.sha256(big).hexdigest()), 0, len(big_frame)]
+    entries.append(file("big", big_ref, size=len(big)))
+    key, digest = store_manifest(store, {"version": 2, "entries": entries})
+    target = tmp_path / "restored"
+    target.mkdir()
+    snapshot.restore(target, store, key, digest)
+    assert [(target / f"src/small{n}").read_bytes() for n in range(3)] == small
+    assert (target / "big").read_bytes() == big
+    assert stat.S_IMODE((target / "src/small1").stat().st_mode) == 0o640
+
+
+def test_content_another_checkpoint_stored_compressed_otherwise_restores(tmp_path, store):
+    """An object is named by its content's hash, so a checkpoint that finds it already stored (written by another
+    studio's checkpoint, or before a change of compression) refers to it as it is."""
+    big = text(3 * 2**20, 5)
+    store.put(snapshot.object_key(hashlib.sha256(big).hexdigest()), zstandard.ZstdCompressor(level=19).compress(big))
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "big.txt").write_bytes(big)
+    saved = snapshot.take(layer, store)
+    assert saved.stored_bytes < 4096  # only the manifest
+    assert tree(restored_from(saved, store, tmp_path)) == tree(layer)
+
+
+@pytest.mark.parametrize("damage", ["reference beyond the pack", "pack claiming a huge size"])
+def test_a_hostile_solid_pack_fails_the_restore_and_writes_nothing_outside(tmp_path, damage):
+    store = LocalStore(tmp_path / "work")
+    piece = b"the session\n"
+    pack = f"{snapshot.SOLID}{uuid.uuid4().hex}"
+    if damage == "reference beyond the pack":
+        store.put(pack, zstandard.ZstdCompressor().compress(piece))
+        ref = [hashlib.sha256(piece).hexdigest(), pack, 8, len(piece)]
+    else:  # a frame header saying 64 GiB of content, with one raw block
+        store.put(pack, b"\x28\xb5\x2f\xfd\xe0" + (2**36).to_bytes(8, "little") + b"\x61\x00\x00" + piece)
+        ref = [hashlib.sha256(piece).hexdigest(), pack, 0, len(piece)]
+    key, digest = store_manifest(store, {"version": 3, "entries": [file("planted", ref)]})
+    outside = everything_in(tmp_path / "work")
+    (tmp_path / "layer").mkdir()
+    with pytest.raises(snapshot.CorruptCheckpoint, match=pack):
+        snapshot.restore(tmp_path / "layer", store, key, digest)
+    assert everything_in(tmp_path / "work") == outside
+
+
 @pytest.fixture
 def overlay(tmp_path):
     """A real overlay filesystem: a lower layer with files, and an upper layer the session writes to."""

@@ -38,12 +38,21 @@ import re
 import stat
 import uuid
 from collections import Counter, OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import zstandard
 
-from .store import MissingContent
+from .store import ContentStore, MissingContent
+
+# A manifest, its entries and their chunk references ([sha256, object key, offset, length]) are JSON: the
+# session writes them, so nothing about their shape is assumed before ``_check``.
+Manifest = dict[str, Any]
+Entry = dict[str, Any]
+Ref = list[Any]
 
 VERSION = 3  # 3: small pieces in solid packs; version 2 (packs of a frame each) is still restored
 READABLE_VERSIONS = (2, 3)
@@ -89,25 +98,27 @@ class Saved:
     manifest_sha256: str
     size_bytes: int  # what the layer holds
     stored_bytes: int  # what this checkpoint had to write (compressed)
-    manifest: dict
+    manifest: Manifest
 
 
-def object_key(digest):
+def object_key(digest: str) -> str:
     return f"{OBJECTS}{digest[:2]}/{digest}"
 
 
-def referenced_objects(manifest):
+def referenced_objects(manifest: Manifest) -> set[str]:
     return {ref[1] for entry in manifest["entries"] for ref in entry.get("chunks", ())}
 
 
-def _walk(layer_fd, excluded):
+def _walk(layer_fd: int, excluded: Collection[str]) -> Iterator[tuple[str, str, os.DirEntry[str] | None, int]]:
     """Yield (relative path, name, DirEntry, fd) for everything in the layer, parents before children.
 
     A directory comes once opened (by name from its parent's fd), with no DirEntry and its own
     fd: one swapped since the listing is not entered. Anything else comes with the fd of its
     folder, to be opened by name from there. One fd per level of depth is open at a time.
     """
-    levels = [(layer_fd, "", None)]  # (fd, path prefix, names of the subdirectories not entered yet)
+    levels: list[tuple[int, str, list[str] | None]] = [
+        (layer_fd, "", None)
+    ]  # (fd, path prefix, names of the subdirectories not entered yet)
     try:
         while levels:
             fd, prefix, subdirectories = levels[-1]
@@ -143,6 +154,10 @@ def _walk(layer_fd, excluded):
             os.close(fd)
 
 
+# A batch's (sha256, frame of its own, offset in the solid pack, size) of each piece, and the solid pack's frame.
+_Digested = tuple[list[tuple[str, bytes | None, int | None, int]], bytes | None]
+
+
 class _Saver:
     """Digests, compresses and writes new content in thread pools, a bounded amount at a time.
 
@@ -153,29 +168,34 @@ class _Saver:
     order the pieces came, in the walking thread, so every reference is decided there, in order.
     """
 
-    def __init__(self, store, cpus, writers, known):
+    def __init__(
+        self, store: ContentStore, cpus: ThreadPoolExecutor, writers: ThreadPoolExecutor, known: dict[str, Ref]
+    ) -> None:
         self.store, self.cpus, self.writers = store, cpus, writers
         self.known = known  # sha256 -> reference, for everything already stored
-        self.batch, self.batch_bytes = [], 0
-        self.digesting = deque()  # (future of a batch's results, the chunk lists its pieces belong to)
-        self.writing = deque()
+        self.batch: list[tuple[list[Ref], bytes]] = []
+        self.batch_bytes = 0
+        self.digesting: deque[tuple[Future[_Digested], tuple[list[Ref], ...]]] = (
+            deque()
+        )  # (future of a batch's results, the chunk lists its pieces belong to)
+        self.writing: deque[Future[int]] = deque()
         self.stored = 0
 
-    def add(self, chunks, piece):
+    def add(self, chunks: list[Ref], piece: bytes) -> None:
         """Append the reference of ``piece`` to the list ``chunks`` once it is known (by ``digested`` at the latest)."""
         self.batch.append((chunks, piece))
         self.batch_bytes += len(piece)
         if self.batch_bytes >= BATCH_SIZE:
             self._send()
 
-    def _send(self):
+    def _send(self) -> None:
         chunk_lists, pieces = zip(*self.batch, strict=True)
         self.digesting.append((self.cpus.submit(self._digest, pieces), chunk_lists))
         self.batch, self.batch_bytes = [], 0
         while len(self.digesting) > IN_FLIGHT:
             self._receive()
 
-    def _digest(self, pieces):
+    def _digest(self, pieces: tuple[bytes, ...]) -> "_Digested":
         """In a CPU thread: (sha256, frame, offset, size) of each piece, and the frame of the batch's solid pack.
 
         A piece already stored has neither frame nor offset; a new piece of PACKED_BELOW or more has
@@ -184,7 +204,10 @@ class _Saver:
         files, one set of entropy tables), and faster.
         """
         compressor = zstandard.ZstdCompressor(level=LEVEL)
-        results, offsets, solid, solid_size = [], {}, [], 0
+        results: list[tuple[str, bytes | None, int | None, int]] = []
+        offsets: dict[str, int] = {}
+        solid: list[bytes] = []
+        solid_size = 0
         for piece in pieces:
             digest = hashlib.sha256(piece).hexdigest()
             if digest in self.known:
@@ -199,13 +222,14 @@ class _Saver:
                 results.append((digest, None, offsets[digest], len(piece)))
         return results, _frame(compressor, b"".join(solid)) if solid else None
 
-    def _receive(self):
+    def _receive(self) -> None:
         future, chunk_lists = self.digesting.popleft()
         results, solid = future.result()
         solid_key = None
         for chunks, (digest, frame, offset, size) in zip(chunk_lists, results, strict=True):
             if digest not in self.known:  # else it was known when digested, or came earlier in this checkpoint
                 if offset is None:
+                    assert frame is not None  # a new piece has a frame of its own, or an offset in the solid pack
                     key = object_key(digest)
                     self._write(self._put_object, key, frame)
                     self.known[digest] = [digest, key, 0, len(frame)]
@@ -213,43 +237,43 @@ class _Saver:
                     solid_key = solid_key or f"{SOLID}{uuid.uuid4().hex}"
                     self.known[digest] = [digest, solid_key, offset, size]
             chunks.append(self.known[digest])
-        if solid_key:
+        if solid_key and solid is not None:  # a piece went into the solid pack: it has a frame
             self._write(self._put_pack, solid_key, solid)
 
-    def _write(self, put, key, content):
+    def _write(self, put: Callable[[str, bytes], int], key: str, content: bytes) -> None:
         self.writing.append(self.writers.submit(put, key, content))
         while len(self.writing) > WORKERS:
             self.stored += self.writing.popleft().result()
 
-    def _put_object(self, key, frame):
+    def _put_object(self, key: str, frame: bytes) -> int:
         if self.store.has(key):
             return 0
         self.store.put(key, frame)
         return len(frame)
 
-    def _put_pack(self, key, frame):
+    def _put_pack(self, key: str, frame: bytes) -> int:
         self.store.put(key, frame)
         return len(frame)
 
-    def digested(self):
+    def digested(self) -> None:
         """Wait until every reference is known (the last writes may still be under way)."""
         if self.batch:
             self._send()
         while self.digesting:
             self._receive()
 
-    def written(self):
+    def written(self) -> int:
         """Wait for every write; return the bytes written."""
         while self.writing:
             self.stored += self.writing.popleft().result()
         return self.stored
 
 
-def _frame(compressor, content):
+def _frame(compressor: zstandard.ZstdCompressor, content: bytes) -> bytes:
     return _raw_frame(content) if _incompressible(compressor, content) else compressor.compress(content)
 
 
-def _incompressible(compressor, content):
+def _incompressible(compressor: zstandard.ZstdCompressor, content: bytes) -> bool:
     """Whether samples spread over ``content`` (of at least SAMPLED_FROM bytes) barely compress: random or already
     compressed content, which zstd would store in raw blocks after searching all of it for matches in vain."""
     if len(content) < SAMPLED_FROM:
@@ -259,12 +283,12 @@ def _incompressible(compressor, content):
     return len(compressor.compress(sample)) > INCOMPRESSIBLE * len(sample)
 
 
-def _raw_frame(content):
+def _raw_frame(content: bytes) -> bytes:
     """A zstd frame holding ``content`` as it is, in raw blocks (what zstd writes for content that does not
     compress), with the content size in its header as a restore requires."""
     view, size = memoryview(content), len(content)
     # Magic number; descriptor: single segment, a 4-byte content size, no checksum, no dictionary; the size.
-    parts = [b"\x28\xb5\x2f\xfd\xa0", size.to_bytes(4, "little")]
+    parts: list[bytes | memoryview] = [b"\x28\xb5\x2f\xfd\xa0", size.to_bytes(4, "little")]
     for start in range(0, size, RAW_BLOCK):
         block = view[start : start + RAW_BLOCK]
         last = start + RAW_BLOCK >= size
@@ -272,18 +296,18 @@ def _raw_frame(content):
     return b"".join(parts)
 
 
-def _entry(relative, info, **fields):
+def _entry(relative: str, info: os.stat_result, **fields: Any) -> Entry:
     return {"path": relative, "mode": stat.S_IMODE(info.st_mode), "mtime_ns": info.st_mtime_ns, **fields}
 
 
-def _lstat(listed):
+def _lstat(listed: os.DirEntry[str]) -> os.stat_result | None:
     try:
         return listed.stat(follow_symlinks=False)
     except FileNotFoundError:
         return None
 
 
-def _read(relative, name, folder_fd, saver):
+def _read(relative: str, name: str, folder_fd: int, saver: _Saver) -> Entry | None:
     """The entry of a regular file, its content sent to ``saver``; None if ``name`` is no longer a regular file.
 
     What counts is the opened file's own fstat, not the listing: the session may have swapped
@@ -313,20 +337,27 @@ def _read(relative, name, folder_fd, saver):
         os.close(fd)
 
 
-def _is_opaque(fd):
+def _is_opaque(fd: int) -> bool:
     try:
         return os.getxattr(fd, OPAQUE) == b"y"
     except OSError:
         return False
 
 
-def take(layer, store, previous=None, excluded=("data",), manifest_prefix="shared"):
+def take(
+    layer: str | Path,
+    store: ContentStore,
+    previous: Manifest | None = None,
+    excluded: Collection[str] = ("data",),
+    manifest_prefix: str = "shared",
+) -> Saved:
     """Save the layer as a new checkpoint in ``store``, its manifest under ``manifest_prefix`` (the studio's own
     folder); ``previous`` is the last manifest, if any."""
     previous_entries = (previous or {}).get("entries", [])
     unchanged = {e["path"]: e for e in previous_entries if e["type"] == "file"}
     known = {ref[0]: ref for e in previous_entries for ref in e.get("chunks", ())}
-    entries, size = [], 0
+    entries: list[Entry] = []
+    size = 0
     layer_fd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     # The entries are tens of thousands of dicts that all live until the end: the cyclic collector would walk
     # them again and again for nothing.
@@ -335,6 +366,7 @@ def take(layer, store, previous=None, excluded=("data",), manifest_prefix="share
     try:
         with ThreadPoolExecutor(max_workers=CPUS) as cpus, ThreadPoolExecutor(max_workers=WORKERS) as writers:
             saver = _Saver(store, cpus, writers, known)
+            entry: Entry | None
             for relative, name, listed, fd in _walk(layer_fd, set(excluded)):
                 if listed is None:
                     entry = _entry(relative, os.fstat(fd), type="dir")
@@ -343,8 +375,8 @@ def take(layer, store, previous=None, excluded=("data",), manifest_prefix="share
                 elif listed.is_file(follow_symlinks=False):
                     # Not stat'ed unless the previous checkpoint has it: reading it, its own fstat counts.
                     before = unchanged.get(relative)
-                    info = before and _lstat(listed)
-                    if info and before["size"] == info.st_size and before["mtime_ns"] == info.st_mtime_ns:
+                    info = _lstat(listed) if before else None
+                    if before and info and before["size"] == info.st_size and before["mtime_ns"] == info.st_mtime_ns:
                         entry = _entry(relative, info, type="file", size=info.st_size, chunks=before["chunks"])
                     else:
                         entry = _read(relative, name, fd, saver)
@@ -384,11 +416,11 @@ def take(layer, store, previous=None, excluded=("data",), manifest_prefix="share
     return Saved(key, hashlib.sha256(encoded).hexdigest(), size, stored + len(encoded), manifest)
 
 
-def _is_int(value, low, high):
+def _is_int(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
 
 
-def _path_problem(path, seen, folders):
+def _path_problem(path: object, seen: set[str], folders: set[str]) -> str | None:
     if not isinstance(path, str) or not path:
         return "has no path"
     if path.startswith("/"):
@@ -410,7 +442,7 @@ def _path_problem(path, seen, folders):
     return None
 
 
-def _chunks_problem(chunks):
+def _chunks_problem(chunks: object) -> str | None:
     if not isinstance(chunks, list):
         return "has no list of chunks"
     for ref in chunks:
@@ -426,7 +458,7 @@ def _chunks_problem(chunks):
     return None
 
 
-def _entry_problem(entry, seen, folders):
+def _entry_problem(entry: object, seen: set[str], folders: set[str]) -> str | None:
     """Why restoring this entry could not recreate it inside the layer as a checkpoint saves it; None if it can."""
     if not isinstance(entry, dict):
         return "is not an object"
@@ -458,7 +490,7 @@ def _entry_problem(entry, seen, folders):
     return None
 
 
-def _check(manifest, key):
+def _check(manifest: object, key: str) -> None:
     """Refuse a manifest that a restore could not recreate inside the layer exactly as written.
 
     Paths must be relative and normalised, each once, and come after the directory entry of
@@ -471,7 +503,8 @@ def _check(manifest, key):
         and isinstance(manifest.get("entries"), list)
     ):
         raise CorruptCheckpoint(f"its manifest {key} is not a manifest of version 2 or 3")
-    seen, folders = set(), {""}
+    seen: set[str] = set()
+    folders = {""}
     for number, entry in enumerate(manifest["entries"]):
         problem = _entry_problem(entry, seen, folders)
         if problem:
@@ -483,7 +516,7 @@ def _check(manifest, key):
             folders.add(entry["path"])
 
 
-def load_manifest(store, key, expected_sha256):
+def load_manifest(store: ContentStore, key: str, expected_sha256: str) -> Manifest:
     """The manifest, verified against the platform's record of its hash and checked whole (see ``_check``)."""
     try:
         encoded = store.get(key)
@@ -494,14 +527,14 @@ def load_manifest(store, key, expected_sha256):
     try:
         if not 0 <= zstandard.frame_content_size(encoded) <= MANIFEST_LIMIT:
             raise CorruptCheckpoint(f"its manifest {key} does not say its size or is too large")
-        manifest = json.loads(zstandard.ZstdDecompressor().decompress(encoded))
+        manifest: Manifest = json.loads(zstandard.ZstdDecompressor().decompress(encoded))
     except (zstandard.ZstdError, ValueError, RecursionError):
         raise CorruptCheckpoint(f"its manifest {key} is not compressed JSON") from None
     _check(manifest, key)
     return manifest
 
 
-def _decompress(frame, limit, decompressor=None):
+def _decompress(frame: bytes, limit: int, decompressor: zstandard.ZstdDecompressor | None = None) -> bytes:
     """The content of one zstd frame that says its size, at most ``limit``: one that claims more is refused
     before it takes the memory."""
     if not 0 <= zstandard.frame_content_size(frame) <= limit:
@@ -516,15 +549,17 @@ class _Reader:
     a version-2 pack, a frame per piece, is decompressed piece by piece as they are asked for.
     """
 
-    def __init__(self, store, pool, refs, window=2 * WORKERS):
+    def __init__(
+        self, store: ContentStore, pool: ThreadPoolExecutor, refs: list[Ref], window: int = 2 * WORKERS
+    ) -> None:
         self.store, self.pool, self.window = store, pool, window
         self.order = list(dict.fromkeys(ref[1] for ref in refs))
         self.uses = Counter(ref[1] for ref in refs)
-        self.fetched = {}
+        self.fetched: dict[str, Future[bytes | None]] = {}
         self.next = 0
         self.decompressor = zstandard.ZstdDecompressor()  # for version-2 packs, in the restoring thread
 
-    def _get(self, key):
+    def _get(self, key: str) -> bytes | None:
         try:
             blob = self.store.get(key)
         except MissingContent:
@@ -536,7 +571,7 @@ class _Reader:
         except zstandard.ZstdError:
             raise CorruptCheckpoint(f"object {key} cannot be decompressed") from None
 
-    def piece(self, ref):
+    def piece(self, ref: Ref) -> bytes | memoryview:
         digest, key, offset, length = ref
         while self.next < len(self.order) and (len(self.fetched) < self.window or key not in self.fetched):
             upcoming = self.order[self.next]
@@ -548,6 +583,7 @@ class _Reader:
             del self.fetched[key]
         if content is None:
             raise CorruptCheckpoint(f"object {key} holding chunk {digest[:12]} is missing from the store")
+        piece: bytes | memoryview
         if key.startswith(PACKS):
             try:
                 piece = _decompress(content[offset : offset + length], CHUNK_SIZE, self.decompressor)
@@ -571,11 +607,11 @@ class _Folders:
     directories the restore created itself are ever asked for.
     """
 
-    def __init__(self, layer_fd):
+    def __init__(self, layer_fd: int) -> None:
         self.layer_fd = layer_fd
-        self.open = OrderedDict()
+        self.open: OrderedDict[str, int] = OrderedDict()
 
-    def fd(self, path):
+    def fd(self, path: str) -> int:
         names = []
         while path and path not in self.open:
             path, _, name = path.rpartition("/")
@@ -591,12 +627,14 @@ class _Folders:
                 os.close(self.open.popitem(last=False)[1])
         return fd
 
-    def close(self):
+    def close(self) -> None:
         for fd in self.open.values():
             os.close(fd)
 
 
-def restore(layer, store, key, expected_sha256, keep_setuid=False):
+def restore(
+    layer: str | Path, store: ContentStore, key: str, expected_sha256: str, keep_setuid: bool = False
+) -> Manifest:
     """Recreate the saved layer in ``layer`` (which should be empty); return the manifest.
 
     Setuid and setgid bits are restored only with ``keep_setuid``: a caller passes it when the

@@ -8,8 +8,10 @@ import ctypes
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 CHECKPOINTS_DIR = ".studios/checkpoints"
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -38,7 +40,7 @@ class ContentStore(ABC):
         """The content, or MissingContent."""
 
     @abstractmethod
-    def listing(self, prefix: str):
+    def listing(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         """(key, last modified as an aware datetime) for every key under ``prefix``."""
 
     @abstractmethod
@@ -46,13 +48,13 @@ class ContentStore(ABC):
 
 
 class LocalStore(ContentStore):
-    def __init__(self, work_dir):
+    def __init__(self, work_dir: str | Path) -> None:
         self.root = Path(work_dir) / CHECKPOINTS_DIR
 
-    def has(self, key):
+    def has(self, key: str) -> bool:
         return (self.root / key).exists()
 
-    def put(self, key, content):
+    def put(self, key: str, content: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
@@ -67,7 +69,7 @@ class LocalStore(ContentStore):
             Path(temporary).unlink(missing_ok=True)
             raise
 
-    def persist(self):
+    def persist(self) -> None:
         """One syncfs of the store's filesystem: far cheaper than an fsync per object of a checkpoint."""
         self.root.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -77,13 +79,13 @@ class LocalStore(ContentStore):
         finally:
             os.close(descriptor)
 
-    def get(self, key):
+    def get(self, key: str) -> bytes:
         try:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
             raise MissingContent(key) from None
 
-    def listing(self, prefix):
+    def listing(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         base = self.root / prefix
         if not base.exists():
             return
@@ -92,14 +94,14 @@ class LocalStore(ContentStore):
                 modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
                 yield str(path.relative_to(self.root)), modified
 
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
 
 
 class S3Store(ContentStore):
     """S3 through boto3. Credentials and endpoint come from the usual AWS environment variables."""
 
-    def __init__(self, uri, client=None):
+    def __init__(self, uri: str, client: Any = None) -> None:
         import boto3
 
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
@@ -107,7 +109,7 @@ class S3Store(ContentStore):
         self.prefix = f"{prefix.strip('/')}/{CHECKPOINTS_DIR}/".lstrip("/")
         self.client = client or boto3.client("s3")
 
-    def has(self, key):
+    def has(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
@@ -118,30 +120,31 @@ class S3Store(ContentStore):
                 return False
             raise
 
-    def put(self, key, content):
+    def put(self, key: str, content: bytes) -> None:
         # One PUT is atomic on S3: the object appears whole once the call has succeeded.
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=content)
 
-    def persist(self):
+    def persist(self) -> None:
         """Nothing to do: an S3 put is durable once it returns."""
 
-    def get(self, key):
+    def get(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+            content: bytes = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
         except self.client.exceptions.NoSuchKey:
             raise MissingContent(key) from None
+        return content
 
-    def listing(self, prefix):
+    def listing(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         for page in pages:
             for item in page.get("Contents", []):
                 yield item["Key"].removeprefix(self.prefix), item["LastModified"]
 
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
 
-def store_for(work_dir):
+def store_for(work_dir: str) -> ContentStore:
     if work_dir.startswith("s3://"):
         return S3Store(work_dir)
     return LocalStore(work_dir)

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test check services
+.PHONY: run test check services images
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,20 @@ $(VENV)/installed: requirements.txt
 
 $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
-	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns)
+	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null && command -v skopeo >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns skopeo umoci)
 	images/vscode/install-code-server.sh
 	touch $@
 
+# As root, sessions run in containers from the template images: built (or found cached) first.
 run: $(VENV)/installed
+	[ "$$(id -u)" != 0 ] || $(MAKE) images
 	$(PY) manage.py runstudios
+
+# The template images (images/build.sh), built without a Docker engine and pushed to the loopback registry it
+# starts: the base root filesystem and unchanged layers are cached, so a second run takes seconds.
+images:
+	command -v mmdebstrap >/dev/null && command -v buildah >/dev/null && command -v docker-registry >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap buildah skopeo umoci docker-registry)
+	images/build.sh
 
 # PostgreSQL and Redis run on this machine; start them when they are not running.
 services:
@@ -33,7 +41,7 @@ check: $(VENV)/test-installed
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports
 
-test: $(VENV)/test-installed check services
+test: $(VENV)/test-installed check services images
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
 	STUDIOS_DATA_DIR=$${STUDIOS_DATA_DIR:-$$(mktemp -d)} \

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 CACHE="${STUDIOS_IMAGE_CACHE:-/var/cache/studios}"
 REGISTRY="${STUDIOS_REGISTRY:-127.0.0.1:5055}"
 MIRROR="http://deb.debian.org/debian"
-TEMPLATES="${STUDIOS_BUILD_TEMPLATES:-jupyterlab rstudio}"
+TEMPLATES="${STUDIOS_BUILD_TEMPLATES:-jupyterlab vscode rstudio}"
 
 base_options=(
     --variant=minbase --include=ca-certificates

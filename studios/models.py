@@ -117,10 +117,14 @@ class ComputeEnvironment(models.Model):
         return self.name
 
     def template_availability(self):
-        """(template label, problem) for each template, as the last check found them; empty before the first."""
+        """(template label, version, problem) for each template, as the last check found them; empty before the
+        first."""
         if not self.status_checked:
             return []
-        return [(label, self.template_problems.get(value, "")) for value, label in Template.choices]
+        return [
+            (label, self.template_version(value), self.template_problems.get(value, ""))
+            for value, label in Template.choices
+        ]
 
     def template_images(self):
         """{template: image reference} sessions here run: the environment's own, else the platform's defaults."""

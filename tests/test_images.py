@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.urls import reverse
 
 from studios import lifecycle
 from studios.backends import backend_for
@@ -20,6 +21,7 @@ from .factories import make_member, make_studio, make_workspace
 from .live import run, wait_for_status
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TAGS = json.loads((PROJECT_ROOT / "images/tags.json").read_text())
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
@@ -76,6 +78,7 @@ def test_a_session_runs_from_the_jupyterlab_image_and_sees_none_of_the_hosts_fil
     studio = wait_for_status(start(workspace, user), StudioStatus.RUNNING)
     pulled = step(studio, "Pulling image")
     assert pulled["state"] == "succeeded" and settings.STUDIOS_TEMPLATE_IMAGES["jupyterlab"] in pulled["message"]
+    assert studio.template_version == TAGS["jupyterlab"]
     host_only = [
         "/var/lib/postgresql",
         "/etc/postgresql",
@@ -125,6 +128,14 @@ def test_an_image_without_the_supervisors_python_errors_the_studio_with_a_reason
     base = "containers-storage:localhost/studios/debian:bookworm"
     subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", base, f"docker://{reference}"], check=True)
     unusable(world, reference, "is not a Studios jupyterlab image: it has no /opt/studios/venv/bin/python")
+
+
+def test_the_add_form_shows_each_templates_image_tag_as_its_version(db, client, registry):
+    workspace = make_workspace()
+    client.force_login(make_member(workspace, Role.MAINTAIN))
+    page = client.get(reverse("studio_add", args=[workspace.organization.slug, workspace.slug])).content.decode()
+    assert f"JupyterLab {TAGS['jupyterlab']}: available" in page
+    assert f'RStudio Server {TAGS["rstudio"]}: <span class="note">unavailable — Its image' in page
 
 
 def test_concurrent_starts_of_one_image_unpack_it_once(registry, tmp_path):

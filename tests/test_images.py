@@ -27,9 +27,8 @@ pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbo
 
 
 @pytest.fixture(scope="session")
-def registry():
-    """The loopback registry with the JupyterLab image in it (images/registry.sh starts it again after a reboot)."""
-    subprocess.run([PROJECT_ROOT / "images/registry.sh"], check=True)
+def registry(loopback_registry):
+    """The loopback registry, with the JupyterLab image in it."""
     reference = settings.STUDIOS_TEMPLATE_IMAGES["jupyterlab"]
     try:
         images.resolve(reference)

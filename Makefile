@@ -41,8 +41,11 @@ check: $(VENV)/test-installed
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports
 
+# Sessions unpack the images they run into a folder of the run's own (about 3.5 GB), removed afterwards.
 test: $(VENV)/test-installed check services images
+	images="$$(mktemp -d)"; trap 'rm -rf --one-file-system "$$images"' EXIT; \
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
 	STUDIOS_DATA_DIR=$${STUDIOS_DATA_DIR:-$$(mktemp -d)} \
+	STUDIOS_IMAGE_CACHE_DIR=$${STUDIOS_IMAGE_CACHE_DIR:-$$images} \
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -91,6 +91,9 @@ def pull(reference, cache_dir, progress=lambda message: None, timeout=30 * 60):
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (folder / "rootfs").is_dir():  # another start unpacked it meanwhile
             return digest, folder / "rootfs", True
+        # What a start killed while unpacking left: no one else unpacks this digest while the lock is held.
+        for left in cache_dir.glob(f".{folder.name}-*"):
+            shutil.rmtree(left, ignore_errors=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=cache_dir))
         try:
             began = time.monotonic()

@@ -188,6 +188,7 @@ class Supervisor:
         self.container_created = False
         self.helpers = []  # slirp4netns, rclone: they end with this process
         self.listening = None
+        self.control_listening = None
         self.unrecorded = None  # the last checkpoint's report, until the platform has recorded it
         self.rootfs = config.rootfs  # the image's, once it is pulled
 
@@ -227,7 +228,10 @@ class Supervisor:
 
     def run(self):
         """Start the session, serve it until it ends; returns once it was stopped cleanly."""
+        # Both of the session's ports are taken at once: the platform chose them when it planned the session, and
+        # pulling an image may take a while before the control server starts.
         self.listening = socket.create_server((self.config.bind_host, self.config.port))
+        self.control_listening = socket.create_server((self.config.bind_host, self.config.control_port))
         # A Batch job's container has no session folder until its supervisor makes one.
         Path(self.config.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.config.image:
@@ -552,7 +556,10 @@ class Supervisor:
             def log_message(self, format, *args):
                 log.info("control: " + format, *args)
 
-        server = ThreadingHTTPServer((self.config.bind_host, self.config.control_port), Control)
+        server = ThreadingHTTPServer(self.control_listening.getsockname()[:2], Control, bind_and_activate=False)
+        server.socket.close()
+        server.socket = self.control_listening  # bound and listening since the session started
+        server.server_name, server.server_port = server.server_address[:2]
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
     # Ending

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test check services
+.PHONY: run test check services images
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,21 @@ $(VENV)/installed: requirements.txt
 
 $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
-	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns)
+	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null && command -v skopeo >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns skopeo umoci)
 	images/vscode/install-code-server.sh
 	touch $@
 
+# As root, sessions run in containers from the template images: built (or found cached) first.
 run: $(VENV)/installed
+	[ "$$(id -u)" != 0 ] || $(MAKE) images
 	$(PY) manage.py prepare
 	$(PY) manage.py runstudios
+
+# The template images (images/build.sh), built without a Docker engine and pushed to the loopback registry it
+# starts: the base root filesystem and unchanged layers are cached, so a second run takes seconds.
+images:
+	command -v mmdebstrap >/dev/null && command -v buildah >/dev/null && command -v docker-registry >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap buildah skopeo umoci docker-registry)
+	images/build.sh
 
 # PostgreSQL and Redis run on this machine; start them when they are not running.
 services:
@@ -35,8 +43,11 @@ check: $(VENV)/test-installed
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports
 
-test: $(VENV)/test-installed check services
+# Sessions unpack the images they run into a folder of the run's own (about 3.5 GB), removed afterwards.
+test: $(VENV)/test-installed check services images
+	images="$$(mktemp -d)"; trap 'rm -rf --one-file-system "$$images"' EXIT; \
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
 	STUDIOS_DATA_DIR=$${STUDIOS_DATA_DIR:-$$(mktemp -d)} \
+	STUDIOS_IMAGE_CACHE_DIR=$${STUDIOS_IMAGE_CACHE_DIR:-$$images} \
 	sh -c '$(PY) manage.py prepare >/dev/null && $(PY) -m pytest $(PYTEST_ARGS)'

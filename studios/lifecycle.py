@@ -140,6 +140,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
             checkpoint=records.new_session_checkpoint(studio),
         )
         studio.session = session
+        studio.template_version = environment.template_version(studio.template)[:20]  # its image's tag, as it starts
         studio.transition(StudioStatus.STARTING)
         studio.save()
         transaction.on_commit(lambda: dispatch(LAUNCH_SESSION, session.pk))

@@ -88,6 +88,13 @@ class ComputeEnvironment(models.Model):
     job_queue = models.CharField(
         max_length=300, blank=True, help_text="AWS Batch: the job queue sessions are submitted to (name or ARN)."
     )
+    images = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The image each template runs, by registry reference, e.g. {"jupyterlab": '
+        '"registry.example.com/studios/jupyterlab:4.6.6"}; a template not named runs the platform\'s default '
+        "(STUDIOS_TEMPLATE_IMAGES).",
+    )
     # An access key pair, encrypted (see credentials.py); empty to use the platform's own AWS role.
     sealed_credentials = models.TextField(blank=True, editable=False)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.AVAILABLE)
@@ -110,10 +117,24 @@ class ComputeEnvironment(models.Model):
         return self.name
 
     def template_availability(self):
-        """(template label, problem) for each template, as the last check found them; empty before the first."""
+        """(template label, version, problem) for each template, as the last check found them; empty before the
+        first."""
         if not self.status_checked:
             return []
-        return [(label, self.template_problems.get(value, "")) for value, label in Template.choices]
+        return [
+            (label, self.template_version(value), self.template_problems.get(value, ""))
+            for value, label in Template.choices
+        ]
+
+    def template_images(self):
+        """{template: image reference} sessions here run: the environment's own, else the platform's defaults."""
+        return {**settings.STUDIOS_TEMPLATE_IMAGES, **self.images}
+
+    def template_version(self, template):
+        """The tag of the template's image, shown as the template's version ("" when it has none)."""
+        reference = self.template_images().get(template, "").split("@")[0]
+        name, _, tag = reference.rpartition(":")
+        return tag if name and "/" not in tag else ""
 
     def template_refusal(self, template):
         """Why ``template`` cannot run here, as the add form says it; "" when it can (or before the first check)."""

@@ -214,14 +214,21 @@ STUDIOS_FORCE_STOP_AFTER_SECONDS = int(os.environ.get("STUDIOS_FORCE_STOP_AFTER_
 # a key derived from SECRET_KEY is used: then changing SECRET_KEY makes stored credentials unreadable.
 STUDIOS_SECRETS_KEY = os.environ.get("STUDIOS_SECRETS_KEY", "")
 
-# The image each template runs on container compute (AWS Batch), built from images/<template>/Dockerfile.
-# STUDIOS_TEMPLATE_IMAGES, a JSON object, replaces some or all of them, e.g. with ECR repositories.
+# The registry `make images` pushes the template images to (images/build.sh starts Debian's docker-registry there,
+# on loopback, when nothing answers).
+STUDIOS_REGISTRY = os.environ.get("STUDIOS_REGISTRY", "127.0.0.1:5055")
+# The image each template runs by default, built from images/<template>/Dockerfile and tagged with the versions
+# images/tags.json names; a compute environment may name others. STUDIOS_TEMPLATE_IMAGES, a JSON object,
+# replaces some or all of them, e.g. with ECR repositories.
 STUDIOS_TEMPLATE_IMAGES = {
-    "jupyterlab": "studios/jupyterlab:4.2",
-    "rstudio": "studios/rstudio:2024.12",
-    "vscode": "studios/vscode:4.100",
+    **{
+        template: f"{STUDIOS_REGISTRY}/studios/{template}:{tag}"
+        for template, tag in json.loads((BASE_DIR / "images/tags.json").read_text()).items()
+    },
     **json.loads(os.environ.get("STUDIOS_TEMPLATE_IMAGES", "{}")),
 }
+# Where local compute environments unpack the images they pull, once per digest (sessions share them read-only).
+STUDIOS_IMAGE_CACHE_DIR = Path(os.environ.get("STUDIOS_IMAGE_CACHE_DIR", DATA_DIR / "images"))
 
 # Each studio's session is served on an origin of its own, <prefix><id>.<domain>: s12.localhost by default
 # (browsers resolve *.localhost to the loopback address); in production a wildcard DNS name with a wildcard

@@ -1,9 +1,21 @@
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from studios.models import Role
+from studios.supervisor import sandbox
 
 from .factories import make_member, make_user, make_workspace
 from .live import wait_until
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_registry():
+    """Isolated local sessions run from the template images in the loopback registry: started again when it is not
+    answering (after a reboot); `make images` (which make test runs) built and pushed them."""
+    if not sandbox.isolation_problem():
+        subprocess.run([Path(__file__).resolve().parents[1] / "images/registry.sh"], check=True)
 
 
 @pytest.fixture

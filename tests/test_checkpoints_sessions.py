@@ -13,7 +13,7 @@ from studios import lifecycle
 from studios.models import Role, StudioStatus
 from studios.tasks import checkpoint_session, reconcile_sessions
 
-from .factories import make_member, make_studio, make_workspace
+from .factories import make_dataset, make_member, make_studio, make_workspace
 from .live import Browser, execute, make_wheel, pid_alive, wait_for_status, wait_until
 
 
@@ -57,7 +57,11 @@ def stop(studio, user):
 
 def test_installed_package_and_config_survive_a_restart(world, tmp_path):
     platform, studio, user = world
-    wheel = make_wheel(tmp_path)
+    # The wheel reaches the session as a dataset (data/ below the IDE's folder): nothing of the host's outside its
+    # image is in sight of a container.
+    (tmp_path / "packages").mkdir()
+    wheel = f"data/packages/{make_wheel(tmp_path / 'packages').name}"
+    studio.datasets.set([make_dataset(studio.workspace, "packages", str(tmp_path / "packages"))])
     studio = start(platform, studio, user)
     browser = Browser(platform, user)
     installed = asyncio.run(

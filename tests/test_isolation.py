@@ -75,8 +75,13 @@ def debian_package(directory):
 
 def test_installs_and_edits_land_in_the_layer_never_on_the_host(world, tmp_path):
     platform, workspace, user = world
-    wheel, deb = make_wheel(tmp_path), debian_package(tmp_path)
-    studio = started(platform, workspace, user)
+    # The packages reach the session as a dataset: nothing of the host's outside its image is in sight.
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    wheel, deb = (
+        f"/workspace/data/packages/{Path(made).name}" for made in (make_wheel(packages), debian_package(packages))
+    )
+    studio = started(platform, workspace, user, datasets=[make_dataset(workspace, "packages", str(packages))])
     probe = Path("/etc/studios-isolation-probe")
     printed = run(
         platform,

@@ -39,7 +39,14 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
     response = maintainer.post_form(f"/studios/{studio.pk}/start/")
     assert response.status_code == 302
     studio = wait_for_status(studio, StudioStatus.RUNNING)
-    assert [step["state"] for step in studio.startup_steps] == ["succeeded"] * 3
+    pulled = ["Pulling image"] if studio.session.handle.get("image") else []
+    assert [step["name"] for step in studio.startup_steps] == [
+        "Provisioning compute",
+        *pulled,
+        "Mounting data",
+        "Starting JupyterLab",
+    ]
+    assert [step["state"] for step in studio.startup_steps] == ["succeeded"] * (3 + len(pulled))
     token = studio.session.token
     supervisor_pid = studio.session.handle["pid"]
     endpoint_port = int(studio.session.endpoint.rsplit(":", 1)[1])

@@ -62,7 +62,7 @@ class TestTemplateAvailability:
         client.force_login(maintainer)
         url = reverse("studio_add", args=[workspace.organization.slug, workspace.slug])
         page = client.get(url).content.decode()
-        assert "RStudio Server is not in Debian&#x27;s archive" in page
+        assert "RStudio Server&#x27;s release package cannot be fetched from this network" in page
         environment = workspace.compute_environments.get()
         form = {"name": "r", "template": "rstudio", "compute_environment": environment.pk, "cpus": 2, "memory_mb": 4096}
         response = client.post(url, form)

@@ -8,19 +8,22 @@ from .local import LocalBackend
 __all__ = ["BackendError", "ComputeBackend", "Mount", "SessionSpec", "SessionState", "backend_for", "local_backend"]
 
 
-def local_backend():
-    """This machine's: every local compute environment shares it (and its sessions folder)."""
+def local_backend(images=None):
+    """This machine's: every local compute environment shares it (its sessions folder and its unpacked images);
+    ``images``: the environment's {template: image reference}, the platform's defaults when not given."""
     return LocalBackend(
         sessions_dir=settings.DATA_DIR / "sessions",
         isolation=settings.STUDIOS_LOCAL_ISOLATION,
         hidden=[settings.DATA_DIR],
         rootfs=settings.STUDIOS_TEMPLATE_ROOTFS,
+        images=settings.STUDIOS_TEMPLATE_IMAGES if images is None else images,
+        image_cache=settings.STUDIOS_IMAGE_CACHE_DIR,
     )
 
 
 def backend_for(compute_environment):
     if compute_environment.kind == "local":
-        return local_backend()
+        return local_backend(compute_environment.template_images())
     if compute_environment.kind == "aws-batch":
         try:
             credentials = compute_environment.aws_credentials()
@@ -30,6 +33,6 @@ def backend_for(compute_environment):
             region=compute_environment.region,
             job_queue=compute_environment.job_queue,
             credentials=credentials,
-            images=settings.STUDIOS_TEMPLATE_IMAGES,
+            images=compute_environment.template_images(),
         )
     raise BackendError(f"Compute environments of kind {compute_environment.kind} are not supported yet.")

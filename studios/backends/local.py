@@ -4,7 +4,9 @@ Each session is a supervisor process on the host (``python -m studios.supervisor
 of its own so that the session's mounts never appear on the host and vanish with it. The supervisor runs
 the IDE in a container where the host allows it (Linux, root, runc or crun installed; see
 ``supervisor/sandbox.py``): its own mount, PID and network namespaces, an overlay root with a fresh
-writable layer, cgroup limits, datasets bind-mounted at /workspace/data. Elsewhere it runs the IDE as a
+writable layer, cgroup limits, datasets bind-mounted at /workspace/data. The overlay's lower layer is the
+template's image, pulled from its registry and unpacked once per digest by the supervisor (``supervisor/images.py``)
+into a cache folder every session of that image shares read-only. Elsewhere it runs the IDE as a
 plain process whose writable layer is a home folder, and the studio's page says what does not hold.
 
 The supervisor is started in its own session with only its configuration in its environment, so that it
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..supervisor import images as template_images
 from ..supervisor import sandbox
 from ..supervisor.protocol import SessionConfig
 from ..supervisor.supervisor import ROOTFS_PYTHON, free_port
@@ -41,6 +44,11 @@ IDE_INSTALL_HINTS = {
     "registry), or set a root filesystem that has it for the template (STUDIOS_TEMPLATE_ROOTFS)",
     "rstudio": "RStudio Server is not in Debian's archive; export the RStudio image (images/rstudio) into a "
     "folder and set it as the template's root filesystem (STUDIOS_TEMPLATE_ROOTFS)",
+}
+# Why an image the registry does not have may be missing: `make images` cannot build every template here.
+IMAGE_HINTS = {
+    "rstudio": "RStudio Server's release package cannot be fetched from this network, so `make images` does not "
+    "build its image; push one built elsewhere (images/rstudio) and name it in the compute environment",
 }
 
 
@@ -69,19 +77,39 @@ def _running(pid, started):
 
 
 class LocalBackend(ComputeBackend):
-    def __init__(self, sessions_dir, isolation="auto", hidden=(), rootfs=None):
+    def __init__(self, sessions_dir, isolation="auto", hidden=(), rootfs=None, images=None, image_cache=None):
         """``isolation``: "auto" (containers when the host allows) or "off"; ``hidden``: host paths sessions never
-        see; ``rootfs``: a root filesystem folder per template (the host's ``/`` for the others)."""
+        see; ``images``: the image (registry reference) each template's containers run, unpacked under
+        ``image_cache``; ``rootfs``: a root filesystem folder for a template without one (the host's ``/`` for
+        the others, and for every template's plain processes where the host cannot isolate)."""
         self.sessions_dir = Path(sessions_dir)
         self.rootfs = rootfs or {}
+        self.images = images or {}
+        self.image_cache = Path(image_cache) if image_cache else self.sessions_dir.parent / "images"
         self.isolation_problem = sandbox.isolation_problem() if isolation == "auto" else "isolation is turned off"
+        if not self.isolation_problem and self.images:
+            self.isolation_problem = template_images.tools_problem()
         self.hidden = [str(path) for path in hidden]
 
     @property
     def isolated(self):
         return not self.isolation_problem
 
+    def image(self, template):
+        """The image ``template``'s sessions run from, or "" when they run from a folder: a root filesystem folder
+        configured for the template (STUDIOS_TEMPLATE_ROOTFS), or the host's where it names no image or the host
+        cannot isolate (plain processes)."""
+        return self.images.get(template, "") if self.isolated and template not in self.rootfs else ""
+
     def template_problem(self, template: str) -> str:
+        """Asks the registry, for an image: the environment check calls it, never a page."""
+        if reference := self.image(template):
+            try:
+                template_images.resolve(reference, timeout=10)
+            except template_images.ImageUnavailable as error:
+                hint = IMAGE_HINTS.get(template, "build and push it with `make images`")
+                return f"Its image {reference} cannot be used: {error}. {hint[0].upper()}{hint[1:]}."
+            return ""
         rootfs = Path(self.rootfs.get(template, "/"))
         if rootfs != Path("/") and not self.isolated:
             return f"Its root filesystem {rootfs} needs isolated sessions, which this host cannot run: {self.isolation_problem}."
@@ -108,6 +136,7 @@ class LocalBackend(ComputeBackend):
             "endpoint": f"http://127.0.0.1:{port}",
             "control": f"http://127.0.0.1:{control_port}",
             "memory_mb": spec.memory_mb,
+            "image": self.image(spec.template),
         }
 
     def config(self, spec: SessionSpec, handle: dict) -> SessionConfig:
@@ -118,10 +147,12 @@ class LocalBackend(ComputeBackend):
             control_port=int(handle["control"].rsplit(":", 1)[1]),
             isolation="container" if handle["container"] else "process",
             rootfs=self.rootfs.get(spec.template, "/"),
+            image=handle.get("image", ""),
+            image_cache=str(self.image_cache) if handle.get("image") else "",
             container_id=handle["container"],
             # The platform's data and the checkpoint store stay out of sight even where the root filesystem
-            # is the host's.
-            hidden=tuple(self.hidden + work_dir_hidden),
+            # is the host's; an image has none of them.
+            hidden=() if handle.get("image") else tuple(self.hidden + work_dir_hidden),
         )
 
     def launch(self, spec: SessionSpec, handle: dict) -> dict:

@@ -15,9 +15,10 @@ REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT, CHECKPOINT_FAILED)
 
 IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
 PROVISIONING = "Provisioning compute"
+PULLING = "Pulling image"
 RESTORING = "Restoring checkpoint"
 MOUNTING = "Mounting data"
-STEP_NAMES = (PROVISIONING, RESTORING, MOUNTING, *(f"Starting {name}" for name in IDE_NAMES.values()))
+STEP_NAMES = (PROVISIONING, PULLING, RESTORING, MOUNTING, *(f"Starting {name}" for name in IDE_NAMES.values()))
 STEP_STATES = ("pending", "in-progress", "succeeded", "errored")
 MESSAGE_MAX_LENGTH = 1000
 MANIFEST_KEY = re.compile(r"manifests/[A-Za-z0-9_-]{1,64}/[0-9a-f]{32}\.json\.zst")
@@ -50,7 +51,9 @@ class SessionConfig:
     control_port: int  # where the platform asks for checkpoints
     bind_host: str = "127.0.0.1"
     isolation: str = "container"  # or "process": the IDE as a plain process, without a sandbox
-    rootfs: str = "/"  # the container's lower layer: the template's root filesystem
+    rootfs: str = "/"  # the container's lower layer: the template's root filesystem...
+    image: str = ""  # ...or, when set, the image (a registry reference) whose root filesystem it is
+    image_cache: str = ""  # where images are unpacked, once per digest, for every session on this host
     container_id: str = ""
     cpus: int = 2
     memory_mb: int = 8192

@@ -33,7 +33,7 @@ from pathlib import Path
 from checkpoints import snapshot
 from checkpoints.store import store_for
 
-from . import gate, sandbox
+from . import gate, images, sandbox
 from .protocol import (
     CHECKPOINT,
     CHECKPOINT_FAILED,
@@ -41,6 +41,7 @@ from .protocol import (
     MOUNTING,
     PROGRESS,
     PROVISIONING,
+    PULLING,
     READY,
     REPORTS_PATH,
     RESTORING,
@@ -58,6 +59,12 @@ STOP_IDE_SECONDS = 10
 # A template root filesystem other than the host's has JupyterLab in its own Python here, as the images do.
 ROOTFS_PYTHON = "/opt/studios/venv/bin/python"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What an image must hold for each template's IDE to run (besides ROOTFS_PYTHON, the supervisor's own).
+IDE_BINARIES = {
+    "jupyterlab": (ROOTFS_PYTHON.replace("/python", "/jupyter-lab"),),
+    "vscode": ("/usr/local/bin/code-server",),
+    "rstudio": ("/usr/lib/rstudio-server/bin/rserver",),
+}
 
 
 class SessionEnded(Exception):
@@ -150,6 +157,12 @@ def describe(error):
     return type(error).__name__
 
 
+def _has(rootfs, path):
+    """Whether ``path`` is in the image's root filesystem (a link, as the venv's python is, counts: it points
+    inside the image, which the host does not follow)."""
+    return os.path.lexists(Path(rootfs) / path.lstrip("/"))
+
+
 def free_port(host="127.0.0.1"):
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -174,7 +187,9 @@ class Supervisor:
         self.container_created = False
         self.helpers = []  # slirp4netns, rclone: they end with this process
         self.listening = None
+        self.control_listening = None
         self.unrecorded = None  # the last checkpoint's report, until the platform has recorded it
+        self.rootfs = config.rootfs  # the image's, once it is pulled
 
     # Talking to the platform
 
@@ -212,9 +227,14 @@ class Supervisor:
 
     def run(self):
         """Start the session, serve it until it ends; returns once it was stopped cleanly."""
+        # Both of the session's ports are taken at once: the platform chose them when it planned the session, and
+        # pulling an image may take a while before the control server starts.
         self.listening = socket.create_server((self.config.bind_host, self.config.port))
+        self.control_listening = socket.create_server((self.config.bind_host, self.config.control_port))
         # A Batch job's container has no session folder until its supervisor makes one.
         Path(self.config.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.config.image:
+            self.pull_image()
         if self.isolated:
             sandbox.prepare_layer(self.layout, self.config.layer_mb)
         else:
@@ -227,7 +247,7 @@ class Supervisor:
         ide_step = starting_step(self.config.template)
         self.step(ide_step, "in-progress")
         ide_port = free_port()
-        python = sys.executable if self.config.rootfs == "/" else ROOTFS_PYTHON
+        python = sys.executable if self.rootfs == "/" else ROOTFS_PYTHON
         root_dir = "/workspace" if self.isolated else self.layer
         ide = ide_for(self.config.template, python, ide_port, self.config.base_path, root_dir)
         network_fd = self.start_container(ide, data_sources) if self.isolated else self.start_process(ide)
@@ -251,6 +271,37 @@ class Supervisor:
         while not self.report_unrecorded() and time.monotonic() < deadline:
             time.sleep(UNRECORDED_RETRY_SECONDS)
         log.info("stopped cleanly")
+
+    def pull_image(self):
+        """The image's root filesystem as the container's lower layer: pulled and unpacked once per digest on this
+        host, shared read-only by every session of it."""
+        reference = self.config.image
+        if not self.isolated:
+            raise SessionEnded(f"Image {reference} needs isolated sessions, which this host cannot run.")
+        self.step(PULLING, "in-progress", reference)
+        began = time.monotonic()
+        try:
+            digest, rootfs, cached = images.pull(
+                reference,
+                self.config.image_cache,
+                progress=lambda message: self.step(PULLING, "in-progress", f"{reference}: {message}"),
+            )
+        except images.ImageUnavailable as error:
+            raise SessionEnded(
+                f"Image {reference} cannot be used: {error}. Check the compute environment's image for this "
+                "template, then start the studio again."
+            ) from None
+        missing = [
+            path for path in (ROOTFS_PYTHON, *IDE_BINARIES.get(self.config.template, ())) if not _has(rootfs, path)
+        ]
+        if missing:
+            raise SessionEnded(
+                f"Image {reference} is not a Studios {self.config.template} image: it has no {', '.join(missing)} "
+                f"(build it from images/{self.config.template}/Dockerfile)."
+            )
+        self.rootfs = str(rootfs)
+        how = "already on this host" if cached else f"pulled in {time.monotonic() - began:.1f} s"
+        self.step(PULLING, "succeeded", f"{reference} ({digest[:19]}…), {how}")
 
     def restore(self):
         name = self.config.restore["name"]
@@ -307,13 +358,19 @@ class Supervisor:
         """Create the container with the IDE as its first process, connect its network, start it; returns a
         descriptor of its network namespace."""
         sandbox.become_subreaper()
-        sandbox.mount_root(self.layout, self.config.rootfs)
+        sandbox.mount_root(self.layout, self.rootfs)
         writable = {mount.name: mount.writable for mount in self.config.mounts}
         mounts = [sandbox.resolver_mount(self.layout)] + [
             sandbox.bind(source, f"{sandbox.DATA_IN_CONTAINER}/{name}", writable[name])
             for name, source in data_sources.items()
         ]
-        environ = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "HOME": "/root", "LANG": "C.UTF-8", **ide.environ}
+        # An image's own Python first (pip installs into the session's layer), as the image's PATH says.
+        path = (
+            os.environ.get("PATH", CONTAINER_PATH)
+            if self.rootfs == "/"
+            else f"{Path(ROOTFS_PYTHON).parent}:{CONTAINER_PATH}"
+        )
+        environ = {"PATH": path, "HOME": "/root", "LANG": "C.UTF-8", **ide.environ}
         config = sandbox.oci_config(
             container_id=self.config.container_id,
             args=ide.command,
@@ -498,7 +555,10 @@ class Supervisor:
             def log_message(self, format, *args):
                 log.info("control: " + format, *args)
 
-        server = ThreadingHTTPServer((self.config.bind_host, self.config.control_port), Control)
+        server = ThreadingHTTPServer(self.control_listening.getsockname()[:2], Control, bind_and_activate=False)
+        server.socket.close()
+        server.socket = self.control_listening  # bound and listening since the session started
+        server.server_name, server.server_port = server.server_address[:2]
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
     # Ending

@@ -67,7 +67,8 @@ def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_running_its_super
     assert environment["AWS_DEFAULT_REGION"] == REGION
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(environment)
     definition = aws.client.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
-    assert definition["jobDefinitionName"] == "studios-jupyterlab-4_2"
+    tag = settings.STUDIOS_TEMPLATE_IMAGES["jupyterlab"].rsplit(":", 1)[1]  # images/tags.json's
+    assert definition["jobDefinitionName"] == f"studios-jupyterlab-{tag.replace('.', '_')}"
     assert definition["containerProperties"]["image"] == settings.STUDIOS_TEMPLATE_IMAGES["jupyterlab"]
     assert definition["containerProperties"]["command"] == SUPERVISOR_COMMAND == ["python", "-m", "studios.supervisor"]
     assert definition["containerProperties"]["privileged"] is True
@@ -87,7 +88,10 @@ def test_one_job_definition_per_image_is_reused_and_registered_again_when_the_im
         studio = make_studio(workspace, name=name, author=maintainer, compute_environment_id=environment.pk)
         return aws.describe(job_id(launch(maintainer, studio)))["jobDefinition"]
 
-    built_here = settings.STUDIOS_TEMPLATE_IMAGES["jupyterlab"]
+    built_here = (
+        "127.0.0.1:5055/studios/jupyterlab:4.2"  # a tag of the test's own: the default follows images/tags.json
+    )
+    settings.STUDIOS_TEMPLATE_IMAGES = {**settings.STUDIOS_TEMPLATE_IMAGES, "jupyterlab": built_here}
     first, second = start_new("one"), start_new("two")
     assert first == second
     assert revisions(aws, "studios-jupyterlab-4_2") == [(1, built_here)]

@@ -61,8 +61,9 @@ def world(live_platform, settings):
     which would hide from other users what a real deployment shows them.
 
     The work dir is on a filesystem of its own (the host's /dev/shm), as a production one is (a data disk, NFS,
-    S3): until sessions get real images, the host's root filesystem is every container's lower layer, and a work
-    dir on it would show through that layer (read-only) whatever the backend mounts or does not."""
+    S3): where a container's lower layer is the host's root filesystem (a template without an image), a work dir
+    on it would show through that layer (read-only) whatever the backend mounts or does not. Sessions run from
+    the template images by default, which have none of the host's files."""
     data_dir = Path(tempfile.mkdtemp(prefix="studios-security-"))
     data_dir.chmod(0o755)
     settings.DATA_DIR = data_dir

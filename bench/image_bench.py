@@ -1,0 +1,58 @@
+"""What running from the template image costs at start: start-to-running of a JupyterLab studio in a container
+whose lower layer is the JupyterLab image (pulled from the loopback registry, unpacked once per digest) versus
+one whose lower layer is the host's ``/`` (the platform's own JupyterLab), same run, alternating.
+
+Runs the whole product twice side by side (``manage.py runstudios`` on embedded defaults, each in its own
+temporary data dir, so each its own image cache): one with the default images, one with
+``STUDIOS_TEMPLATE_IMAGES={"jupyterlab": ""}`` (no image: the host's ``/``). The image's first start (the pull
+and unpack) is reported on its own; then RUNS starts each, timing Start (the POST) to ``running``.
+Needs `make images` first. Usage: .venv/bin/python bench/image_bench.py [RUNS]
+"""
+
+import statistics
+import sys
+import time
+
+from demo_platform import DemoUser, demo_platform
+
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+
+
+def start_to_running(user, studio_id, stop=True):
+    began = time.perf_counter()
+    user.post(f"/studios/{studio_id}/start/")
+    user.wait_for(studio_id, "running")
+    took = time.perf_counter() - began
+    if stop:
+        user.post(f"/studios/{studio_id}/stop/")
+        user.wait_for(studio_id, "stopped")
+    return took
+
+
+def main():
+    with (
+        demo_platform(STUDIOS_LOCAL_ISOLATION="auto") as image_platform,
+        demo_platform(STUDIOS_LOCAL_ISOLATION="auto", STUDIOS_TEMPLATE_IMAGES='{"jupyterlab": ""}') as host_platform,
+    ):
+        users = {}
+        for name, (base, password, _) in (("image", image_platform), ("host /", host_platform)):
+            user = DemoUser(base, "maintain", password)
+            users[name] = (user, user.add_studio("bench"))
+        first = {name: start_to_running(user, studio_id) for name, (user, studio_id) in users.items()}
+        times = {name: [] for name in users}
+        for _ in range(RUNS):
+            for name, (user, studio_id) in users.items():
+                times[name].append(start_to_running(user, studio_id))
+
+    for name in users:
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(
+            f"{name}: start to running, median of {RUNS}: {statistics.median(times[name]):.2f} s (runs: {runs}); "
+            f"first start on a fresh data dir: {first[name]:.2f} s"
+        )
+    difference = statistics.median(times["image"]) - statistics.median(times["host /"])
+    print(f"the image adds {difference:+.2f} s to the median start")
+
+
+if __name__ == "__main__":
+    main()

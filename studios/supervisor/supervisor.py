@@ -29,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from checkpoints import snapshot
 from checkpoints.store import store_for
@@ -70,7 +72,7 @@ IDE_BINARIES = {
 class SessionEnded(Exception):
     """The session cannot go on; the message is the reason the studio shows."""
 
-    def __init__(self, reason, checkpoint_invalid=False):
+    def __init__(self, reason: str, checkpoint_invalid: bool = False) -> None:
         super().__init__(reason)
         self.checkpoint_invalid = checkpoint_invalid
 
@@ -80,13 +82,13 @@ class IDE:
     """How one template's IDE runs: its command, the path that answers once it is up, and whether it expects
     to be served at ``/`` (the gate then strips the proxy's prefix)."""
 
-    command: list
+    command: list[str]
     ready_path: str
     strip_prefix: bool = True
-    environ: dict = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=dict)
 
 
-def ide_for(template, python, port, base_path, root_dir):
+def ide_for(template: str, python: str, port: int, base_path: str, root_dir: str | Path) -> IDE:
     """The IDE of ``template``, listening on port ``port`` of its own loopback, served under ``base_path``."""
     if template == "jupyterlab":
         command = [
@@ -137,7 +139,7 @@ def ide_for(template, python, port, base_path, root_dir):
     raise SessionEnded(f"Template {template} is not available on this compute environment.")
 
 
-def checkpoint_failure(error):
+def checkpoint_failure(error: BaseException) -> str:
     """Why a checkpoint failed, in words for the studio's page (never a host path)."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return "the checkpoint store is full (no space left on its disk)"
@@ -146,7 +148,7 @@ def checkpoint_failure(error):
     return f"the checkpoint store cannot be reached ({describe(error)})"
 
 
-def describe(error):
+def describe(error: BaseException) -> str:
     """An error in words for a studio's page: what failed, never the host's paths or command lines."""
     if isinstance(error, subprocess.CalledProcessError):
         return f"{Path(error.cmd[0]).name} {error.cmd[1]} failed with code {error.returncode}"
@@ -157,20 +159,24 @@ def describe(error):
     return type(error).__name__
 
 
-def _has(rootfs, path):
+def _has(rootfs: str | Path, path: str) -> bool:
     """Whether ``path`` is in the image's root filesystem (a link, as the venv's python is, counts: it points
     inside the image, which the host does not follow)."""
     return os.path.lexists(Path(rootfs) / path.lstrip("/"))
 
 
-def free_port(host="127.0.0.1"):
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class Supervisor:
-    def __init__(self, config: SessionConfig):
+    listening: socket.socket  # the session's port and the control endpoint's, bound as ``run`` begins
+    control_listening: socket.socket
+
+    def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.isolated = config.isolation == "container"
         self.layout = sandbox.Layout(config.session_dir)
@@ -178,26 +184,30 @@ class Supervisor:
         self.layer = self.layout.upper if self.isolated else Path(config.session_dir) / "home"
         self.excluded = sandbox.LAYER_EXCLUDED if self.isolated else ["data"]
         self.store = store_for(config.work_dir)
-        self.steps = [{"name": PROVISIONING, "state": "succeeded", "message": ""}]
-        self.manifest = None  # the last saved or restored manifest: the next checkpoint only stores changes
+        self.steps: list[dict[str, str]] = [{"name": PROVISIONING, "state": "succeeded", "message": ""}]
+        self.manifest: snapshot.Manifest | None = (
+            None  # the last saved or restored manifest: the next checkpoint only stores changes
+        )
         self.checkpoint_lock = threading.Lock()
         self.stopping = threading.Event()
-        self.ide_pid = None  # the container's first process, or the plain process
-        self.ide_process = None
+        self.ide_pid: int | None = None  # the container's first process, or the plain process
+        self.ide_process: subprocess.Popen[bytes] | None = None
         self.container_created = False
-        self.helpers = []  # slirp4netns, rclone: they end with this process
-        self.listening = None
-        self.control_listening = None
-        self.unrecorded = None  # the last checkpoint's report, until the platform has recorded it
+        self.helpers: list[subprocess.Popen[bytes]] = []  # slirp4netns, rclone: they end with this process
+        self.unrecorded: dict[str, Any] | None = (
+            None  # the last checkpoint's report, until the platform has recorded it
+        )
         self.rootfs = config.rootfs  # the image's, once it is pulled
 
     # Talking to the platform
 
-    def report(self, kind, **payload):
+    def report(self, kind: str, **payload: Any) -> int | None:
         """POST a report to the platform; its HTTP status, or None when the platform cannot be reached."""
         url = urllib.parse.urlsplit(self.config.platform_url.rstrip("/") + REPORTS_PATH + kind)
         headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/json"}
-        connection_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        connection_class: type[http.client.HTTPConnection] = (
+            http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        )
         for attempt in range(5):
             connection = connection_class(url.netloc, timeout=30)
             try:
@@ -214,7 +224,7 @@ class Supervisor:
             return status
         return None
 
-    def step(self, name, state, message=""):
+    def step(self, name: str, state: str, message: str = "") -> None:
         for step in self.steps:
             if step["name"] == name:
                 step.update(state=state, message=message)
@@ -225,7 +235,7 @@ class Supervisor:
 
     # Starting
 
-    def run(self):
+    def run(self) -> None:
         """Start the session, serve it until it ends; returns once it was stopped cleanly."""
         # Both of the session's ports are taken at once: the platform chose them when it planned the session, and
         # pulling an image may take a while before the control server starts.
@@ -250,7 +260,11 @@ class Supervisor:
         python = sys.executable if self.rootfs == "/" else ROOTFS_PYTHON
         root_dir = "/workspace" if self.isolated else self.layer
         ide = ide_for(self.config.template, python, ide_port, self.config.base_path, root_dir)
-        network_fd = self.start_container(ide, data_sources) if self.isolated else self.start_process(ide)
+        network_fd = None
+        if self.isolated:
+            network_fd = self.start_container(ide, data_sources)
+        else:
+            self.start_process(ide)
         gate.serve(
             gate.Gate(self.config.token, self.config.base_path, f"127.0.0.1:{ide_port}", ide.strip_prefix),
             self.listening,
@@ -272,7 +286,7 @@ class Supervisor:
             time.sleep(UNRECORDED_RETRY_SECONDS)
         log.info("stopped cleanly")
 
-    def pull_image(self):
+    def pull_image(self) -> None:
         """The image's root filesystem as the container's lower layer: pulled and unpacked once per digest on this
         host, shared read-only by every session of it."""
         reference = self.config.image
@@ -303,12 +317,12 @@ class Supervisor:
         how = "already on this host" if cached else f"pulled in {time.monotonic() - began:.1f} s"
         self.step(PULLING, "succeeded", f"{reference} ({digest[:19]}…), {how}")
 
-    def restore(self):
+    def restore(self) -> None:
         name = self.config.restore["name"]
         self.step(RESTORING, "in-progress", name)
         began = time.monotonic()
         try:
-            self.manifest = snapshot.restore(
+            manifest = snapshot.restore(
                 self.layer,
                 self.store,
                 self.config.restore["manifest_key"],
@@ -326,12 +340,13 @@ class Supervisor:
                 f"Checkpoint {name} could not be read from the work directory ({describe(error)}). "
                 "Start the studio again."
             ) from None
-        files = sum(1 for entry in self.manifest["entries"] if entry["type"] == "file")
+        self.manifest = manifest
+        files = sum(1 for entry in manifest["entries"] if entry["type"] == "file")
         self.step(RESTORING, "succeeded", f"{name}: {files} files in {time.monotonic() - began:.1f} s")
 
-    def mount_data(self):
+    def mount_data(self) -> dict[str, str | Path]:
         """{dataset name: host folder} for the container to bind; a plain process gets links in its folder."""
-        sources = {}
+        sources: dict[str, str | Path] = {}
         for mount in self.config.mounts:
             if mount.uri.startswith("s3://"):
                 if not self.isolated:
@@ -354,7 +369,7 @@ class Supervisor:
                 (data_dir / name).symlink_to(source)
         return sources
 
-    def start_container(self, ide, data_sources):
+    def start_container(self, ide: IDE, data_sources: dict[str, str | Path]) -> int:
         """Create the container with the IDE as its first process, connect its network, start it; returns a
         descriptor of its network namespace."""
         sandbox.become_subreaper()
@@ -393,7 +408,7 @@ class Supervisor:
             ) from None
         return network_fd
 
-    def start_process(self, ide):
+    def start_process(self, ide: IDE) -> None:
         """The IDE as a plain process (no isolation), without the supervisor's environment."""
         home = self.layer
         site_packages = home / ".local/lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
@@ -418,17 +433,17 @@ class Supervisor:
         except OSError as error:
             raise SessionEnded(f"The IDE could not start ({describe(error)}).") from None
         self.ide_pid = self.ide_process.pid
-        return None
 
-    def ide_exit_code(self):
+    def ide_exit_code(self) -> int | None:
         """The IDE's exit code once it has ended, else None."""
+        assert self.ide_pid is not None  # asked once the IDE has started
         try:
             pid, status = os.waitpid(self.ide_pid, os.WNOHANG)
         except ChildProcessError:
             return -1
         return os.waitstatus_to_exitcode(status) if pid else None
 
-    def wait_until_ready(self, ready_path):
+    def wait_until_ready(self, ready_path: str) -> None:
         url = f"http://127.0.0.1:{self.listening.getsockname()[1]}{self.config.base_path}{ready_path}"
         request = urllib.request.Request(url, headers={"X-Studios-Session-Token": self.config.token})
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -449,7 +464,7 @@ class Supervisor:
             time.sleep(0.05)
         raise SessionEnded(f"The IDE did not answer within {READY_TIMEOUT_SECONDS} seconds.")
 
-    def wait_for_ide(self):
+    def wait_for_ide(self) -> int:
         """Until the IDE ends. A helper that ends first (the network, a dataset's mount) ends the session, and so
         does the kernel's out-of-memory killer, whichever of the session's processes it chose."""
         retried = time.monotonic()
@@ -469,14 +484,14 @@ class Supervisor:
             time.sleep(WATCH_SECONDS)
         return code
 
-    def ended_reason(self, code, when="unexpectedly"):
+    def ended_reason(self, code: int | None, when: str = "unexpectedly") -> str:
         if self.isolated and sandbox.oom_kills(self.config.container_id):
             return f"The session ran out of memory (limit {self.config.memory_mb} MB). Start it again with more memory."
         return f"The IDE exited {when} with code {code}. Start the studio again; its last checkpoint is kept."
 
     # Running
 
-    def checkpoint(self, final=False):
+    def checkpoint(self, final: bool = False) -> bool:
         """Save the writable layer from outside the sandbox and tell the platform, one at a time; whether it was
         saved and recorded. A checkpoint that fails is reported with why; one the platform could not record
         (its database down) is reported again until it is (``report_unrecorded``)."""
@@ -517,7 +532,7 @@ class Supervisor:
             )
             return recorded
 
-    def report_unrecorded(self):
+    def report_unrecorded(self) -> bool:
         """Report the last checkpoint saved but not yet recorded, if any; whether none is left."""
         if self.unrecorded is not None:
             status = self.report(CHECKPOINT, **self.unrecorded)
@@ -525,13 +540,13 @@ class Supervisor:
                 self.unrecorded = None
         return self.unrecorded is None
 
-    def serve_control(self):
+    def serve_control(self) -> None:
         """The platform's way in, with the session token: POST /checkpoint saves one now and answers whether it
         was saved and recorded; POST /stop stops the session as SIGTERM does, without waiting."""
         supervisor = self
 
         class Control(BaseHTTPRequestHandler):
-            def do_POST(self):
+            def do_POST(self) -> None:
                 supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").encode()
                 if not hmac.compare_digest(supplied, supervisor.config.token.encode()):
                     self.send_error(403)
@@ -544,7 +559,7 @@ class Supervisor:
                 else:
                     self.send_error(404)
 
-            def answer(self, status, content):
+            def answer(self, status: int, content: dict[str, bool]) -> None:
                 body = json.dumps(content).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -552,18 +567,18 @@ class Supervisor:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format, *args):
+            def log_message(self, format: str, *args: Any) -> None:
                 log.info("control: " + format, *args)
 
         server = ThreadingHTTPServer(self.control_listening.getsockname()[:2], Control, bind_and_activate=False)
         server.socket.close()
         server.socket = self.control_listening  # bound and listening since the session started
-        server.server_name, server.server_port = server.server_address[:2]
+        server.server_name, server.server_port = self.control_listening.getsockname()[:2]
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
     # Ending
 
-    def stop_ide(self):
+    def stop_ide(self) -> None:
         """SIGTERM to the IDE, SIGKILL if it is still there after a while."""
         if self.isolated:
             sandbox.signal_container(self.config.container_id, "TERM")
@@ -577,20 +592,20 @@ class Supervisor:
         elif self.ide_process is not None and self.ide_process.poll() is None:
             os.killpg(self.ide_process.pid, signal.SIGKILL)
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop the IDE; the main thread then takes the final checkpoint and ends the session."""
         if not self.stopping.is_set():
             log.info("stopping the IDE, then saving a final checkpoint")
             self.stopping.set()
             threading.Thread(target=self.stop_ide, daemon=True).start()
 
-    def on_sigterm(self, signum, frame):
+    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self.ide_pid is None:
             self.stopping.set()
             raise SystemExit(0)  # nothing has started yet: nothing to save
         self.stop()
 
-    def tear_down(self):
+    def tear_down(self) -> None:
         """Remove everything the session had on this host: container, helpers, mounts, layer. Idempotent."""
         if self.isolated:
             if self.container_created:
@@ -606,7 +621,7 @@ class Supervisor:
             sandbox.remove(self.layout)
 
 
-def main():
+def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     supervisor = Supervisor(SessionConfig.from_environ(os.environ))
     signal.signal(signal.SIGTERM, supervisor.on_sigterm)

@@ -10,8 +10,12 @@ network (``sandbox.enter_network``), so the IDE's port is never exposed on the h
 
 import functools
 import hmac
+import socket
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import httpx
 import uvicorn
 import websockets
 
@@ -21,29 +25,35 @@ from . import sandbox
 
 TOKEN_HEADER = b"x-studios-session-token"
 
+# ASGI's scope and messages, as uvicorn hands them over.
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
 
 class Gate:
     """An ASGI application: check the token, strip ``base_path`` when ``strip``, forward to ``address``
     (``host:port``)."""
 
-    def __init__(self, token, base_path, address, strip=True):
+    def __init__(self, token: str, base_path: str, address: str, strip: bool = True) -> None:
         self.token = token.encode()
         self.strip = base_path if strip else ""
         self.origin = f"http://{address}"
-        self.client = forwarding.new_client()
+        self.client: httpx.AsyncClient = forwarding.new_client()
 
-    def allowed(self, scope):
+    def allowed(self, scope: Scope) -> bool:
         supplied = dict(scope["headers"]).get(TOKEN_HEADER, b"")
         return hmac.compare_digest(supplied, self.token)
 
-    def headers(self, scope):
+    def headers(self, scope: Scope) -> list[tuple[str, str]]:
         return [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope["headers"]
             if name != TOKEN_HEADER and name.decode("latin-1") not in forwarding.HOP_HEADERS
         ]
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return
         path = forwarding.target(scope, strip=self.strip)
@@ -64,18 +74,18 @@ class Gate:
         ):
             await self.answer(send, 502, b"The IDE is not answering yet.")
 
-    async def answer(self, send, status, text):
+    async def answer(self, send: Send, status: int, text: bytes) -> None:
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": text})
 
 
-def serve(gate, listening_socket, network_fd=None):
+def serve(gate: Gate, listening_socket: socket.socket, network_fd: int | None = None) -> uvicorn.Server:
     """Serve ``gate`` on an already bound socket, in a daemon thread; with ``network_fd``, the thread reaches
     the IDE inside that network namespace."""
     config = uvicorn.Config(gate, lifespan="off", log_level="warning", ws_max_size=2**31, proxy_headers=False)
     server = uvicorn.Server(config)
 
-    def run():
+    def run() -> None:
         if network_fd is not None:
             sandbox.enter_network(network_fd)
         server.run(sockets=[listening_socket])

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # The registries spoken to over plain HTTP: loopback ones (the tests', and a host's own).
@@ -27,17 +28,17 @@ class ImageUnavailable(Exception):
     """The image cannot be used; the message says why in words a user can act on (no host paths)."""
 
 
-def tools_problem():
+def tools_problem() -> str:
     """Why this host cannot pull images, or "" when it can."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     return f"{', '.join(missing)} missing (apt-get install skopeo umoci)" if missing else ""
 
 
-def _transport_options(reference):
+def _transport_options(reference: str) -> list[str]:
     return ["--tls-verify=false"] if LOOPBACK.match(reference) else []
 
 
-def _skopeo(*arguments, timeout):
+def _skopeo(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(["skopeo", *arguments], capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -46,7 +47,7 @@ def _skopeo(*arguments, timeout):
         raise ImageUnavailable(_registry_failure(error.stderr)) from None
 
 
-def _registry_failure(stderr):
+def _registry_failure(stderr: str) -> str:
     """What skopeo's error means for the user."""
     text = stderr.lower()
     if "connection refused" in text or "no such host" in text or "i/o timeout" in text or "no route" in text:
@@ -60,7 +61,7 @@ def _registry_failure(stderr):
     return "the registry could not be read"
 
 
-def resolve(reference, timeout=30):
+def resolve(reference: str, timeout: float = 30) -> str:
     """The digest (sha256:...) that ``reference`` names in its registry now."""
     if not reference or any(character.isspace() for character in reference):
         raise ImageUnavailable("the reference is not a valid image reference")
@@ -73,7 +74,12 @@ def resolve(reference, timeout=30):
     return digest
 
 
-def pull(reference, cache_dir, progress=lambda message: None, timeout=30 * 60):
+def pull(
+    reference: str,
+    cache_dir: str | Path,
+    progress: Callable[[str], None] = lambda message: None,
+    timeout: float = 30 * 60,
+) -> tuple[str, Path, bool]:
     """The unpacked root filesystem of the image ``reference`` names, from ``cache_dir`` when it is there already;
     ``progress`` is told what is happening. Returns (digest, rootfs folder, whether it was cached)."""
     cache_dir = Path(cache_dir)

@@ -5,7 +5,9 @@ report against this module before it believes a word of it.
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 # Where the supervisor sends its reports, under the platform's URL: POST {platform_url}{REPORTS_PATH}<kind>.
 REPORTS_PATH = "/api/sessions/"
@@ -25,7 +27,7 @@ MANIFEST_KEY = re.compile(r"manifests/[A-Za-z0-9_-]{1,64}/[0-9a-f]{32}\.json\.zs
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def starting_step(template):
+def starting_step(template: str) -> str:
     return f"Starting {IDE_NAMES.get(template, template)}"
 
 
@@ -59,15 +61,16 @@ class SessionConfig:
     memory_mb: int = 8192
     layer_mb: int = 5120
     mounts: tuple[Mount, ...] = ()
-    restore: dict = field(default_factory=dict)  # the checkpoint to restore: name, manifest_key, manifest_sha256
+    # The checkpoint to restore: its name, manifest_key and manifest_sha256.
+    restore: dict[str, str] = field(default_factory=dict)
     hidden: tuple[str, ...] = ()  # host paths the sandbox must not see even though the root filesystem has them
 
-    def to_environ(self):
+    def to_environ(self) -> dict[str, str]:
         return {f"STUDIOS_{item.name.upper()}": _encode(getattr(self, item.name)) for item in fields(self)}
 
     @classmethod
-    def from_environ(cls, environ):
-        values = {}
+    def from_environ(cls, environ: Mapping[str, str]) -> "SessionConfig":
+        values: dict[str, Any] = {}
         for item in fields(cls):
             name = f"STUDIOS_{item.name.upper()}"
             if name in environ:
@@ -75,7 +78,7 @@ class SessionConfig:
         return cls(**values)
 
 
-def _encode(value):
+def _encode(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, tuple):
@@ -83,7 +86,7 @@ def _encode(value):
     return json.dumps(value)
 
 
-def _decode(name, text):
+def _decode(name: str, text: str) -> object:
     if name in ("mounts",):
         return tuple(Mount(**item) for item in json.loads(text))
     if name == "hidden":
@@ -99,16 +102,16 @@ class BadReport(ValueError):
     """A report says something a supervisor may not say; the message says what."""
 
 
-def _text(value, what):
+def _text(value: object, what: str) -> str:
     if not isinstance(value, str) or len(value) > MESSAGE_MAX_LENGTH:
         raise BadReport(f"{what} must be text of at most {MESSAGE_MAX_LENGTH} characters")
     return value
 
 
-def _steps(value):
+def _steps(value: object) -> list[dict[str, str]]:
     if not isinstance(value, list) or not 1 <= len(value) <= len(STEP_NAMES):
         raise BadReport("steps must be a list of start-up steps")
-    steps = []
+    steps: list[dict[str, str]] = []
     for step in value:
         if not isinstance(step, dict) or set(step) != {"name", "state", "message"}:
             raise BadReport("a step has exactly a name, a state and a message")
@@ -120,7 +123,7 @@ def _steps(value):
     return steps
 
 
-def parse_report(kind, body, manifest_prefix):
+def parse_report(kind: str, body: object, manifest_prefix: str) -> dict[str, Any]:
     """The report's content, as keyword arguments for the platform, or BadReport. Only what a supervisor is
     allowed to say passes: where the session is reached, for one, is never among it."""
     if kind not in REPORT_KINDS:

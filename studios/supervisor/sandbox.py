@@ -23,7 +23,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 RUNTIMES = ("runc", "crun")
 # slirp4netns's built-in DNS forwarder, reachable from the container whatever the host's resolver is.
@@ -108,11 +111,19 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def runtime():
+def runtime() -> str | None:
     return next((path for name in RUNTIMES if (path := shutil.which(name))), None)
 
 
-def isolation_problem():
+def _runtime() -> str:
+    """The runtime, for commands that only run once ``isolation_problem()`` found one."""
+    path = runtime()
+    if path is None:
+        raise FileNotFoundError("no OCI runtime is installed (apt-get install runc)")
+    return path
+
+
+def isolation_problem() -> str:
     """Why this host cannot isolate sessions, or "" when it can."""
     if not sys.platform.startswith("linux"):
         return "the host is not Linux"
@@ -128,27 +139,27 @@ def isolation_problem():
     return ""
 
 
-def _run(*command):
+def _run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True)
 
 
-def _prctl(option, value):
+def _prctl(option: int, value: int) -> None:
     if _libc.prctl(option, value, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
-def become_subreaper():
+def become_subreaper() -> None:
     """Orphans below this process (the container, once runc has exited) become its children, so that it can
     wait for them and see how they ended."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-def die_with_parent():
+def die_with_parent() -> None:
     """For ``preexec_fn``: the helper ends when the supervisor does, however it ends."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def enter_network(namespace_fd):
+def enter_network(namespace_fd: int) -> None:
     """Move the calling thread into the network namespace open at ``namespace_fd``: sockets it opens from
     then on connect inside the session's network, where the IDE listens on its loopback."""
     if _libc.setns(namespace_fd, CLONE_NEWNET) != 0:
@@ -158,7 +169,7 @@ def enter_network(namespace_fd):
 class Layout:
     """Where one session's pieces live, under its session folder."""
 
-    def __init__(self, session_dir):
+    def __init__(self, session_dir: str | Path) -> None:
         self.session_dir = Path(session_dir)
         self.image = self.session_dir / "layer.img"
         self.layer = self.session_dir / "layer"
@@ -170,7 +181,7 @@ class Layout:
         self.config = self.session_dir / "config.json"
 
 
-def prepare_layer(layout, quota_mb):
+def prepare_layer(layout: Layout, quota_mb: int) -> None:
     """A fresh, empty writable layer of ``quota_mb`` on its own filesystem, where setuid bits and device
     files mean nothing to the host."""
     with open(layout.image, "wb") as image:
@@ -182,7 +193,7 @@ def prepare_layer(layout, quota_mb):
     layout.work.mkdir()
 
 
-def mount_root(layout, lower):
+def mount_root(layout: Layout, lower: str) -> None:
     layout.rootfs.mkdir()
     # nodev: device files a session makes in its layer open nothing of the host's. Setuid still works inside,
     # for the session's own users (RStudio Server's has sudo); no one outside its mount namespace sees this root.
@@ -190,7 +201,7 @@ def mount_root(layout, lower):
     _run("mount", "-t", "overlay", "overlay", "-o", options, str(layout.rootfs))
 
 
-def mount_s3(uri, mount_point, writable, log_file):
+def mount_s3(uri: str, mount_point: str | Path, writable: bool, log_file: TextIO) -> subprocess.Popen[bytes]:
     """Mount ``s3://bucket/prefix`` at ``mount_point`` with rclone (FUSE), as the host's AWS identity (the usual
     AWS_* variables, AWS_ENDPOINT_URL for an S3-compatible store). rclone runs as a child that ends with the
     supervisor; returns it once the mount is there."""
@@ -221,7 +232,7 @@ def mount_s3(uri, mount_point, writable, log_file):
     return rclone
 
 
-def bind(source, destination, writable):
+def bind(source: str | Path, destination: str, writable: bool) -> dict[str, Any]:
     return {
         "destination": destination,
         "type": "bind",
@@ -230,9 +241,9 @@ def bind(source, destination, writable):
     }
 
 
-def seccomp_rules():
+def seccomp_rules() -> list[dict[str, Any]]:
     """Refuse what a session never needs, new namespaces above all (see NAMESPACE_FLAGS)."""
-    rules = [
+    rules: list[dict[str, Any]] = [
         {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
         {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
     ]
@@ -248,7 +259,18 @@ def seccomp_rules():
     return rules
 
 
-def oci_config(*, container_id, args, env, cwd, cpus, memory_mb, mounts, hidden, user=(0, 0)):
+def oci_config(
+    *,
+    container_id: str,
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    cpus: int,
+    memory_mb: int,
+    mounts: list[dict[str, Any]],
+    hidden: Iterable[str],
+    user: tuple[int, int] = (0, 0),
+) -> dict[str, Any]:
     """The OCI runtime configuration (config.json) of one session."""
     memory = memory_mb * 2**20
     return {
@@ -324,37 +346,47 @@ def oci_config(*, container_id, args, env, cwd, cpus, memory_mb, mounts, hidden,
     }
 
 
-def resolver_mount(layout):
+def resolver_mount(layout: Layout) -> dict[str, Any]:
     """slirp4netns's DNS forwarder as the container's resolver."""
     layout.resolv_conf.write_text(f"nameserver {SLIRP_DNS}\n")
     return bind(layout.resolv_conf, "/etc/resolv.conf", writable=False)
 
 
-def create(layout, config, container_id, log_file):
+def create(layout: Layout, config: dict[str, Any], container_id: str, log_file: TextIO) -> int:
     """Create the container (not started yet); returns the host pid of its first process."""
     descriptor = os.open(layout.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         json.dump(config, file, indent=1)
     subprocess.run(
-        [runtime(), "create", "--bundle", str(layout.session_dir), container_id],
+        [_runtime(), "create", "--bundle", str(layout.session_dir), container_id],
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=log_file,
         check=True,
     )
-    state = subprocess.run([runtime(), "state", container_id], capture_output=True, text=True, check=True)
-    return json.loads(state.stdout)["pid"]
+    state = subprocess.run([_runtime(), "state", container_id], capture_output=True, text=True, check=True)
+    pid: int = json.loads(state.stdout)["pid"]
+    return pid
 
 
-def start(container_id, log_file):
+def start(container_id: str, log_file: TextIO) -> None:
     subprocess.run(
-        [runtime(), "start", container_id], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True
+        [_runtime(), "start", container_id], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, check=True
     )
 
 
-def connect_network(pid, log_file):
+@dataclass(frozen=True)
+class Network:
+    """A session's way out: the slirp4netns process, and the write end of its exit pipe, kept open for the
+    session's life (closing it ends slirp4netns)."""
+
+    process: subprocess.Popen[bytes]
+    exit_pipe: int
+
+
+def connect_network(pid: int, log_file: TextIO) -> Network:
     """Give the network namespace of process ``pid`` a way out with slirp4netns (without the host's loopback).
-    slirp4netns ends with the supervisor (its exit pipe closes). Returns the slirp4netns process."""
+    slirp4netns ends with the supervisor (its exit pipe closes)."""
     ready, ready_to_write = os.pipe()
     exit_read, exit_write = os.pipe()
     os.set_inheritable(exit_write, False)
@@ -377,7 +409,6 @@ def connect_network(pid, log_file):
     )
     os.close(ready_to_write)
     os.close(exit_read)
-    slirp.exit_pipe = exit_write  # kept open for the session's life; closing it ends slirp4netns
     with os.fdopen(ready, "rb") as signal_file:
         if signal_file.read(1) != b"1":
             slirp.kill()
@@ -391,31 +422,32 @@ def connect_network(pid, log_file):
         stderr=log_file,
         check=True,
     )
-    return slirp
+    return Network(slirp, exit_write)
 
 
-def signal_container(container_id, signal_name):
-    subprocess.run([runtime(), "kill", "--all", container_id, signal_name], capture_output=True, check=False)
+def signal_container(container_id: str, signal_name: str) -> None:
+    subprocess.run([_runtime(), "kill", "--all", container_id, signal_name], capture_output=True, check=False)
 
 
-def delete(container_id):
+def delete(container_id: str) -> None:
     """Kill and remove the container, whatever state it is in; nothing to do when there is none."""
-    subprocess.run([runtime(), "delete", "--force", container_id], capture_output=True, check=False)
+    subprocess.run([_runtime(), "delete", "--force", container_id], capture_output=True, check=False)
 
 
-def containers():
+def containers() -> list[tuple[str, str]]:
     """(id, bundle folder) of every container the runtime knows."""
-    if runtime() is None:
+    path = runtime()
+    if path is None:
         return []
-    listing = subprocess.run([runtime(), "list", "--format", "json"], capture_output=True, text=True, check=False)
+    listing = subprocess.run([path, "list", "--format", "json"], capture_output=True, text=True, check=False)
     return [(entry["id"], entry["bundle"]) for entry in json.loads(listing.stdout or "null") or []]
 
 
-def exists(container_id):
-    return subprocess.run([runtime(), "state", container_id], capture_output=True).returncode == 0
+def exists(container_id: str) -> bool:
+    return subprocess.run([_runtime(), "state", container_id], capture_output=True).returncode == 0
 
 
-def unmount_all_under(directory):
+def unmount_all_under(directory: str | Path) -> None:
     """Lazily unmount every mount below ``directory``, deepest first."""
     prefix = str(Path(directory).resolve()) + "/"
     mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
@@ -423,7 +455,7 @@ def unmount_all_under(directory):
         subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
 
 
-def remove(layout):
+def remove(layout: Layout) -> None:
     """Unmount and delete what the session left in its folder; safe to call at any point."""
     unmount_all_under(layout.session_dir)
     for path in (layout.rootfs, layout.layer):
@@ -438,7 +470,7 @@ def remove(layout):
         layout.data.rmdir()
 
 
-def oom_kills(container_id):
+def oom_kills(container_id: str) -> int:
     """How many processes the kernel killed for exceeding the container's memory limit."""
     for path in (
         Path(f"/sys/fs/cgroup/memory/studios/{container_id}/memory.oom_control"),  # cgroup v1

@@ -6,11 +6,19 @@ dependency because the agent runs inside session images.
 """
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import websockets
+
+# ASGI's callables and scope (the ``asgiref.typing`` shapes, without the dependency).
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[str, str]]
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
 HOP_HEADERS = {
@@ -25,7 +33,7 @@ HOP_HEADERS = {
 }
 
 
-def new_client(**options):
+def new_client(**options: Any) -> httpx.AsyncClient:
     """A pooled HTTP client that keeps no cookies (they belong to each browser) and follows no redirects."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, read=None),
@@ -35,9 +43,9 @@ def new_client(**options):
     )
 
 
-def target(scope, strip=""):
+def target(scope: Scope, strip: str = "") -> str:
     """The request's path and query as sent upstream; ``strip`` is a path prefix the upstream does not expect."""
-    path = scope["path"]
+    path: str = scope["path"]
     if strip and path.startswith(strip):
         path = "/" + path[len(strip) :]
     path = quote(path, safe="/%:@!$&'()*+,;=-._~")
@@ -45,11 +53,13 @@ def target(scope, strip=""):
     return path + (f"?{query}" if query else "")
 
 
-async def forward_http(client, url, headers, scope, receive, send):
+async def forward_http(
+    client: httpx.AsyncClient, url: str, headers: Headers, scope: Scope, receive: Receive, send: Send
+) -> bool:
     """Stream the request to ``url`` and the response back. Returns False, having sent nothing, when the
     upstream cannot be reached."""
 
-    async def request_body():
+    async def request_body() -> AsyncIterator[bytes]:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -86,7 +96,7 @@ async def forward_http(client, url, headers, scope, receive, send):
     return True
 
 
-async def refuse_websocket(scope, send, status, message):
+async def refuse_websocket(scope: Scope, send: Send, status: int, message: str) -> None:
     """Answer a WebSocket handshake with an HTTP error, through the ASGI "websocket.http.response" extension
     (uvicorn has it). Without it the only refusal is a close, which a browser sees as 403 whatever the cause."""
     if "websocket.http.response" not in scope.get("extensions", {}):
@@ -97,7 +107,16 @@ async def refuse_websocket(scope, send, status, message):
     await send({"type": "websocket.http.response.body", "body": message.encode()})
 
 
-async def relay_websocket(connect, headers, origin, scope, receive, send, opened=None, received=None):
+async def relay_websocket(
+    connect: Callable[..., Awaitable[Any]],
+    headers: Headers,
+    origin: str,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    opened: Callable[[], Awaitable[None]] | None = None,
+    received: Callable[[], Awaitable[None]] | None = None,
+) -> bool:
     """Open the upstream WebSocket, accept the client's, and relay frames both ways until either side ends.
 
     ``connect`` is ``websockets.connect`` with its URL (or ``unix_connect`` with its socket and URL);
@@ -125,7 +144,7 @@ async def relay_websocket(connect, headers, origin, scope, receive, send, opened
         return False
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
 
-    async def from_upstream():
+    async def from_upstream() -> None:
         """However the upstream side ends, close the client's too (a client socket left open to a dead
         session would keep its member "connected" for good)."""
         try:

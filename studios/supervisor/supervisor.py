@@ -400,7 +400,7 @@ class Supervisor:
             self.container_created = True
             self.ide_pid = sandbox.create(self.layout, config, self.config.container_id, sys.stderr)
             network_fd = os.open(f"/proc/{self.ide_pid}/ns/net", os.O_RDONLY)
-            self.helpers.append(sandbox.connect_network(self.ide_pid, sys.stderr))
+            self.helpers.append(sandbox.connect_network(self.ide_pid, sys.stderr).process)
             sandbox.start(self.config.container_id, sys.stderr)
         except (OSError, subprocess.CalledProcessError) as error:
             raise SessionEnded(

@@ -1,14 +1,38 @@
+from typing import Protocol
+
 from django.conf import settings
 
 from ..credentials import UnreadableCredentials
+from ..supervisor.protocol import Mount
 from .aws_batch import AwsBatchBackend
-from .base import BackendError, ComputeBackend, Mount, SessionSpec, SessionState
+from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 from .local import LocalBackend
 
-__all__ = ["BackendError", "ComputeBackend", "Mount", "SessionSpec", "SessionState", "backend_for", "local_backend"]
+__all__ = [
+    "BackendError",
+    "ComputeBackend",
+    "LocalBackend",
+    "Mount",
+    "SessionSpec",
+    "SessionState",
+    "backend_for",
+    "local_backend",
+]
 
 
-def local_backend(images=None):
+class ComputeEnvironment(Protocol):
+    """What a backend is built from: the ``ComputeEnvironment`` row, without importing the models."""
+
+    kind: str
+    region: str
+    job_queue: str
+
+    def template_images(self) -> dict[str, str]: ...
+
+    def aws_credentials(self) -> dict[str, str]: ...
+
+
+def local_backend(images: dict[str, str] | None = None) -> LocalBackend:
     """This machine's: every local compute environment shares it (its sessions folder and its unpacked images);
     ``images``: the environment's {template: image reference}, the platform's defaults when not given."""
     return LocalBackend(
@@ -21,7 +45,7 @@ def local_backend(images=None):
     )
 
 
-def backend_for(compute_environment):
+def backend_for(compute_environment: ComputeEnvironment) -> ComputeBackend:
     if compute_environment.kind == "local":
         return local_backend(compute_environment.template_images())
     if compute_environment.kind == "aws-batch":

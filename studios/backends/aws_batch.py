@@ -45,6 +45,7 @@ import re
 import secrets
 import time
 from functools import cached_property
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -117,7 +118,7 @@ FAILURES = [
 ]
 
 
-def job_definition_name(template, image):
+def job_definition_name(template: str, image: str) -> str:
     """``studios-<template>-<tag>``: one job definition per template image and version."""
     reference = image.rsplit("/", 1)[-1]
     if "@" in reference:
@@ -127,34 +128,34 @@ def job_definition_name(template, image):
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"studios-{template}-{version}")[:128]
 
 
-def tag_value(value):
+def tag_value(value: object) -> str:
     """AWS tag values allow letters, digits, spaces and _.:/=+-@, up to 256 characters."""
     return re.sub(r"[^\w .:/=+\-@]", "_", str(value))[:256]
 
 
-def _canonical(value):
+def _canonical(value: object) -> object:
     """Compare lists regardless of order: Batch may return environment variables in another order."""
     if isinstance(value, list):
         return sorted(json.dumps(item, sort_keys=True) for item in value)
     return value
 
 
-def _unsuitable_kind(environment):
+def _unsuitable_kind(environment: dict[str, Any]) -> str:
     """FARGATE, FARGATE_SPOT or EKS for a Batch compute environment that cannot run sessions, else ""."""
-    kind = environment.get("computeResources", {}).get("type", "EC2")
+    kind: str = environment.get("computeResources", {}).get("type", "EC2")
     if kind.startswith("FARGATE"):
         return kind
     return "EKS" if environment.get("containerOrchestrationType") == "EKS" else ""
 
 
-def ended_reason(job, memory_mb):
+def ended_reason(job: dict[str, Any], memory_mb: int) -> str:
     """Why a job ended, in words a user can act on: Batch's own reason, translated where we know it."""
     container = job.get("container") or {}
     attempts = job.get("attempts") or []
-    texts = [job.get("statusReason"), container.get("reason")]
-    texts += [attempt.get("container", {}).get("reason") for attempt in attempts]
-    texts += [attempt.get("statusReason") for attempt in attempts]
-    texts = [text for text in texts if text]
+    reasons: list[str | None] = [job.get("statusReason"), container.get("reason")]
+    reasons += [attempt.get("container", {}).get("reason") for attempt in attempts]
+    reasons += [attempt.get("statusReason") for attempt in attempts]
+    texts = [text for text in reasons if text]
     for pattern, message in FAILURES:
         matched = next((text for text in texts if pattern.search(text)), None)
         if matched:
@@ -171,18 +172,18 @@ def ended_reason(job, memory_mb):
 
 
 class AwsBatchBackend(ComputeBackend):
-    def __init__(self, *, region, job_queue, credentials, images):
+    def __init__(self, *, region: str, job_queue: str, credentials: dict[str, str], images: dict[str, str]) -> None:
         self.region = region
         self.job_queue = job_queue
         self.credentials = credentials  # boto3 keyword arguments; empty for the default chain
         self.images = images
 
     @cached_property
-    def session(self):
+    def session(self) -> Any:
         return boto3.session.Session(region_name=self.region, **self.credentials)
 
     @cached_property
-    def client(self):
+    def client(self) -> Any:
         return self.session.client("batch", config=CLIENT_CONFIG)
 
     def template_problem(self, template: str) -> str:
@@ -229,7 +230,7 @@ class AwsBatchBackend(ComputeBackend):
             )
         return ""
 
-    def _container_properties(self, image):
+    def _container_properties(self, image: str) -> dict[str, Any]:
         # Privileged for the supervisor, which loop-mounts the session's layer and runs the IDE under runc.
         return {
             "image": image,
@@ -238,7 +239,7 @@ class AwsBatchBackend(ComputeBackend):
             "privileged": True,
         }
 
-    def _job_definition(self, template):
+    def _job_definition(self, template: str) -> str:
         """The ARN of an active job definition for the template's image: an existing one, else a new revision."""
         image = self.images[template]
         name = job_definition_name(template, image)
@@ -248,8 +249,9 @@ class AwsBatchBackend(ComputeBackend):
             for definition in page["jobDefinitions"]:
                 existing = definition.get("containerProperties", {})
                 if all(_canonical(existing.get(key)) == _canonical(value) for key, value in wanted.items()):
-                    return definition["jobDefinitionArn"]
-        return self.client.register_job_definition(
+                    arn: str = definition["jobDefinitionArn"]
+                    return arn
+        registered: str = self.client.register_job_definition(
             jobDefinitionName=name,
             type="container",
             containerProperties=wanted,
@@ -257,8 +259,9 @@ class AwsBatchBackend(ComputeBackend):
             propagateTags=True,
             tags={"studios:template": template},
         )["jobDefinitionArn"]
+        return registered
 
-    def plan(self, spec: SessionSpec) -> dict:
+    def plan(self, spec: SessionSpec) -> dict[str, Any]:
         """The session's name on the instance and its ports; where the instance is, Batch decides later.
         The name is unique per start: runc's cgroups may be the instance's, shared with other jobs."""
         port, control_port = random.sample(PORTS, 2)
@@ -270,7 +273,7 @@ class AwsBatchBackend(ComputeBackend):
             "memory_mb": spec.memory_mb,
         }
 
-    def config(self, spec: SessionSpec, handle: dict) -> SessionConfig:
+    def config(self, spec: SessionSpec, handle: dict[str, Any]) -> SessionConfig:
         session_dir = f"/tmp/{handle['container']}"
         return spec.config(
             session_dir=session_dir,
@@ -283,7 +286,7 @@ class AwsBatchBackend(ComputeBackend):
             hidden=(session_dir,),  # the sandbox's root is the job's: its session folder is the supervisor's
         )
 
-    def job_environment(self, spec: SessionSpec, handle: dict):
+    def job_environment(self, spec: SessionSpec, handle: dict[str, Any]) -> list[dict[str, str]]:
         environment = {
             # The token travels in the job's environment for now, where batch:DescribeJobs shows it to whoever
             # may call it; a later change hands it to the supervisor another way.
@@ -293,7 +296,7 @@ class AwsBatchBackend(ComputeBackend):
         }
         return [{"name": name, "value": value} for name, value in environment.items()]
 
-    def launch(self, spec: SessionSpec, handle: dict) -> dict:
+    def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
         try:
             job = self.client.submit_job(
                 jobName=spec.name,
@@ -313,14 +316,14 @@ class AwsBatchBackend(ComputeBackend):
             raise BackendError(f"AWS Batch did not accept the job on queue {self.job_queue}: {error}") from None
         return {**handle, "job_id": job["jobId"]}
 
-    def _describe(self, job_id):
+    def _describe(self, job_id: str) -> dict[str, Any] | None:
         try:
             jobs = self.client.describe_jobs(jobs=[job_id])["jobs"]
         except (BotoCoreError, ClientError) as error:
             raise BackendError(f"Cannot read AWS Batch job {job_id}: {error}") from None
         return jobs[0] if jobs else None
 
-    def _instance_address(self, job):
+    def _instance_address(self, job: dict[str, Any]) -> str:
         """The private address of the EC2 instance a job runs on, or "" while Batch does not say which it is."""
         arn = (job.get("container") or {}).get("containerInstanceArn", "")
         if not arn or arn in INSTANCE_ADDRESSES:
@@ -346,7 +349,7 @@ class AwsBatchBackend(ComputeBackend):
             INSTANCE_ADDRESSES[arn] = address
         return address
 
-    def poll(self, handle: dict) -> SessionState:
+    def poll(self, handle: dict[str, Any]) -> SessionState:
         if "job_id" not in handle:
             return SessionState(alive=True, progress="Submitting the AWS Batch job")
         job = self._describe(handle["job_id"])
@@ -372,7 +375,7 @@ class AwsBatchBackend(ComputeBackend):
             return SessionState(alive=True, progress=f"AWS Batch job {status}: {PROVISIONING[status]}")
         return SessionState(alive=False, reason=ended_reason(job, handle["memory_mb"]))
 
-    def stop(self, handle: dict) -> None:
+    def stop(self, handle: dict[str, Any]) -> None:
         """Batch sends the container SIGTERM (the supervisor saves a final checkpoint), then SIGKILL."""
         job_id = handle.get("job_id")
         if not job_id:
@@ -383,7 +386,7 @@ class AwsBatchBackend(ComputeBackend):
             if self._describe(job_id) is not None:
                 raise BackendError(f"AWS Batch did not terminate job {job_id}: {error}") from None
 
-    def terminate(self, handle: dict, timeout: float) -> None:
+    def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """Stop the job and wait up to ``timeout`` for it to end."""
         job_id = handle.get("job_id")
         if not job_id:
@@ -396,7 +399,7 @@ class AwsBatchBackend(ComputeBackend):
                 return
             time.sleep(TERMINATE_POLL_SECONDS)
 
-    def start_timeout_hint(self, handle: dict) -> str:
+    def start_timeout_hint(self, handle: dict[str, Any]) -> str:
         state = ""
         if handle.get("job_id"):
             try:

@@ -7,6 +7,7 @@ any worker process.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..supervisor.protocol import Mount, SessionConfig
 
@@ -23,11 +24,12 @@ class SessionSpec:
     work_dir: str  # where checkpoints are stored: a local folder or s3://bucket/prefix
     manifest_prefix: str  # the studio's own folder for manifests in the store
     mounts: list[Mount] = field(default_factory=list)
-    restore: dict = field(default_factory=dict)  # the checkpoint to restore: name, manifest_key, manifest_sha256
+    # The checkpoint to restore: name, manifest_key, manifest_sha256.
+    restore: dict[str, str] = field(default_factory=dict)
     storage_quota_mb: int = 5120
-    labels: dict = field(default_factory=dict)  # who the session belongs to: workspace, studio, user
+    labels: dict[str, str] = field(default_factory=dict)  # who the session belongs to: workspace, studio, user
 
-    def config(self, **placement) -> SessionConfig:
+    def config(self, **placement: Any) -> SessionConfig:
         """The supervisor's configuration for this session; ``placement``: where and how its backend runs it."""
         return SessionConfig(
             template=self.template,
@@ -74,26 +76,26 @@ class ComputeBackend(ABC):
         """
 
     @abstractmethod
-    def start_timeout_hint(self, handle: dict) -> str:
+    def start_timeout_hint(self, handle: dict[str, Any]) -> str:
         """What to check when a session has not become ready in time: a sentence for the studio's reason."""
 
-    def plan(self, spec: SessionSpec) -> dict:
+    def plan(self, spec: SessionSpec) -> dict[str, Any]:
         """The handle of a session about to start: everything ``launch`` will create, named, and where the
         session will be reached (``endpoint``, ``control``) where the backend decides it. Creates nothing."""
         return {}
 
     @abstractmethod
-    def launch(self, spec: SessionSpec, handle: dict) -> dict:
+    def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
         """Start the session planned in ``handle`` and return its handle; the supervisor reports readiness."""
 
     @abstractmethod
-    def poll(self, handle: dict) -> SessionState:
+    def poll(self, handle: dict[str, Any]) -> SessionState:
         """Whether the session's compute still exists."""
 
     @abstractmethod
-    def stop(self, handle: dict) -> None:
+    def stop(self, handle: dict[str, Any]) -> None:
         """Ask the session to end, saving a final checkpoint first; do not wait."""
 
     @abstractmethod
-    def terminate(self, handle: dict, timeout: float) -> None:
+    def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """Ask the session to end, wait up to ``timeout`` seconds, then end it by force. Idempotent."""

@@ -22,7 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TypedDict
 
 from ..supervisor import images as template_images
 from ..supervisor import sandbox
@@ -52,7 +54,7 @@ IMAGE_HINTS = {
 }
 
 
-def _start_time(pid):
+def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot, to tell it from a later one with the same pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -64,20 +66,36 @@ def _start_time(pid):
     return fields[19]
 
 
-def _reap(pid):
+def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
 
-def _running(pid, started):
+def _running(pid: int, started: str | None) -> bool:
     """Whether process ``pid`` is still the one that started at ``started`` (reaping it if it is our dead child)."""
     _reap(pid)
     current = _start_time(pid)
     return current is not None and current == started
 
 
+class HostLeftovers(TypedDict):
+    """What ``leftovers_on_host`` found, for ``sweep``."""
+
+    containers: dict[str, str]  # container id -> session folder (its bundle)
+    supervisors: dict[int, str]  # pid -> session folder (its working directory)
+    folders: list[str]
+
+
 class LocalBackend(ComputeBackend):
-    def __init__(self, sessions_dir, isolation="auto", hidden=(), rootfs=None, images=None, image_cache=None):
+    def __init__(
+        self,
+        sessions_dir: str | Path,
+        isolation: str = "auto",
+        hidden: Iterable[str | Path] = (),
+        rootfs: dict[str, str] | None = None,
+        images: dict[str, str] | None = None,
+        image_cache: str | Path | None = None,
+    ) -> None:
         """``isolation``: "auto" (containers when the host allows) or "off"; ``hidden``: host paths sessions never
         see; ``images``: the image (registry reference) each template's containers run, unpacked under
         ``image_cache``; ``rootfs``: a root filesystem folder for a template without one (the host's ``/`` for
@@ -92,10 +110,10 @@ class LocalBackend(ComputeBackend):
         self.hidden = [str(path) for path in hidden]
 
     @property
-    def isolated(self):
+    def isolated(self) -> bool:
         return not self.isolation_problem
 
-    def image(self, template):
+    def image(self, template: str) -> str:
         """The image ``template``'s sessions run from, or "" when they run from a folder: a root filesystem folder
         configured for the template (STUDIOS_TEMPLATE_ROOTFS), or the host's where it names no image or the host
         cannot isolate (plain processes)."""
@@ -124,10 +142,10 @@ class LocalBackend(ComputeBackend):
     def environment_problem(self) -> str:
         return ""
 
-    def start_timeout_hint(self, handle: dict) -> str:
+    def start_timeout_hint(self, handle: dict[str, Any]) -> str:
         return "Check that the compute environment has capacity."
 
-    def plan(self, spec: SessionSpec) -> dict:
+    def plan(self, spec: SessionSpec) -> dict[str, Any]:
         """Names and ports only: nothing exists on the host yet."""
         port, control_port = free_port(), free_port()
         return {
@@ -139,7 +157,7 @@ class LocalBackend(ComputeBackend):
             "image": self.image(spec.template),
         }
 
-    def config(self, spec: SessionSpec, handle: dict) -> SessionConfig:
+    def config(self, spec: SessionSpec, handle: dict[str, Any]) -> SessionConfig:
         work_dir_hidden = [] if spec.work_dir.startswith("s3://") else [spec.work_dir]
         return spec.config(
             session_dir=handle["session_dir"],
@@ -155,7 +173,7 @@ class LocalBackend(ComputeBackend):
             hidden=() if handle.get("image") else tuple(self.hidden + work_dir_hidden),
         )
 
-    def launch(self, spec: SessionSpec, handle: dict) -> dict:
+    def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
         session_dir = Path(handle["session_dir"])
         self.remove_session_dir(session_dir)
         session_dir.mkdir(mode=0o700, parents=True)
@@ -183,14 +201,15 @@ class LocalBackend(ComputeBackend):
             )
         return {**handle, "pid": process.pid, "started": _start_time(process.pid)}
 
-    def _supervisor(self, handle):
+    def _supervisor(self, handle: dict[str, Any]) -> int | None:
         """The pid of the session's supervisor, or None once it has ended. One launched by a worker that died before
         recording its pid is found by its session folder (its working directory)."""
-        if handle.get("pid") and _running(handle["pid"], handle.get("started")):
-            return handle["pid"]
+        pid: int | None = handle.get("pid")
+        if pid and _running(pid, handle.get("started")):
+            return pid
         return next((pid for pid, folder in _supervisors() if folder == handle.get("session_dir")), None)
 
-    def poll(self, handle: dict) -> SessionState:
+    def poll(self, handle: dict[str, Any]) -> SessionState:
         if self._supervisor(handle):
             return SessionState(alive=True)
         return SessionState(
@@ -198,11 +217,11 @@ class LocalBackend(ComputeBackend):
             reason="The session's supervisor ended unexpectedly. Start the studio again; its last checkpoint is kept.",
         )
 
-    def stop(self, handle: dict) -> None:
+    def stop(self, handle: dict[str, Any]) -> None:
         if pid := self._supervisor(handle):
             os.kill(pid, signal.SIGTERM)
 
-    def terminate(self, handle: dict, timeout: float) -> None:
+    def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """SIGTERM (the supervisor saves a final checkpoint and takes the session down), SIGKILL after
         ``timeout``; then remove whatever is left, whatever state the session was in, and check that nothing is."""
         self.stop(handle)
@@ -223,7 +242,7 @@ class LocalBackend(ComputeBackend):
         if left:
             raise BackendError(f"what is left of the session could not be removed: {', '.join(left)}")
 
-    def leftovers(self, handle):
+    def leftovers(self, handle: dict[str, Any]) -> list[str]:
         """What is still on this host of the session: nothing, once it is terminated."""
         left = []
         if any(folder == handle.get("session_dir") for _, folder in _supervisors()):
@@ -234,9 +253,8 @@ class LocalBackend(ComputeBackend):
             left.append("its folder")
         return left
 
-    def leftovers_on_host(self):
-        """Everything of this platform's sessions on this host: {"containers": {id: session folder},
-        "supervisors": {pid: session folder}, "folders": [session folder]}."""
+    def leftovers_on_host(self) -> HostLeftovers:
+        """Everything of this platform's sessions on this host, each thing with its session folder."""
         prefix = str(self.sessions_dir) + "/"
         return {
             "containers": {cid: bundle for cid, bundle in sandbox.containers() if bundle.startswith(prefix)},
@@ -244,7 +262,7 @@ class LocalBackend(ComputeBackend):
             "folders": [str(path) for path in self.sessions_dir.glob("*")],
         }
 
-    def sweep(self, found, owned_handles):
+    def sweep(self, found: HostLeftovers, owned_handles: Iterable[dict[str, Any]]) -> list[str]:
         """Remove what ``found`` (``leftovers_on_host``) lists that none of ``owned_handles`` names; what it removed."""
         owned = {handle.get("session_dir") for handle in owned_handles}
         removed = []
@@ -264,13 +282,13 @@ class LocalBackend(ComputeBackend):
                 removed.append(f"session folder {Path(folder).name}")
         return removed
 
-    def remove_session_dir(self, session_dir):
+    def remove_session_dir(self, session_dir: Path) -> None:
         # The session's mounts live in its supervisor's namespace; any seen here are unmounted first.
         sandbox.unmount_all_under(session_dir)
         shutil.rmtree(session_dir, ignore_errors=True)
 
 
-def _supervisors():
+def _supervisors() -> list[tuple[int, str]]:
     """(pid, session folder) of every session supervisor running on this host."""
     found = []
     for process in Path("/proc").glob("[0-9]*"):

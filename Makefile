@@ -42,6 +42,7 @@ check: $(VENV)/test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy studios checkpoints studios_project tests
 
 # Sessions unpack the images they run into a folder of the run's own (about 3.5 GB), removed afterwards.
 test: $(VENV)/test-installed check services images

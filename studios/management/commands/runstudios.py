@@ -23,9 +23,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-demo", action="store_true", help="do not create the demo workspace and users")
 
     def handle(self, *args, host, port, no_demo, **options):
-        if missing():
+        if absent := missing():
             raise CommandError(
-                f"The data dir has no {' and no '.join(missing())} yet: run `python manage.py prepare` first "
+                f"The data dir has no {' and no '.join(absent)} yet: run `python manage.py prepare` first "
                 "(`make run` does)."
             )
         self.check()

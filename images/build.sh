@@ -5,7 +5,8 @@
 #    the local image localhost/studios/debian:bookworm. The tarball is kept under $STUDIOS_IMAGE_CACHE, named
 #    by the hash of its recipe (the mmdebstrap command below): it is rebuilt only when the recipe changes.
 # 2. Each template's Dockerfile built on that base with `buildah bud --layers` (unchanged layers are reused
-#    from buildah's storage in /var/lib/containers), tagged with the template's version.
+#    from buildah's storage in /var/lib/containers), tagged locally with its reference in the registry (so
+#    builds for two registries on one host never take each other's tag).
 # 3. The images pushed to the registry at $STUDIOS_REGISTRY (images/registry.sh starts Debian's
 #    docker-registry there when nothing answers), where the local backend pulls them by reference.
 #
@@ -75,10 +76,10 @@ build_template() {
     # downloads, mounted as a build secret: never in the image.
     buildah bud --quiet --layers --isolation=chroot --build-arg "BASE=$BASE" \
         --secret "id=ca,src=${STUDIOS_BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" -f "images/$template/Dockerfile" \
-        -t "localhost/studios/$template:$version" . >/dev/null
-    echo "$template: built in $(elapsed "$began"), $(image_size "localhost/studios/$template:$version")"
+        -t "$reference" . >/dev/null
+    echo "$template: built in $(elapsed "$began"), $(image_size "$reference")"
     began="$(seconds)"
-    buildah push --quiet --tls-verify=false "localhost/studios/$template:$version" "docker://$reference"
+    buildah push --quiet --tls-verify=false "$reference" "docker://$reference"
     echo "$template: pushed as $reference in $(elapsed "$began")"
 }
 

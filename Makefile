@@ -15,7 +15,7 @@ $(VENV)/installed: requirements.txt
 
 $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
-	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null && command -v skopeo >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns skopeo umoci)
+	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null && command -v skopeo >/dev/null && command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns skopeo umoci slurm-wlm munge)
 	images/vscode/install-code-server.sh
 	touch $@
 

@@ -17,12 +17,12 @@ from .models import ComputeEnvironment
 log = logging.getLogger(__name__)
 
 
-def save_batch_environment(user, workspace, environment):
-    """Save an AWS Batch compute environment of ``workspace`` (new or edited, credentials already applied) and
-    queue its check."""
+def save_environment(user, workspace, environment, kind):
+    """Save a compute environment of ``workspace`` of ``kind`` (AWS Batch or Slurm; new or edited, credentials
+    already applied) and queue its check."""
     permissions.require_role(user, workspace, permissions.ADMIN, "manage compute environments")
     environment.workspace = workspace
-    environment.kind = ComputeEnvironment.Kind.AWS_BATCH
+    environment.kind = kind
     try:
         with transaction.atomic():
             save_and_check(environment)

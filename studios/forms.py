@@ -185,36 +185,22 @@ JOB_QUEUE = re.compile(
 )
 
 
-class BatchEnvironmentForm(CredentialsForm):
-    """An AWS Batch compute environment, as a workspace admin adds or edits it."""
+class EnvironmentForm(forms.ModelForm):
+    """What every compute environment form checks: a name unique in the workspace, the writable data paths (one a
+    line, each matching ``data_path``), the largest studio allowed."""
+
+    instance: ComputeEnvironment
+    data_path = S3_URI
+    data_path_error = "Not an s3:// bucket or prefix: {}."
 
     writable_data_paths = forms.CharField(
-        label="Writable data paths",
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "s3://lab-results/\ns3://scratch/team-a/"}),
-        help_text="One s3:// bucket or prefix a line: datasets under them may be mounted read-write.",
+        label="Writable data paths", required=False, widget=forms.Textarea(attrs={"rows": 3})
     )
-
-    class Meta:
-        model = ComputeEnvironment
-        fields = ["name", "region", "job_queue", "work_dir", "writable_data_paths", "max_cpus", "max_memory_mb"]
-        labels = {
-            "job_queue": "Job queue",
-            "work_dir": "Work directory",
-            "max_cpus": "Most CPUs a studio may ask for",
-            "max_memory_mb": "Most memory a studio may ask for (MB)",
-        }
-        help_texts = {"work_dir": "s3://bucket/prefix: where checkpoints are kept."}
-        widgets = {"work_dir": forms.TextInput(attrs={"placeholder": "s3://lab-work/studios"})}
 
     def __init__(self, *args, workspace, **kwargs):
         super().__init__(*args, **kwargs)
         self.workspace = workspace
         self.initial["writable_data_paths"] = "\n".join(self.instance.writable_data_paths)
-        if self.instance.pk is None:
-            self.initial["region"] = ""
-        self.fields["job_queue"].required = True
-        self.fields["region"].widget.attrs["placeholder"] = "eu-west-1"
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
@@ -222,6 +208,46 @@ class BatchEnvironmentForm(CredentialsForm):
         if taken.exists():
             raise ValidationError(f"A compute environment named {name!r} already exists in this workspace.")
         return name
+
+    def clean_writable_data_paths(self):
+        paths = [line.strip() for line in self.cleaned_data["writable_data_paths"].splitlines() if line.strip()]
+        wrong = [path for path in paths if not self.data_path.fullmatch(path)]
+        if wrong:
+            raise ValidationError(self.data_path_error.format(", ".join(wrong)))
+        return paths
+
+    def clean(self):
+        super().clean()
+        cleaned = self.cleaned_data
+        if cleaned.get("max_cpus") is not None and cleaned["max_cpus"] < self.instance.min_cpus:
+            self.add_error("max_cpus", f"Studios need at least {self.instance.min_cpus} CPU.")
+        if cleaned.get("max_memory_mb") is not None and cleaned["max_memory_mb"] < self.instance.min_memory_mb:
+            self.add_error("max_memory_mb", f"Studios need at least {self.instance.min_memory_mb} MB.")
+        return cleaned
+
+
+LIMIT_LABELS = {"max_cpus": "Most CPUs a studio may ask for", "max_memory_mb": "Most memory a studio may ask for (MB)"}
+
+
+class BatchEnvironmentForm(EnvironmentForm, CredentialsForm):
+    """An AWS Batch compute environment, as a workspace admin adds or edits it."""
+
+    class Meta:
+        model = ComputeEnvironment
+        fields = ["name", "region", "job_queue", "work_dir", "writable_data_paths", "max_cpus", "max_memory_mb"]
+        labels = {"job_queue": "Job queue", "work_dir": "Work directory", **LIMIT_LABELS}
+        help_texts = {"work_dir": "s3://bucket/prefix: where checkpoints are kept."}
+        widgets = {"work_dir": forms.TextInput(attrs={"placeholder": "s3://lab-work/studios"})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            self.initial["region"] = ""
+        self.fields["job_queue"].required = True
+        self.fields["region"].widget.attrs["placeholder"] = "eu-west-1"
+        paths = self.fields["writable_data_paths"]
+        paths.widget.attrs["placeholder"] = "s3://lab-results/\ns3://scratch/team-a/"
+        paths.help_text = "One s3:// bucket or prefix a line: datasets under them may be mounted read-write."
 
     def clean_region(self):
         region = self.cleaned_data["region"].strip()
@@ -241,21 +267,60 @@ class BatchEnvironmentForm(CredentialsForm):
             raise ValidationError("Sessions on AWS Batch keep checkpoints on S3: enter s3://bucket/prefix.")
         return work_dir
 
-    def clean_writable_data_paths(self):
-        paths = [line.strip() for line in self.cleaned_data["writable_data_paths"].splitlines() if line.strip()]
-        wrong = [path for path in paths if not S3_URI.fullmatch(path)]
-        if wrong:
-            raise ValidationError(f"Not an s3:// bucket or prefix: {', '.join(wrong)}.")
-        return paths
 
-    def clean(self):
-        super().clean()
-        cleaned = self.cleaned_data
-        if cleaned.get("max_cpus") is not None and cleaned["max_cpus"] < self.instance.min_cpus:
-            self.add_error("max_cpus", f"Studios need at least {self.instance.min_cpus} CPU.")
-        if cleaned.get("max_memory_mb") is not None and cleaned["max_memory_mb"] < self.instance.min_memory_mb:
-            self.add_error("max_memory_mb", f"Studios need at least {self.instance.min_memory_mb} MB.")
-        return cleaned
+SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SHARED_FOLDER = re.compile(r"(?!.*(^|/)\.\.?(/|$))/\S*")  # absolute, no . or .. segment
+
+
+class SlurmEnvironmentForm(EnvironmentForm):
+    """A Slurm compute environment: a partition of the cluster the platform's host submits to."""
+
+    data_path = SHARED_FOLDER
+    data_path_error = "Not an absolute folder of the shared filesystem: {}."
+
+    class Meta:
+        model = ComputeEnvironment
+        fields = ["name", "partition", "account", "qos", "work_dir", "writable_data_paths", "max_cpus", "max_memory_mb"]
+        labels = {"qos": "QOS", "work_dir": "Work directory", **LIMIT_LABELS}
+        help_texts = {
+            "work_dir": "A folder of the cluster's shared filesystem, seen at the same path by the platform's host and "
+            "every node: where checkpoints and the sessions' job files are kept."
+        }
+        widgets = {"work_dir": forms.TextInput(attrs={"placeholder": "/shared/studios"})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["partition"].required = True
+        paths = self.fields["writable_data_paths"]
+        paths.widget.attrs["placeholder"] = "/shared/results/\n/shared/scratch/team-a/"
+        paths.help_text = "One folder of the shared filesystem a line: datasets under them may be mounted read-write."
+
+    def _slurm_name(self, field, what):
+        value = self.cleaned_data[field].strip()
+        if value and not SLURM_NAME.fullmatch(value):
+            raise ValidationError(f"Enter the {what}'s name as Slurm knows it (letters, digits, ., - and _).")
+        return value
+
+    def clean_partition(self):
+        return self._slurm_name("partition", "partition")
+
+    def clean_account(self):
+        return self._slurm_name("account", "account")
+
+    def clean_qos(self):
+        return self._slurm_name("qos", "QOS")
+
+    def clean_work_dir(self):
+        work_dir = self.cleaned_data["work_dir"].strip().rstrip("/")
+        if not SHARED_FOLDER.fullmatch(work_dir):
+            raise ValidationError("Enter an absolute folder of the cluster's shared filesystem, like /shared/studios.")
+        return work_dir
+
+
+ENVIRONMENT_FORMS = {
+    ComputeEnvironment.Kind.AWS_BATCH: BatchEnvironmentForm,
+    ComputeEnvironment.Kind.SLURM: SlurmEnvironmentForm,
+}
 
 
 class AccessTokenForm(forms.Form):

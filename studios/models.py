@@ -69,6 +69,7 @@ class ComputeEnvironment(models.Model):
     class Kind(models.TextChoices):
         LOCAL = "local", "Local"
         AWS_BATCH = "aws-batch", "AWS Batch"
+        SLURM = "slurm", "Slurm"
 
     class Status(models.TextChoices):
         AVAILABLE = "available"
@@ -88,6 +89,9 @@ class ComputeEnvironment(models.Model):
     job_queue = models.CharField(
         max_length=300, blank=True, help_text="AWS Batch: the job queue sessions are submitted to (name or ARN)."
     )
+    partition = models.CharField(max_length=100, blank=True, help_text="Slurm: the partition sessions run in.")
+    account = models.CharField(max_length=100, blank=True, help_text="Slurm: the account jobs are charged to, if any.")
+    qos = models.CharField(max_length=100, blank=True, help_text="Slurm: the quality of service jobs ask for, if any.")
     images = models.JSONField(
         default=dict,
         blank=True,

@@ -9,6 +9,12 @@ urlpatterns = [
     path("w/<slug:org>/<slug:workspace>/compute/", views.environment_list, name="environment_list"),
     path("w/<slug:org>/<slug:workspace>/compute/add/", views.environment_edit, name="environment_add"),
     path(
+        "w/<slug:org>/<slug:workspace>/compute/add/slurm/",
+        views.environment_edit,
+        {"kind": "slurm"},
+        name="environment_add_slurm",
+    ),
+    path(
         "w/<slug:org>/<slug:workspace>/compute/<int:environment_id>/", views.environment_edit, name="environment_edit"
     ),
     path("studios/<int:studio_id>/", views.studio_detail, name="studio_detail"),

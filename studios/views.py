@@ -21,7 +21,7 @@ from checkpoints import records
 
 from . import environments, lifecycle, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
-from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
+from .forms import ENVIRONMENT_FORMS, AccessTokenForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
@@ -279,29 +279,25 @@ def environment_list(request, workspace, role):
 
 @sensitive_post_parameters("secret_access_key")
 @workspace_page(permissions.ADMIN, "manage compute environments")
-def environment_edit(request, workspace, role, environment_id=None):
-    """Add (no ``environment_id``) or edit an AWS Batch compute environment; saving queues its check, whose answer
-    the list shows."""
+def environment_edit(request, workspace, role, environment_id=None, kind=ComputeEnvironment.Kind.AWS_BATCH):
+    """Add (no ``environment_id``: one of ``kind``) or edit an AWS Batch or Slurm compute environment; saving queues
+    its check, whose answer the list shows."""
     environment = None
     if environment_id is not None:
-        environment = get_object_or_404(
-            workspace.compute_environments, pk=environment_id, kind=ComputeEnvironment.Kind.AWS_BATCH
-        )
-    form = BatchEnvironmentForm(request.POST or None, instance=environment, workspace=workspace)
+        environment = get_object_or_404(workspace.compute_environments, pk=environment_id, kind__in=ENVIRONMENT_FORMS)
+        kind = environment.kind
+    form = ENVIRONMENT_FORMS[kind](request.POST or None, instance=environment, workspace=workspace)
     if request.method == "POST" and form.is_valid():
         try:
-            environment = environments.save_batch_environment(request.user, workspace, form.save(commit=False))
+            environment = environments.save_environment(request.user, workspace, form.save(commit=False), kind)
         except ActionRefused as error:
             form.add_error(None, str(error))
         else:
             messages.success(request, f"Saved {environment.name}; checking whether studios can start on it.")
             return redirect("environment_list", workspace.organization.slug, workspace.slug)
-    return render(
-        request,
-        "studios/environment_edit.html",
-        {"workspace": workspace, "role": role, "form": form, "environment": environment},
-        status=400 if form.errors else 200,
-    )
+    context = {"workspace": workspace, "role": role, "form": form, "environment": environment, "kind": kind}
+    context["kind_label"] = ComputeEnvironment.Kind(kind).label
+    return render(request, "studios/environment_edit.html", context, status=400 if form.errors else 200)
 
 
 @login_required

@@ -7,6 +7,7 @@ from ..supervisor.protocol import Mount
 from .aws_batch import AwsBatchBackend
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 from .local import LocalBackend
+from .slurm import SlurmBackend
 
 __all__ = [
     "BackendError",
@@ -26,6 +27,12 @@ class ComputeEnvironment(Protocol):
     kind: str
     region: str
     job_queue: str
+    partition: str
+    account: str
+    qos: str
+    work_dir: str
+    max_cpus: int
+    max_memory_mb: int
 
     def template_images(self) -> dict[str, str]: ...
 
@@ -58,5 +65,16 @@ def backend_for(compute_environment: ComputeEnvironment) -> ComputeBackend:
             job_queue=compute_environment.job_queue,
             credentials=credentials,
             images=compute_environment.template_images(),
+        )
+    if compute_environment.kind == "slurm":
+        return SlurmBackend(
+            partition=compute_environment.partition,
+            account=compute_environment.account,
+            qos=compute_environment.qos,
+            work_dir=compute_environment.work_dir,
+            images=compute_environment.template_images(),
+            image_cache=str(settings.STUDIOS_IMAGE_CACHE_DIR),
+            max_cpus=compute_environment.max_cpus,
+            max_memory_mb=compute_environment.max_memory_mb,
         )
     raise BackendError(f"Compute environments of kind {compute_environment.kind} are not supported yet.")

@@ -4,6 +4,7 @@ report against this module before it believes a word of it.
 """
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -25,6 +26,8 @@ STEP_STATES = ("pending", "in-progress", "succeeded", "errored")
 MESSAGE_MAX_LENGTH = 1000
 MANIFEST_KEY = re.compile(r"manifests/[A-Za-z0-9_-]{1,64}/[0-9a-f]{32}\.json\.zst")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# Names the file a supervisor reads its configuration from, where it is not in its environment.
+CONFIG_FILE = "STUDIOS_CONFIG_FILE"
 
 
 def starting_step(template: str) -> str:
@@ -67,6 +70,22 @@ class SessionConfig:
 
     def to_environ(self) -> dict[str, str]:
         return {f"STUDIOS_{item.name.upper()}": _encode(getattr(self, item.name)) for item in fields(self)}
+
+    def to_json(self) -> str:
+        """The configuration as a file ``load`` reads (``CONFIG_FILE``): for backends whose jobs others may inspect."""
+        return json.dumps(self.to_environ())
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str]) -> "SessionConfig":
+        """The configuration from the environment, or from the file its ``CONFIG_FILE`` names: read once, then
+        removed (it holds the session token)."""
+        path = environ.get(CONFIG_FILE)
+        if not path:
+            return cls.from_environ(environ)
+        with open(path) as file:
+            values = json.load(file)
+        os.unlink(path)
+        return cls.from_environ(values)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "SessionConfig":

@@ -623,7 +623,7 @@ class Supervisor:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    supervisor = Supervisor(SessionConfig.from_environ(os.environ))
+    supervisor = Supervisor(SessionConfig.load(os.environ))
     signal.signal(signal.SIGTERM, supervisor.on_sigterm)
     try:
         supervisor.run()

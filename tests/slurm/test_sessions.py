@@ -1,0 +1,121 @@
+"""Studios on the local Slurm cluster, end to end: real jobs on its two nodes, reached through the platform's proxy,
+checkpointed to the shared work directory."""
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from checkpoints.models import Checkpoint
+from studios import lifecycle
+from studios.models import Role, StudioStatus
+from studios.supervisor import sandbox
+from studios.tasks import reconcile_sessions
+
+from ..factories import make_member, make_studio
+from ..live import run, wait_for_status, wait_until
+from .conftest import slurm
+
+pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
+
+
+def job_of(studio):
+    studio.refresh_from_db()
+    return studio.session.handle.get("job_id") if studio.session else None
+
+
+def job_state(job_id):
+    return slurm("squeue", "--noheader", f"--jobs={job_id}", "--format=%T|%N|%r").strip()
+
+
+def on_cluster(workspace, environment, author, name):
+    return make_studio(
+        workspace, name=name, author=author, compute_environment_id=environment.pk, cpus=2, memory_mb=1024
+    )
+
+
+@pytest.fixture
+def studio_on_cluster(live_platform, slurm_workspace):
+    workspace, environment = slurm_workspace
+    user = make_member(workspace, Role.MAINTAIN)
+    return workspace, environment, user
+
+
+def test_a_studio_runs_as_a_slurm_job_keeps_its_files_across_restarts_and_its_token_out_of_the_job(
+    live_platform, studio_on_cluster
+):
+    workspace, environment, user = studio_on_cluster
+    studio = on_cluster(workspace, environment, user, "hpc")
+
+    lifecycle.start_studio(user, studio)
+    wait_for_status(studio, StudioStatus.RUNNING)
+    job = job_of(studio)
+    state, node, _ = job_state(job).split("|")
+    assert state == "RUNNING" and node in ("node1", "node2")
+    # The session is reached on its node's address, on the ports the platform drew.
+    assert studio.session.endpoint == f"http://127.0.0.1:{studio.session.handle['port']}"
+
+    # Nothing Slurm shows other users of the cluster holds the token: not the job's record, not its script.
+    token = studio.session.token
+    assert token not in slurm("scontrol", "--details", "show", "job", job)
+    assert token not in slurm("scontrol", "write", "batch_script", job, "-")
+    # It reached the supervisor in a file of the work directory only the platform's user may read, gone once read.
+    spool = Path(studio.session.handle["spool"])
+    assert stat.S_IMODE(spool.stat().st_mode) == 0o700
+    assert not (spool / "config.json").exists()
+
+    assert run(live_platform, studio, user, "open('/workspace/results.txt', 'w').write('42\\n'); print('saved')") == (
+        "saved"
+    )
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED)
+    assert Checkpoint.objects.filter(studio=studio, state=Checkpoint.State.FINALIZED).count() == 1
+    wait_until(lambda: not job_state(job), 30, f"job {job} to leave the queue")
+
+    lifecycle.start_studio(user, studio)
+    wait_for_status(studio, StudioStatus.RUNNING)
+    assert job_of(studio) != job
+    assert run(live_platform, studio, user, "print(open('/workspace/results.txt').read().strip())") == "42"
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED)
+
+
+def test_a_studio_that_does_not_fit_waits_with_slurms_reason_and_one_cancelled_outside_errors(
+    live_platform, studio_on_cluster
+):
+    workspace, environment, user = studio_on_cluster
+    first, second, third = (on_cluster(workspace, environment, user, name) for name in ("one", "two", "three"))
+    for studio in (first, second):
+        lifecycle.start_studio(user, studio)
+    for studio in (first, second):
+        wait_for_status(studio, StudioStatus.RUNNING)
+    assert {job_state(job_of(studio)).split("|")[1] for studio in (first, second)} == {"node1", "node2"}
+
+    # Both nodes are full: the third waits, and its Provisioning step says for what.
+    lifecycle.start_studio(user, third)
+    wait_until(lambda: job_of(third), 30, "the third studio's job to be submitted")
+
+    def provisioning_message():
+        reconcile_sessions()  # beat's, every 20 s
+        third.refresh_from_db()
+        return next((step["message"] for step in third.session.steps if "waiting" in step.get("message", "")), "")
+
+    message = wait_until(provisioning_message, 30, "the third studio's step to say why it waits", interval=1)
+    assert "waiting for a node with 2 CPUs and 1024 MB free in partition studios" in message
+    assert third.status == StudioStatus.STARTING
+
+    # Stopping a waiting studio cancels its job.
+    lifecycle.stop_studio(user, third)
+    wait_for_status(third, StudioStatus.STOPPED)
+
+    # A job cancelled outside the platform: the studio errors, saying so.
+    slurm("scancel", job_of(first))
+    wait_until(
+        lambda: reconcile_sessions() or first.refresh_from_db() or first.status == StudioStatus.ERRORED,
+        60,
+        "the cancelled studio to be errored",
+        interval=1,
+    )
+    assert "cancelled outside Studios" in first.status_reason
+    lifecycle.stop_studio(user, second)
+    wait_for_status(second, StudioStatus.STOPPED)

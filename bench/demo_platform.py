@@ -86,11 +86,18 @@ class DemoUser:
     def post(self, path, data=None):
         return self.http.post(path, data={"csrfmiddlewaretoken": self.http.cookies.get("csrftoken"), **(data or {})})
 
-    def add_studio(self, name, template="jupyterlab"):
-        """A JupyterLab studio on the demo workspace's local compute environment; its id."""
+    def add_studio(self, name, template="jupyterlab", environment=1):
+        """A JupyterLab studio on the demo workspace's compute environment ``environment`` (its local one by
+        default); its id."""
         added = self.post(
             "/w/demo/analysis/studios/add/",
-            {"name": name, "template": template, "compute_environment": "1", "cpus": "1", "memory_mb": "2048"},
+            {
+                "name": name,
+                "template": template,
+                "compute_environment": str(environment),
+                "cpus": "1",
+                "memory_mb": "2048",
+            },
         )
         return int(re.search(r"/studios/(\d+)/", added.headers["location"]).group(1))
 

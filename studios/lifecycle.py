@@ -24,6 +24,7 @@ from . import permissions
 from .exceptions import ActionRefused
 from .models import (
     ACTIVE_STATUSES,
+    MAX_LIFESPAN_HOURS,
     ActiveMount,
     Session,
     Studio,
@@ -57,6 +58,8 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     """Create a stopped studio, and start it when ``start`` (when the start is refused, nothing is added). Fields
     are validated by the caller's form; the role is checked here."""
     permissions.require_role(user, workspace, permissions.MAINTAIN, "add studios")
+    if fields.get("lifespan_hours") is None:
+        fields["lifespan_hours"] = workspace.default_lifespan_hours
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -70,9 +73,9 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     return studio
 
 
-def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets):
-    """Change a stopped or errored studio's name, description, resources and mounts (validated by the caller's
-    form); a studio with a session keeps what it started with until it is stopped."""
+def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets, lifespan_hours=None):
+    """Change a stopped or errored studio's name, description, resources, mounts and lifespan (validated by the
+    caller's form); a studio with a session keeps what it started with until it is stopped."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "change studios")
     try:
         with transaction.atomic():
@@ -80,7 +83,9 @@ def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets)
             if not studio.can_start:
                 raise ActionRefused(f"{studio.name} is {studio.status}; stop it before changing it.")
             studio.name, studio.description, studio.cpus, studio.memory_mb = name, description, cpus, memory_mb
-            studio.save(update_fields=["name", "description", "cpus", "memory_mb"])
+            if lifespan_hours is not None:
+                studio.lifespan_hours = lifespan_hours
+            studio.save(update_fields=["name", "description", "cpus", "memory_mb", "lifespan_hours"])
             studio.datasets.set(datasets)
     except IntegrityError:
         raise ActionRefused(f"A studio named {name!r} already exists in this workspace.") from None
@@ -101,8 +106,9 @@ def _lock(studio_id):
     return studio
 
 
-def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
-    """Move a stopped or errored studio to starting and ask a worker to launch its session."""
+def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None, lifespan_hours=None):
+    """Move a stopped or errored studio to starting and ask a worker to launch its session, which is stopped once
+    its lifespan has passed (``expire_studio``)."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "start studios")
     with transaction.atomic():
         workspace = Workspace.objects.select_for_update().get(pk=studio.workspace_id)
@@ -128,11 +134,16 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
             studio.memory_mb = memory_mb
         if datasets is not None:
             studio.datasets.set(datasets)
+        if lifespan_hours is not None:
+            studio.lifespan_hours = lifespan_hours
         _hold_mounts(studio)
+        now = timezone.now()
         session = Session.objects.create(
             studio=studio,
             token=secrets.token_urlsafe(32),
             started_by=user,
+            started=now,
+            stops_at=now + timedelta(hours=studio.lifespan_hours),
             cpus=studio.cpus,
             memory_mb=studio.memory_mb,
             steps=[dict(FIRST_STEP)],
@@ -148,7 +159,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
     return studio
 
 
-def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, memory_mb):
+def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, memory_mb, lifespan_hours=None):
     """A new studio with the parent's template, compute environment and checkpoint history, started
     from ``checkpoint``. Later changes to either studio never touch the other."""
     parent = checkpoint.studio
@@ -171,6 +182,7 @@ def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, m
             compute_environment=parent.compute_environment,
             cpus=cpus,
             memory_mb=memory_mb,
+            lifespan_hours=lifespan_hours,
             datasets=datasets,
         )
         clone.parent_checkpoint = records.copy_history(parent, clone, checkpoint)
@@ -223,11 +235,77 @@ def stop_studio(user, studio):
         studio = _lock(studio.pk)
         if not studio.can_stop:
             raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be stopped.")
-        studio.transition(StudioStatus.STOPPING)
-        studio.save()
-        transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
+        _begin_stop(studio)
     log.info("studio %s stop requested by %s", studio.pk, user)
     return studio
+
+
+def _begin_stop(studio, reason=""):
+    """Stopping, the normal way: a worker asks the session for its final checkpoint, then ends it. ``reason``: why
+    the platform stops it, shown while it stops and once it has stopped."""
+    studio.transition(StudioStatus.STOPPING, reason)
+    studio.save()
+    if reason:
+        Session.objects.filter(pk=studio.session_id).update(stop_reason=reason)
+    transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
+
+
+def extend_studio(user, studio, hours):
+    """Stop a starting or running studio ``hours`` later than its lifespan says, within MAX_LIFESPAN_HOURS of its
+    session's start. ``hours`` is a whole number of 1 or more (the caller's form says so)."""
+    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "extend studios")
+    with transaction.atomic():
+        studio = _lock(studio.pk)
+        session = studio.active_session
+        if not studio.can_stop or session is None or session.stops_at is None:
+            raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be extended.")
+        latest = session.started + timedelta(hours=MAX_LIFESPAN_HOURS)
+        room = int((latest - session.stops_at) / timedelta(hours=1))
+        if hours > room:
+            more = f"by at most {room} more hour{'s' if room != 1 else ''}" if room else "no further"
+            raise ActionRefused(
+                f"A session runs at most {MAX_LIFESPAN_HOURS} hours from its start; {studio.name} can be extended "
+                f"{more}."
+            )
+        session.stops_at += timedelta(hours=hours)
+        session.save(update_fields=["stops_at"])
+    log.info("studio %s extended by %s h by %s", studio.pk, hours, user)
+    return studio
+
+
+def expired_studios():
+    """Starting or running studios whose lifespan has run out."""
+    active = Studio.objects.filter(status__in=(StudioStatus.STARTING, StudioStatus.RUNNING), session__ended=None)
+    return list(active.filter(session__stops_at__lte=timezone.now()).values_list("pk", flat=True))
+
+
+def expire_studio(studio_id):
+    """Stop a studio whose lifespan has run out, the normal way (a final checkpoint), saying so; whether it did.
+    Safe to run twice and on several workers at once: the studio's lock and status decide."""
+    with transaction.atomic():
+        studio = Studio.objects.select_for_update(of=("self",)).select_related("session").filter(pk=studio_id).first()
+        if studio is None or studio.active_session is None or not studio.can_stop:
+            return False
+        session = studio.active_session
+        if session.stops_at is None or session.stops_at > timezone.now():
+            return False
+        _begin_stop(studio, f"Lifespan of {session.lifespan_hours} h reached.")
+    log.info("studio %s stopping: its lifespan ran out", studio_id)
+    return True
+
+
+def studios_to_warn():
+    """Starting or running studios that stop within the warning period and whose members were not warned of it."""
+    soon = timezone.now() + timedelta(minutes=settings.STUDIOS_STOP_WARNING_MINUTES)
+    active = Studio.objects.filter(status__in=(StudioStatus.STARTING, StudioStatus.RUNNING), session__ended=None)
+    due = active.filter(session__stops_at__lte=soon).exclude(session__warned_for=F("session__stops_at"))
+    return list(due.values_list("pk", "session_id"))
+
+
+def claim_warning(session_id):
+    """Whether this caller is the one to warn of the session's current stop time (one of several workers, once)."""
+    unwarned = Session.objects.filter(pk=session_id, ended=None).exclude(warned_for=F("stops_at"))
+    return bool(unwarned.update(warned_for=F("stops_at")))
 
 
 def force_stop_studio(user, studio):
@@ -441,11 +519,14 @@ def fail_studio(studio_id, reason, expected=ACTIVE_STATUSES):
 def session_stopped(studio_id, unsaved=""):
     """The session's compute has ended; ``unsaved`` says why its final checkpoint may be missing."""
     with transaction.atomic():
-        studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
+        studio = Studio.objects.select_for_update(of=("self",)).select_related("session").filter(pk=studio_id).first()
         if studio is None or studio.status != StudioStatus.STOPPING:
             return False
-        _end_session(studio, StudioStatus.STOPPED, _possible_loss(studio, unsaved) if unsaved else "")
-    log.info("studio %s stopped%s", studio_id, f" ({unsaved})" if unsaved else "")
+        reason = studio.session.stop_reason if studio.session else ""
+        if unsaved:
+            reason = _possible_loss(studio, f"{reason} {unsaved}".strip())
+        _end_session(studio, StudioStatus.STOPPED, reason)
+    log.info("studio %s stopped%s", studio_id, f" ({reason})" if reason else "")
     return True
 
 

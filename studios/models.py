@@ -35,12 +35,26 @@ class Organization(models.Model):
         return self.name
 
 
+# How long a session runs before it is stopped, unless a maintainer extends it: chosen per studio within these
+# bounds (and its extensions keep within the maximum, counted from the session's start).
+MIN_LIFESPAN_HOURS = 1
+MAX_LIFESPAN_HOURS = 120
+DEFAULT_LIFESPAN_HOURS = 8
+LIFESPAN_VALIDATORS = [MinValueValidator(MIN_LIFESPAN_HOURS), MaxValueValidator(MAX_LIFESPAN_HOURS)]
+
+
 class Workspace(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="workspaces")
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100)
     max_running_studios = models.PositiveIntegerField(
         null=True, blank=True, help_text="How many studios may be starting or running at once; empty for no cap."
+    )
+    default_lifespan_hours = models.PositiveSmallIntegerField(
+        default=DEFAULT_LIFESPAN_HOURS,
+        validators=LIFESPAN_VALIDATORS,
+        help_text=f"A new studio's lifespan, unless whoever adds it chooses another ({MIN_LIFESPAN_HOURS} to "
+        f"{MAX_LIFESPAN_HOURS} hours): each session is stopped that long after it started, unless extended.",
     )
 
     class Meta:
@@ -229,6 +243,11 @@ class Studio(models.Model):
     datasets = models.ManyToManyField(Dataset, blank=True, related_name="studios")
     cpus = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(256)])
     memory_mb = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(128)])
+    lifespan_hours = models.PositiveSmallIntegerField(
+        default=DEFAULT_LIFESPAN_HOURS,
+        validators=LIFESPAN_VALIDATORS,
+        help_text="Each session is stopped this long after it started, unless a maintainer extends it.",
+    )
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studios")
     created = models.DateTimeField(auto_now_add=True)
     parent_checkpoint = models.ForeignKey(
@@ -307,6 +326,24 @@ class Studio(models.Model):
         return self.session if self.status in ACTIVE_STATUSES else None
 
     @property
+    def stops_at(self):
+        """When the lifespan of a starting or running studio runs out; None for any other."""
+        session = self.active_session
+        return session.stops_at if session is not None and self.can_stop else None
+
+    @property
+    def time_left(self):
+        """How long until ``stops_at`` (never below zero); None when the studio is not running."""
+        stops_at = self.stops_at
+        return max(stops_at - timezone.now(), timedelta(0)) if stops_at is not None else None
+
+    @property
+    def lifespan_warning(self):
+        """Whether the studio stops within the warning period (STUDIOS_STOP_WARNING_MINUTES)."""
+        left = self.time_left
+        return left is not None and left <= timedelta(minutes=settings.STUDIOS_STOP_WARNING_MINUTES)
+
+    @property
     def startup_steps(self):
         return self.session.steps if self.session else []
 
@@ -342,6 +379,14 @@ class Session(models.Model):
         help_text="When a task last worked on starting or stopping it; a stale time means none does.",
     )
     steps = models.JSONField(default=list, blank=True)
+    stops_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its lifespan runs out: it is stopped then, unless extended."
+    )
+    # The ``stops_at`` its members were last warned of: an extension moves ``stops_at``, so the next is warned too.
+    warned_for = models.DateTimeField(null=True, blank=True, editable=False)
+    stop_reason = models.TextField(
+        blank=True, help_text="Why the platform stopped it (its lifespan ran out); empty when a member did."
+    )
     # The checkpoint this session saves into, and the one it was restored from.
     checkpoint = models.ForeignKey(
         "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -364,6 +409,11 @@ class Session(models.Model):
     @property
     def duration(self):
         return (self.ended or timezone.now()) - self.started
+
+    @property
+    def lifespan_hours(self):
+        """Its lifespan with its extensions, in whole hours (None without one)."""
+        return round((self.stops_at - self.started) / timedelta(hours=1)) if self.stops_at else None
 
 
 class ActiveMount(models.Model):

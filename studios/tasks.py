@@ -205,6 +205,19 @@ def checkpoint_session(session_id):
     request_checkpoint(running_sessions().filter(pk=session_id).first())
 
 
+@shared_task
+def stop_expired_studios():
+    """Warn the members of studios whose lifespan runs out soon, on the pages of their workspace, and stop those
+    whose lifespan has run out. Every minute by Celery beat; what is due is read from the rows, so a tick missed
+    while no beat ran is caught up by the next, and two workers never warn or stop twice (``lifecycle``)."""
+    for studio_id, session_id in lifecycle.studios_to_warn():
+        if lifecycle.claim_warning(session_id):
+            studio = Studio.objects.select_related("session").get(pk=studio_id)
+            presence.push_fragment(studio, "studios/partials/lifespan.html")
+    for studio_id in lifecycle.expired_studios():
+        lifecycle.expire_studio(studio_id)
+
+
 def _fail_overdue_start(studio):
     reason = f"The session did not become ready within {settings.STUDIOS_START_TIMEOUT_SECONDS // 60} minutes."
     handle = studio.session.handle if studio.session else {}

@@ -13,6 +13,7 @@ from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
@@ -21,7 +22,7 @@ from checkpoints import records
 
 from . import environments, lifecycle, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
-from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
+from .forms import AccessTokenForm, BatchEnvironmentForm, ExtendForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
@@ -75,7 +76,10 @@ def studio_list(request, org, workspace):
     workspace, role = permissions.workspace_for(request.user, org, workspace)
     query = request.GET.get("q", "").strip()
     studios = search(
-        workspace.studios.select_related("compute_environment", "author").prefetch_related("connections__user"), query
+        workspace.studios.select_related("compute_environment", "author", "session").prefetch_related(
+            "connections__user"
+        ),
+        query,
     )
     context = {
         "workspace": workspace,
@@ -246,6 +250,32 @@ def studio_start(request, studio_id):
 def studio_stop(request, studio_id):
     studio, _ = permissions.studio_for(request.user, studio_id)
     return _studio_action(request, studio, lifecycle.stop_studio, "Stopping {name}.")
+
+
+@login_required
+@require_POST
+def studio_extend(request, studio_id):
+    """Extend a running studio's lifespan: from its page's form, or the one click of the warning (htmx), which gets
+    the lifespan fragment back, with the refusal in it when there is one."""
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    permissions.require_role(request.user, studio.workspace, permissions.MAINTAIN, "extend studios")
+    form = ExtendForm(request.POST)
+    refusal = " ".join(str(error) for errors in form.errors.values() for error in errors)
+    if not refusal:
+        try:
+            lifecycle.extend_studio(request.user, studio, form.cleaned_data["hours"])
+        except ActionRefused as error:
+            refusal = str(error)
+    studio, _ = permissions.studio_for(request.user, studio_id)  # as it is now
+    if request.htmx:
+        # 200 with the refusal in the fragment: htmx swaps in no error answer.
+        return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
+    if refusal:
+        messages.error(request, refusal)
+    else:
+        stops_at = timezone.localtime(studio.stops_at)
+        messages.success(request, f"Extended {studio.name}: it now stops at {stops_at:%Y-%m-%d %H:%M %Z}.")
+    return redirect(studio)
 
 
 @login_required

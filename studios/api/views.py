@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from checkpoints import records
 from checkpoints.views import checkpoint_for
 from studios import lifecycle, permissions
-from studios.forms import CloneForm, ResourcesForm, StudioForm
+from studios.forms import CloneForm, ExtendForm, ResourcesForm, StudioForm
 from studios.models import Membership, Template
 from studios.views import search
 
@@ -26,6 +26,7 @@ from .serializers import (
     StartAsNewRequest,
     StudioAddRequest,
     StudioChangeRequest,
+    StudioExtendRequest,
     StudioPageSerializer,
     StudioSerializer,
     StudioStartRequest,
@@ -68,6 +69,7 @@ def resources_form(request_serializer, body, studio, form_class=ResourcesForm, *
         "cpus": studio.cpus,
         "memory_mb": studio.memory_mb,
         "datasets": list(studio.datasets.values_list("pk", flat=True)),
+        "lifespan_hours": studio.lifespan_hours,
         **fields,
     }
     form = form_class(form_data(request_serializer, body, defaults), workspace=studio.workspace, studio=studio)
@@ -214,6 +216,24 @@ class StudioStop(APIView):
         studio, _ = permissions.studio_for(request.user, studio_id)
         lifecycle.stop_studio(request.user, studio)
         return studio_answer(request, studio_id, status.HTTP_202_ACCEPTED)
+
+
+class StudioExtend(APIView):
+    @extend_schema(
+        operation_id="extendStudio",
+        request=StudioExtendRequest,
+        responses={200: StudioSerializer, **refusals(400, 403, 404, 409)},
+    )
+    def post(self, request, studio_id):
+        """Stop a starting or running studio some hours later than its lifespan says (maintain role), within 120
+        hours of its session's start; stopsAt says when."""
+        studio, _ = permissions.studio_for(request.user, studio_id)
+        permissions.require_role(request.user, studio.workspace, permissions.MAINTAIN, "extend studios")
+        form = ExtendForm(form_data(StudioExtendRequest, request.data, {"hours": None}))
+        if not form.is_valid():
+            raise form_errors(StudioExtendRequest, form)
+        lifecycle.extend_studio(request.user, studio, form.cleaned_data["hours"])
+        return studio_answer(request, studio_id)
 
 
 class StudioForceStop(APIView):

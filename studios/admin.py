@@ -32,7 +32,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "organization", "max_running_studios", "default_lifespan_hours"]
+    list_display = ["name", "organization", "max_running_studios", "default_lifespan_hours", "idle_stop_minutes"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
 

@@ -268,10 +268,15 @@ def view(context, studio):
 @click.option("--memory", type=int, help="In MB.")
 @click.option("-d", "--dataset", "datasets", multiple=True, help="A dataset's name; repeat for more.")
 @click.option("--lifespan", type=int, help=LIFESPAN_HELP + " (default: the workspace's).")
+@click.option(
+    "--idle-stop", type=int, help="Stop it after this many idle minutes, 30 to 1440 (default: the workspace's)."
+)
 @click.option("--start", is_flag=True, help="Start it at once.")
 @click.option("--wait", "wait_for_it", is_flag=True, help="With --start: until it runs.")
 @pass_context
-def add(context, name, template, environment, description, cpus, memory, datasets, lifespan, start, wait_for_it):
+def add(
+    context, name, template, environment, description, cpus, memory, datasets, lifespan, idle_stop, start, wait_for_it
+):
     """Add a studio (stopped, unless --start)."""
     platform = context.platform
     workspace = platform.workspace_path(context.workspace)
@@ -289,6 +294,8 @@ def add(context, name, template, environment, description, cpus, memory, dataset
     }
     if description is not None:
         body["description"] = description
+    if idle_stop is not None:
+        body["idleStopMinutes"] = idle_stop
     studio = platform.call("POST", f"{workspace}/studios/", body)
     finish(context, studio, "running" if start and wait_for_it else None)
 

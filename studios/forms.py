@@ -5,9 +5,19 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from .lifecycle import held_data_paths, holder_of
-from .models import MAX_LIFESPAN_HOURS, MIN_LIFESPAN_HOURS, ComputeEnvironment, Dataset, Studio, Template
+from .models import (
+    MAX_IDLE_MINUTES,
+    MAX_LIFESPAN_HOURS,
+    MIN_IDLE_MINUTES,
+    MIN_LIFESPAN_HOURS,
+    ComputeEnvironment,
+    Dataset,
+    Studio,
+    Template,
+)
 
 LIFESPAN_RANGE = f"A lifespan is {MIN_LIFESPAN_HOURS} to {MAX_LIFESPAN_HOURS} hours."
+IDLE_RANGE = f"An idle stop is {MIN_IDLE_MINUTES} to {MAX_IDLE_MINUTES} minutes, or empty for none."
 
 
 def model_choices(form, name) -> forms.ModelChoiceField:
@@ -98,8 +108,22 @@ class CloneForm(ResourcesForm):
 
     name = forms.CharField(max_length=80, help_text="Unique in this workspace, e.g. rnaseq-qc.")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    idle_stop_minutes = forms.IntegerField(
+        label="Idle stop (minutes)",
+        required=False,
+        min_value=MIN_IDLE_MINUTES,
+        max_value=MAX_IDLE_MINUTES,
+        error_messages={"min_value": IDLE_RANGE, "max_value": IDLE_RANGE, "invalid": IDLE_RANGE},
+        help_text="Stopped, with a final checkpoint and a warning first, after this long in which nobody used it "
+        "and its IDE did no work (no kernel busy, no terminal output, no CPU). Empty: never.",
+    )
 
-    field_order = ["name", "description", "datasets", "cpus", "memory_mb", "lifespan_hours"]
+    field_order = ["name", "description", "datasets", "cpus", "memory_mb", "lifespan_hours", "idle_stop_minutes"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        owner = self.studio or self.workspace
+        self.fields["idle_stop_minutes"].initial = owner.idle_stop_minutes
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
@@ -126,6 +150,7 @@ class StudioForm(CloneForm):
         "cpus",
         "memory_mb",
         "lifespan_hours",
+        "idle_stop_minutes",
     ]
 
     def __init__(self, *args, workspace, **kwargs):

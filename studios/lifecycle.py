@@ -60,6 +60,7 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     permissions.require_role(user, workspace, permissions.MAINTAIN, "add studios")
     if fields.get("lifespan_hours") is None:
         fields["lifespan_hours"] = workspace.default_lifespan_hours
+    fields.setdefault("idle_stop_minutes", workspace.idle_stop_minutes)
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -73,7 +74,9 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     return studio
 
 
-def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets, lifespan_hours=None):
+def change_studio(
+    user, studio, *, name, description, cpus, memory_mb, datasets, lifespan_hours=None, idle_stop_minutes=None
+):
     """Change a stopped or errored studio's name, description, resources, mounts and lifespan (validated by the
     caller's form); a studio with a session keeps what it started with until it is stopped."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "change studios")
@@ -85,7 +88,10 @@ def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets,
             studio.name, studio.description, studio.cpus, studio.memory_mb = name, description, cpus, memory_mb
             if lifespan_hours is not None:
                 studio.lifespan_hours = lifespan_hours
-            studio.save(update_fields=["name", "description", "cpus", "memory_mb", "lifespan_hours"])
+            studio.idle_stop_minutes = idle_stop_minutes
+            studio.save(
+                update_fields=["name", "description", "cpus", "memory_mb", "lifespan_hours", "idle_stop_minutes"]
+            )
             studio.datasets.set(datasets)
     except IntegrityError:
         raise ActionRefused(f"A studio named {name!r} already exists in this workspace.") from None
@@ -159,7 +165,18 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None, life
     return studio
 
 
-def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, memory_mb, lifespan_hours=None):
+def start_as_new(
+    user,
+    checkpoint,
+    *,
+    name,
+    description="",
+    datasets=(),
+    cpus,
+    memory_mb,
+    lifespan_hours=None,
+    idle_stop_minutes=None,
+):
     """A new studio with the parent's template, compute environment and checkpoint history, started
     from ``checkpoint``. Later changes to either studio never touch the other."""
     parent = checkpoint.studio
@@ -183,6 +200,7 @@ def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, m
             cpus=cpus,
             memory_mb=memory_mb,
             lifespan_hours=lifespan_hours,
+            idle_stop_minutes=idle_stop_minutes,
             datasets=datasets,
         )
         clone.parent_checkpoint = records.copy_history(parent, clone, checkpoint)
@@ -273,39 +291,62 @@ def extend_studio(user, studio, hours):
     return studio
 
 
-def expired_studios():
-    """Starting or running studios whose lifespan has run out."""
-    active = Studio.objects.filter(status__in=(StudioStatus.STARTING, StudioStatus.RUNNING), session__ended=None)
-    return list(active.filter(session__stops_at__lte=timezone.now()).values_list("pk", flat=True))
+def _automatic_stop_candidates():
+    """Starting or running studios that may have an automatic stop ahead: a lifespan, or an idle stop."""
+    return (
+        Studio.objects.filter(status__in=(StudioStatus.STARTING, StudioStatus.RUNNING), session__ended=None)
+        .filter(Q(session__stops_at__isnull=False) | Q(idle_stop_minutes__isnull=False))
+        .select_related("session")
+    )
 
 
-def expire_studio(studio_id):
-    """Stop a studio whose lifespan has run out, the normal way (a final checkpoint), saying so; whether it did.
-    Safe to run twice and on several workers at once: the studio's lock and status decide."""
+def stops_to_warn():
+    """[(studio id, session id, when)]: automatic stops within the warning period that nobody was warned of."""
+    due = []
+    for studio in _automatic_stop_candidates():
+        warning = studio.stop_warning
+        if warning is not None and studio.session.warned_for != warning[0]:
+            due.append((studio.pk, studio.session_id, warning[0]))
+    return due
+
+
+def claim_warning(session_id, when):
+    """Whether this caller is the one to warn of the session's stop at ``when`` (one of several workers, once)."""
+    unwarned = Session.objects.filter(pk=session_id, ended=None).exclude(warned_for=when)
+    return bool(unwarned.update(warned_for=when))
+
+
+def due_stops():
+    """Ids of the studios whose next automatic stop is due."""
+    now = timezone.now()
+    return [studio.pk for studio in _automatic_stop_candidates() if (studio.next_stop or (now,))[0] <= now]
+
+
+def stop_when_due(studio_id):
+    """Stop a studio whose lifespan ran out or that was idle for its idle stop, the normal way (a final
+    checkpoint), saying why; whether it did. Only a stop its members were warned of is made (``stops_to_warn``):
+    one not warned of yet (no beat ran for a while) is warned of first, and made at a later tick. Safe to run twice
+    and on several workers at once: the studio's lock and status decide."""
     with transaction.atomic():
         studio = Studio.objects.select_for_update(of=("self",)).select_related("session").filter(pk=studio_id).first()
-        if studio is None or studio.active_session is None or not studio.can_stop:
+        session = studio.active_session if studio is not None else None
+        if studio is None or session is None or not studio.can_stop:
             return False
-        session = studio.active_session
-        if session.stops_at is None or session.stops_at > timezone.now():
+        stop = studio.next_stop
+        if stop is None or stop[0] > timezone.now() or session.warned_for != stop[0]:
             return False
-        _begin_stop(studio, f"Lifespan of {session.lifespan_hours} h reached.")
-    log.info("studio %s stopping: its lifespan ran out", studio_id)
+        _begin_stop(studio, stop[1])
+    log.info("studio %s stopping: %s", studio_id, stop[1])
     return True
 
 
-def studios_to_warn():
-    """Starting or running studios that stop within the warning period and whose members were not warned of it."""
-    soon = timezone.now() + timedelta(minutes=settings.STUDIOS_STOP_WARNING_MINUTES)
-    active = Studio.objects.filter(status__in=(StudioStatus.STARTING, StudioStatus.RUNNING), session__ended=None)
-    due = active.filter(session__stops_at__lte=soon).exclude(session__warned_for=F("session__stops_at"))
-    return list(due.values_list("pk", "session_id"))
-
-
-def claim_warning(session_id):
-    """Whether this caller is the one to warn of the session's current stop time (one of several workers, once)."""
-    unwarned = Session.objects.filter(pk=session_id, ended=None).exclude(warned_for=F("stops_at"))
-    return bool(unwarned.update(warned_for=F("stops_at")))
+def keep_studio(user, studio):
+    """A member says they still use an idle studio: as a request of theirs through the proxy would, this moves its
+    idle stop later."""
+    permissions.require_role(user, studio.workspace, permissions.CONNECT, "keep studios running")
+    if studio.status != StudioStatus.RUNNING:
+        raise ActionRefused(f"{studio.name} is {studio.status}; only a running studio can be kept running.")
+    Studio.objects.filter(pk=studio.pk).update(last_activity=timezone.now(), last_active_user=user)
 
 
 def force_stop_studio(user, studio):
@@ -424,6 +465,16 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
         session_id = session.pk
         transaction.on_commit(lambda: dispatch(REAP_SESSION, session_id, reason))
     return True
+
+
+def session_working(token):
+    """The supervisor saw the session's IDE working: the studio is not idle. (The session may lie, which keeps only
+    its own studio running: a cost to its own workspace.)"""
+    return bool(
+        Session.objects.filter(
+            token=token, ended=None, studio__status=StudioStatus.RUNNING, studio__session=F("pk")
+        ).update(last_work=timezone.now())
+    )
 
 
 def session_checkpoint_saved(

@@ -16,6 +16,7 @@ urlpatterns = [
     path("studios/<int:studio_id>/start/", views.studio_start, name="studio_start"),
     path("studios/<int:studio_id>/stop/", views.studio_stop, name="studio_stop"),
     path("studios/<int:studio_id>/extend/", views.studio_extend, name="studio_extend"),
+    path("studios/<int:studio_id>/keep/", views.studio_keep, name="studio_keep"),
     path("studios/<int:studio_id>/force-stop/", views.studio_force_stop, name="studio_force_stop"),
     path("studios/<int:studio_id>/delete/", views.studio_delete, name="studio_delete"),
     path("account/tokens/", views.access_tokens, name="access_tokens"),

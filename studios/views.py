@@ -88,6 +88,7 @@ def studio_list(request, org, workspace):
         "query": query,
         "polling": any(studio.is_transitional for studio in studios),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
+        "can_connect": permissions.has_role(role, permissions.CONNECT),
         "can_admin": permissions.has_role(role, permissions.ADMIN),
     }
     template = "studios/partials/studio_table.html" if request.htmx else "studios/studio_list.html"
@@ -170,6 +171,7 @@ def studio_detail(request, studio_id):
         "workspace": studio.workspace,
         "role": role,
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
+        "can_connect": permissions.has_role(role, permissions.CONNECT),
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
         "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
     }
@@ -280,6 +282,26 @@ def studio_extend(request, studio_id):
 
 @login_required
 @require_POST
+def studio_keep(request, studio_id):
+    """The one click of the idle warning: a member still uses the studio (htmx; the lifespan fragment back)."""
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    refusal = ""
+    try:
+        lifecycle.keep_studio(request.user, studio)
+    except ActionRefused as error:
+        refusal = str(error)
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    if request.htmx:
+        return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
+    if refusal:
+        messages.error(request, refusal)
+    else:
+        messages.success(request, f"{studio.name} keeps running.")
+    return redirect(studio)
+
+
+@login_required
+@require_POST
 def studio_force_stop(request, studio_id):
     studio, _ = permissions.studio_for(request.user, studio_id)
     return _studio_action(
@@ -368,6 +390,7 @@ SESSION_REPORTS: dict[str, Callable[..., bool]] = {
     protocol.FAILED: lifecycle.session_failed,
     protocol.CHECKPOINT: lifecycle.session_checkpoint_saved,
     protocol.CHECKPOINT_FAILED: lifecycle.session_checkpoint_failed,
+    protocol.WORKING: lifecycle.session_working,
 }
 
 

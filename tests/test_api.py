@@ -47,6 +47,7 @@ def test_workspaces_lists_mine_with_my_role(api, workspace):
             "role": "maintain",
             "maxRunningStudios": None,
             "defaultLifespanHours": 8,
+            "idleStopMinutes": None,
         }
     ]
 

@@ -157,7 +157,7 @@ def test_members_below_maintain_cannot_extend(client, workspace, studio, role):
     assert "Extend by" not in page and 'class="can-maintain"' not in page
 
 
-def test_an_expired_studio_is_stopped_once_with_the_reason(
+def test_an_expired_studio_is_warned_of_then_stopped_once_with_the_reason(
     maintainer, studio, monkeypatch, django_capture_on_commit_callbacks
 ):
     make_running(studio, stops_at=timezone.now() - timedelta(seconds=1))
@@ -165,8 +165,11 @@ def test_an_expired_studio_is_stopped_once_with_the_reason(
     stops = []
     monkeypatch.setattr(lifecycle, "dispatch", lambda name, *args: stops.append((name, args)))
     with django_capture_on_commit_callbacks(execute=True):
-        tasks.stop_expired_studios()
-        tasks.stop_expired_studios()  # a second worker, or the next tick
+        # No beat ran while the warning was due: this tick warns, the next one stops.
+        tasks.stop_due_studios()
+        assert Studio.objects.get(pk=studio.pk).status == StudioStatus.RUNNING
+        tasks.stop_due_studios()
+        tasks.stop_due_studios()  # a second worker, or the next tick
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STOPPING and studio.status_reason == "Lifespan of 8 h reached."
     assert stops == [(lifecycle.STOP_SESSION, (studio.pk,))]
@@ -178,7 +181,7 @@ def test_an_expired_studio_is_stopped_once_with_the_reason(
 def test_a_studio_with_time_left_is_not_stopped(studio, monkeypatch):
     make_running(studio, stops_at=timezone.now() + timedelta(minutes=1))
     monkeypatch.setattr(lifecycle, "dispatch", lambda name, *args: pytest.fail("nothing is due"))
-    tasks.stop_expired_studios()
+    tasks.stop_due_studios()
     assert Studio.objects.get(pk=studio.pk).status == StudioStatus.RUNNING
 
 
@@ -192,17 +195,17 @@ def test_pages_are_warned_once_before_the_lifespan_runs_out_and_again_after_an_e
     url = live_platform.url.replace("http", "ws") + f"/ws/workspaces/{workspace.pk}/presence/"
     with connect(url, additional_headers=headers, origin=live_platform.url) as page:
         page.recv(timeout=5)  # the avatars it gets on connect
-        tasks.stop_expired_studios()
+        tasks.stop_due_studios()
         warning = page.recv(timeout=5)
         assert f'id="lifespan-{studio.pk}"' in warning and 'role="alert"' in warning
         assert "<strong>Stops in 9\xa0minutes</strong>: its lifespan of 8 h runs out at" in warning
         assert "Keep it running 1 more hour" in warning
-        tasks.stop_expired_studios()  # nothing new to say: the next message is the next thing that happens
+        tasks.stop_due_studios()  # nothing new to say: the next message is the next thing that happens
         presence.push_fragment(studio, "studios/partials/checkpoint_health.html")
         assert "checkpoint-health" in page.recv(timeout=5)
         lifecycle.extend_studio(members[Role.OWNER], studio, 1)
         Session.objects.filter(pk=studio.session_id).update(stops_at=timezone.now() + timedelta(minutes=5))
-        tasks.stop_expired_studios()
+        tasks.stop_due_studios()
         assert "<strong>Stops in 4\xa0minutes</strong>" in page.recv(timeout=5)
 
 
@@ -227,7 +230,8 @@ def test_lifespan_expiry_stops_a_real_session_with_a_final_checkpoint(live_platf
     # Two hours pass: the session's stop time is now.
     now = timezone.now()
     Session.objects.filter(pk=studio.session_id).update(started=now - timedelta(hours=2), stops_at=now)
-    tasks.stop_expired_studios()  # as Celery beat runs it every minute
+    tasks.stop_due_studios()  # as Celery beat runs it every minute: the first tick warns (it is late)...
+    tasks.stop_due_studios()  # ...the next one stops
     studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
     assert studio.status_reason == "Lifespan of 2 h reached."
     checkpoint = studio.session.checkpoint

@@ -31,6 +31,9 @@ class WorkspaceSerializer(serializers.Serializer):
     defaultLifespanHours = serializers.IntegerField(
         source="workspace.default_lifespan_hours", help_text="A new studio's lifespan unless another is chosen."
     )
+    idleStopMinutes = serializers.IntegerField(
+        source="workspace.idle_stop_minutes", allow_null=True, help_text="A new studio's idle stop (null: none)."
+    )
 
 
 class EnvironmentReferenceSerializer(serializers.Serializer):
@@ -96,6 +99,11 @@ class StudioSerializer(serializers.Serializer):
         source="stops_at", allow_null=True, help_text="When a starting or running studio is stopped (its lifespan)."
     )
     secondsLeft = serializers.SerializerMethodField(help_text="Until stopsAt; null when not starting or running.")
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes",
+        allow_null=True,
+        help_text="Stopped after this long without a member's use or its IDE's work; null: never.",
+    )
     author = serializers.CharField(source="author.username")
     created = serializers.DateTimeField()
     parentCheckpoint = serializers.IntegerField(source="parent_checkpoint_id", allow_null=True)
@@ -212,6 +220,12 @@ class StudioAddRequest(serializers.Serializer):
     lifespanHours = serializers.IntegerField(
         source="lifespan_hours", required=False, help_text="1 to 120; default: the workspace's defaultLifespanHours."
     )
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes",
+        required=False,
+        allow_null=True,
+        help_text="30 to 1440; null: never. Default: the workspace's idleStopMinutes.",
+    )
     autoStart = serializers.BooleanField(
         source="start", required=False, help_text="Start it at once; when the start is refused, nothing is added."
     )
@@ -224,6 +238,9 @@ class StudioChangeRequest(serializers.Serializer):
     cpus = serializers.IntegerField(required=False)
     memoryMb = serializers.IntegerField(source="memory_mb", required=False)
     lifespanHours = serializers.IntegerField(source="lifespan_hours", required=False, help_text="1 to 120.")
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes", required=False, allow_null=True, help_text="30 to 1440; null: never."
+    )
 
 
 class StudioStartRequest(serializers.Serializer):
@@ -251,6 +268,12 @@ class StartAsNewRequest(serializers.Serializer):
     memoryMb = serializers.IntegerField(source="memory_mb", required=False, help_text="Default: the parent's.")
     lifespanHours = serializers.IntegerField(
         source="lifespan_hours", required=False, help_text="1 to 120; default: the workspace's defaultLifespanHours."
+    )
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes",
+        required=False,
+        allow_null=True,
+        help_text="30 to 1440; null: never. Default: the workspace's idleStopMinutes.",
     )
 
 

@@ -70,6 +70,7 @@ def resources_form(request_serializer, body, studio, form_class=ResourcesForm, *
         "memory_mb": studio.memory_mb,
         "datasets": list(studio.datasets.values_list("pk", flat=True)),
         "lifespan_hours": studio.lifespan_hours,
+        "idle_stop_minutes": studio.idle_stop_minutes,
         **fields,
     }
     form = form_class(form_data(request_serializer, body, defaults), workspace=studio.workspace, studio=studio)
@@ -140,7 +141,13 @@ class StudioList(APIView):
         """Add a stopped studio (maintain role), or start it at once with autoStart."""
         workspace, _ = permissions.workspace_for(request.user, org, workspace)
         permissions.require_role(request.user, workspace, permissions.MAINTAIN, "add studios")
-        defaults = {"template": Template.JUPYTERLAB, "cpus": 2, "memory_mb": 8192, "start": False}
+        defaults = {
+            "template": Template.JUPYTERLAB,
+            "cpus": 2,
+            "memory_mb": 8192,
+            "start": False,
+            "idle_stop_minutes": workspace.idle_stop_minutes,
+        }
         body = form_data(StudioAddRequest, request.data, defaults)
         form = StudioForm(body, workspace=workspace)
         if not form.is_valid():
@@ -289,7 +296,13 @@ class StartAsNew(APIView):
         checkpoint, _ = checkpoint_for(request.user, checkpoint_id)
         parent = checkpoint.studio
         permissions.require_role(request.user, parent.workspace, permissions.MAINTAIN, "start studios as new")
-        defaults = {"description": "", "cpus": parent.cpus, "memory_mb": parent.memory_mb, "datasets": []}
+        defaults = {
+            "description": "",
+            "cpus": parent.cpus,
+            "memory_mb": parent.memory_mb,
+            "datasets": [],
+            "idle_stop_minutes": parent.workspace.idle_stop_minutes,
+        }
         form = CloneForm(
             form_data(StartAsNewRequest, request.data, defaults),
             workspace=parent.workspace,

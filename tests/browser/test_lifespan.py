@@ -41,7 +41,7 @@ def test_members_see_the_warning_pushed_and_a_maintainer_keeps_the_studio_runnin
 
     # Twenty minutes later, the next tick of Celery beat warns them (a worker runs it).
     Session.objects.filter(pk=studio.session_id).update(stops_at=timezone.now() + timedelta(minutes=10))
-    tasks.stop_expired_studios.delay()
+    tasks.stop_due_studios.delay()
     keep = pages[maintainer].get_by_role("button", name="Keep it running 1 more hour")
     for page in pages.values():
         expect(page.get_by_role("alert")).to_contain_text("Stops in 9 minutes: its lifespan of 8 h runs out at")

@@ -114,7 +114,7 @@ def _lock(studio_id):
 
 def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None, lifespan_hours=None):
     """Move a stopped or errored studio to starting and ask a worker to launch its session, which is stopped once
-    its lifespan has passed (``expire_studio``)."""
+    its lifespan has passed (``stop_when_due``)."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "start studios")
     with transaction.atomic():
         workspace = Workspace.objects.select_for_update().get(pk=studio.workspace_id)

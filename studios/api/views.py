@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from checkpoints import records
 from checkpoints.views import checkpoint_for
-from studios import lifecycle, permissions
+from studios import lifecycle, permissions, presence
 from studios.forms import CloneForm, ExtendForm, ResourcesForm, StudioForm
 from studios.models import Membership, Template
 from studios.views import search
@@ -240,6 +240,7 @@ class StudioExtend(APIView):
         if not form.is_valid():
             raise form_errors(StudioExtendRequest, form)
         lifecycle.extend_studio(request.user, studio, form.cleaned_data["hours"])
+        presence.push_fragment(permissions.studio_for(request.user, studio_id)[0], "studios/partials/lifespan.html")
         return studio_answer(request, studio_id)
 
 

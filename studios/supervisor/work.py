@@ -5,9 +5,11 @@ and its IDE did no work. The supervisor looks from outside the sandbox every ``w
 - JupyterLab: the server's own API, through the gate: a kernel busy now, or a kernel or terminal active (its
   ``last_activity``: a kernel's messages, a terminal's output) since the last look. A cell computing for hours keeps
   its kernel busy, so it is never idle.
-- VS Code and RStudio, which have no such API: the CPU time of the session's cgroup, above a threshold of one CPU
-  over the period (terminals, builds, R or Python processes). A plain process (no container) has no cgroup of its
-  own: nothing is said, and only the members' use counts.
+- VS Code and RStudio, which have no such API: the CPU time of the session's cgroup, above ``CPU_THRESHOLD`` of one CPU
+  over the period (terminals, builds, R or Python processes).
+
+What cannot be seen counts as work: a plain process (no container) has no cgroup of its own, and an IDE may not
+answer. Such a studio is never stopped for idleness, rather than risk stopping a long computation.
 
 What the IDE answers is the session's to say, and the session is hostile: it may claim work it does not do. The
 platform believes only that the studio should keep running, which costs the workspace that runs it and nobody else.
@@ -63,7 +65,7 @@ class WorkWatch:
             self.looks += 1
 
     def _jupyter(self) -> bool:
-        busy, newest = False, self.seen_activity
+        busy, newest, answered = False, self.seen_activity, False
         for path in JUPYTER_PATHS:
             request = urllib.request.Request(self.url + path, headers={"X-Studios-Session-Token": self.token})
             try:
@@ -73,6 +75,7 @@ class WorkWatch:
                 continue  # the IDE does not answer now: nothing seen
             if not isinstance(items, list):
                 continue
+            answered = True
             for item in items:
                 if not isinstance(item, dict):
                     continue
@@ -82,14 +85,12 @@ class WorkWatch:
                     newest = activity
         active = newest != self.seen_activity and bool(self.seen_activity)
         self.seen_activity = newest
-        return busy or active
+        return busy or active or not answered
 
     def _cpu(self) -> bool:
-        if not self.container_id:
-            return False
-        used = cgroup_cpu_seconds(self.container_id)
+        used = cgroup_cpu_seconds(self.container_id) if self.container_id else None
         if used is None:
-            return False
+            return True
         now = time.monotonic()
         before, self.cpu = self.cpu, (now, used)
         return before is not None and (used - before[1]) / max(now - before[0], 1e-3) >= CPU_THRESHOLD

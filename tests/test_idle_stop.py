@@ -9,6 +9,7 @@ from django.utils import timezone
 from checkpoints.models import Checkpoint
 from studios import lifecycle, tasks, tokens
 from studios.models import Role, Session, Studio, StudioStatus
+from studios.supervisor import work
 
 from .api import TokenClient
 from .factories import make_member, make_running, make_studio, make_workspace
@@ -150,3 +151,18 @@ def test_a_computing_cell_is_never_idle_and_a_truly_idle_real_session_is_stopped
     assert studio.status_reason == IDLE
     checkpoint = Checkpoint.objects.get(pk=studio.session.checkpoint_id)
     assert checkpoint.state == Checkpoint.State.FINALIZED
+
+
+def test_the_work_check_reads_the_cpu_of_a_real_vs_code_sessions_container(live_platform, tmp_path, settings):
+    """VS Code and RStudio have no API saying they work: their container's CPU time is what the supervisor reads."""
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    maintainer = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(workspace, author=maintainer, template="vscode", cpus=2, memory_mb=2048, idle_stop_minutes=30)
+    lifecycle.start_studio(maintainer, studio)
+    studio = wait_for_status(studio, StudioStatus.RUNNING, timeout=600)  # a first pull of its image takes a while
+    if "container" not in studio.session.handle:
+        pytest.skip("sessions here are plain processes, without a cgroup of their own")
+    used = work.cgroup_cpu_seconds(studio.session.handle["container"])
+    assert used is not None and used > 0  # code-server's own start-up
+    lifecycle.stop_studio(maintainer, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

@@ -32,7 +32,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "organization", "max_running_studios"]
+    list_display = ["name", "organization", "max_running_studios", "default_lifespan_hours", "idle_stop_minutes"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
 
@@ -108,7 +108,7 @@ class StudioAdmin(admin.ModelAdmin):
 
 @admin.register(Session)
 class SessionAdmin(admin.ModelAdmin):
-    list_display = ["studio", "started", "started_by", "ended", "end_status"]
+    list_display = ["studio", "started", "started_by", "stops_at", "ended", "end_status"]
     list_filter = ["end_status"]
     # The token lets its holder act as the session: operators never see it.
     exclude = ["token"]

@@ -18,6 +18,7 @@ import click
 import httpx
 from click.shell_completion import get_completion_class
 
+LIFESPAN_HELP = "Hours until each session is stopped, 1 to 120"
 STEP_MARKS = {"pending": " ", "in-progress": "…", "succeeded": "✓", "errored": "✗"}
 
 
@@ -166,6 +167,11 @@ def print_studio(studio):
     print_table(STUDIO_HEADERS, studio_rows([studio]))
     if studio["statusReason"]:
         click.echo(f"\nReason: {studio['statusReason']}")
+    if studio["stopsAt"]:
+        left = studio["secondsLeft"]
+        click.echo(
+            f"Stops at: {studio['stopsAt'][:16].replace('T', ' ')} UTC ({left // 3600} h {left % 3600 // 60} min left)"
+        )
     if studio["sessionUrl"]:
         click.echo(f"\nURL: {studio['sessionUrl']}")
     if studio["lastCheckpoint"]:
@@ -174,8 +180,8 @@ def print_studio(studio):
         click.echo(f"  [{STEP_MARKS.get(step['state'], '?')}] {step['name']}  {step['message']}".rstrip())
 
 
-def resources(cpus, memory, datasets):
-    body = {"cpus": cpus, "memoryMb": memory, "datasets": list(datasets) or None}
+def resources(cpus, memory, datasets, lifespan=None):
+    body = {"cpus": cpus, "memoryMb": memory, "datasets": list(datasets) or None, "lifespanHours": lifespan}
     return {name: value for name, value in body.items() if value is not None}
 
 
@@ -261,10 +267,16 @@ def view(context, studio):
 @click.option("--cpu", "cpus", type=int)
 @click.option("--memory", type=int, help="In MB.")
 @click.option("-d", "--dataset", "datasets", multiple=True, help="A dataset's name; repeat for more.")
+@click.option("--lifespan", type=int, help=LIFESPAN_HELP + " (default: the workspace's).")
+@click.option(
+    "--idle-stop", type=int, help="Stop it after this many idle minutes, 30 to 1440 (default: the workspace's)."
+)
 @click.option("--start", is_flag=True, help="Start it at once.")
 @click.option("--wait", "wait_for_it", is_flag=True, help="With --start: until it runs.")
 @pass_context
-def add(context, name, template, environment, description, cpus, memory, datasets, start, wait_for_it):
+def add(
+    context, name, template, environment, description, cpus, memory, datasets, lifespan, idle_stop, start, wait_for_it
+):
     """Add a studio (stopped, unless --start)."""
     platform = context.platform
     workspace = platform.workspace_path(context.workspace)
@@ -278,10 +290,12 @@ def add(context, name, template, environment, description, cpus, memory, dataset
         "template": template,
         "computeEnvironment": chosen[0]["id"],
         "autoStart": start,
-        **resources(cpus, memory, dataset_ids(platform, workspace, datasets)),
+        **resources(cpus, memory, dataset_ids(platform, workspace, datasets), lifespan),
     }
     if description is not None:
         body["description"] = description
+    if idle_stop is not None:
+        body["idleStopMinutes"] = idle_stop
     studio = platform.call("POST", f"{workspace}/studios/", body)
     finish(context, studio, "running" if start and wait_for_it else None)
 
@@ -308,14 +322,15 @@ def finish(context, studio, wait_for):
 @click.option("--cpu", "cpus", type=int)
 @click.option("--memory", type=int, help="In MB.")
 @click.option("-d", "--dataset", "datasets", multiple=True, help="Mount these datasets instead.")
+@click.option("--lifespan", type=int, help=LIFESPAN_HELP + " (default: the studio's).")
 @click.option("--wait", "wait_for_it", is_flag=True, help="Until it runs.")
 @pass_context
-def start(context, studio, cpus, memory, datasets, wait_for_it):
+def start(context, studio, cpus, memory, datasets, lifespan, wait_for_it):
     """Start a stopped studio from its newest checkpoint, optionally with other resources."""
     platform = context.platform
     studio = platform.studio(studio, context.workspace)
     workspace = f"/workspaces/{studio['workspace']}"
-    body = resources(cpus, memory, dataset_ids(platform, workspace, datasets))
+    body = resources(cpus, memory, dataset_ids(platform, workspace, datasets), lifespan)
     finish(context, platform.call("POST", f"/studios/{studio['id']}/start/", body), "running" if wait_for_it else None)
 
 
@@ -327,16 +342,17 @@ def start(context, studio, cpus, memory, datasets, wait_for_it):
 @click.option("--cpu", "cpus", type=int)
 @click.option("--memory", type=int, help="In MB.")
 @click.option("-d", "--dataset", "datasets", multiple=True)
+@click.option("--lifespan", type=int, help=LIFESPAN_HELP + " (default: the workspace's).")
 @click.option("--wait", "wait_for_it", is_flag=True, help="Until it runs.")
 @pass_context
-def start_as_new(context, studio, name, checkpoint, description, cpus, memory, datasets, wait_for_it):
+def start_as_new(context, studio, name, checkpoint, description, cpus, memory, datasets, lifespan, wait_for_it):
     """Start NAME, a new studio cloned from a checkpoint of STUDIO."""
     platform = context.platform
     parent = platform.studio(studio, context.workspace)
     source = platform.checkpoint(parent, checkpoint)
     body = {
         "name": name,
-        **resources(cpus, memory, dataset_ids(platform, f"/workspaces/{parent['workspace']}", datasets)),
+        **resources(cpus, memory, dataset_ids(platform, f"/workspaces/{parent['workspace']}", datasets), lifespan),
     }
     if description is not None:
         body["description"] = description
@@ -355,6 +371,18 @@ def stop(context, studio, force, wait_for_it):
     studio = platform.studio(studio, context.workspace)
     action = "force-stop" if force else "stop"
     finish(context, platform.call("POST", f"/studios/{studio['id']}/{action}/"), "stopped" if wait_for_it else None)
+
+
+@main.command()
+@click.argument("studio")
+@click.option("--hours", type=int, required=True, help="How many hours later it stops (at most 120 from its start).")
+@pass_context
+def extend(context, studio, hours):
+    """Keep a running studio running HOURS longer than its lifespan says (maintain role)."""
+    platform = context.platform
+    studio = platform.studio(studio, context.workspace)
+    extended = platform.call("POST", f"/studios/{studio['id']}/extend/", {"hours": hours})
+    context.show(extended, print_studio)
 
 
 @main.command()

@@ -5,7 +5,19 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from .lifecycle import held_data_paths, holder_of
-from .models import ComputeEnvironment, Dataset, Studio, Template
+from .models import (
+    MAX_IDLE_MINUTES,
+    MAX_LIFESPAN_HOURS,
+    MIN_IDLE_MINUTES,
+    MIN_LIFESPAN_HOURS,
+    ComputeEnvironment,
+    Dataset,
+    Studio,
+    Template,
+)
+
+LIFESPAN_RANGE = f"A lifespan is {MIN_LIFESPAN_HOURS} to {MAX_LIFESPAN_HOURS} hours."
+IDLE_RANGE = f"An idle stop is {MIN_IDLE_MINUTES} to {MAX_IDLE_MINUTES} minutes, or empty for none."
 
 
 def model_choices(form, name) -> forms.ModelChoiceField:
@@ -21,10 +33,20 @@ class ResourcesForm(forms.Form):
     datasets = forms.ModelMultipleChoiceField(
         queryset=Dataset.objects.none(), required=False, widget=forms.CheckboxSelectMultiple
     )
+    lifespan_hours = forms.IntegerField(
+        label="Lifespan (hours)",
+        required=False,
+        min_value=MIN_LIFESPAN_HOURS,
+        max_value=MAX_LIFESPAN_HOURS,
+        error_messages={"min_value": LIFESPAN_RANGE, "max_value": LIFESPAN_RANGE, "invalid": LIFESPAN_RANGE},
+        help_text="The session is stopped this long after it starts, with a final checkpoint, unless extended.",
+    )
 
     def __init__(self, *args, workspace, studio=None, environment=None, **kwargs):
-        """``studio``: the studio being started (its own mounts do not count as held); ``environment``: fixed."""
+        """``studio``: the studio being started (its own mounts do not count as held); ``environment``: fixed.
+        Without a lifespan, the studio keeps its own (a new one gets the workspace's default)."""
         super().__init__(*args, **kwargs)
+        self.fields["lifespan_hours"].initial = studio.lifespan_hours if studio else workspace.default_lifespan_hours
         self.workspace = workspace
         self.studio = studio
         self.fixed_environment = environment or (studio.compute_environment if studio else None)
@@ -86,8 +108,22 @@ class CloneForm(ResourcesForm):
 
     name = forms.CharField(max_length=80, help_text="Unique in this workspace, e.g. rnaseq-qc.")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    idle_stop_minutes = forms.IntegerField(
+        label="Idle stop (minutes)",
+        required=False,
+        min_value=MIN_IDLE_MINUTES,
+        max_value=MAX_IDLE_MINUTES,
+        error_messages={"min_value": IDLE_RANGE, "max_value": IDLE_RANGE, "invalid": IDLE_RANGE},
+        help_text="Stopped, with a final checkpoint and a warning first, after this long in which nobody used it "
+        "and its IDE did no work (no kernel busy, no terminal output, no CPU). Empty: never.",
+    )
 
-    field_order = ["name", "description", "datasets", "cpus", "memory_mb"]
+    field_order = ["name", "description", "datasets", "cpus", "memory_mb", "lifespan_hours", "idle_stop_minutes"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        owner = self.studio or self.workspace
+        self.fields["idle_stop_minutes"].initial = owner.idle_stop_minutes
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
@@ -105,7 +141,17 @@ class StudioForm(CloneForm):
     template = forms.ChoiceField(choices=Template.choices, initial=Template.JUPYTERLAB)
     compute_environment = forms.ModelChoiceField(queryset=ComputeEnvironment.objects.none())
 
-    field_order = ["name", "description", "template", "compute_environment", "datasets", "cpus", "memory_mb"]
+    field_order = [
+        "name",
+        "description",
+        "template",
+        "compute_environment",
+        "datasets",
+        "cpus",
+        "memory_mb",
+        "lifespan_hours",
+        "idle_stop_minutes",
+    ]
 
     def __init__(self, *args, workspace, **kwargs):
         super().__init__(*args, workspace=workspace, **kwargs)
@@ -123,6 +169,21 @@ class StudioForm(CloneForm):
             if refusal:
                 self.add_error("template", refusal)
         return cleaned
+
+
+class ExtendForm(forms.Form):
+    """By how many hours to extend a running studio's lifespan (``lifecycle.extend_studio`` checks the maximum)."""
+
+    hours = forms.IntegerField(
+        min_value=1,
+        max_value=MAX_LIFESPAN_HOURS,
+        error_messages={
+            "required": "Say by how many hours to extend it.",
+            "invalid": "Extend by a whole number of hours.",
+            "min_value": "Extend by 1 hour or more.",
+            "max_value": f"A session runs at most {MAX_LIFESPAN_HOURS} hours from its start.",
+        },
+    )
 
 
 class CredentialsForm(forms.ModelForm):

@@ -24,6 +24,7 @@ from . import permissions
 from .exceptions import ActionRefused
 from .models import (
     ACTIVE_STATUSES,
+    MAX_LIFESPAN_HOURS,
     ActiveMount,
     Session,
     Studio,
@@ -57,6 +58,9 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     """Create a stopped studio, and start it when ``start`` (when the start is refused, nothing is added). Fields
     are validated by the caller's form; the role is checked here."""
     permissions.require_role(user, workspace, permissions.MAINTAIN, "add studios")
+    if fields.get("lifespan_hours") is None:
+        fields["lifespan_hours"] = workspace.default_lifespan_hours
+    fields.setdefault("idle_stop_minutes", workspace.idle_stop_minutes)
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -70,9 +74,11 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     return studio
 
 
-def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets):
-    """Change a stopped or errored studio's name, description, resources and mounts (validated by the caller's
-    form); a studio with a session keeps what it started with until it is stopped."""
+def change_studio(
+    user, studio, *, name, description, cpus, memory_mb, datasets, lifespan_hours=None, idle_stop_minutes=None
+):
+    """Change a stopped or errored studio's name, description, resources, mounts and lifespan (validated by the
+    caller's form); a studio with a session keeps what it started with until it is stopped."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "change studios")
     try:
         with transaction.atomic():
@@ -80,7 +86,12 @@ def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets)
             if not studio.can_start:
                 raise ActionRefused(f"{studio.name} is {studio.status}; stop it before changing it.")
             studio.name, studio.description, studio.cpus, studio.memory_mb = name, description, cpus, memory_mb
-            studio.save(update_fields=["name", "description", "cpus", "memory_mb"])
+            if lifespan_hours is not None:
+                studio.lifespan_hours = lifespan_hours
+            studio.idle_stop_minutes = idle_stop_minutes
+            studio.save(
+                update_fields=["name", "description", "cpus", "memory_mb", "lifespan_hours", "idle_stop_minutes"]
+            )
             studio.datasets.set(datasets)
     except IntegrityError:
         raise ActionRefused(f"A studio named {name!r} already exists in this workspace.") from None
@@ -101,8 +112,9 @@ def _lock(studio_id):
     return studio
 
 
-def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
-    """Move a stopped or errored studio to starting and ask a worker to launch its session."""
+def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None, lifespan_hours=None):
+    """Move a stopped or errored studio to starting and ask a worker to launch its session, which is stopped once
+    its lifespan has passed (``stop_when_due``)."""
     permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "start studios")
     with transaction.atomic():
         workspace = Workspace.objects.select_for_update().get(pk=studio.workspace_id)
@@ -128,11 +140,16 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
             studio.memory_mb = memory_mb
         if datasets is not None:
             studio.datasets.set(datasets)
+        if lifespan_hours is not None:
+            studio.lifespan_hours = lifespan_hours
         _hold_mounts(studio)
+        now = timezone.now()
         session = Session.objects.create(
             studio=studio,
             token=secrets.token_urlsafe(32),
             started_by=user,
+            started=now,
+            stops_at=now + timedelta(hours=studio.lifespan_hours),
             cpus=studio.cpus,
             memory_mb=studio.memory_mb,
             steps=[dict(FIRST_STEP)],
@@ -148,7 +165,18 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
     return studio
 
 
-def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, memory_mb):
+def start_as_new(
+    user,
+    checkpoint,
+    *,
+    name,
+    description="",
+    datasets=(),
+    cpus,
+    memory_mb,
+    lifespan_hours=None,
+    idle_stop_minutes=None,
+):
     """A new studio with the parent's template, compute environment and checkpoint history, started
     from ``checkpoint``. Later changes to either studio never touch the other."""
     parent = checkpoint.studio
@@ -171,6 +199,8 @@ def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, m
             compute_environment=parent.compute_environment,
             cpus=cpus,
             memory_mb=memory_mb,
+            lifespan_hours=lifespan_hours,
+            idle_stop_minutes=idle_stop_minutes,
             datasets=datasets,
         )
         clone.parent_checkpoint = records.copy_history(parent, clone, checkpoint)
@@ -223,11 +253,100 @@ def stop_studio(user, studio):
         studio = _lock(studio.pk)
         if not studio.can_stop:
             raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be stopped.")
-        studio.transition(StudioStatus.STOPPING)
-        studio.save()
-        transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
+        _begin_stop(studio)
     log.info("studio %s stop requested by %s", studio.pk, user)
     return studio
+
+
+def _begin_stop(studio, reason=""):
+    """Stopping, the normal way: a worker asks the session for its final checkpoint, then ends it. ``reason``: why
+    the platform stops it, shown while it stops and once it has stopped."""
+    studio.transition(StudioStatus.STOPPING, reason)
+    studio.save()
+    if reason:
+        Session.objects.filter(pk=studio.session_id).update(stop_reason=reason)
+    transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
+
+
+def extend_studio(user, studio, hours):
+    """Stop a starting or running studio ``hours`` later than its lifespan says, within MAX_LIFESPAN_HOURS of its
+    session's start. ``hours`` is a whole number of 1 or more (the caller's form says so)."""
+    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "extend studios")
+    with transaction.atomic():
+        studio = _lock(studio.pk)
+        session = studio.active_session
+        if not studio.can_stop or session is None or session.stops_at is None:
+            raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be extended.")
+        latest = session.started + timedelta(hours=MAX_LIFESPAN_HOURS)
+        room = int((latest - session.stops_at) / timedelta(hours=1))
+        if hours > room:
+            more = f"by at most {room} more hour{'s' if room != 1 else ''}" if room else "no further"
+            raise ActionRefused(
+                f"A session runs at most {MAX_LIFESPAN_HOURS} hours from its start; {studio.name} can be extended "
+                f"{more}."
+            )
+        session.stops_at += timedelta(hours=hours)
+        session.save(update_fields=["stops_at"])
+    log.info("studio %s extended by %s h by %s", studio.pk, hours, user)
+    return studio
+
+
+def _automatic_stop_candidates():
+    """Starting or running studios that may have an automatic stop ahead: a lifespan, or an idle stop."""
+    return (
+        Studio.objects.filter(status__in=(StudioStatus.STARTING, StudioStatus.RUNNING), session__ended=None)
+        .filter(Q(session__stops_at__isnull=False) | Q(idle_stop_minutes__isnull=False))
+        .select_related("session")
+    )
+
+
+def stops_to_warn():
+    """[(studio id, session id, when)]: automatic stops within the warning period that nobody was warned of."""
+    due = []
+    for studio in _automatic_stop_candidates():
+        warning = studio.stop_warning
+        if warning is not None and studio.session.warned_for != warning[0]:
+            due.append((studio.pk, studio.session_id, warning[0]))
+    return due
+
+
+def claim_warning(session_id, when):
+    """Whether this caller is the one to warn of the session's stop at ``when`` (one of several workers, once)."""
+    unwarned = Session.objects.filter(pk=session_id, ended=None).exclude(warned_for=when)
+    return bool(unwarned.update(warned_for=when))
+
+
+def due_stops():
+    """Ids of the studios whose next automatic stop is due."""
+    now = timezone.now()
+    return [studio.pk for studio in _automatic_stop_candidates() if (studio.next_stop or (now,))[0] <= now]
+
+
+def stop_when_due(studio_id):
+    """Stop a studio whose lifespan ran out or that was idle for its idle stop, the normal way (a final
+    checkpoint), saying why; whether it did. Only a stop its members were warned of is made (``stops_to_warn``):
+    one not warned of yet (no beat ran for a while) is warned of first, and made at a later tick. Safe to run twice
+    and on several workers at once: the studio's lock and status decide."""
+    with transaction.atomic():
+        studio = Studio.objects.select_for_update(of=("self",)).select_related("session").filter(pk=studio_id).first()
+        session = studio.active_session if studio is not None else None
+        if studio is None or session is None or not studio.can_stop:
+            return False
+        stop = studio.next_stop
+        if stop is None or stop[0] > timezone.now() or session.warned_for != stop[0]:
+            return False
+        _begin_stop(studio, stop[1])
+    log.info("studio %s stopping: %s", studio_id, stop[1])
+    return True
+
+
+def keep_studio(user, studio):
+    """A member says they still use an idle studio: as a request of theirs through the proxy would, this moves its
+    idle stop later."""
+    permissions.require_role(user, studio.workspace, permissions.CONNECT, "keep studios running")
+    if studio.status != StudioStatus.RUNNING:
+        raise ActionRefused(f"{studio.name} is {studio.status}; only a running studio can be kept running.")
+    Studio.objects.filter(pk=studio.pk).update(last_activity=timezone.now(), last_active_user=user)
 
 
 def force_stop_studio(user, studio):
@@ -348,6 +467,16 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
     return True
 
 
+def session_working(token):
+    """The supervisor saw the session's IDE working: the studio is not idle. (The session may lie, which keeps only
+    its own studio running: a cost to its own workspace.)"""
+    return bool(
+        Session.objects.filter(
+            token=token, ended=None, studio__status=StudioStatus.RUNNING, studio__session=F("pk")
+        ).update(last_work=timezone.now())
+    )
+
+
 def session_checkpoint_saved(
     token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes
 ):
@@ -441,11 +570,14 @@ def fail_studio(studio_id, reason, expected=ACTIVE_STATUSES):
 def session_stopped(studio_id, unsaved=""):
     """The session's compute has ended; ``unsaved`` says why its final checkpoint may be missing."""
     with transaction.atomic():
-        studio = Studio.objects.select_for_update().filter(pk=studio_id).first()
+        studio = Studio.objects.select_for_update(of=("self",)).select_related("session").filter(pk=studio_id).first()
         if studio is None or studio.status != StudioStatus.STOPPING:
             return False
-        _end_session(studio, StudioStatus.STOPPED, _possible_loss(studio, unsaved) if unsaved else "")
-    log.info("studio %s stopped%s", studio_id, f" ({unsaved})" if unsaved else "")
+        reason = studio.session.stop_reason if studio.session else ""
+        if unsaved:
+            reason = _possible_loss(studio, f"{reason} {unsaved}".strip())
+        _end_session(studio, StudioStatus.STOPPED, reason)
+    log.info("studio %s stopped%s", studio_id, f" ({reason})" if reason else "")
     return True
 
 

@@ -35,12 +35,38 @@ class Organization(models.Model):
         return self.name
 
 
+# How long a session runs before it is stopped, unless a maintainer extends it: chosen per studio within these
+# bounds (and its extensions keep within the maximum, counted from the session's start).
+MIN_LIFESPAN_HOURS = 1
+MAX_LIFESPAN_HOURS = 120
+DEFAULT_LIFESPAN_HOURS = 8
+LIFESPAN_VALIDATORS = [MinValueValidator(MIN_LIFESPAN_HOURS), MaxValueValidator(MAX_LIFESPAN_HOURS)]
+# A running studio that nobody used and whose IDE did no work for this long may be stopped (off unless chosen).
+MIN_IDLE_MINUTES = 30
+MAX_IDLE_MINUTES = 24 * 60
+IDLE_VALIDATORS = [MinValueValidator(MIN_IDLE_MINUTES), MaxValueValidator(MAX_IDLE_MINUTES)]
+
+
 class Workspace(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="workspaces")
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100)
     max_running_studios = models.PositiveIntegerField(
         null=True, blank=True, help_text="How many studios may be starting or running at once; empty for no cap."
+    )
+    default_lifespan_hours = models.PositiveSmallIntegerField(
+        default=DEFAULT_LIFESPAN_HOURS,
+        validators=LIFESPAN_VALIDATORS,
+        help_text=f"A new studio's lifespan, unless whoever adds it chooses another ({MIN_LIFESPAN_HOURS} to "
+        f"{MAX_LIFESPAN_HOURS} hours): each session is stopped that long after it started, unless extended.",
+    )
+    idle_stop_minutes = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=IDLE_VALIDATORS,
+        help_text=f"A new studio's idle stop, unless whoever adds it chooses otherwise: stopped after this many "
+        f"minutes ({MIN_IDLE_MINUTES} to {MAX_IDLE_MINUTES}) in which nobody used it and its IDE did no work. "
+        "Empty: off.",
     )
 
     class Meta:
@@ -233,6 +259,17 @@ class Studio(models.Model):
     datasets = models.ManyToManyField(Dataset, blank=True, related_name="studios")
     cpus = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(256)])
     memory_mb = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(128)])
+    lifespan_hours = models.PositiveSmallIntegerField(
+        default=DEFAULT_LIFESPAN_HOURS,
+        validators=LIFESPAN_VALIDATORS,
+        help_text="Each session is stopped this long after it started, unless a maintainer extends it.",
+    )
+    idle_stop_minutes = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=IDLE_VALIDATORS,
+        help_text="Stopped after this many minutes in which nobody used it and its IDE did no work. Empty: off.",
+    )
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studios")
     created = models.DateTimeField(auto_now_add=True)
     parent_checkpoint = models.ForeignKey(
@@ -311,6 +348,48 @@ class Studio(models.Model):
         return self.session if self.status in ACTIVE_STATUSES else None
 
     @property
+    def stops_at(self):
+        """When the lifespan of a starting or running studio runs out; None for any other."""
+        session = self.active_session
+        return session.stops_at if session is not None and self.can_stop else None
+
+    @property
+    def time_left(self):
+        """How long until ``stops_at`` (never below zero); None when the studio is not running."""
+        stops_at = self.stops_at
+        return max(stops_at - timezone.now(), timedelta(0)) if stops_at is not None else None
+
+    @property
+    def idle_since(self):
+        """Since when a running studio with an idle stop was neither used by a member nor worked in by its IDE."""
+        session = self.active_session
+        if not self.idle_stop_minutes or session is None or self.status != StudioStatus.RUNNING:
+            return None
+        return max(moment for moment in (self.status_changed, self.last_activity, session.last_work) if moment)
+
+    @property
+    def next_stop(self):
+        """The next automatic stop, (when, why), as the platform will say it; None when none is ahead. Reads the
+        session: select it with the studio when listing."""
+        stops = []
+        session, idle_since, idle_minutes = self.active_session, self.idle_since, self.idle_stop_minutes
+        if session is not None and self.stops_at is not None:
+            stops.append((self.stops_at, f"Lifespan of {session.lifespan_hours} h reached."))
+        if idle_since is not None and idle_minutes:
+            why = f"Idle for {idle_minutes} minutes: nobody used it and its IDE did no work."
+            stops.append((idle_since + timedelta(minutes=idle_minutes), why))
+        return min(stops) if stops else None
+
+    @property
+    def stop_warning(self):
+        """The next automatic stop when it is within the warning period (STUDIOS_STOP_WARNING_MINUTES), else
+        None: (when, why, whether it is the idle stop)."""
+        stop = self.next_stop
+        if stop is None or stop[0] - timezone.now() > timedelta(minutes=settings.STUDIOS_STOP_WARNING_MINUTES):
+            return None
+        return (*stop, stop[1].startswith("Idle"))
+
+    @property
     def startup_steps(self):
         return self.session.steps if self.session else []
 
@@ -346,6 +425,18 @@ class Session(models.Model):
         help_text="When a task last worked on starting or stopping it; a stale time means none does.",
     )
     steps = models.JSONField(default=list, blank=True)
+    stops_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its lifespan runs out: it is stopped then, unless extended."
+    )
+    # The automatic stop its members were last warned of (``Studio.next_stop``): an extension or a member's use
+    # moves the next stop, which is then warned of in turn. A stop is made only once it was warned of.
+    warned_for = models.DateTimeField(null=True, blank=True, editable=False)
+    stop_reason = models.TextField(
+        blank=True, help_text="Why the platform stopped it (lifespan, idle); empty when a member did."
+    )
+    last_work = models.DateTimeField(
+        null=True, blank=True, help_text="When its supervisor last saw its IDE working (for the idle stop)."
+    )
     # The checkpoint this session saves into, and the one it was restored from.
     checkpoint = models.ForeignKey(
         "checkpoints.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -368,6 +459,11 @@ class Session(models.Model):
     @property
     def duration(self):
         return (self.ended or timezone.now()) - self.started
+
+    @property
+    def lifespan_hours(self):
+        """Its lifespan with its extensions, in whole hours (None without one)."""
+        return round((self.stops_at - self.started) / timedelta(hours=1)) if self.stops_at else None
 
 
 class ActiveMount(models.Model):

@@ -32,6 +32,7 @@ def studio_actions(role, studio):
         allowed = {
             "start": studio.can_start,
             "stop": studio.can_stop,
+            "extend": studio.stops_at is not None,
             "force-stop": studio.can_force_stop,
             "delete": studio.can_delete,
         }

@@ -42,6 +42,8 @@ def session_spec(session):
             for mount in studio.active_mounts.select_related("dataset")
         ],
         storage_quota_mb=settings.STUDIOS_WRITABLE_LAYER_MB,
+        # The supervisor looks whether the IDE works only for a studio with an idle stop.
+        work_check_seconds=settings.STUDIOS_WORK_CHECK_SECONDS if studio.idle_stop_minutes else 0,
         restore={"name": source.name, "manifest_key": source.manifest_key, "manifest_sha256": source.manifest_sha256}
         if source
         else {},
@@ -203,6 +205,23 @@ def request_checkpoint(session):
 def checkpoint_session(session_id):
     """Ask a running session's supervisor for a checkpoint now; it reports the result itself."""
     request_checkpoint(running_sessions().filter(pk=session_id).first())
+
+
+@shared_task
+def stop_due_studios():
+    """Warn the members of studios that will be stopped automatically soon (their lifespan runs out, or they are
+    idle), on the pages of their workspace, and stop those whose stop is due and was warned of. Every minute by
+    Celery beat; what is due is read from the rows, so a tick missed while no beat ran is caught up by the next,
+    and two workers never warn or stop twice (``lifecycle``). A stop whose warning was missed (no beat ran) is
+    warned of now and made at the next tick, not at once."""
+    warned = set()
+    for studio_id, session_id, when in lifecycle.stops_to_warn():
+        if lifecycle.claim_warning(session_id, when):
+            warned.add(studio_id)
+            studio = Studio.objects.select_related("session").get(pk=studio_id)
+            presence.push_fragment(studio, "studios/partials/lifespan.html")
+    for studio_id in set(lifecycle.due_stops()) - warned:
+        lifecycle.stop_when_due(studio_id)
 
 
 def _fail_overdue_start(studio):

@@ -13,6 +13,7 @@ from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
@@ -21,7 +22,7 @@ from checkpoints import records
 
 from . import environments, lifecycle, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
-from .forms import ENVIRONMENT_FORMS, AccessTokenForm, ResourcesForm, StudioForm
+from .forms import ENVIRONMENT_FORMS, AccessTokenForm, ExtendForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
@@ -75,7 +76,10 @@ def studio_list(request, org, workspace):
     workspace, role = permissions.workspace_for(request.user, org, workspace)
     query = request.GET.get("q", "").strip()
     studios = search(
-        workspace.studios.select_related("compute_environment", "author").prefetch_related("connections__user"), query
+        workspace.studios.select_related("compute_environment", "author", "session").prefetch_related(
+            "connections__user"
+        ),
+        query,
     )
     context = {
         "workspace": workspace,
@@ -84,6 +88,7 @@ def studio_list(request, org, workspace):
         "query": query,
         "polling": any(studio.is_transitional for studio in studios),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
+        "can_connect": permissions.has_role(role, permissions.CONNECT),
         "can_admin": permissions.has_role(role, permissions.ADMIN),
     }
     template = "studios/partials/studio_table.html" if request.htmx else "studios/studio_list.html"
@@ -166,6 +171,7 @@ def studio_detail(request, studio_id):
         "workspace": studio.workspace,
         "role": role,
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
+        "can_connect": permissions.has_role(role, permissions.CONNECT),
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
         "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
     }
@@ -246,6 +252,56 @@ def studio_start(request, studio_id):
 def studio_stop(request, studio_id):
     studio, _ = permissions.studio_for(request.user, studio_id)
     return _studio_action(request, studio, lifecycle.stop_studio, "Stopping {name}.")
+
+
+@login_required
+@require_POST
+def studio_extend(request, studio_id):
+    """Extend a running studio's lifespan: from its page's form, or the one click of the warning (htmx), which gets
+    the lifespan fragment back, with the refusal in it when there is one."""
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    permissions.require_role(request.user, studio.workspace, permissions.MAINTAIN, "extend studios")
+    form = ExtendForm(request.POST)
+    refusal = " ".join(str(error) for errors in form.errors.values() for error in errors)
+    if not refusal:
+        try:
+            lifecycle.extend_studio(request.user, studio, form.cleaned_data["hours"])
+        except ActionRefused as error:
+            refusal = str(error)
+    studio, _ = permissions.studio_for(request.user, studio_id)  # as it is now
+    if not refusal:  # the warning goes from every page showing it
+        presence.push_fragment(studio, "studios/partials/lifespan.html")
+    if request.htmx:
+        # 200 with the refusal in the fragment: htmx swaps in no error answer.
+        return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
+    if refusal:
+        messages.error(request, refusal)
+    else:
+        stops_at = timezone.localtime(studio.stops_at)
+        messages.success(request, f"Extended {studio.name}: it now stops at {stops_at:%Y-%m-%d %H:%M %Z}.")
+    return redirect(studio)
+
+
+@login_required
+@require_POST
+def studio_keep(request, studio_id):
+    """The one click of the idle warning: a member still uses the studio (htmx; the lifespan fragment back)."""
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    refusal = ""
+    try:
+        lifecycle.keep_studio(request.user, studio)
+    except ActionRefused as error:
+        refusal = str(error)
+    studio, _ = permissions.studio_for(request.user, studio_id)
+    if not refusal:
+        presence.push_fragment(studio, "studios/partials/lifespan.html")
+    if request.htmx:
+        return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
+    if refusal:
+        messages.error(request, refusal)
+    else:
+        messages.success(request, f"{studio.name} keeps running.")
+    return redirect(studio)
 
 
 @login_required
@@ -334,6 +390,7 @@ SESSION_REPORTS: dict[str, Callable[..., bool]] = {
     protocol.FAILED: lifecycle.session_failed,
     protocol.CHECKPOINT: lifecycle.session_checkpoint_saved,
     protocol.CHECKPOINT_FAILED: lifecycle.session_checkpoint_failed,
+    protocol.WORKING: lifecycle.session_working,
 }
 
 

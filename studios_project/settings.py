@@ -199,6 +199,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "clean-checkpoint-stores": {"task": "checkpoints.tasks.clean_all_stores", "schedule": 60.0 * 60},
     "check-compute-environments": {"task": "studios.tasks.check_compute_environments", "schedule": 5 * 60.0},
+    "stop-due-studios": {"task": "studios.tasks.stop_due_studios", "schedule": 60.0},
 }
 
 # The address sessions use to report readiness and progress back to the platform.
@@ -209,6 +210,10 @@ STUDIOS_START_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_START_TIMEOUT_SECOND
 STUDIOS_STOP_TIMEOUT_SECONDS = int(os.environ.get("STUDIOS_STOP_TIMEOUT_SECONDS", 5 * 60))
 # A studio stopping for longer than this offers a force stop.
 STUDIOS_FORCE_STOP_AFTER_SECONDS = int(os.environ.get("STUDIOS_FORCE_STOP_AFTER_SECONDS", 10 * 60))
+# Members on a studio's pages are warned this long before it is stopped automatically (its lifespan runs out).
+STUDIOS_STOP_WARNING_MINUTES = int(os.environ.get("STUDIOS_STOP_WARNING_MINUTES", 15))
+# How often the supervisor of a studio with an idle stop looks whether its IDE works.
+STUDIOS_WORK_CHECK_SECONDS = int(os.environ.get("STUDIOS_WORK_CHECK_SECONDS", 60))
 
 # The Fernet key that encrypts compute environments' cloud credentials in the database. Without it,
 # a key derived from SECRET_KEY is used: then changing SECRET_KEY makes stored credentials unreadable.

@@ -2,6 +2,7 @@
 
 import itertools
 import secrets
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
@@ -67,7 +68,9 @@ def make_studio(workspace, name=None, author=None, **fields):
 
 
 def make_running(studio, endpoint="http://127.0.0.1:9", token=None, status=StudioStatus.RUNNING, **session_fields):
-    """Give ``studio`` a session at ``endpoint`` (a fake one by default) and the status ``status``."""
+    """Give ``studio`` a session at ``endpoint`` (a fake one by default) and the status ``status``, started now
+    with the studio's lifespan."""
+    session_fields.setdefault("stops_at", timezone.now() + timedelta(hours=studio.lifespan_hours))
     session = Session.objects.create(
         studio=studio,
         token=token or secrets.token_urlsafe(16),

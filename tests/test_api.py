@@ -46,6 +46,8 @@ def test_workspaces_lists_mine_with_my_role(api, workspace):
             "organizationName": workspace.organization.name,
             "role": "maintain",
             "maxRunningStudios": None,
+            "defaultLifespanHours": 8,
+            "idleStopMinutes": None,
         }
     ]
 

@@ -44,6 +44,10 @@ def checkpoint_name(studio, checkpoint):
     return Checkpoint.objects.get(pk=checkpoint.pk).name
 
 
+def stop_time(studio, checkpoint):
+    return Studio.objects.filter(pk=studio.pk).values_list("session__stops_at", flat=True).first()
+
+
 def studio_count(studio, checkpoint):
     return Studio.objects.count()
 
@@ -87,6 +91,16 @@ ENDPOINTS = [
         202,
         status=StudioStatus.RUNNING,
         outcome=studio_state,
+    ),
+    Endpoint(
+        "extendStudio",
+        "POST",
+        f"{API}/studios/{{studio}}/extend/",
+        permissions.MAINTAIN,
+        200,
+        {"hours": 2},
+        status=StudioStatus.RUNNING,
+        outcome=stop_time,
     ),
     Endpoint(
         "forceStopStudio",

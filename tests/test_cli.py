@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from checkpoints.models import Checkpoint
 from studios import cli, tokens
 from studios.models import Role, Studio
 
-from .factories import make_member, make_studio, make_workspace
+from .factories import make_member, make_running, make_studio, make_workspace
 from .live import Browser, SessionClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,25 @@ def test_add_view_rename_and_delete(world):
     assert "before_upgrade" in run(world, "checkpoints", "rnaseq").output
     assert run(world, "delete", "qc", "--yes").output == "Deleted qc.\n"
     assert run(world, "view", "qc").exit_code == 3
+
+
+def test_extend_keeps_a_running_studio_longer_and_view_says_until_when(world):
+    studio = Studio.objects.get(name="rnaseq")
+    assert run(world, "add", "long", "--lifespan", "48").exit_code == 0
+    assert json.loads(run(world, "--json", "view", "long").output)["lifespanHours"] == 48
+    stopped = run(world, "extend", "rnaseq", "--hours", "2")
+    assert stopped.exit_code == 1
+    assert "rnaseq is stopped; only a starting or running studio can be extended." in stopped.output
+    make_running(studio)
+    before = Studio.objects.get(pk=studio.pk).session.stops_at
+    extended = run(world, "extend", "rnaseq", "--hours", "2")
+    assert extended.exit_code == 0, extended.output
+    assert "Stops at: " in extended.output and "(9 h 59 min left)" in extended.output
+    assert Studio.objects.get(pk=studio.pk).session.stops_at == before + timedelta(hours=2)
+    too_far = run(world, "extend", "rnaseq", "--hours", "119")
+    assert too_far.exit_code == 1 and "can be extended by at most 110 more hours" in too_far.output
+    viewer = run(world, "extend", "rnaseq", "--hours", "1", token="view")
+    assert viewer.exit_code == 4 and "You need the maintain role or higher to extend studios" in viewer.output
 
 
 def test_refusals_carry_the_pages_sentence_and_an_exit_code(world):

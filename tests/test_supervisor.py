@@ -65,6 +65,7 @@ def test_a_configuration_survives_the_trip_through_the_environment():
             },
             "whole numbers",
         ),
+        ("working", {"idle_since": "2020-01-01", "last_activity": "2020-01-01"}, "cannot say idle_since"),
         ("shell", {}, "unknown report"),
         ("ready", [], "JSON object"),
     ],

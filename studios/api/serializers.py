@@ -28,6 +28,12 @@ class WorkspaceSerializer(serializers.Serializer):
     maxRunningStudios = serializers.IntegerField(
         source="workspace.max_running_studios", allow_null=True, help_text="How many studios may run at once."
     )
+    defaultLifespanHours = serializers.IntegerField(
+        source="workspace.default_lifespan_hours", help_text="A new studio's lifespan unless another is chosen."
+    )
+    idleStopMinutes = serializers.IntegerField(
+        source="workspace.idle_stop_minutes", allow_null=True, help_text="A new studio's idle stop (null: none)."
+    )
 
 
 class EnvironmentReferenceSerializer(serializers.Serializer):
@@ -86,6 +92,18 @@ class StudioSerializer(serializers.Serializer):
     datasets = NamedReferenceSerializer(many=True, source="datasets.all")
     cpus = serializers.IntegerField()
     memoryMb = serializers.IntegerField(source="memory_mb")
+    lifespanHours = serializers.IntegerField(
+        source="lifespan_hours", help_text="Each session is stopped this long after it started, unless extended."
+    )
+    stopsAt = serializers.DateTimeField(
+        source="stops_at", allow_null=True, help_text="When a starting or running studio is stopped (its lifespan)."
+    )
+    secondsLeft = serializers.SerializerMethodField(help_text="Until stopsAt; null when not starting or running.")
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes",
+        allow_null=True,
+        help_text="Stopped after this long without a member's use or its IDE's work; null: never.",
+    )
     author = serializers.CharField(source="author.username")
     created = serializers.DateTimeField()
     parentCheckpoint = serializers.IntegerField(source="parent_checkpoint_id", allow_null=True)
@@ -99,6 +117,10 @@ class StudioSerializer(serializers.Serializer):
     role = serializers.SerializerMethodField(help_text="Your role in its workspace.")
     actions = serializers.SerializerMethodField(help_text="What your role may do in its status now.")
     sessionUrl = serializers.SerializerMethodField(help_text="Where members open the running session.")
+
+    def get_secondsLeft(self, studio) -> int | None:
+        left = studio.time_left
+        return int(left.total_seconds()) if left is not None else None
 
     def get_workspace(self, studio) -> str:
         return f"{studio.workspace.organization.slug}/{studio.workspace.slug}"
@@ -195,6 +217,15 @@ class StudioAddRequest(serializers.Serializer):
     datasets = serializers.ListField(child=serializers.IntegerField(), required=False, help_text="Their ids.")
     cpus = serializers.IntegerField(required=False, help_text="Default: 2.")
     memoryMb = serializers.IntegerField(source="memory_mb", required=False, help_text="Default: 8192.")
+    lifespanHours = serializers.IntegerField(
+        source="lifespan_hours", required=False, help_text="1 to 120; default: the workspace's defaultLifespanHours."
+    )
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes",
+        required=False,
+        allow_null=True,
+        help_text="30 to 1440; null: never. Default: the workspace's idleStopMinutes.",
+    )
     autoStart = serializers.BooleanField(
         source="start", required=False, help_text="Start it at once; when the start is refused, nothing is added."
     )
@@ -206,12 +237,23 @@ class StudioChangeRequest(serializers.Serializer):
     datasets = serializers.ListField(child=serializers.IntegerField(), required=False)
     cpus = serializers.IntegerField(required=False)
     memoryMb = serializers.IntegerField(source="memory_mb", required=False)
+    lifespanHours = serializers.IntegerField(source="lifespan_hours", required=False, help_text="1 to 120.")
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes", required=False, allow_null=True, help_text="30 to 1440; null: never."
+    )
 
 
 class StudioStartRequest(serializers.Serializer):
     datasets = serializers.ListField(child=serializers.IntegerField(), required=False)
     cpus = serializers.IntegerField(required=False)
     memoryMb = serializers.IntegerField(source="memory_mb", required=False)
+    lifespanHours = serializers.IntegerField(
+        source="lifespan_hours", required=False, help_text="1 to 120; default: the studio's own (it keeps it)."
+    )
+
+
+class StudioExtendRequest(serializers.Serializer):
+    hours = serializers.IntegerField(help_text="How many hours later it stops; at most 120 hours from its start.")
 
 
 class CheckpointRenameRequest(serializers.Serializer):
@@ -224,6 +266,15 @@ class StartAsNewRequest(serializers.Serializer):
     datasets = serializers.ListField(child=serializers.IntegerField(), required=False)
     cpus = serializers.IntegerField(required=False, help_text="Default: the parent's.")
     memoryMb = serializers.IntegerField(source="memory_mb", required=False, help_text="Default: the parent's.")
+    lifespanHours = serializers.IntegerField(
+        source="lifespan_hours", required=False, help_text="1 to 120; default: the workspace's defaultLifespanHours."
+    )
+    idleStopMinutes = serializers.IntegerField(
+        source="idle_stop_minutes",
+        required=False,
+        allow_null=True,
+        help_text="30 to 1440; null: never. Default: the workspace's idleStopMinutes.",
+    )
 
 
 def form_data(request_serializer, body, defaults):

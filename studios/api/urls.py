@@ -17,6 +17,7 @@ urlpatterns = [
     path("studios/<int:studio_id>/", views.StudioDetail.as_view(), name="api_studio"),
     path("studios/<int:studio_id>/start/", views.StudioStart.as_view(), name="api_studio_start"),
     path("studios/<int:studio_id>/stop/", views.StudioStop.as_view(), name="api_studio_stop"),
+    path("studios/<int:studio_id>/extend/", views.StudioExtend.as_view(), name="api_studio_extend"),
     path("studios/<int:studio_id>/force-stop/", views.StudioForceStop.as_view(), name="api_studio_force_stop"),
     path("studios/<int:studio_id>/checkpoints/", views.CheckpointList.as_view(), name="api_checkpoints"),
     path("checkpoints/<int:checkpoint_id>/", views.CheckpointDetail.as_view(), name="api_checkpoint"),

@@ -12,8 +12,8 @@ from rest_framework.views import APIView
 
 from checkpoints import records
 from checkpoints.views import checkpoint_for
-from studios import lifecycle, permissions
-from studios.forms import CloneForm, ResourcesForm, StudioForm
+from studios import lifecycle, permissions, presence
+from studios.forms import CloneForm, ExtendForm, ResourcesForm, StudioForm
 from studios.models import Membership, Template
 from studios.views import search
 
@@ -26,6 +26,7 @@ from .serializers import (
     StartAsNewRequest,
     StudioAddRequest,
     StudioChangeRequest,
+    StudioExtendRequest,
     StudioPageSerializer,
     StudioSerializer,
     StudioStartRequest,
@@ -68,6 +69,8 @@ def resources_form(request_serializer, body, studio, form_class=ResourcesForm, *
         "cpus": studio.cpus,
         "memory_mb": studio.memory_mb,
         "datasets": list(studio.datasets.values_list("pk", flat=True)),
+        "lifespan_hours": studio.lifespan_hours,
+        "idle_stop_minutes": studio.idle_stop_minutes,
         **fields,
     }
     form = form_class(form_data(request_serializer, body, defaults), workspace=studio.workspace, studio=studio)
@@ -138,7 +141,13 @@ class StudioList(APIView):
         """Add a stopped studio (maintain role), or start it at once with autoStart."""
         workspace, _ = permissions.workspace_for(request.user, org, workspace)
         permissions.require_role(request.user, workspace, permissions.MAINTAIN, "add studios")
-        defaults = {"template": Template.JUPYTERLAB, "cpus": 2, "memory_mb": 8192, "start": False}
+        defaults = {
+            "template": Template.JUPYTERLAB,
+            "cpus": 2,
+            "memory_mb": 8192,
+            "start": False,
+            "idle_stop_minutes": workspace.idle_stop_minutes,
+        }
         body = form_data(StudioAddRequest, request.data, defaults)
         form = StudioForm(body, workspace=workspace)
         if not form.is_valid():
@@ -216,6 +225,25 @@ class StudioStop(APIView):
         return studio_answer(request, studio_id, status.HTTP_202_ACCEPTED)
 
 
+class StudioExtend(APIView):
+    @extend_schema(
+        operation_id="extendStudio",
+        request=StudioExtendRequest,
+        responses={200: StudioSerializer, **refusals(400, 403, 404, 409)},
+    )
+    def post(self, request, studio_id):
+        """Stop a starting or running studio some hours later than its lifespan says (maintain role), within 120
+        hours of its session's start; stopsAt says when."""
+        studio, _ = permissions.studio_for(request.user, studio_id)
+        permissions.require_role(request.user, studio.workspace, permissions.MAINTAIN, "extend studios")
+        form = ExtendForm(form_data(StudioExtendRequest, request.data, {"hours": None}))
+        if not form.is_valid():
+            raise form_errors(StudioExtendRequest, form)
+        lifecycle.extend_studio(request.user, studio, form.cleaned_data["hours"])
+        presence.push_fragment(permissions.studio_for(request.user, studio_id)[0], "studios/partials/lifespan.html")
+        return studio_answer(request, studio_id)
+
+
 class StudioForceStop(APIView):
     @extend_schema(
         operation_id="forceStopStudio", request=None, responses={202: StudioSerializer, **refusals(403, 404, 409)}
@@ -269,7 +297,13 @@ class StartAsNew(APIView):
         checkpoint, _ = checkpoint_for(request.user, checkpoint_id)
         parent = checkpoint.studio
         permissions.require_role(request.user, parent.workspace, permissions.MAINTAIN, "start studios as new")
-        defaults = {"description": "", "cpus": parent.cpus, "memory_mb": parent.memory_mb, "datasets": []}
+        defaults = {
+            "description": "",
+            "cpus": parent.cpus,
+            "memory_mb": parent.memory_mb,
+            "datasets": [],
+            "idle_stop_minutes": parent.workspace.idle_stop_minutes,
+        }
         form = CloneForm(
             form_data(StartAsNewRequest, request.data, defaults),
             workspace=parent.workspace,

@@ -27,6 +27,7 @@ class SessionSpec:
     # The checkpoint to restore: name, manifest_key, manifest_sha256.
     restore: dict[str, str] = field(default_factory=dict)
     storage_quota_mb: int = 5120
+    work_check_seconds: int = 0  # how often the supervisor looks whether the IDE works, for the idle stop; 0: never
     labels: dict[str, str] = field(default_factory=dict)  # who the session belongs to: workspace, studio, user
 
     def config(self, **placement: Any) -> SessionConfig:
@@ -41,6 +42,7 @@ class SessionSpec:
             cpus=self.cpus,
             memory_mb=self.memory_mb,
             layer_mb=self.storage_quota_mb,
+            work_check_seconds=self.work_check_seconds,
             mounts=tuple(self.mounts),
             restore=self.restore,
             **placement,

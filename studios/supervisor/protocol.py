@@ -14,7 +14,9 @@ from typing import Any
 REPORTS_PATH = "/api/sessions/"
 PROGRESS, READY, FAILED, CHECKPOINT = "progress", "ready", "failed", "checkpoint"
 CHECKPOINT_FAILED = "checkpoint-failed"
-REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT, CHECKPOINT_FAILED)
+# The IDE did work since the supervisor's last look (``work``): the studio is not idle.
+WORKING = "working"
+REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT, CHECKPOINT_FAILED, WORKING)
 
 IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
 PROVISIONING = "Provisioning compute"
@@ -67,6 +69,7 @@ class SessionConfig:
     # The checkpoint to restore: its name, manifest_key and manifest_sha256.
     restore: dict[str, str] = field(default_factory=dict)
     hidden: tuple[str, ...] = ()  # host paths the sandbox must not see even though the root filesystem has them
+    work_check_seconds: int = 0  # how often to look whether the IDE works (``work``); 0: never
 
     def to_environ(self) -> dict[str, str]:
         return {f"STUDIOS_{item.name.upper()}": _encode(getattr(self, item.name)) for item in fields(self)}
@@ -110,7 +113,7 @@ def _decode(name: str, text: str) -> object:
         return tuple(Mount(**item) for item in json.loads(text))
     if name == "hidden":
         return tuple(json.loads(text))
-    if name in ("port", "control_port", "cpus", "memory_mb", "layer_mb"):
+    if name in ("port", "control_port", "cpus", "memory_mb", "layer_mb", "work_check_seconds"):
         return int(text)
     if name == "restore":
         return json.loads(text)
@@ -155,11 +158,14 @@ def parse_report(kind: str, body: object, manifest_prefix: str) -> dict[str, Any
         FAILED: {"reason", "checkpoint_invalid", "steps"},
         CHECKPOINT: {"manifest_key", "manifest_sha256", "size_bytes", "final", "layer_used_bytes", "layer_total_bytes"},
         CHECKPOINT_FAILED: {"reason"},
+        WORKING: set(),
     }[kind]
     if set(body) - allowed:
         raise BadReport(f"a {kind} report cannot say {', '.join(sorted(set(body) - allowed))}")
     if kind in (PROGRESS, READY):
         return {"steps": _steps(body.get("steps"))}
+    if kind == WORKING:
+        return {}
     if kind == CHECKPOINT_FAILED:
         return {"reason": _text(body.get("reason", ""), "reason") or "The checkpoint failed."}
     if kind == FAILED:

@@ -35,7 +35,7 @@ from typing import Any
 from checkpoints import snapshot
 from checkpoints.store import store_for
 
-from . import gate, images, sandbox
+from . import gate, images, sandbox, work
 from .protocol import (
     CHECKPOINT,
     CHECKPOINT_FAILED,
@@ -47,6 +47,7 @@ from .protocol import (
     READY,
     REPORTS_PATH,
     RESTORING,
+    WORKING,
     SessionConfig,
     starting_step,
 )
@@ -275,6 +276,8 @@ class Supervisor:
         self.serve_control()
         if self.report(READY, steps=self.steps) != 200:
             raise SessionEnded("The platform did not accept this session.")
+        if self.config.work_check_seconds:
+            threading.Thread(target=self.watch_work, daemon=True).start()
         self.checkpoint()  # the first one, as the session starts
         code = self.wait_for_ide()
         if not self.stopping.is_set():
@@ -539,6 +542,17 @@ class Supervisor:
             if status is not None and status < 500:  # recorded, or refused for good (the session has ended)
                 self.unrecorded = None
         return self.unrecorded is None
+
+    def watch_work(self) -> None:
+        """Tell the platform, after each look that saw the IDE working, that the studio is not idle (``work``)."""
+        gate_url = f"http://127.0.0.1:{self.listening.getsockname()[1]}{self.config.base_path}"
+        container = self.config.container_id if self.isolated else ""
+        watch = work.WorkWatch(self.config.template, gate_url, self.config.token, container)
+        while not self.stopping.wait(self.config.work_check_seconds):
+            if watch.working():
+                self.report(WORKING)
+            if watch.looks % 60 == 1:
+                log.info("work checks: %d, %.2f ms of CPU each", watch.looks, 1000 * watch.cpu_spent / watch.looks)
 
     def serve_control(self) -> None:
         """The platform's way in, with the session token: POST /checkpoint saves one now and answers whether it

@@ -81,8 +81,16 @@ def test_a_maintainer_adds_starts_shares_stops_and_deletes_a_studio(live_platfor
     for username in ("mia", "carl"):
         expect(page.get_by_title(re.compile(rf"^{username}, connected since"))).to_be_visible(timeout=5_000)
 
+    # The Stop confirmation says who would be cut off.
+    questions = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#status-badge")).to_have_text("stopped", timeout=60_000)
+    assert re.fullmatch(
+        r"Stop first-analysis\? It saves a final checkpoint, then its session closes for everyone in it\.\n\n"
+        r"Connected now: (mia|carl), connected since \d\d:\d\d; (mia|carl), connected since \d\d:\d\d\.",
+        questions[0],
+    ), questions
     # The sessions' connections ended with the session.
     expect(page.locator(".avatar")).to_have_count(0, timeout=10_000)
 
@@ -98,6 +106,7 @@ def test_a_maintainer_adds_starts_shares_stops_and_deletes_a_studio(live_platfor
     assert notebook.ok and '"name": "Untitled.ipynb"' in notebook.text(), notebook.text()
     page.get_by_role("link", name="Checkpoints").click()
     expect(page.get_by_text("inherited")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#status-badge")).to_have_text("stopped", timeout=60_000)
     page.goto(f"{live_platform.url}{studio.get_absolute_url()}")

@@ -56,7 +56,7 @@ class Journey:
 
 NEEDS_MAINTAIN = "You need the maintain role"
 # (running_menu, stopped_menu)
-MAINTAINER_MENUS = (["Connect", "Copy URL", "Stop"], ["Start", "Delete"])
+MAINTAINER_MENUS = (["Connect", "Copy URL", "Stop", "Extend"], ["Start", "Delete"])
 CONNECTOR_MENUS: tuple[list[str], list[str]] = (["Connect", "Copy URL"], [])
 JOURNEYS = [
     Journey(Role.OWNER, *MAINTAINER_MENUS, forbidden=("delete", "running", 200, "stop it before deleting it")),

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -19,21 +18,13 @@ from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import environments, lifecycle, origins, permissions, presence, tokens
+from . import environments, lifecycle, listing, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
 log = logging.getLogger(__name__)
-
-SEARCH_KEYS = {
-    "author": "author__username",
-    "username": "author__username",
-    "ce": "compute_environment__name",
-    "computeenvname": "compute_environment__name",
-    "status": "status",
-}
 
 
 # What says the database cannot be reached.
@@ -49,21 +40,6 @@ def server_error(request):
     return HttpResponse(loader.render_to_string("500.html"), status=500)
 
 
-def search(studios, query):
-    """Filter by name words and ``key:value`` terms (author:, ce:, status: and their newer spellings)."""
-    try:
-        terms = shlex.split(query)
-    except ValueError:
-        terms = query.split()
-    for term in terms:
-        key, sep, value = term.partition(":")
-        if sep and key.lower() in SEARCH_KEYS:
-            studios = studios.filter(**{SEARCH_KEYS[key.lower()]: value})
-        else:
-            studios = studios.filter(name__icontains=term)
-    return studios
-
-
 @login_required
 def home(request):
     memberships = Membership.objects.filter(user=request.user).select_related("workspace__organization")
@@ -74,14 +50,20 @@ def home(request):
 def studio_list(request, org, workspace):
     workspace, role = permissions.workspace_for(request.user, org, workspace)
     query = request.GET.get("q", "").strip()
-    studios = search(
+    order = request.GET.get("order", "")
+    if order not in listing.ORDERINGS:
+        order = listing.DEFAULT_ORDERING
+    studios = listing.search(
         workspace.studios.select_related("compute_environment", "author").prefetch_related("connections__user"), query
     )
+    studios = listing.ordered(studios, order)
     context = {
         "workspace": workspace,
         "role": role,
         "studios": studios,
         "query": query,
+        "order": order,
+        "orderings": [(name, label) for name, (label, _) in listing.ORDERINGS.items()],
         "polling": any(studio.is_transitional for studio in studios),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
         "can_admin": permissions.has_role(role, permissions.ADMIN),

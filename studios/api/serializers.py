@@ -8,7 +8,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from checkpoints import records
 from studios import origins, permissions
 from studios.models import Role, Template
 
@@ -75,7 +74,8 @@ class CheckpointSerializer(serializers.Serializer):
 
 
 class StudioSerializer(serializers.Serializer):
-    """A studio as its pages show it. The context holds the request and the user's ``role`` in its workspace."""
+    """A studio as its pages show it. The context holds the request, the user's ``role`` in its workspace and the
+    ``restore_sources`` of the studios shown (``records.restore_sources``)."""
 
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -105,7 +105,7 @@ class StudioSerializer(serializers.Serializer):
 
     @extend_schema_field(CheckpointSerializer(allow_null=True))
     def get_lastCheckpoint(self, studio):
-        checkpoint = records.restore_source(studio)
+        checkpoint = self.context["restore_sources"][studio.pk]
         return CheckpointSerializer(checkpoint).data if checkpoint else None
 
     @extend_schema_field(ConnectedMemberSerializer(many=True))

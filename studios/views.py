@@ -8,6 +8,7 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -25,6 +26,10 @@ from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatu
 from .supervisor import protocol
 
 log = logging.getLogger(__name__)
+
+# How many rows a page of the studio list and of the Checkpoints tab shows.
+STUDIOS_PER_PAGE = 50
+CHECKPOINTS_PER_PAGE = 50
 
 
 # What says the database cannot be reached.
@@ -53,18 +58,19 @@ def studio_list(request, org, workspace):
     order = request.GET.get("order", "")
     if order not in listing.ORDERINGS:
         order = listing.DEFAULT_ORDERING
-    studios = listing.search(
-        workspace.studios.select_related("compute_environment", "author").prefetch_related("connections__user"), query
-    )
-    studios = listing.ordered(studios, order)
+    studios = listing.search(workspace.studios.select_related("compute_environment", "author", "session"), query)
+    page = Paginator(listing.ordered(studios, order), STUDIOS_PER_PAGE).get_page(request.GET.get("page"))
+    shown = list(page.object_list)
+    prefetch_related_objects(shown, "connections__user")
     context = {
         "workspace": workspace,
         "role": role,
-        "studios": studios,
+        "page": page,
+        "studios": shown,
         "query": query,
         "order": order,
         "orderings": [(name, label) for name, (label, _) in listing.ORDERINGS.items()],
-        "polling": any(studio.is_transitional for studio in studios),
+        "polling": any(studio.is_transitional for studio in shown),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
         "can_admin": permissions.has_role(role, permissions.ADMIN),
     }
@@ -158,7 +164,7 @@ def studio_detail(request, studio_id):
         tabs=DETAIL_TABS,
         tab=tab if tab in dict(DETAIL_TABS) else "configuration",
         history=studio_history(studio),
-        checkpoints=studio.checkpoints.all(),
+        checkpoints=Paginator(studio.checkpoints.all(), CHECKPOINTS_PER_PAGE).get_page(request.GET.get("page")),
         start_form=ResourcesForm(
             workspace=studio.workspace,
             studio=studio,

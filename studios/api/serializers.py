@@ -74,8 +74,8 @@ class CheckpointSerializer(serializers.Serializer):
 
 
 class StudioSerializer(serializers.Serializer):
-    """A studio as its pages show it. The context holds the request, the user's ``role`` in its workspace and the
-    ``restore_sources`` of the studios shown (``records.restore_sources``)."""
+    """A studio as its pages show it, with its ``restore_source`` (``views.with_restore_sources``). The context holds
+    the request and the user's ``role`` in its workspace."""
 
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -93,7 +93,9 @@ class StudioSerializer(serializers.Serializer):
     statusReason = serializers.CharField(source="status_reason", help_text="Why it errored or what a stop lost.")
     statusChanged = serializers.DateTimeField(source="status_changed")
     startupSteps = StepSerializer(many=True, source="startup_steps", help_text="The latest start's progress.")
-    lastCheckpoint = serializers.SerializerMethodField(help_text="The newest saved checkpoint: what a start restores.")
+    lastCheckpoint = CheckpointSerializer(
+        source="restore_source", allow_null=True, help_text="The newest saved checkpoint: what a start restores."
+    )
     connectedMembers = serializers.SerializerMethodField()
     lastActivity = serializers.DateTimeField(source="last_activity", allow_null=True)
     role = serializers.SerializerMethodField(help_text="Your role in its workspace.")
@@ -102,11 +104,6 @@ class StudioSerializer(serializers.Serializer):
 
     def get_workspace(self, studio) -> str:
         return f"{studio.workspace.organization.slug}/{studio.workspace.slug}"
-
-    @extend_schema_field(CheckpointSerializer(allow_null=True))
-    def get_lastCheckpoint(self, studio):
-        checkpoint = self.context["restore_sources"][studio.pk]
-        return CheckpointSerializer(checkpoint).data if checkpoint else None
 
     @extend_schema_field(ConnectedMemberSerializer(many=True))
     def get_connectedMembers(self, studio):

@@ -58,12 +58,16 @@ def studio_answer(request, studio_id, status_code=status.HTTP_200_OK):
     """The studio's representation, read afresh (after an action) with what it shows."""
     studio, role = permissions.studio_for(request.user, studio_id)
     prefetch_related_objects([studio], *STUDIO_PREFETCH)
-    return Response(StudioSerializer(studio, context=studio_context(request, role, [studio])).data, status=status_code)
+    with_restore_sources([studio])
+    return Response(StudioSerializer(studio, context={"request": request, "role": role}).data, status=status_code)
 
 
-def studio_context(request, role, studios):
-    """What ``StudioSerializer`` reads besides the studios: for a list, their checkpoints in a few queries."""
-    return {"request": request, "role": role, "restore_sources": records.restore_sources(studios)}
+def with_restore_sources(studios):
+    """Give each of ``studios`` its ``restore_source``, which ``StudioSerializer`` shows: for a list, read for all
+    of them at once."""
+    sources = records.restore_sources(studios)
+    for studio in studios:
+        studio.restore_source = sources[studio.pk]
 
 
 def resources_form(request_serializer, body, studio, form_class=ResourcesForm, **fields):
@@ -134,12 +138,13 @@ class StudioList(APIView):
         except listing.UnknownOrdering as error:
             raise InvalidInput({"orderBy": [str(error)]}) from None
         page = list(studios.select_related(*STUDIO_RELATED).prefetch_related(*STUDIO_PREFETCH)[offset : offset + limit])
+        with_restore_sources(page)
         return Response(
             {
                 "total": studios.count(),
                 "max": limit,
                 "offset": offset,
-                "studios": StudioSerializer(page, many=True, context=studio_context(request, role, page)).data,
+                "studios": StudioSerializer(page, many=True, context={"request": request, "role": role}).data,
             }
         )
 

@@ -4,9 +4,11 @@ import logging
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from studios import permissions
+from studios.models import Studio
 
 from .models import Checkpoint, clean_checkpoint_name
 
@@ -23,13 +25,33 @@ def new_session_checkpoint(studio):
 
 def restore_source(studio):
     """What a start restores: the newest checkpoint the studio's own sessions saved, else the clone's source."""
-    own = studio.checkpoints.filter(
-        copied_from__isnull=True, state__in=[Checkpoint.State.INTERIM, Checkpoint.State.FINALIZED]
+    return restore_sources([studio])[studio.pk]
+
+
+def restore_sources(studios):
+    """``restore_source`` of each of ``studios`` ({studio id: checkpoint or None}) in two queries, however many
+    there are (a list of studios shows each one's). Each checkpoint comes with its studio and that one's session."""
+    newest = (
+        Checkpoint.objects.filter(
+            studio=OuterRef("pk"),
+            copied_from__isnull=True,
+            state__in=[Checkpoint.State.INTERIM, Checkpoint.State.FINALIZED],
+        )
+        .exclude(manifest_key="")
+        .order_by("-saved", "-pk")
     )
-    newest = own.exclude(manifest_key="").order_by("-saved").first()
-    if newest is None and studio.parent_checkpoint_id and studio.parent_checkpoint.restorable:
-        return studio.parent_checkpoint
-    return newest
+    own = dict(
+        Studio.objects.filter(pk__in=[studio.pk for studio in studios])
+        .annotate(newest=Subquery(newest.values("pk")[:1]))
+        .values_list("pk", "newest")
+    )
+    wanted = {own.get(studio.pk) or studio.parent_checkpoint_id for studio in studios} - {None}
+    checkpoints = Checkpoint.objects.select_related("studio__session").in_bulk(wanted) if wanted else {}
+    sources = {}
+    for studio in studios:
+        source = checkpoints.get(own.get(studio.pk) or studio.parent_checkpoint_id)
+        sources[studio.pk] = source if source is not None and source.restorable else None
+    return sources
 
 
 def record_saved(checkpoint_id, manifest_key, manifest_sha256, size_bytes, final):

@@ -232,14 +232,15 @@ def workspaces(context):
 @click.argument("search", nargs=-1)
 @click.option("--max", "limit", type=int, default=100, show_default=True)
 @click.option("--offset", type=int, default=0, show_default=True)
+@click.option("--order-by", "order", default="newest", show_default=True, help="newest, oldest, name or lastUsed.")
 @pass_context
-def list_studios(context, search, limit, offset):
-    """The workspace's studios, newest first. SEARCH as on the page: name words, author:, ce:, status:."""
+def list_studios(context, search, limit, offset, order):
+    """The workspace's studios. SEARCH as on the page: name words, author:, ce:, status:."""
     platform = context.platform
     page = platform.call(
         "GET",
         f"{platform.workspace_path(context.workspace)}/studios/",
-        params={"search": " ".join(search), "max": limit, "offset": offset},
+        params={"search": " ".join(search), "max": limit, "offset": offset, "orderBy": order},
     )
 
     def table(page):
@@ -334,19 +335,26 @@ def start(context, studio, cpus, memory, datasets, lifespan, wait_for_it):
     finish(context, platform.call("POST", f"/studios/{studio['id']}/start/", body), "running" if wait_for_it else None)
 
 
-@main.command("start-as-new")
-@click.argument("studio")
-@click.argument("name")
-@click.option("--checkpoint", help="Its name or id (default: the studio's newest saved checkpoint).")
-@click.option("--description")
-@click.option("--cpu", "cpus", type=int)
-@click.option("--memory", type=int, help="In MB.")
-@click.option("-d", "--dataset", "datasets", multiple=True)
-@click.option("--lifespan", type=int, help=LIFESPAN_HELP + " (default: the workspace's).")
-@click.option("--wait", "wait_for_it", is_flag=True, help="Until it runs.")
-@pass_context
-def start_as_new(context, studio, name, checkpoint, description, cpus, memory, datasets, lifespan, wait_for_it):
-    """Start NAME, a new studio cloned from a checkpoint of STUDIO."""
+def clone_options(command):
+    """The arguments and options of start-as-new and add-as-new."""
+    for option in reversed(
+        [
+            click.argument("studio"),
+            click.argument("name"),
+            click.option("--checkpoint", help="Its name or id (default: the studio's newest saved checkpoint)."),
+            click.option("--description"),
+            click.option("--cpu", "cpus", type=int),
+            click.option("--memory", type=int, help="In MB."),
+            click.option("-d", "--dataset", "datasets", multiple=True),
+            click.option("--lifespan", type=int, help=LIFESPAN_HELP + " (default: the workspace's)."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def clone(context, action, studio, name, checkpoint, description, cpus, memory, datasets, lifespan):
+    """The new studio ``action`` (start-as-new or add-as-new) made from a checkpoint of ``studio``."""
     platform = context.platform
     parent = platform.studio(studio, context.workspace)
     source = platform.checkpoint(parent, checkpoint)
@@ -356,8 +364,24 @@ def start_as_new(context, studio, name, checkpoint, description, cpus, memory, d
     }
     if description is not None:
         body["description"] = description
-    clone = platform.call("POST", f"/checkpoints/{source['id']}/start-as-new/", body)
-    finish(context, clone, "running" if wait_for_it else None)
+    return platform.call("POST", f"/checkpoints/{source['id']}/{action}/", body)
+
+
+@main.command("start-as-new")
+@clone_options
+@click.option("--wait", "wait_for_it", is_flag=True, help="Until it runs.")
+@pass_context
+def start_as_new(context, wait_for_it, **clone_from):
+    """Start NAME, a new studio cloned from a checkpoint of STUDIO."""
+    finish(context, clone(context, "start-as-new", **clone_from), "running" if wait_for_it else None)
+
+
+@main.command("add-as-new")
+@clone_options
+@pass_context
+def add_as_new(context, **clone_from):
+    """Add NAME, a new studio cloned from a checkpoint of STUDIO, stopped: its first start restores the checkpoint."""
+    finish(context, clone(context, "add-as-new", **clone_from), None)
 
 
 @main.command()

@@ -176,11 +176,14 @@ def start_as_new(
     memory_mb,
     lifespan_hours=None,
     idle_stop_minutes=None,
+    start=True,
 ):
     """A new studio with the parent's template, compute environment and checkpoint history, started
-    from ``checkpoint``. Later changes to either studio never touch the other."""
+    from ``checkpoint``; or, when not ``start`` (add as new), stopped, its first start restoring ``checkpoint``.
+    Later changes to either studio never touch the other."""
     parent = checkpoint.studio
-    permissions.require_role(user, parent.workspace, permissions.MAINTAIN, "start studios as new")
+    action = "start studios as new" if start else "add studios as new"
+    permissions.require_role(user, parent.workspace, permissions.MAINTAIN, action)
     if parent.active_session is not None and parent.active_session.checkpoint_id == checkpoint.pk:
         raise ActionRefused(
             f"Checkpoint {checkpoint.name} is in use by {parent.name}'s running session; "
@@ -205,7 +208,7 @@ def start_as_new(
         )
         clone.parent_checkpoint = records.copy_history(parent, clone, checkpoint)
         clone.save(update_fields=["parent_checkpoint"])
-        return start_studio(user, clone)
+        return start_studio(user, clone) if start else clone
 
 
 def held_data_paths(workspace, exclude_studio=None):

@@ -5,6 +5,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
@@ -289,6 +290,8 @@ class Studio(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="unique_studio_name")]
+        # The list's default ordering (``listing``), so that a page of a large workspace reads only its rows.
+        indexes = [models.Index(F("workspace_id"), F("created").desc(), F("id").desc(), name="studio_list_newest")]
         ordering = ["-created"]
 
     def __str__(self):

@@ -2,13 +2,13 @@
 
 import json
 import logging
-import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import environments, lifecycle, origins, permissions, presence, tokens
+from . import environments, lifecycle, listing, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import ENVIRONMENT_FORMS, AccessTokenForm, ExtendForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
@@ -28,13 +28,9 @@ from .supervisor import protocol
 
 log = logging.getLogger(__name__)
 
-SEARCH_KEYS = {
-    "author": "author__username",
-    "username": "author__username",
-    "ce": "compute_environment__name",
-    "computeenvname": "compute_environment__name",
-    "status": "status",
-}
+# How many rows a page of the studio list and of the Checkpoints tab shows.
+STUDIOS_PER_PAGE = 50
+CHECKPOINTS_PER_PAGE = 50
 
 
 # What says the database cannot be reached.
@@ -50,21 +46,6 @@ def server_error(request):
     return HttpResponse(loader.render_to_string("500.html"), status=500)
 
 
-def search(studios, query):
-    """Filter by name words and ``key:value`` terms (author:, ce:, status: and their newer spellings)."""
-    try:
-        terms = shlex.split(query)
-    except ValueError:
-        terms = query.split()
-    for term in terms:
-        key, sep, value = term.partition(":")
-        if sep and key.lower() in SEARCH_KEYS:
-            studios = studios.filter(**{SEARCH_KEYS[key.lower()]: value})
-        else:
-            studios = studios.filter(name__icontains=term)
-    return studios
-
-
 @login_required
 def home(request):
     memberships = Membership.objects.filter(user=request.user).select_related("workspace__organization")
@@ -75,18 +56,22 @@ def home(request):
 def studio_list(request, org, workspace):
     workspace, role = permissions.workspace_for(request.user, org, workspace)
     query = request.GET.get("q", "").strip()
-    studios = search(
-        workspace.studios.select_related("compute_environment", "author", "session").prefetch_related(
-            "connections__user"
-        ),
-        query,
-    )
+    order = request.GET.get("order", "")
+    if order not in listing.ORDERINGS:
+        order = listing.DEFAULT_ORDERING
+    studios = listing.search(workspace.studios.select_related("compute_environment", "author", "session"), query)
+    page = Paginator(listing.ordered(studios, order), STUDIOS_PER_PAGE).get_page(request.GET.get("page"))
+    shown = list(page.object_list)
+    prefetch_related_objects(shown, "connections__user")
     context = {
         "workspace": workspace,
         "role": role,
-        "studios": studios,
+        "page": page,
+        "studios": shown,
         "query": query,
-        "polling": any(studio.is_transitional for studio in studios),
+        "order": order,
+        "orderings": [(name, label) for name, (label, _) in listing.ORDERINGS.items()],
+        "polling": any(studio.is_transitional for studio in shown),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
         "can_connect": permissions.has_role(role, permissions.CONNECT),
         "can_admin": permissions.has_role(role, permissions.ADMIN),
@@ -182,7 +167,7 @@ def studio_detail(request, studio_id):
         tabs=DETAIL_TABS,
         tab=tab if tab in dict(DETAIL_TABS) else "configuration",
         history=studio_history(studio),
-        checkpoints=studio.checkpoints.all(),
+        checkpoints=Paginator(studio.checkpoints.all(), CHECKPOINTS_PER_PAGE).get_page(request.GET.get("page")),
         start_form=ResourcesForm(
             workspace=studio.workspace,
             studio=studio,

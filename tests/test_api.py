@@ -1,6 +1,9 @@
 """The API under /api/v1/: what each endpoint answers and changes, and its refusals, with the pages' sentences."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from checkpoints.models import Checkpoint
 from studios.models import ActiveMount, ComputeEnvironment, Role, SessionConnection, Studio, StudioStatus
@@ -160,6 +163,64 @@ def test_listing_searches_as_the_page_and_pages(api, studios_url, workspace, mai
 
 
 @pytest.mark.parametrize(
+    "order, expected",
+    [
+        ("", ["variant", "rnaseq-b", "rnaseq-a"]),
+        ("newest", ["variant", "rnaseq-b", "rnaseq-a"]),
+        ("oldest", ["rnaseq-a", "rnaseq-b", "variant"]),
+        ("name", ["rnaseq-a", "rnaseq-b", "variant"]),
+        ("lastUsed", ["rnaseq-a", "variant", "rnaseq-b"]),
+    ],
+)
+def test_listing_orders_as_the_page(api, studios_url, workspace, maintainer, client, order, expected):
+    for name in ["rnaseq-a", "rnaseq-b", "variant"]:
+        make_studio(workspace, name=name, author=maintainer)
+    Studio.objects.filter(name="rnaseq-a").update(last_activity=timezone.now())
+    answer = api.get(studios_url + (f"?orderBy={order}" if order else "")).json()
+    assert [studio["name"] for studio in answer["studios"]] == expected
+    client.force_login(maintainer)
+    page = client.get(workspace.get_absolute_url(), {"order": order} if order else {})
+    assert [studio.name for studio in page.context["studios"]] == expected
+
+
+def test_listing_refuses_an_unknown_order_with_the_allowed_ones(api, studios_url, workspace, maintainer):
+    make_studio(workspace, name="rnaseq", author=maintainer)
+    response = api.get(studios_url + "?orderBy=-created")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+    assert response.json()["errors"] == {
+        "orderBy": ["Unknown ordering '-created'; order by newest, oldest, name, lastUsed."]
+    }
+
+
+def test_listing_takes_as_many_queries_for_many_studios_as_for_few(api, studios_url, workspace, maintainer):
+    """Each studio shows its last checkpoint, its members and mounts: read for the whole page at once."""
+    reads = make_dataset(workspace)
+
+    def add_studios(count):
+        for _ in range(count):
+            studio = make_studio(workspace, author=maintainer, datasets=[reads])
+            saved = Checkpoint.objects.create(studio=studio, name="saved", state="finalized", manifest_key="m")
+            clone = make_studio(workspace, author=maintainer, parent_checkpoint=saved)
+            make_running(clone, checkpoint=Checkpoint.objects.create(studio=clone, name="first"))
+            SessionConnection.objects.create(studio=clone, user=maintainer, web_process="web-1")
+
+    def queries_to_list():
+        with CaptureQueriesContext(connection) as queries:
+            answer = api.get(studios_url).json()
+        assert all(studio["lastCheckpoint"]["name"] == "saved" for studio in answer["studios"])
+        return answer["total"], len(queries)
+
+    api.get(studios_url)  # the token's first use of the minute is recorded
+    add_studios(2)
+    few = queries_to_list()
+    add_studios(20)
+    many = queries_to_list()
+    assert (few[0], many[0]) == (4, 44)
+    assert many[1] == few[1]
+
+
+@pytest.mark.parametrize(
     "query, field, sentence",
     [
         ("max=0", "max", "max is from 1 to 1000."),
@@ -309,6 +370,18 @@ def test_starting_as_new_from_a_checkpoint(api, studio):
     response = api.post(f"{API}/checkpoints/{checkpoint.pk}/start-as-new/", {"name": "rnaseq-clone"})
     assert response.status_code == 400
     assert response.json()["errors"] == {"name": ["A studio named 'rnaseq-clone' already exists in this workspace."]}
+
+
+def test_adding_as_new_leaves_the_clone_stopped_until_a_start_restores_the_checkpoint(api, studio):
+    checkpoint = Checkpoint.objects.create(studio=studio, name="rnaseq_1", state="finalized", manifest_key="m")
+    response = api.post(f"{API}/checkpoints/{checkpoint.pk}/add-as-new/", {"name": "rnaseq-copy", "memoryMb": 4096})
+    assert response.status_code == 201, response.json()
+    copy = response.json()
+    assert (copy["status"], copy["description"], copy["memoryMb"]) == ("stopped", "rnaseq", 4096)
+    assert copy["lastCheckpoint"]["name"] == "rnaseq_1" and copy["lastCheckpoint"]["inherited"]
+    assert "start" in copy["actions"]
+    assert api.post(f"{API}/studios/{copy['id']}/start/").status_code == 202
+    assert Studio.objects.get(pk=copy["id"]).session.restored_from.copied_from == checkpoint
 
 
 def test_starting_as_new_from_the_checkpoint_in_use_is_refused(api, studio):

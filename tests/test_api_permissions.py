@@ -129,6 +129,15 @@ ENDPOINTS = [
         {"name": "clone"},
         outcome=studio_count,
     ),
+    Endpoint(
+        "addAsNew",
+        "POST",
+        f"{API}/checkpoints/{{checkpoint}}/add-as-new/",
+        permissions.MAINTAIN,
+        201,
+        {"name": "clone"},
+        outcome=studio_count,
+    ),
 ]
 
 

@@ -124,6 +124,19 @@ def test_extend_keeps_a_running_studio_longer_and_view_says_until_when(world):
     assert viewer.exit_code == 4 and "You need the maintain role or higher to extend studios" in viewer.output
 
 
+def test_add_as_new_adds_a_stopped_clone_of_a_checkpoint_and_lists_by_name(world):
+    added = run(world, "--json", "add-as-new", "rnaseq", "alpha-copy", "--checkpoint", "rnaseq_1", "--cpu", "1")
+    assert added.exit_code == 0, added.output
+    copy = json.loads(added.output)
+    assert (copy["status"], copy["cpus"], copy["lastCheckpoint"]["name"]) == ("stopped", 1, "rnaseq_1")
+    assert Studio.objects.get(name="alpha-copy").parent_checkpoint.copied_from.name == "rnaseq_1"
+    rows = run(world, "list", "--order-by", "name").output.splitlines()[1:]
+    assert [row.split()[1] for row in rows] == ["alpha-copy", "rnaseq"]
+    unknown = run(world, "list", "--order-by", "size")
+    assert unknown.exit_code == 1
+    assert "Unknown ordering 'size'; order by newest, oldest, name, lastUsed." in unknown.output
+
+
 def test_refusals_carry_the_pages_sentence_and_an_exit_code(world):
     too_big = run(world, "add", "qc", "--cpu", "64")
     assert too_big.exit_code == 1 and "cpus: local offers 1 to 8 CPUs." in too_big.output

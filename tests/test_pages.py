@@ -3,6 +3,8 @@
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from checkpoints.models import Checkpoint
@@ -71,6 +73,77 @@ def test_list_polls_only_while_a_status_is_transitional(client, workspace, maint
     partial = client.get(studio.get_absolute_url(), HTTP_HX_REQUEST="true")
     assert b'id="studio-status"' in partial.content and b"<html" not in partial.content
     assert b'hx-trigger="every' in partial.content
+
+
+def test_the_list_pages_keeping_the_search_and_the_order(client, workspace, maintainer):
+    client.force_login(maintainer)
+    for n in range(60):
+        make_studio(workspace, name=f"rnaseq-{n:02}", author=maintainer)
+    make_studio(workspace, name="variant-calling", author=maintainer)
+    first = client.get(workspace.get_absolute_url(), {"q": "rnaseq", "order": "name"})
+    assert [s.name for s in first.context["studios"]] == [f"rnaseq-{n:02}" for n in range(50)]
+    page = first.content.decode()
+    assert "1 to 50 of 60" in page and 'href="?q=rnaseq&amp;order=name&amp;page=2"' in page
+    second = client.get(workspace.get_absolute_url(), {"q": "rnaseq", "order": "name", "page": 2})
+    assert [s.name for s in second.context["studios"]] == [f"rnaseq-{n:02}" for n in range(50, 60)]
+    assert 'href="?q=rnaseq&amp;order=name&amp;page=1"' in second.content.decode()
+    assert '<option value="name" selected>' in second.content.decode()
+
+
+@pytest.mark.parametrize("page, shown", [("99", "51 to 60 of 60"), ("0", "51 to 60 of 60"), ("many", "1 to 50 of 60")])
+def test_a_page_out_of_range_shows_the_nearest_one(client, workspace, maintainer, page, shown):
+    client.force_login(maintainer)
+    for _ in range(60):
+        make_studio(workspace, author=maintainer)
+    response = client.get(workspace.get_absolute_url(), {"page": page})
+    assert response.status_code == 200 and shown in response.content.decode()
+
+
+def test_an_unknown_order_lists_newest_first(client, workspace, maintainer, listed):
+    client.force_login(maintainer)
+    response = client.get(workspace.get_absolute_url(), {"order": "-created"})
+    assert [s.name for s in response.context["studios"]] == ["variant-calling", "rnaseq-salmon", "rnaseq-deseq2"]
+
+
+def test_the_list_takes_as_many_queries_for_many_studios_as_for_few(client, workspace, maintainer):
+    client.force_login(maintainer)
+
+    def queries_to_list():
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(workspace.get_absolute_url()).status_code == 200
+        return len(queries)
+
+    for _ in range(3):
+        make_running(make_studio(workspace, author=maintainer))
+    few = queries_to_list()
+    for _ in range(120):
+        make_running(make_studio(workspace, author=maintainer))
+    assert queries_to_list() == few
+
+
+def test_the_poll_refreshes_the_page_shown_only(client, workspace, maintainer):
+    client.force_login(maintainer)
+    for n in range(60):
+        make_studio(workspace, name=f"rnaseq-{n:02}", author=maintainer)
+    Studio.objects.filter(name="rnaseq-00").update(status=StudioStatus.STARTING)
+    url = workspace.get_absolute_url()
+    assert b'hx-trigger="every' not in client.get(url, {"order": "name", "page": 2}).content
+    page = client.get(url, {"q": "rnaseq", "order": "name"}).content.decode()
+    assert f'hx-get="{url}?q=rnaseq&amp;order=name" hx-trigger="every 2s"' in page
+    partial = client.get(url, {"q": "rnaseq", "order": "name"}, HTTP_HX_REQUEST="true")
+    assert b"<html" not in partial.content and len(partial.context["studios"]) == 50
+
+
+def test_the_checkpoints_tab_pages(client, workspace, maintainer):
+    client.force_login(maintainer)
+    studio = make_studio(workspace, name="rnaseq", author=maintainer)
+    for n in range(60):
+        Checkpoint.objects.create(studio=studio, name=f"rnaseq_{n:02}", state="finalized", manifest_key="m")
+    first = client.get(studio.get_absolute_url(), {"tab": "checkpoints"}).content.decode()
+    assert first.count('name="name"') == 50 and "rnaseq_59" in first and "rnaseq_09" not in first
+    assert 'href="?tab=checkpoints&amp;page=2"' in first
+    second = client.get(studio.get_absolute_url(), {"tab": "checkpoints", "page": 2}).content.decode()
+    assert second.count('name="name"') == 10 and "rnaseq_09" in second and "51 to 60 of 60" in second
 
 
 class TestAddForm:

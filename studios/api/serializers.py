@@ -8,7 +8,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from checkpoints import records
 from studios import origins, permissions
 from studios.models import Role, Template
 
@@ -81,7 +80,8 @@ class CheckpointSerializer(serializers.Serializer):
 
 
 class StudioSerializer(serializers.Serializer):
-    """A studio as its pages show it. The context holds the request and the user's ``role`` in its workspace."""
+    """A studio as its pages show it, with its ``restore_source`` (``views.with_restore_sources``). The context holds
+    the request and the user's ``role`` in its workspace."""
 
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -111,7 +111,9 @@ class StudioSerializer(serializers.Serializer):
     statusReason = serializers.CharField(source="status_reason", help_text="Why it errored or what a stop lost.")
     statusChanged = serializers.DateTimeField(source="status_changed")
     startupSteps = StepSerializer(many=True, source="startup_steps", help_text="The latest start's progress.")
-    lastCheckpoint = serializers.SerializerMethodField(help_text="The newest saved checkpoint: what a start restores.")
+    lastCheckpoint = CheckpointSerializer(
+        source="restore_source", allow_null=True, help_text="The newest saved checkpoint: what a start restores."
+    )
     connectedMembers = serializers.SerializerMethodField()
     lastActivity = serializers.DateTimeField(source="last_activity", allow_null=True)
     role = serializers.SerializerMethodField(help_text="Your role in its workspace.")
@@ -124,11 +126,6 @@ class StudioSerializer(serializers.Serializer):
 
     def get_workspace(self, studio) -> str:
         return f"{studio.workspace.organization.slug}/{studio.workspace.slug}"
-
-    @extend_schema_field(CheckpointSerializer(allow_null=True))
-    def get_lastCheckpoint(self, studio):
-        checkpoint = records.restore_source(studio)
-        return CheckpointSerializer(checkpoint).data if checkpoint else None
 
     @extend_schema_field(ConnectedMemberSerializer(many=True))
     def get_connectedMembers(self, studio):

@@ -22,4 +22,5 @@ urlpatterns = [
     path("studios/<int:studio_id>/checkpoints/", views.CheckpointList.as_view(), name="api_checkpoints"),
     path("checkpoints/<int:checkpoint_id>/", views.CheckpointDetail.as_view(), name="api_checkpoint"),
     path("checkpoints/<int:checkpoint_id>/start-as-new/", views.StartAsNew.as_view(), name="api_start_as_new"),
+    path("checkpoints/<int:checkpoint_id>/add-as-new/", views.AddAsNew.as_view(), name="api_add_as_new"),
 ]

@@ -12,10 +12,9 @@ from rest_framework.views import APIView
 
 from checkpoints import records
 from checkpoints.views import checkpoint_for
-from studios import lifecycle, permissions, presence
+from studios import lifecycle, listing, permissions, presence
 from studios.forms import CloneForm, ExtendForm, ResourcesForm, StudioForm
 from studios.models import Membership, Template
-from studios.views import search
 
 from .errors import InvalidInput
 from .serializers import (
@@ -60,7 +59,16 @@ def studio_answer(request, studio_id, status_code=status.HTTP_200_OK):
     """The studio's representation, read afresh (after an action) with what it shows."""
     studio, role = permissions.studio_for(request.user, studio_id)
     prefetch_related_objects([studio], *STUDIO_PREFETCH)
+    with_restore_sources([studio])
     return Response(StudioSerializer(studio, context={"request": request, "role": role}).data, status=status_code)
+
+
+def with_restore_sources(studios):
+    """Give each of ``studios`` its ``restore_source``, which ``StudioSerializer`` shows: for a list, read for all
+    of them at once."""
+    sources = records.restore_sources(studios)
+    for studio in studios:
+        studio.restore_source = sources[studio.pk]
 
 
 def resources_form(request_serializer, body, studio, form_class=ResourcesForm, **fields):
@@ -113,22 +121,33 @@ class StudioList(APIView):
             ),
             OpenApiParameter("max", int, description=f"At most this many (1 to {LARGEST_PAGE}; {DEFAULT_PAGE})."),
             OpenApiParameter("offset", int, description="Skip this many first (0)."),
+            OpenApiParameter(
+                "orderBy",
+                str,
+                enum=list(listing.ORDERINGS),
+                description="As on the studio list: newest (the default) or oldest created first, by name, or the "
+                "last used first (then the newest).",
+            ),
         ],
         responses={200: StudioPageSerializer, **refusals(400, 404)},
-        description="Newest first.",
     )
     def get(self, request, org, workspace):
+        """The workspace's studios that match the search, a page at a time, in the order asked."""
         workspace, role = permissions.workspace_for(request.user, org, workspace)
         limit, offset = page_bounds(request)
-        studios = search(workspace.studios.all(), request.query_params.get("search", "").strip())
-        page = studios.select_related(*STUDIO_RELATED).prefetch_related(*STUDIO_PREFETCH)[offset : offset + limit]
-        context = {"request": request, "role": role}
+        studios = listing.search(workspace.studios.all(), request.query_params.get("search", "").strip())
+        try:
+            studios = listing.ordered(studios, request.query_params.get("orderBy", ""))
+        except listing.UnknownOrdering as error:
+            raise InvalidInput({"orderBy": [str(error)]}) from None
+        page = list(studios.select_related(*STUDIO_RELATED).prefetch_related(*STUDIO_PREFETCH)[offset : offset + limit])
+        with_restore_sources(page)
         return Response(
             {
                 "total": studios.count(),
                 "max": limit,
                 "offset": offset,
-                "studios": StudioSerializer(page, many=True, context=context).data,
+                "studios": StudioSerializer(page, many=True, context={"request": request, "role": role}).data,
             }
         )
 
@@ -285,6 +304,30 @@ class CheckpointDetail(APIView):
         return Response(CheckpointSerializer(checkpoint).data)
 
 
+def clone_from(request, checkpoint_id, start):
+    """A new studio from the checkpoint, started or not: start as new and add as new."""
+    checkpoint, _ = checkpoint_for(request.user, checkpoint_id)
+    parent = checkpoint.studio
+    action = "start studios as new" if start else "add studios as new"
+    permissions.require_role(request.user, parent.workspace, permissions.MAINTAIN, action)
+    defaults = {
+        "description": "",
+        "cpus": parent.cpus,
+        "memory_mb": parent.memory_mb,
+        "datasets": [],
+        "idle_stop_minutes": parent.workspace.idle_stop_minutes,
+    }
+    form = CloneForm(
+        form_data(StartAsNewRequest, request.data, defaults),
+        workspace=parent.workspace,
+        environment=parent.compute_environment,
+    )
+    if not form.is_valid():
+        raise form_errors(StartAsNewRequest, form)
+    clone = lifecycle.start_as_new(request.user, checkpoint, start=start, **form.cleaned_data)
+    return studio_answer(request, clone.pk, status.HTTP_201_CREATED)
+
+
 class StartAsNew(APIView):
     @extend_schema(
         operation_id="startAsNew",
@@ -294,25 +337,19 @@ class StartAsNew(APIView):
     def post(self, request, checkpoint_id):
         """A new studio with the checkpoint's studio's template, compute environment and checkpoint history,
         started from the checkpoint (maintain role)."""
-        checkpoint, _ = checkpoint_for(request.user, checkpoint_id)
-        parent = checkpoint.studio
-        permissions.require_role(request.user, parent.workspace, permissions.MAINTAIN, "start studios as new")
-        defaults = {
-            "description": "",
-            "cpus": parent.cpus,
-            "memory_mb": parent.memory_mb,
-            "datasets": [],
-            "idle_stop_minutes": parent.workspace.idle_stop_minutes,
-        }
-        form = CloneForm(
-            form_data(StartAsNewRequest, request.data, defaults),
-            workspace=parent.workspace,
-            environment=parent.compute_environment,
-        )
-        if not form.is_valid():
-            raise form_errors(StartAsNewRequest, form)
-        clone = lifecycle.start_as_new(request.user, checkpoint, **form.cleaned_data)
-        return studio_answer(request, clone.pk, status.HTTP_201_CREATED)
+        return clone_from(request, checkpoint_id, start=True)
+
+
+class AddAsNew(APIView):
+    @extend_schema(
+        operation_id="addAsNew",
+        request=StartAsNewRequest,
+        responses={201: StudioSerializer, **refusals(400, 403, 404, 409)},
+    )
+    def post(self, request, checkpoint_id):
+        """As startAsNew, but the new studio is added stopped; its first start restores the checkpoint (maintain
+        role)."""
+        return clone_from(request, checkpoint_id, start=False)
 
 
 def workspace_to_add_to(request, org, workspace):

@@ -13,7 +13,6 @@ from urllib.parse import parse_qs
 
 import websockets
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
@@ -35,9 +34,6 @@ def client():
     if _client is None:
         _client = forwarding.new_client()
     return _client
-
-
-check_access = database_sync_to_async(origins.check_access)
 
 
 def header(scope, name):
@@ -131,7 +127,7 @@ class SessionHTTPProxy:
         if refusal:
             await answer(send, 403, refusal)
             return
-        access = await check_access(access_key(scope), studio_id)
+        access = await revocation.decisions.check(access_key(scope), studio_id)
         if access.status != 200:
             await self.refuse(scope, send, access, studio_id)
             return
@@ -181,7 +177,7 @@ class SessionWebSocketProxy:
         if settings.STUDIOS_HTTPS and not is_secure(scope):
             refusal = "Connect over TLS (wss://)."
         key = access_key(scope) if not refusal else None
-        access = await check_access(key, studio_id) if key else None
+        access = await revocation.decisions.check(key, studio_id) if key else None
         if access is None or access.status != 200:
             await receive()  # websocket.connect
             await forwarding.refuse_websocket(scope, send, 403, refusal or "No access to this session.")
@@ -231,58 +227,40 @@ class SessionWebSocketProxy:
 
 
 class RevocationWatch:
-    """Listens in the groups of one socket's member and studio; when told access changed, checks it again and
-    cancels the relay if it ended."""
+    """Cancels one socket's relay when an announcement in the groups of its member or studio (``revocation``) turns
+    out to have ended its access."""
 
     def __init__(self, key, studio_id, user_id):
         self.key, self.studio_id = key, studio_id
-        self.groups = [revocation.user_group(user_id), revocation.studio_group(studio_id)]
-        self.layer = get_channel_layer()
-        self.channel = None
-        self.task = None
+        self.groups = (revocation.user_group(user_id), revocation.studio_group(studio_id))
+        self.relay = None
         self.revoked = False
 
     async def start(self):
-        """Join the groups, then check the access again (a change between the first check and the joining would be
-        missed otherwise); whether it still holds. A channel layer that cannot be reached leaves the socket
-        unwatched (logged): its member's next HTTP request is still checked."""
-        try:
-            self.channel = await self.layer.new_channel()
-            for group in self.groups:
-                await self.layer.group_add(group, self.channel)
-        except Exception:
-            log.exception("proxy: cannot watch for revocation of studio %s's socket", self.studio_id)
-            self.channel = None
-        return (await check_access(self.key, self.studio_id)).status == 200
+        """Listen, then check the access again (a change between the first check and the listening would be missed
+        otherwise); whether it still holds. A channel layer that cannot be reached leaves the socket unwatched
+        (logged): its member's next HTTP request is still checked."""
+        await revocation.decisions.watch(self.groups, self.changed)
+        return (await revocation.decisions.check(self.key, self.studio_id)).status == 200
 
     def guard(self, relay):
-        if self.channel is not None:
-            self.task = asyncio.create_task(self.watch(relay))
+        self.relay = relay
+        if self.revoked:
+            relay.cancel()
 
-    async def watch(self, relay):
-        while True:
-            try:
-                await self.layer.receive(self.channel)
-                access = await check_access(self.key, self.studio_id)
-            except Exception:
-                log.exception("proxy: revocation watch of studio %s failed; retrying", self.studio_id)
-                await asyncio.sleep(1)
-                continue
-            if access.status != 200:
-                self.revoked = True
-                relay.cancel()
-                return
+    async def changed(self):
+        try:
+            access = await revocation.check_access(self.key, self.studio_id)
+        except DATABASE_OUTAGES:
+            log.exception("proxy: cannot check again the access to studio %s's socket", self.studio_id)
+            return
+        if access.status != 200 and not self.revoked:
+            self.revoked = True
+            if self.relay is not None:
+                self.relay.cancel()
 
     async def stop(self):
-        if self.task is not None:
-            self.task.cancel()
-        if self.channel is None:
-            return
-        try:
-            for group in self.groups:
-                await self.layer.group_discard(group, self.channel)
-        except Exception:
-            log.exception("proxy: could not leave the revocation groups of studio %s", self.studio_id)
+        revocation.decisions.forget(self.groups, self.changed)
 
 
 def outage_answered(application):

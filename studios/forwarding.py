@@ -6,7 +6,7 @@ dependency because the agent runs inside session images.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote
@@ -54,10 +54,16 @@ def target(scope: Scope, strip: str = "") -> str:
 
 
 async def forward_http(
-    client: httpx.AsyncClient, url: str, headers: Headers, scope: Scope, receive: Receive, send: Send
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Headers,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    added: Sequence[tuple[bytes, bytes]] = (),
 ) -> bool:
-    """Stream the request to ``url`` and the response back. Returns False, having sent nothing, when the
-    upstream cannot be reached."""
+    """Stream the request to ``url`` and the response back, with the response headers ``added`` after the
+    upstream's. Returns False, having sent nothing, when the upstream cannot be reached."""
 
     async def request_body() -> AsyncIterator[bytes]:
         while True:
@@ -82,9 +88,12 @@ async def forward_http(
                 "type": "http.response.start",
                 "status": response.status_code,
                 "headers": [
-                    (name.encode("latin-1"), value.encode("latin-1"))
-                    for name, value in response.headers.multi_items()
-                    if name.lower() not in HOP_HEADERS
+                    *(
+                        (name.encode("latin-1"), value.encode("latin-1"))
+                        for name, value in response.headers.multi_items()
+                        if name.lower() not in HOP_HEADERS
+                    ),
+                    *added,
                 ],
             }
         )

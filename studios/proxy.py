@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # Request headers the proxy sets itself: a browser cannot send its own.
 REPLACED_HEADERS = forwarding.HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Added to every response of a session: its pages may be framed by its own origin only (JupyterLab frames its own
+# documents), never by another site's page that would dress them up to take a member's clicks. A policy of its own
+# next to the session's: browsers enforce each, so the session cannot loosen it.
+FRAMING = [(b"content-security-policy", b"frame-ancestors 'self'")]
 
 _client = None
 
@@ -135,7 +139,7 @@ class SessionHTTPProxy:
         await activity.touch(studio_id, access.user)
         url = access.endpoint + forwarding.target(scope)
         headers = upstream_headers(scope, access.token, access.user.get_username())
-        if not await forwarding.forward_http(client(), url, headers, scope, receive, send):
+        if not await forwarding.forward_http(client(), url, headers, scope, receive, send, FRAMING):
             log.warning("proxy: session of studio %s unreachable", studio_id)
             await answer(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
 

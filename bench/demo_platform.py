@@ -79,7 +79,8 @@ class DemoUser:
         port = self.http.base_url.port
         host = f"s{studio_id}.localhost:{port}"
         session = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Host": host}, timeout=60)
-        ticket = self.http.get(f"/studios/{studio_id}/ticket/").headers["location"]
+        ticket_page = session.get("/").headers["location"]  # the platform's, naming this client's state
+        ticket = self.http.get(ticket_page).headers["location"]
         session.get(ticket.removeprefix(f"http://{host}"))
         return session
 

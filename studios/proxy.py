@@ -9,6 +9,7 @@ session's token added on the way. The token never reaches the browser, and no lo
 import asyncio
 import functools
 import logging
+import secrets
 from urllib.parse import parse_qs
 
 import websockets
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 # Request headers the proxy sets itself: a browser cannot send its own.
 REPLACED_HEADERS = forwarding.HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# How long a browser keeps its state on a session origin: long enough to log in at the platform on the way.
+STATE_SECONDS = 24 * 3600
 # Added to every response of a session: its pages may be framed by its own origin only (JupyterLab frames its own
 # documents), never by another site's page that would dress them up to take a member's clicks. A policy of its own
 # next to the session's: browsers enforce each, so the session cannot loosen it.
@@ -60,6 +63,8 @@ def login_cookies():
     return {
         origins.cookie_name(True),
         origins.cookie_name(False),
+        origins.state_cookie_name(True),
+        origins.state_cookie_name(False),
         settings.SESSION_COOKIE_NAME,
         settings.CSRF_COOKIE_NAME,
     }
@@ -68,6 +73,19 @@ def login_cookies():
 def access_key(scope):
     value = parse_cookie(header(scope, b"cookie")).get(origins.cookie_name(is_secure(scope)), "")
     return origins.access_key_from_cookie(value) if value else None
+
+
+def state(scope):
+    """This browser's state on the session origin (``origins``): its cookie's, else a new one to set."""
+    return parse_cookie(header(scope, b"cookie")).get(origins.state_cookie_name(is_secure(scope)), "")
+
+
+def set_cookie(scope, name, value, max_age):
+    """A host-only, HttpOnly, SameSite=Lax cookie of this origin (and Secure over TLS)."""
+    cookie = f"{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}" + (
+        "; Secure" if is_secure(scope) else ""
+    )
+    return (b"set-cookie", cookie.encode("latin-1"))
 
 
 def upstream_headers(scope, token, username):
@@ -147,23 +165,30 @@ class SessionHTTPProxy:
         """Exchange a ticket for this origin's cookie, and go on to the page the browser asked for."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket, next_path = query.get("ticket", [""])[0], origins.safe_next(query.get("next", ["/"])[0])
-        key = await database_sync_to_async(origins.redeem)(ticket, own_origin(scope), studio_id)
+        key = await database_sync_to_async(origins.redeem)(ticket, own_origin(scope), studio_id, state(scope))
         if key is None:
             log.info("proxy: ticket for studio %s refused", studio_id)
-            await answer(send, 403, "This link to the session has been used or has expired. Open the session again.")
+            await answer(
+                send,
+                403,
+                "This link to the session has been used, has expired or was opened in another browser than the one "
+                "it was made for. Open the session again.",
+            )
             return
-        secure = is_secure(scope)
-        cookie = (
-            f"{origins.cookie_name(secure)}={origins.cookie_value(key)}; Path=/; HttpOnly; SameSite=Lax; "
-            f"Max-Age={settings.SESSION_COOKIE_AGE}" + ("; Secure" if secure else "")
+        cookie = set_cookie(
+            scope, origins.cookie_name(is_secure(scope)), origins.cookie_value(key), settings.SESSION_COOKIE_AGE
         )
-        await redirect(send, next_path, headers=[(b"set-cookie", cookie.encode("latin-1"))])
+        await redirect(send, next_path, headers=[cookie])
 
     async def refuse(self, scope, send, access, studio_id):
         """A page asked for is sent to the platform, which logs in, grants a ticket, or says why not (a studio that
         is not running offers Start to maintainers there); anything else gets the status and a sentence."""
         if scope["method"] in ("GET", "HEAD"):
-            await redirect(send, origins.ticket_page(own_origin(scope), studio_id, forwarding.target(scope)))
+            # One state per browser, kept across its tickets: tabs opening at once must not void each other's.
+            browser_state = state(scope) or secrets.token_urlsafe(32)
+            location = origins.ticket_page(own_origin(scope), studio_id, forwarding.target(scope), browser_state)
+            cookie = set_cookie(scope, origins.state_cookie_name(is_secure(scope)), browser_state, STATE_SECONDS)
+            await redirect(send, location, headers=[cookie])
             return
         await answer(send, access.status, access.message or "Open the session again to sign in.")
 

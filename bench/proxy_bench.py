@@ -1,20 +1,21 @@
 """The connect proxy against configurable-http-proxy and against going straight to JupyterLab, before and after.
 
-Runs the product twice in turn on PostgreSQL and Redis (``manage.py runstudios``, demo data, sessions as plain
-processes: the proxy's cost does not depend on the sandbox): the checkout at BEFORE (a git ref, checked out in a
-temporary worktree; ``main`` by default) and this checkout. On each, as the demo ``maintain`` user, it starts a
-JupyterLab studio and measures, with the same clients for every target:
+Runs the product twice side by side on PostgreSQL and Redis (``manage.py runstudios``, demo data, sessions as
+plain processes: the proxy's cost does not depend on the sandbox): the checkout at BEFORE (a git ref, checked out
+in a temporary worktree; ``main`` by default) and this checkout. On each, as the demo ``maintain`` user, it starts
+a JupyterLab studio; then it measures, ROUNDS times, each target in turn with the same clients:
 
-* Studios' proxy on the studio's session origin (with the origin's cookie from the ticket round trip);
+* Studios' proxy before and after, on each studio's session origin (with the origin's cookie from the ticket round
+  trip);
 * configurable-http-proxy 5 (installed with npm into CHP_DIR, ~/.cache/studios-bench/chp by default) in front of
-  the same JupyterLab, passing the session's token header;
-* JupyterLab itself, with the session's token header;
+  the after platform's JupyterLab, passing the session's token header;
+* that JupyterLab itself (through the session's gate, as the proxy reaches it), with the session's token header;
 
 small GETs of ``api/status`` (wrk, Debian's package: requests/s, p50 and p99 at 1 and 10 connections for SECONDS
 each), opening a kernel WebSocket and a ``kernel_info`` round trip on it (median of WS_RUNS), and a 200 MB file
-download (curl, best of 3). Prints one table per run.
+download (curl, best of 3). Prints the median of the rounds as a table.
 
-Usage: .venv/bin/python bench/proxy_bench.py [BEFORE] [SECONDS] [WS_RUNS]
+Usage: .venv/bin/python bench/proxy_bench.py [BEFORE] [SECONDS] [WS_RUNS] [ROUNDS]
 Environment: BENCH_DATABASE (a PostgreSQL server URL, postgres://postgres@127.0.0.1:5432 by default; the bench
 creates and drops its databases there), BENCH_REDIS_URL (redis://127.0.0.1:6379/1).
 """
@@ -39,6 +40,7 @@ from demo_platform import ROOT, DemoUser, demo_platform, free_port
 BEFORE = sys.argv[1] if len(sys.argv) > 1 else "main"
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 WS_RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 30
+ROUNDS = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 DATABASE = os.environ.get("BENCH_DATABASE", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/1")
 CHP_DIR = Path(os.environ.get("CHP_DIR", Path.home() / ".cache/studios-bench/chp"))
@@ -241,8 +243,10 @@ def measure(target, kernel):
     return {"1 conn": one, "10 conn": ten, "ws open": ws_open, "ws trip": ws_trip, "download": download(target)}
 
 
-def run(label, root):
-    """The product at ``root`` on a fresh database: Studios' proxy, CHP and direct on one JupyterLab."""
+@contextlib.contextmanager
+def studio_session(label, root):
+    """The product at ``root`` on a fresh database, a JupyterLab studio running on it with a kernel and the file to
+    download; yields (the target through its proxy, the kernel, the session's endpoint and token)."""
     with (
         database(f"proxy_bench_{label}") as database_url,
         demo_platform(
@@ -259,25 +263,16 @@ def run(label, root):
         maintainer.wait_for(studio_id, "running")
         try:
             session = maintainer.session(studio_id)
-            host = session.headers["host"]
             cookie = "; ".join(f"{name}={value}" for name, value in session.cookies.items())
-            proxy = Target(f"Studios ({label})", int(base.rsplit(":", 1)[1]), host, {"Cookie": cookie})
+            proxy = Target(f"Studios {label}", int(base.rsplit(":", 1)[1]), session.headers["host"], {"Cookie": cookie})
             session.get("/lab")
             xsrf = session.cookies.get("_xsrf")
             kernel = session.post("/api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}).json()["id"]
             asyncio.run(write_big_file(proxy, kernel))
-            endpoint, token = session_endpoint(env, root, studio_id)
-            direct_port = int(endpoint.rsplit(":", 1)[1])
-            direct = Target("direct", direct_port, f"127.0.0.1:{direct_port}", {"X-Studios-Session-Token": token})
-            results = {}
-            with chp(endpoint) as chp_port:
-                via_chp = Target("CHP 5", chp_port, f"127.0.0.1:{chp_port}", {"X-Studios-Session-Token": token})
-                for target in (proxy, via_chp, direct):
-                    results[target.name] = measure(target, kernel)
+            yield proxy, kernel, *session_endpoint(env, root, studio_id)
         finally:
             maintainer.post(f"/studios/{studio_id}/stop/")
             maintainer.wait_for(studio_id, "stopped")
-        return results
 
 
 def session_endpoint(env, root, studio_id):
@@ -296,7 +291,19 @@ def session_endpoint(env, root, studio_id):
     return out[-2], out[-1]
 
 
-def table(results):
+def table(rounds):
+    """The median of each measure over the rounds."""
+    results = {
+        name: {
+            measure: (
+                tuple(statistics.median(r[name][measure][i] for r in rounds) for i in range(3))
+                if isinstance(rounds[0][name][measure], tuple)
+                else statistics.median(r[name][measure] for r in rounds)
+            )
+            for measure in rounds[0][name]
+        }
+        for name in rounds[0]
+    }
     rows = [
         ("GET req/s, 1 conn", lambda r: f"{r['1 conn'][0]:.0f}"),
         ("GET p50 / p99 ms, 1 conn", lambda r: f"{r['1 conn'][1]:.2f} / {r['1 conn'][2]:.2f}"),
@@ -316,13 +323,25 @@ def table(results):
 def main():
     if not shutil.which("wrk"):
         raise SystemExit("The bench needs wrk: apt-get install wrk")
-    results = {}
-    with before_checkout() as before:
-        results["before"] = run("before", before)
-    results["after"] = run("after", ROOT)
-    for label, measured in results.items():
-        print(f"\n{label}:")
-        table(measured)
+    with (
+        before_checkout() as root,
+        studio_session("before", root) as (before, before_kernel, _, _),
+        studio_session("after", ROOT) as (after, kernel, endpoint, token),
+        chp(endpoint) as chp_port,
+    ):
+        direct_port = int(endpoint.rsplit(":", 1)[1])
+        targets = [
+            (before, before_kernel),
+            (after, kernel),
+            (Target("CHP 5", chp_port, f"127.0.0.1:{chp_port}", {"X-Studios-Session-Token": token}), kernel),
+            (Target("direct", direct_port, f"127.0.0.1:{direct_port}", {"X-Studios-Session-Token": token}), kernel),
+        ]
+        rounds = []
+        for number in range(ROUNDS):
+            rounds.append({target.name: measure(target, kernel) for target, kernel in targets})
+            print(f"round {number + 1} of {ROUNDS} done", file=sys.stderr)
+    print(f"Medians of {ROUNDS} rounds; each round measures every target in turn.")
+    table(rounds)
 
 
 if __name__ == "__main__":

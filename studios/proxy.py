@@ -70,6 +70,23 @@ def login_cookies():
     }
 
 
+def without_own_cookies(send):
+    """A session sets cookies of its own, never the proxy's: one naming another member's access (or a state the
+    session knows) would have the browser act as someone else."""
+    own = tuple(f"{name}=".encode("latin-1") for name in login_cookies())
+
+    async def filtered(message):
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                (name, value)
+                for name, value in message["headers"]
+                if name.lower() != b"set-cookie" or not value.lstrip().startswith(own)
+            ]
+        await send(message)
+
+    return filtered
+
+
 def access_key(scope):
     value = parse_cookie(header(scope, b"cookie")).get(origins.cookie_name(is_secure(scope)), "")
     return origins.access_key_from_cookie(value) if value else None
@@ -157,7 +174,9 @@ class SessionHTTPProxy:
         await activity.touch(studio_id, access.user)
         url = access.endpoint + forwarding.target(scope)
         headers = upstream_headers(scope, access.token, access.user.get_username())
-        if not await forwarding.forward_http(client(), url, headers, scope, receive, send, FRAMING):
+        if not await forwarding.forward_http(
+            client(), url, headers, scope, receive, without_own_cookies(send), FRAMING
+        ):
             log.warning("proxy: session of studio %s unreachable", studio_id)
             await answer(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
 

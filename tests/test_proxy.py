@@ -41,6 +41,9 @@ class EchoSession(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer)))
         if self.path.endswith("/set-cookie"):
             self.send_header("Set-Cookie", "_xsrf=from-session; Path=/")
+        if self.path.endswith("/set-proxy-cookies"):
+            self.send_header("Set-Cookie", "studios-session=another-members; Path=/")
+            self.send_header("Set-Cookie", "studios-state=known-to-the-session; Path=/")
         if self.path.endswith("/framable"):
             self.send_header("Content-Security-Policy", "frame-ancestors *")
             self.send_header("X-Frame-Options", "ALLOWALL")
@@ -102,6 +105,17 @@ def test_request_and_response_bodies_stream_through_intact(echo_studio, workspac
     assert response.json()["body_sha256"] == hashlib.sha256(upload).hexdigest()
     assert response.json()["method"] == "PUT"
     assert len(http.get("/big").content) == 3 * 2**20
+
+
+def test_a_session_cannot_set_the_proxys_own_cookies(echo_studio, workspace):
+    """Otherwise a session would sign a member's browser in to someone else's access, or plant the state a ticket
+    of its choosing is bound to."""
+    platform, studio = echo_studio
+    http = client_for(platform, make_member(workspace, Role.CONNECT, username="victor"), studio)
+    answer = http.get("/set-proxy-cookies")
+    assert answer.status_code == 200 and "set-cookie" not in answer.headers
+    assert http.get("/api/status").json()["headers"]["x-studios-user"] == "victor"
+    assert "_xsrf=from-session" in http.get("/set-cookie").headers["set-cookie"]
 
 
 def test_a_sessions_pages_may_be_framed_by_its_own_origin_only_whatever_the_session_says(echo_studio, workspace):

@@ -6,10 +6,14 @@ platform's login cookie (host-only) never reaches them. The session origin has a
 platform:
 
 1. a request to a session origin without a valid session cookie is sent to the platform's ticket page
-   (``views.studio_ticket``), which checks the login and the role, records a ``SessionAccess`` and sends the
-   browser back with a ticket: signed, naming that access and the session origin, good for ``TICKET_SECONDS``;
-2. the session origin redeems the ticket once (``redeem``) for its own cookie: signed, host-only, HttpOnly,
-   SameSite=Lax, Secure (and ``__Host-`` named) over TLS, naming the access;
+   (``views.studio_ticket``) with the hash of a random state the origin keeps in a cookie of its own in that
+   browser; the platform checks the login and the role, records a ``SessionAccess`` and sends the browser back
+   with a ticket: signed, naming that access, the session origin and the state's hash, good for
+   ``TICKET_SECONDS``;
+2. the session origin redeems the ticket once (``redeem``), in the browser whose state it names only, for its own
+   cookie: signed, host-only, HttpOnly, SameSite=Lax, Secure (and ``__Host-`` named) over TLS, naming the access.
+   (A ticket link someone else's browser was granted is refused: nobody can sign a victim's browser in to their
+   own access, to read what the victim then does in the session;)
 3. every request and WebSocket is checked again against the access, the member's role and the studio's status in
    one query (``check_access``), so that a revocation takes effect at the next request; open WebSockets are closed
    by ``revocation``.
@@ -74,9 +78,10 @@ def platform_url(session_origin_url):
     return f"{scheme}://{settings.STUDIOS_SESSION_DOMAIN}{port}"
 
 
-def ticket_page(session_origin_url, studio_id, next_path):
-    """Where a session origin sends a browser that has no valid cookie."""
-    query = urlencode({"next": next_path})
+def ticket_page(session_origin_url, studio_id, next_path, state):
+    """Where a session origin sends a browser that has no valid cookie; ``state`` is the origin's state cookie in
+    that browser."""
+    query = urlencode({"next": next_path, "browser": browser_of(state)})
     return f"{platform_url(session_origin_url)}{reverse('studio_ticket', args=[studio_id])}?{query}"
 
 
@@ -87,13 +92,28 @@ def safe_next(path):
     return path
 
 
+def browser_of(state):
+    """What a ticket names its browser by: a hash of the session origin's state cookie there (never the state,
+    which would let whoever sees the ticket link plant it)."""
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def is_browser(value):
+    return re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+def state_cookie_name(secure):
+    return "__Host-studios-state" if secure else "studios-state"
+
+
 def login_of(request):
     """What names the browser's platform login in its accesses: a hash of the session key (never the key)."""
     return hashlib.sha256(request.session.session_key.encode()).hexdigest()
 
 
-def grant(request, studio, next_path):
-    """Record an access for the member and this browser's login; the session origin's address that redeems it.
+def grant(request, studio, next_path, browser):
+    """Record an access for the member and this browser's login; the session origin's address that redeems it in
+    ``browser`` (``browser_of`` its state) only.
 
     The caller has checked the login and the role."""
     if request.session.session_key is None:
@@ -107,18 +127,23 @@ def grant(request, studio, next_path):
         key=secrets.token_urlsafe(32), studio=studio, user=request.user, login=login_of(request), issued=now
     )
     origin = session_origin(studio.pk, request.build_absolute_uri("/"))
-    ticket = signing.dumps({"access": access.key, "origin": origin}, salt=TICKET_SALT, compress=False)
+    ticket = signing.dumps(
+        {"access": access.key, "origin": origin, "browser": browser}, salt=TICKET_SALT, compress=False
+    )
     return f"{origin}{TICKET_PATH}?{urlencode({'ticket': ticket, 'next': safe_next(next_path)})}"
 
 
-def redeem(ticket, origin, studio_id):
-    """The access a ticket grants on the session origin ``origin`` of studio ``studio_id``, once; None for a
-    ticket that is forged, expired, redeemed already, or meant for another origin."""
+def redeem(ticket, origin, studio_id, state):
+    """The access a ticket grants on the session origin ``origin`` of studio ``studio_id``, in the browser whose
+    state cookie is ``state``, once; None for a ticket that is forged, expired, redeemed already, or meant for
+    another origin or another browser."""
     try:
         claims = signing.loads(ticket, salt=TICKET_SALT, max_age=TICKET_SECONDS)
     except signing.BadSignature:
         return None
-    if not isinstance(claims, dict) or claims.get("origin") != origin:
+    if not isinstance(claims, dict) or claims.get("origin") != origin or not state:
+        return None
+    if not secrets.compare_digest(str(claims.get("browser")), browser_of(state)):
         return None
     now = timezone.now()
     redeemed = SessionAccess.objects.filter(

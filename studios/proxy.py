@@ -9,11 +9,11 @@ session's token added on the way. The token never reaches the browser, and no lo
 import asyncio
 import functools
 import logging
+import secrets
 from urllib.parse import parse_qs
 
 import websockets
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 # Request headers the proxy sets itself: a browser cannot send its own.
 REPLACED_HEADERS = forwarding.HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# How long a browser keeps its state on a session origin: long enough to log in at the platform on the way.
+STATE_SECONDS = 24 * 3600
+# Added to every response of a session: its pages may be framed by its own origin only (JupyterLab frames its own
+# documents), never by another site's page that would dress them up to take a member's clicks. A policy of its own
+# next to the session's: browsers enforce each, so the session cannot loosen it.
+FRAMING = [(b"content-security-policy", b"frame-ancestors 'self'")]
 
 _client = None
 
@@ -35,9 +41,6 @@ def client():
     if _client is None:
         _client = forwarding.new_client()
     return _client
-
-
-check_access = database_sync_to_async(origins.check_access)
 
 
 def header(scope, name):
@@ -60,14 +63,46 @@ def login_cookies():
     return {
         origins.cookie_name(True),
         origins.cookie_name(False),
+        origins.state_cookie_name(True),
+        origins.state_cookie_name(False),
         settings.SESSION_COOKIE_NAME,
         settings.CSRF_COOKIE_NAME,
     }
 
 
+def without_own_cookies(send):
+    """A session sets cookies of its own, never the proxy's: one naming another member's access (or a state the
+    session knows) would have the browser act as someone else."""
+    own = tuple(f"{name}=".encode("latin-1") for name in login_cookies())
+
+    async def filtered(message):
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                (name, value)
+                for name, value in message["headers"]
+                if name.lower() != b"set-cookie" or not value.lstrip().startswith(own)
+            ]
+        await send(message)
+
+    return filtered
+
+
 def access_key(scope):
     value = parse_cookie(header(scope, b"cookie")).get(origins.cookie_name(is_secure(scope)), "")
     return origins.access_key_from_cookie(value) if value else None
+
+
+def state(scope):
+    """This browser's state on the session origin (``origins``): its cookie's, else a new one to set."""
+    return parse_cookie(header(scope, b"cookie")).get(origins.state_cookie_name(is_secure(scope)), "")
+
+
+def set_cookie(scope, name, value, max_age):
+    """A host-only, HttpOnly, SameSite=Lax cookie of this origin (and Secure over TLS)."""
+    cookie = f"{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}" + (
+        "; Secure" if is_secure(scope) else ""
+    )
+    return (b"set-cookie", cookie.encode("latin-1"))
 
 
 def upstream_headers(scope, token, username):
@@ -131,7 +166,7 @@ class SessionHTTPProxy:
         if refusal:
             await answer(send, 403, refusal)
             return
-        access = await check_access(access_key(scope), studio_id)
+        access = await revocation.decisions.check(access_key(scope), studio_id)
         if access.status != 200:
             await self.refuse(scope, send, access, studio_id)
             return
@@ -139,7 +174,9 @@ class SessionHTTPProxy:
         await activity.touch(studio_id, access.user)
         url = access.endpoint + forwarding.target(scope)
         headers = upstream_headers(scope, access.token, access.user.get_username())
-        if not await forwarding.forward_http(client(), url, headers, scope, receive, send):
+        if not await forwarding.forward_http(
+            client(), url, headers, scope, receive, without_own_cookies(send), FRAMING
+        ):
             log.warning("proxy: session of studio %s unreachable", studio_id)
             await answer(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
 
@@ -147,23 +184,30 @@ class SessionHTTPProxy:
         """Exchange a ticket for this origin's cookie, and go on to the page the browser asked for."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket, next_path = query.get("ticket", [""])[0], origins.safe_next(query.get("next", ["/"])[0])
-        key = await database_sync_to_async(origins.redeem)(ticket, own_origin(scope), studio_id)
+        key = await database_sync_to_async(origins.redeem)(ticket, own_origin(scope), studio_id, state(scope))
         if key is None:
             log.info("proxy: ticket for studio %s refused", studio_id)
-            await answer(send, 403, "This link to the session has been used or has expired. Open the session again.")
+            await answer(
+                send,
+                403,
+                "This link to the session has been used, has expired or was opened in another browser than the one "
+                "it was made for. Open the session again.",
+            )
             return
-        secure = is_secure(scope)
-        cookie = (
-            f"{origins.cookie_name(secure)}={origins.cookie_value(key)}; Path=/; HttpOnly; SameSite=Lax; "
-            f"Max-Age={settings.SESSION_COOKIE_AGE}" + ("; Secure" if secure else "")
+        cookie = set_cookie(
+            scope, origins.cookie_name(is_secure(scope)), origins.cookie_value(key), settings.SESSION_COOKIE_AGE
         )
-        await redirect(send, next_path, headers=[(b"set-cookie", cookie.encode("latin-1"))])
+        await redirect(send, next_path, headers=[cookie])
 
     async def refuse(self, scope, send, access, studio_id):
         """A page asked for is sent to the platform, which logs in, grants a ticket, or says why not (a studio that
         is not running offers Start to maintainers there); anything else gets the status and a sentence."""
         if scope["method"] in ("GET", "HEAD"):
-            await redirect(send, origins.ticket_page(own_origin(scope), studio_id, forwarding.target(scope)))
+            # One state per browser, kept across its tickets: tabs opening at once must not void each other's.
+            browser_state = state(scope) or secrets.token_urlsafe(32)
+            location = origins.ticket_page(own_origin(scope), studio_id, forwarding.target(scope), browser_state)
+            cookie = set_cookie(scope, origins.state_cookie_name(is_secure(scope)), browser_state, STATE_SECONDS)
+            await redirect(send, location, headers=[cookie])
             return
         await answer(send, access.status, access.message or "Open the session again to sign in.")
 
@@ -181,7 +225,7 @@ class SessionWebSocketProxy:
         if settings.STUDIOS_HTTPS and not is_secure(scope):
             refusal = "Connect over TLS (wss://)."
         key = access_key(scope) if not refusal else None
-        access = await check_access(key, studio_id) if key else None
+        access = await revocation.decisions.check(key, studio_id) if key else None
         if access is None or access.status != 200:
             await receive()  # websocket.connect
             await forwarding.refuse_websocket(scope, send, 403, refusal or "No access to this session.")
@@ -231,58 +275,40 @@ class SessionWebSocketProxy:
 
 
 class RevocationWatch:
-    """Listens in the groups of one socket's member and studio; when told access changed, checks it again and
-    cancels the relay if it ended."""
+    """Cancels one socket's relay when an announcement in the groups of its member or studio (``revocation``) turns
+    out to have ended its access."""
 
     def __init__(self, key, studio_id, user_id):
         self.key, self.studio_id = key, studio_id
-        self.groups = [revocation.user_group(user_id), revocation.studio_group(studio_id)]
-        self.layer = get_channel_layer()
-        self.channel = None
-        self.task = None
+        self.groups = (revocation.user_group(user_id), revocation.studio_group(studio_id))
+        self.relay = None
         self.revoked = False
 
     async def start(self):
-        """Join the groups, then check the access again (a change between the first check and the joining would be
-        missed otherwise); whether it still holds. A channel layer that cannot be reached leaves the socket
-        unwatched (logged): its member's next HTTP request is still checked."""
-        try:
-            self.channel = await self.layer.new_channel()
-            for group in self.groups:
-                await self.layer.group_add(group, self.channel)
-        except Exception:
-            log.exception("proxy: cannot watch for revocation of studio %s's socket", self.studio_id)
-            self.channel = None
-        return (await check_access(self.key, self.studio_id)).status == 200
+        """Listen, then check the access again (a change between the first check and the listening would be missed
+        otherwise); whether it still holds. A channel layer that cannot be reached leaves the socket unwatched
+        (logged): its member's next HTTP request is still checked."""
+        await revocation.decisions.watch(self.groups, self.changed)
+        return (await revocation.decisions.check(self.key, self.studio_id)).status == 200
 
     def guard(self, relay):
-        if self.channel is not None:
-            self.task = asyncio.create_task(self.watch(relay))
+        self.relay = relay
+        if self.revoked:
+            relay.cancel()
 
-    async def watch(self, relay):
-        while True:
-            try:
-                await self.layer.receive(self.channel)
-                access = await check_access(self.key, self.studio_id)
-            except Exception:
-                log.exception("proxy: revocation watch of studio %s failed; retrying", self.studio_id)
-                await asyncio.sleep(1)
-                continue
-            if access.status != 200:
-                self.revoked = True
-                relay.cancel()
-                return
+    async def changed(self):
+        try:
+            access = await revocation.check_access(self.key, self.studio_id)
+        except DATABASE_OUTAGES:
+            log.exception("proxy: cannot check again the access to studio %s's socket", self.studio_id)
+            return
+        if access.status != 200 and not self.revoked:
+            self.revoked = True
+            if self.relay is not None:
+                self.relay.cancel()
 
     async def stop(self):
-        if self.task is not None:
-            self.task.cancel()
-        if self.channel is None:
-            return
-        try:
-            for group in self.groups:
-                await self.layer.group_discard(group, self.channel)
-        except Exception:
-            log.exception("proxy: could not leave the revocation groups of studio %s", self.studio_id)
+        revocation.decisions.forget(self.groups, self.changed)
 
 
 def outage_answered(application):

@@ -1,29 +1,32 @@
 """Revocation: whatever ends a member's access to a session closes the WebSockets they hold open to it at once.
 
-Each proxied WebSocket listens on the channel layer in the groups of its member and of its studio (``proxy``).
-What may end an access tells the groups concerned once its transaction commits: a role change or a removal from
-the workspace, a deactivation, a logout (which also deletes that browser's accesses), a stop or a deletion. Each
-socket then checks its access again (``origins.check_access``, the query every request runs) and closes if it
-ended; HTTP requests need nothing: each is checked as it comes.
+What may end an access tells the groups of the member and of the studio concerned, on the channel layer, once
+its transaction commits: a role change or a removal from the workspace, a deactivation, a logout (which also
+deletes that browser's accesses), a stop or a deletion. Each process that serves session origins listens once in
+the groups it has decisions or sockets for (``Decisions``): on an announcement it forgets the access decisions it
+kept, so that the next request asks the database again, and each open WebSocket of that group checks its access
+again (``origins.check_access``) and closes if it ended.
 """
 
 import asyncio
 import logging
+import time
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from . import origins
 from .models import Membership, SessionAccess, Studio, StudioStatus
 from .origins import login_of
 
 log = logging.getLogger(__name__)
 
-CHANGED = {"type": "access.changed"}
 _sending: set[asyncio.Task] = set()  # announcements scheduled on a caller's event loop, kept until they are sent
 
 
@@ -41,7 +44,7 @@ def tell(group):
 
     async def send():
         try:
-            await get_channel_layer().group_send(group, CHANGED)
+            await get_channel_layer().group_send(group, {"type": "access.changed", "group": group})
         except Exception:
             log.exception("could not tell %s that access changed", group)
 
@@ -88,3 +91,127 @@ def studio_changed(sender, instance, **kwargs):
 @receiver(post_delete, sender=Studio)
 def studio_deleted(sender, instance, **kwargs):
     tell(studio_group(instance.pk))
+
+
+check_access = database_sync_to_async(origins.check_access)
+
+# How long a decision is kept at most when no announcement comes: a safety net for announcements lost on the way.
+KEPT_SECONDS = 60.0
+# The in-memory channel layer (the embedded run without Redis) hears only this process's announcements, never the
+# worker's: there a decision is kept no longer than the issue allows a cache to trust one.
+KEPT_SECONDS_IN_MEMORY = 1.0
+# channels_redis forgets group members after a day (its group_expiry): join again well before.
+JOIN_AGAIN_SECONDS = 3600.0
+KEPT_AT_MOST = 10_000
+
+
+class Decisions:
+    """The access decisions of this process and its open session WebSockets, kept up to date by announcements.
+
+    A request on a session origin asks ``check``: an allowing decision is kept (no database round trip for the
+    next requests with the same cookie) once this process listens in the groups of its member and its studio, and
+    forgotten at the next announcement in any group it listens in. Tied to the event loop it first ran on (the
+    channel layer is); a new loop (a test's new server) starts afresh.
+    """
+
+    def __init__(self):
+        self.loop = None
+
+    def _bind(self):
+        loop = asyncio.get_running_loop()
+        if loop is self.loop:
+            return
+        self.loop = loop
+        self.layer = get_channel_layer()
+        self.kept_seconds = KEPT_SECONDS_IN_MEMORY if isinstance(self.layer, InMemoryChannelLayer) else KEPT_SECONDS
+        self.channel = None
+        self.listener = None
+        self.joined: dict[str, float] = {}  # group -> when this process joined it (monotonic seconds)
+        self.kept: dict[tuple, tuple] = {}  # (access key, studio id) -> (Access, when kept)
+        self.sockets: dict[str, set] = {}  # group -> callbacks of the open WebSockets that depend on it
+        self.generation = 0  # announcements heard so far: a decision read before one is not kept
+        self.tasks: set[asyncio.Task] = set()
+
+    async def check(self, key, studio_id):
+        """``origins.check_access`` for the cookie's access key on the studio, from what this process keeps when it
+        can."""
+        self._bind()
+        now = time.monotonic()
+        kept = self.kept.get((key, studio_id))
+        if kept is not None and now - kept[1] < self.kept_seconds:
+            return kept[0]
+        generation = self.generation
+        access = await check_access(key, studio_id)
+        if access.status != 200:
+            return access
+        groups = (user_group(access.user.pk), studio_group(studio_id))
+        if not self._listening(groups):
+            if not await self._join(groups):
+                return access
+            # A change announced before the joining went unheard: read it again.
+            generation = self.generation
+            access = await check_access(key, studio_id)
+        if access.status == 200 and generation == self.generation:
+            if len(self.kept) >= KEPT_AT_MOST:
+                self.kept.clear()
+            self.kept[(key, studio_id)] = (access, now)
+        return access
+
+    async def watch(self, groups, changed):
+        """Call ``changed`` (a coroutine function) at each announcement in ``groups`` until ``forget``; whether
+        this process listens in them (a channel layer that cannot be reached leaves the socket unwatched)."""
+        self._bind()
+        if not self._listening(groups) and not await self._join(groups):
+            return False
+        for group in groups:
+            self.sockets.setdefault(group, set()).add(changed)
+        return True
+
+    def forget(self, groups, changed):
+        for group in groups:
+            callbacks = self.sockets.get(group, set())
+            callbacks.discard(changed)
+            if not callbacks:
+                self.sockets.pop(group, None)
+
+    def _listening(self, groups):
+        now = time.monotonic()
+        return self.channel is not None and all(
+            now - self.joined.get(group, -JOIN_AGAIN_SECONDS) < JOIN_AGAIN_SECONDS for group in groups
+        )
+
+    async def _join(self, groups):
+        try:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel()
+                self.listener = asyncio.create_task(self._listen())
+            for group in groups:
+                await self.layer.group_add(group, self.channel)
+                self.joined[group] = time.monotonic()
+        except Exception:
+            log.exception("cannot listen for changes of session access")
+            return False
+        return True
+
+    async def _listen(self):
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except Exception:
+                # Announcements may have been missed: trust nothing kept, join again before keeping anything.
+                log.exception("listening for changes of session access failed; retrying")
+                self.generation += 1
+                self.kept.clear()
+                self.joined.clear()
+                await asyncio.sleep(1)
+                await self._join(list(self.sockets))
+                continue
+            self.generation += 1
+            self.kept.clear()
+            for changed in list(self.sockets.get(message.get("group"), ())):
+                task = asyncio.create_task(changed())
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+
+decisions = Decisions()

@@ -189,7 +189,13 @@ def studio_ticket(request, studio_id):
         return session_unavailable(request, 403, message, studio, role)
     if not studio.can_connect:
         return session_unavailable(request, 409, f"{studio.name} is {studio.status}, not running.", studio, role)
-    response = redirect(origins.grant(request, studio, request.GET.get("next", "/")))
+    next_path, browser = request.GET.get("next", "/"), request.GET.get("browser", "")
+    if not origins.is_browser(browser):
+        # Not sent by the session origin (an old link): go there, which comes back naming this browser.
+        return redirect(
+            origins.session_origin(studio.pk, request.build_absolute_uri("/")) + origins.safe_next(next_path)
+        )
+    response = redirect(origins.grant(request, studio, next_path, browser))
     response["Cache-Control"] = "no-store"
     return response
 

@@ -9,6 +9,7 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -69,7 +70,7 @@ class Browser:
         """A client on ``studio``'s session origin, signed in there by the ticket round trip when the platform
         grants one (``granted`` says whether it did: else it holds the platform's answer)."""
         session = SessionClient(self.platform, studio)
-        answer = self.http.get(f"/studios/{studio.pk}/ticket/", params={"next": next_path})
+        answer = self.http.get(session.ticket_page(next_path))
         session.granted = answer.status_code == 302 and answer.headers["location"].startswith(session.origin + "/")
         if session.granted:
             redeemed = session.http.get(answer.headers["location"].removeprefix(session.origin))
@@ -101,6 +102,14 @@ class SessionClient:
 
     def cookie_header(self):
         return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+
+    def ticket_page(self, next_path="/"):
+        """Where the session origin sends this client for a ticket to ``next_path``: the platform's ticket page (a
+        path on it), naming the state the origin keeps in this client."""
+        bounce = self.http.get(next_path)
+        assert bounce.status_code == 302, bounce.text
+        location = urlsplit(bounce.headers["location"])
+        return f"{location.path}?{location.query}"
 
     def websocket(self, path, origin=None, **options):
         """An asyncio WebSocket to ``path`` on the origin, with this client's cookies, from a page of ``origin``

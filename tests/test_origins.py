@@ -31,16 +31,25 @@ def echo(live_platform, workspace):
     server.shutdown()
 
 
-def ticket_of(browser, studio, next_path="/"):
-    """The session origin's ticket address the platform sends ``browser`` to."""
-    answer = browser.http.get(f"/studios/{studio.pk}/ticket/", params={"next": next_path})
+def ticket_of(browser, session, next_path="/"):
+    """The session origin's ticket address the platform sends ``browser`` to, when ``session`` (a client of the
+    same browser on the session origin) asked for ``next_path``."""
+    answer = browser.http.get(session.ticket_page(next_path))
     assert answer.status_code == 302, answer.text
     return answer.headers["location"]
 
 
-def redeem(session, location):
+def redeem(session, location, **options):
     """Open the ticket address on ``session``'s origin."""
-    return session.http.get(urlsplit(location).path + "?" + urlsplit(location).query)
+    return session.http.get(urlsplit(location).path + "?" + urlsplit(location).query, **options)
+
+
+def same_browser(session, studio):
+    """A client on ``studio``'s session origin holding ``session``'s state (as one browser's would, were both
+    origins one)."""
+    other = SessionClient(session.platform, studio)
+    other.http.cookies.set("studios-state", session.http.cookies["studios-state"])
+    return other
 
 
 def test_session_content_is_served_only_on_its_origin_and_platform_pages_never_there(echo, workspace):
@@ -59,7 +68,9 @@ def test_session_content_is_served_only_on_its_origin_and_platform_pages_never_t
     stranger.http.cookies.set("sessionid", platform.session_cookie(member))
     answer = stranger.http.get("/admin/")
     assert answer.status_code == 302
-    assert answer.headers["location"] == f"{platform.url}/studios/{studio.pk}/ticket/?next=%2Fadmin%2F"
+    assert answer.headers["location"].startswith(
+        f"{platform.url}/studios/{studio.pk}/ticket/?next=%2Fadmin%2F&browser="
+    )
 
 
 def test_a_host_that_is_neither_the_platform_nor_a_session_origin_is_refused(echo, workspace):
@@ -87,13 +98,14 @@ def test_a_host_that_is_neither_the_platform_nor_a_session_origin_is_refused(ech
 def test_a_ticket_is_good_once(echo, workspace):
     platform, studio, _ = echo
     browser = Browser(platform, make_member(workspace, Role.CONNECT))
-    location = ticket_of(browser, studio, "/lab?reset")
-    first, replay = SessionClient(platform, studio), SessionClient(platform, studio)
+    first = SessionClient(platform, studio)
+    location = ticket_of(browser, first, "/lab?reset")
+    replay = same_browser(first, studio)
     answer = redeem(first, location)
     assert answer.status_code == 302 and answer.headers["location"] == "/lab?reset"
     assert first.http.get("/api/status").status_code == 200
     answer = redeem(replay, location)
-    assert answer.status_code == 403 and "used or has expired" in answer.text
+    assert answer.status_code == 403 and "has been used" in answer.text
     assert "set-cookie" not in answer.headers
     assert replay.http.get("/api/status").status_code == 302
 
@@ -102,29 +114,60 @@ def test_an_expired_ticket_is_refused(echo, workspace, monkeypatch):
     platform, studio, _ = echo
     browser = Browser(platform, make_member(workspace, Role.CONNECT))
     # Its record is older than a minute.
-    location = ticket_of(browser, studio)
+    session = SessionClient(platform, studio)
+    location = ticket_of(browser, session)
     SessionAccess.objects.update(issued=SessionAccess.objects.get().issued - timedelta(seconds=61))
-    assert redeem(SessionClient(platform, studio), location).status_code == 403
+    assert redeem(session, location).status_code == 403
     # Its signature is older than allowed.
-    location = ticket_of(browser, studio)
+    location = ticket_of(browser, session)
     monkeypatch.setattr(origins, "TICKET_SECONDS", -1)
-    assert redeem(SessionClient(platform, studio), location).status_code == 403
+    assert redeem(session, location).status_code == 403
+
+
+def test_a_ticket_link_made_in_one_browser_signs_no_other_browser_in(echo, workspace):
+    """Login CSRF: mallory, a member, has the platform make her a ticket link and sends it to victor. Opened in his
+    browser it would sign him in to her access, so that what he then does in the session (and types into it) is
+    done as her, where she can see it. Refused, whether his browser has been on the session origin or not."""
+    platform, studio, _ = echo
+    mallory = SessionClient(platform, studio)
+    location = ticket_of(Browser(platform, make_member(workspace, Role.CONNECT, username="mallory")), mallory, "/lab")
+    never_there = SessionClient(platform, studio)
+    answer = redeem(never_there, location)
+    assert answer.status_code == 403 and "another browser" in answer.text
+    assert "set-cookie" not in answer.headers
+    been_there = SessionClient(platform, studio)
+    been_there.ticket_page()
+    answer = redeem(been_there, location)
+    assert answer.status_code == 403 and not any(name.endswith("studios-session") for name in been_there.http.cookies)
+    # Victor signs in as himself; the link works in mallory's own browser only.
+    victor = Browser(platform, make_member(workspace, Role.CONNECT, username="victor")).session(studio)
+    assert victor.http.get("/api/status").json()["headers"]["x-studios-user"] == "victor"
+    assert redeem(mallory, location).status_code == 302
+    assert mallory.http.get("/api/status").json()["headers"]["x-studios-user"] == "mallory"
+
+
+def test_a_ticket_page_not_sent_by_the_session_origin_goes_there_first(echo, workspace):
+    platform, studio, _ = echo
+    browser = Browser(platform, make_member(workspace, Role.CONNECT))
+    answer = browser.http.get(f"/studios/{studio.pk}/ticket/", params={"next": "/lab"})
+    assert answer.status_code == 302 and answer.headers["location"] == platform.session_origin(studio) + "/lab"
 
 
 def test_a_ticket_for_another_studio_or_tampered_with_is_refused(echo, workspace):
     platform, first, second = echo
     browser = Browser(platform, make_member(workspace, Role.CONNECT))
-    location = ticket_of(browser, first)
+    at_first = SessionClient(platform, first)
+    location = ticket_of(browser, at_first)
     # At the other studio's origin.
-    assert redeem(SessionClient(platform, second), location).status_code == 403
+    assert redeem(same_browser(at_first, second), location).status_code == 403
     # Its origin rewritten: the signature no longer holds.
     ticket = parse_qs(urlsplit(location).query)["ticket"][0]
     claims = signing.loads(ticket, salt=origins.TICKET_SALT)
     forged = signing.dumps({**claims, "origin": platform.session_origin(second)}, salt="another salt")
-    answer = SessionClient(platform, second).http.get(origins.TICKET_PATH, params={"ticket": forged})
+    answer = same_browser(at_first, second).http.get(origins.TICKET_PATH, params={"ticket": forged})
     assert answer.status_code == 403
     # The untouched ticket still works where it was meant to: refusals did not spend it.
-    assert redeem(SessionClient(platform, first), location).status_code == 302
+    assert redeem(at_first, location).status_code == 302
 
 
 def test_a_ticket_or_cookie_of_another_member_gives_only_that_members_access(echo, workspace):
@@ -138,9 +181,9 @@ def test_a_ticket_or_cookie_of_another_member_gives_only_that_members_access(ech
     elsewhere.http.cookies.set("studios-session", session.http.cookies["studios-session"])
     assert elsewhere.http.get("/api/status").status_code == 302
     # A ticket granted to carol, redeemed once she is no longer a member.
-    location = ticket_of(Browser(platform, carol), first)
-    carol.memberships.all().delete()
     late = SessionClient(platform, first)
+    location = ticket_of(Browser(platform, carol), late)
+    carol.memberships.all().delete()
     assert redeem(late, location).status_code == 302
     assert late.http.get("/api/status").status_code == 302
     assert session.http.get("/api/status").status_code == 302
@@ -168,20 +211,24 @@ def test_a_forged_cookie_is_refused(echo, workspace):
 def test_the_session_cookie_is_host_only_httponly_samesite_and_secure_over_tls(echo, workspace, settings):
     platform, studio, _ = echo
     browser = Browser(platform, make_member(workspace, Role.CONNECT))
-    cookie = redeem(SessionClient(platform, studio), ticket_of(browser, studio)).headers["set-cookie"]
+    session = SessionClient(platform, studio)
+    cookie = redeem(session, ticket_of(browser, session)).headers["set-cookie"]
     attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
     assert cookie.startswith("studios-session=")
     assert attributes == {"path", "httponly", "samesite", "max-age"} and "SameSite=Lax" in cookie
     # Behind a TLS proxy (uvicorn believes X-Forwarded-Proto from the loopback address).
     settings.STUDIOS_PUBLIC_URL = platform.url.replace("http:", "https:")
-    location = ticket_of(browser, studio)
-    assert location.startswith(f"https://{platform.session_host(studio)}/")
     session = SessionClient(platform, studio)
     session.http.headers["X-Forwarded-Proto"] = "https"
-    cookie = redeem(session, location).headers["set-cookie"]
+    location = ticket_of(browser, session)
+    assert location.startswith(f"https://{platform.session_host(studio)}/")
+    # (httpx keeps a Secure cookie from a plain-HTTP connection, and sends it back only by hand.)
+    state = f"__Host-studios-state={session.http.cookies['__Host-studios-state']}"
+    cookie = redeem(session, location, headers={"Cookie": state}).headers["set-cookie"]
     assert cookie.startswith("__Host-studios-session=") and "; Secure" in cookie and "Domain" not in cookie
     # A plain-HTTP request to the origin named in an https ticket is another origin.
-    assert redeem(SessionClient(platform, studio), ticket_of(browser, studio)).status_code == 403
+    plain = SessionClient(platform, studio)
+    assert redeem(plain, ticket_of(browser, plain)).status_code == 403
 
 
 def test_a_page_of_another_origin_cannot_use_a_members_access(echo, workspace):

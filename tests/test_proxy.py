@@ -18,7 +18,8 @@ from .live import Browser
 
 
 class EchoSession(BaseHTTPRequestHandler):
-    """Answers every request with what it received; /set-cookie also sets a cookie."""
+    """Answers every request with what it received; /set-cookie also sets a cookie, /framable asks to be framed by
+    anyone."""
 
     protocol_version = "HTTP/1.1"
 
@@ -40,6 +41,12 @@ class EchoSession(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer)))
         if self.path.endswith("/set-cookie"):
             self.send_header("Set-Cookie", "_xsrf=from-session; Path=/")
+        if self.path.endswith("/set-proxy-cookies"):
+            self.send_header("Set-Cookie", "studios-session=another-members; Path=/")
+            self.send_header("Set-Cookie", "studios-state=known-to-the-session; Path=/")
+        if self.path.endswith("/framable"):
+            self.send_header("Content-Security-Policy", "frame-ancestors *")
+            self.send_header("X-Frame-Options", "ALLOWALL")
         self.end_headers()
         self.wfile.write(answer)
 
@@ -98,6 +105,27 @@ def test_request_and_response_bodies_stream_through_intact(echo_studio, workspac
     assert response.json()["body_sha256"] == hashlib.sha256(upload).hexdigest()
     assert response.json()["method"] == "PUT"
     assert len(http.get("/big").content) == 3 * 2**20
+
+
+def test_a_session_cannot_set_the_proxys_own_cookies(echo_studio, workspace):
+    """Otherwise a session would sign a member's browser in to someone else's access, or plant the state a ticket
+    of its choosing is bound to."""
+    platform, studio = echo_studio
+    http = client_for(platform, make_member(workspace, Role.CONNECT, username="victor"), studio)
+    answer = http.get("/set-proxy-cookies")
+    assert answer.status_code == 200 and "set-cookie" not in answer.headers
+    assert http.get("/api/status").json()["headers"]["x-studios-user"] == "victor"
+    assert "_xsrf=from-session" in http.get("/set-cookie").headers["set-cookie"]
+
+
+def test_a_sessions_pages_may_be_framed_by_its_own_origin_only_whatever_the_session_says(echo_studio, workspace):
+    """Another site's page framing the session's (to take a member's clicks) is refused by the browser: every
+    policy a response carries is enforced, and the proxy's allows the session origin's own frames only."""
+    platform, studio = echo_studio
+    http = client_for(platform, make_member(workspace, Role.CONNECT), studio)
+    for path in ("/lab", "/framable"):
+        policies = http.get(path).headers.get_list("content-security-policy")
+        assert "frame-ancestors 'self'" in policies, (path, policies)
 
 
 def test_a_cookie_the_session_sets_reaches_only_that_browser(echo_studio, workspace):

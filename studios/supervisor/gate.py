@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
+import httpcore
 import uvicorn
 import websockets
 
@@ -40,7 +40,7 @@ class Gate:
         self.token = token.encode()
         self.strip = base_path if strip else ""
         self.origin = f"http://{address}"
-        self.client: httpx.AsyncClient = forwarding.new_client()
+        self.client: httpcore.AsyncConnectionPool = forwarding.new_client()
 
     def allowed(self, scope: Scope) -> bool:
         supplied = dict(scope["headers"]).get(TOKEN_HEADER, b"")

@@ -2,7 +2,8 @@
 
 The proxy tells this module when each WebSocket it relays opens and closes, never per HTTP request (the proxy is
 a hot path). Whenever the set of members connected to a studio changes, the studio's avatar fragment is pushed to
-every page of its workspace that listens (``consumers.PresenceConsumer``).
+every page of its workspace that listens (``consumers.PresenceConsumer``); so is every other change the lifecycle
+makes to a studio (``studio_changed``).
 
 Each web process holds the connections it relays in memory (``_held``): that is the truth, and the database rows
 (``SessionConnection``) are its record. A write can fail (the database is down for a moment), and so can an
@@ -188,16 +189,36 @@ def forget_dead_processes():
     return studio_ids
 
 
-def push_fragment(studio, template):
-    """Push a fragment of ``studio``'s page (rendered with its id, so that pages swap it in place) to every page of
-    its workspace, as avatars are pushed; for synchronous callers. A push that fails is logged: pages still show it
-    at their next load."""
-    html = render_to_string(template, {"studio": studio})
-    message = {"type": "presence.changed", "studio": studio.pk, "html": html}
-    try:
-        async_to_sync(_send)([(workspace_group(studio.workspace_id), message)])
-    except Exception:
-        log.exception("could not push studio %s's %s", studio.pk, template)
+def send_on_commit(group, message):
+    """After the commit, send ``message`` to the channel-layer ``group``. A channel layer that cannot be reached is
+    logged: pages still show the change at their next load (and the socket's listeners at their next change)."""
+
+    async def send():
+        try:
+            await get_channel_layer().group_send(group, message)
+        except Exception:
+            log.exception("could not send %s to %s", message["type"], group)
+
+    def send_now():
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            async_to_sync(send)()
+        else:  # a caller that runs an event loop in its own thread (Playwright's, in the browser tests)
+            task = loop.create_task(send())
+            _sending.add(task)
+            task.add_done_callback(_sending.discard)
+
+    transaction.on_commit(send_now)
+
+
+_sending: set[asyncio.Task] = set()  # messages scheduled on a caller's event loop, kept until they are sent
+
+
+def studio_changed(studio):
+    """Once committed, tell the pages of ``studio``'s workspace that what they show of it changed (its status, its
+    start-up steps, its checkpoints): each page's socket renders its own fragment of it for its member's role."""
+    send_on_commit(workspace_group(studio.workspace_id), {"type": "studio.changed", "studio": studio.pk})
 
 
 def forget_dead_processes_and_announce():

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import environments, lifecycle, origins, permissions, presence, tokens
+from . import environments, lifecycle, origins, permissions, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
@@ -74,15 +74,12 @@ def home(request):
 def studio_list(request, org, workspace):
     workspace, role = permissions.workspace_for(request.user, org, workspace)
     query = request.GET.get("q", "").strip()
-    studios = search(
-        workspace.studios.select_related("compute_environment", "author").prefetch_related("connections__user"), query
-    )
+    studios = search(listed_studios(workspace.pk), query)
     context = {
         "workspace": workspace,
         "role": role,
         "studios": studios,
         "query": query,
-        "polling": any(studio.is_transitional for studio in studios),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
         "can_admin": permissions.has_role(role, permissions.ADMIN),
     }
@@ -157,11 +154,10 @@ def studio_history(studio):
     return sorted(history, key=lambda event: event[0], reverse=True)
 
 
-@login_required
-def studio_detail(request, studio_id):
-    studio, role = permissions.studio_for(request.user, studio_id)
+def status_context(studio, role):
+    """What the status panel of a studio's page shows ``role``, on the page and as pushed to it (``consumers``)."""
     prefetch_related_objects([studio], "connections__user")
-    context = {
+    return {
         "studio": studio,
         "workspace": studio.workspace,
         "role": role,
@@ -169,6 +165,18 @@ def studio_detail(request, studio_id):
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
         "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
     }
+
+
+def listed_studios(workspace_id):
+    """A workspace's studios with what the list's rows show of them."""
+    studios = Studio.objects.filter(workspace_id=workspace_id)
+    return studios.select_related("compute_environment", "author").prefetch_related("connections__user")
+
+
+@login_required
+def studio_detail(request, studio_id):
+    studio, role = permissions.studio_for(request.user, studio_id)
+    context = status_context(studio, role)
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)
     tab = request.GET.get("tab")
@@ -211,13 +219,16 @@ def session_unavailable(request, status, message, studio, role):
 
 
 def _studio_action(request, studio, action, done_message, success_url=None):
+    """Act, and go back where the action was asked: the list (whose forms say ``back=list``), else the studio's
+    page (``success_url``: where to go once it is done, Delete's list)."""
+    back = studio.workspace.get_absolute_url() if request.POST.get("back") == "list" else studio.get_absolute_url()
     try:
         action(request.user, studio)
     except ActionRefused as error:
         messages.error(request, str(error))
-        return redirect(studio)
+        return redirect(back)
     messages.success(request, done_message.format(name=studio.name))
-    return redirect(success_url or studio)
+    return redirect(success_url or back)
 
 
 @login_required
@@ -360,8 +371,4 @@ def session_report(request, what):
         )
     if not SESSION_REPORTS[what](token, **report):
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
-    if what in (protocol.CHECKPOINT, protocol.CHECKPOINT_FAILED):
-        # Members on the studio's pages see a checkpoint fail, or succeed again, as it happens.
-        studio = Studio.objects.select_related("session__checkpoint").get(pk=studio_id)
-        presence.push_fragment(studio, "studios/partials/checkpoint_health.html")
     return HttpResponse(status=200)

@@ -1,4 +1,4 @@
-"""The studio list, its search and polling, the add form's validation, the admin and the demo data."""
+"""The studio list, its search and live part, the add form's validation, the admin and the demo data."""
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -62,15 +62,16 @@ def test_list_shows_each_studios_columns(client, workspace, maintainer, listed):
         assert text in page
 
 
-def test_list_polls_only_while_a_status_is_transitional(client, workspace, maintainer):
+def test_pages_listen_for_changes_instead_of_polling(client, workspace, maintainer):
+    """Status changes reach the pages over their socket (``test_consumers``): not even a starting studio's pages
+    poll (they do only while their socket is down, ``tests/browser/test_live.py``)."""
     client.force_login(maintainer)
-    studio = make_studio(workspace, author=maintainer)
-    assert b'hx-trigger="every' not in client.get(workspace.get_absolute_url()).content
-    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.STARTING)
-    assert b'hx-trigger="every' in client.get(workspace.get_absolute_url()).content
+    studio = make_studio(workspace, author=maintainer, status=StudioStatus.STARTING)
+    for url in (workspace.get_absolute_url(), studio.get_absolute_url()):
+        page = client.get(url).content.decode()
+        assert 'hx-trigger="every' not in page and 'ws-connect="/ws/' in page
     partial = client.get(studio.get_absolute_url(), HTTP_HX_REQUEST="true")
     assert b'id="studio-status"' in partial.content and b"<html" not in partial.content
-    assert b'hx-trigger="every' in partial.content
 
 
 class TestAddForm:

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from playwright.sync_api import expect
 
+from studios import lifecycle
 from studios.models import Role, Studio, StudioStatus
 
 from ..factories import make_member, make_running, make_studio, make_user, make_workspace
@@ -137,17 +138,16 @@ def test_a_non_member_finds_nothing_not_even_that_the_workspace_exists(world, op
     assert Studio.objects.get(pk=stopped.pk).status == StudioStatus.STOPPED
 
 
-def test_an_open_menu_stays_open_while_the_list_follows_a_starting_studio(world, open_page):
+def test_an_open_menu_stays_open_while_the_list_follows_another_studio(world, open_page):
     workspace, _running, _stopped = world
     starting = make_studio(workspace, name="starting-one", status=StudioStatus.STARTING)
     page = open_page(make_member(workspace, Role.MAINTAIN))
     page.goto(workspace.get_absolute_url())
+    expect(page.locator("body[data-live=connected]")).to_be_attached()
     page.get_by_label("Actions for running-one").click()
     stop = page.get_by_role("button", name="Stop")
     expect(stop).to_be_visible()
-    page.wait_for_timeout(3_000)  # longer than the list's polling period
-    expect(stop).to_be_visible()
 
-    page.keyboard.press("Escape")
-    Studio.objects.filter(pk=starting.pk).update(status=StudioStatus.RUNNING)
-    expect(page.get_by_role("row", name="starting-one").get_by_text("running")).to_be_visible(timeout=5_000)
+    lifecycle.fail_studio(starting.pk, "The session could not start.")
+    expect(page.get_by_role("row", name="starting-one").get_by_text("errored")).to_be_visible(timeout=5_000)
+    expect(stop).to_be_visible()

@@ -1,0 +1,82 @@
+"""Live pages: two members, each with the studio list and the studio's page open in a browser of their own, see
+each other's start, its steps, the checkpoint and the stop without reloading, within a second of the change."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from studios.models import Role, StudioStatus
+from studios.tasks import checkpoint_session
+
+from ..factories import make_member, make_studio, make_workspace
+from ..live import wait_for_status, wait_until
+
+pytestmark = pytest.mark.browser
+
+# How soon after a change every open page shows it.
+PUSHED_WITHIN_MS = 1_000
+
+
+@pytest.fixture
+def two_members(live_platform, open_page, tmp_path):
+    """alice and bob (both maintain), each with the list and the studio's page open in a browser of their own."""
+    workspace = make_workspace(work_dir=str(tmp_path / "work"))
+    alice = make_member(workspace, Role.MAINTAIN, username="alice")
+    bob = make_member(workspace, Role.MAINTAIN, username="bob")
+    studio = make_studio(workspace, name="shared-analysis", author=alice, cpus=1, memory_mb=1024)
+    pages = {}
+    for user in (alice, bob):
+        listing = open_page(user)
+        detail = listing.context.new_page()
+        listing.goto(workspace.get_absolute_url())
+        detail.goto(studio.get_absolute_url())
+        for page in (listing, detail):
+            expect(page.locator("body[data-live=connected]")).to_be_attached()
+        pages[user.username] = listing, detail
+    return studio, pages
+
+
+def test_two_members_see_each_others_start_steps_checkpoint_and_stop_without_reload(two_members):
+    studio, pages = two_members
+    (alice_list, alice_detail), (bob_list, bob_detail) = pages["alice"], pages["bob"]
+    lists, details = (alice_list, bob_list), (alice_detail, bob_detail)
+    row = [page.get_by_role("row", name=re.compile("shared-analysis")) for page in lists]
+    badges = [page.locator("#status-badge") for page in details]
+
+    alice_list.get_by_label("Actions for shared-analysis").click()
+    alice_list.get_by_role("button", name="Start", exact=True).click()
+    expect(alice_list.get_by_text("Starting shared-analysis.")).to_be_visible()  # she stays on the list
+    for badge in badges:
+        expect(badge).to_have_text(re.compile("starting|running"), timeout=PUSHED_WITHIN_MS)
+
+    # Each start-up step the session reports shows on both studio pages as it comes.
+    def steps_after_the_first():
+        studio.refresh_from_db()
+        return [step["name"] for step in studio.session.steps[1:]]
+
+    for name in wait_until(steps_after_the_first, 120, "the session to report its start-up steps"):
+        for page in details:
+            expect(page.get_by_label("Start-up progress").get_by_text(name)).to_be_visible(timeout=PUSHED_WITHIN_MS)
+
+    wait_for_status(studio, StudioStatus.RUNNING)
+    for badge in badges:
+        expect(badge).to_have_text("running", timeout=PUSHED_WITHIN_MS)
+    for cells in row:
+        expect(cells.get_by_text("running", exact=True)).to_be_visible(timeout=PUSHED_WITHIN_MS)
+        expect(cells.get_by_role("link", name="Connect to shared-analysis")).to_be_visible()
+
+    checkpoint_session(studio.session_id)
+    for page in details:
+        saved = page.locator("#last-checkpoint")
+        expect(saved).to_contain_text(re.compile(r"Last checkpoint \S+: .+, saved"), timeout=PUSHED_WITHIN_MS)
+        expect(page.locator("#layer-usage")).to_contain_text("Writable layer:")
+
+    bob_detail.get_by_role("button", name="Stop", exact=True).click()
+    for page in (alice_detail, *lists):
+        expect(page.get_by_text(re.compile("^(stopping|stopped)$")).first).to_be_visible(timeout=PUSHED_WITHIN_MS)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    for badge in badges:
+        expect(badge).to_have_text("stopped", timeout=PUSHED_WITHIN_MS)
+    for cells in row:
+        expect(cells.get_by_text("stopped", exact=True)).to_be_visible(timeout=PUSHED_WITHIN_MS)

@@ -25,10 +25,12 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import httpx
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core import signing
 from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.template.loader import render_to_string
@@ -191,7 +193,11 @@ def forget_dead_processes():
 
 def send_on_commit(group, message):
     """After the commit, send ``message`` to the channel-layer ``group``. A channel layer that cannot be reached is
-    logged: pages still show the change at their next load (and the socket's listeners at their next change)."""
+    logged: pages still show the change at their next load (and the socket's listeners at their next change).
+
+    The in-memory channel layer (embedded defaults, no Redis) reaches only its own process: the Celery worker
+    ``runstudios`` starts beside the web server is given ``STUDIOS_PAGES_RELAY``, where it hands its messages to
+    the web process (``relay``, ``deliver``)."""
 
     async def send():
         try:
@@ -200,6 +206,9 @@ def send_on_commit(group, message):
             log.exception("could not send %s to %s", message["type"], group)
 
     def send_now():
+        if settings.STUDIOS_PAGES_RELAY:
+            relay(group, message)
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -213,6 +222,29 @@ def send_on_commit(group, message):
 
 
 _sending: set[asyncio.Task] = set()  # messages scheduled on a caller's event loop, kept until they are sent
+
+
+RELAY_SALT = "studios.presence.relay"
+
+
+def relay(group, message):
+    """Hand a message for ``group`` to the web process's channel layer, signed with the platform's secret key."""
+    signed = signing.dumps({"group": group, "message": message}, salt=RELAY_SALT)
+    try:
+        httpx.post(settings.STUDIOS_PAGES_RELAY, content=signed, timeout=5).raise_for_status()
+    except httpx.HTTPError:
+        log.exception("could not relay %s to %s", message["type"], group)
+
+
+def deliver(signed):
+    """Send a message that ``relay`` handed over (and the platform signed within the last minute) to its group;
+    whether it was."""
+    try:
+        relayed = signing.loads(signed, salt=RELAY_SALT, max_age=60)
+    except signing.BadSignature:
+        return False
+    async_to_sync(get_channel_layer().group_send)(relayed["group"], relayed["message"])
+    return True
 
 
 def studio_changed(studio):

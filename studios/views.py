@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 
 from checkpoints import records
 
-from . import environments, lifecycle, origins, permissions, tokens
+from . import environments, lifecycle, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
@@ -372,3 +372,11 @@ def session_report(request, what):
     if not SESSION_REPORTS[what](token, **report):
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
     return HttpResponse(status=200)
+
+
+@csrf_exempt
+@require_POST
+def pages_relay(request):
+    """Where the Celery worker of the embedded defaults hands the messages for the pages' sockets to this process
+    (``presence.relay``); signed with the platform's secret key."""
+    return HttpResponse(status=200 if presence.deliver(request.body.decode(errors="replace")) else 403)

@@ -1,7 +1,9 @@
 """The presence WebSocket of the studio list and detail pages: who may listen, and what they hear."""
 
+import httpx
 import pytest
 from asgiref.sync import async_to_sync
+from django.core import signing
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -119,3 +121,23 @@ def test_a_page_whose_member_left_the_workspace_hears_no_more(studios, workspace
         )
         with pytest.raises(ConnectionClosed):
             page.recv(timeout=2)
+
+
+def test_a_worker_whose_channel_layer_is_its_own_relays_through_the_web_process(
+    studios, workspace, members, listen, live_platform, settings
+):
+    """The embedded defaults' Celery worker (``runstudios``) has an in-memory channel layer of its own: what the
+    pages must hear goes through the web process, signed; anything else is refused."""
+    first, _ = studios
+    first.status = StudioStatus.STARTING
+    first.save()
+    settings.STUDIOS_PAGES_RELAY = f"{live_platform.url}/internal/pages-relay/"
+    with listen(members[Role.VIEW], f"/ws/workspaces/{workspace.pk}/presence/") as page:
+        page.recv(timeout=5)
+        lifecycle.fail_studio(first.pk, "The session could not start.")
+        assert ">errored</span>" in page.recv(timeout=2)
+        forged = signing.dumps({"group": presence.workspace_group(workspace.pk), "message": {}}, salt="other")
+        for body in (forged, "not signed"):
+            assert httpx.post(settings.STUDIOS_PAGES_RELAY, content=body).status_code == 403
+        with pytest.raises(TimeoutError):
+            page.recv(timeout=0.5)

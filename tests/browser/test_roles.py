@@ -56,9 +56,9 @@ class Journey:
 
 
 NEEDS_MAINTAIN = "You need the maintain role"
-# (running_menu, stopped_menu)
-MAINTAINER_MENUS = (["Connect", "Copy URL", "Stop"], ["Start", "Delete"])
-CONNECTOR_MENUS: tuple[list[str], list[str]] = (["Connect", "Copy URL"], [])
+# (running_menu, stopped_menu); Connect, the main action, is beside the menu rather than in it.
+MAINTAINER_MENUS = (["Copy URL", "Stop"], ["Start", "Delete"])
+CONNECTOR_MENUS: tuple[list[str], list[str]] = (["Copy URL"], [])
 JOURNEYS = [
     Journey(Role.OWNER, *MAINTAINER_MENUS, forbidden=("delete", "running", 200, "stop it before deleting it")),
     Journey(Role.ADMIN, *MAINTAINER_MENUS, forbidden=("start", "running", 200, "only a stopped or errored studio")),
@@ -102,6 +102,12 @@ def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, j
             assert menu_items(page, studio) == wanted
         else:
             expect(page.get_by_label(f"Actions for {studio.name}")).to_have_count(0)
+    connect = page.get_by_role("link", name="Connect to running-one")
+    if journey.role == Role.VIEW:
+        expect(connect).to_have_count(0)
+    else:
+        expect(connect).to_be_visible()
+        expect(connect).to_be_in_viewport()
 
     # The running studio's link, its own origin: the session for connect and above, a clear refusal for view.
     session = page.context.new_page()

@@ -6,6 +6,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from studios import lifecycle
 from studios.models import Role, StudioStatus
 from studios.tasks import checkpoint_session
 
@@ -80,3 +81,35 @@ def test_two_members_see_each_others_start_steps_checkpoint_and_stop_without_rel
         expect(badge).to_have_text("stopped", timeout=PUSHED_WITHIN_MS)
     for cells in row:
         expect(cells.get_by_text("stopped", exact=True)).to_be_visible(timeout=PUSHED_WITHIN_MS)
+
+
+def test_a_page_whose_socket_is_down_says_it_is_reconnecting_and_polls_until_it_is_back(live_platform, open_page):
+    workspace = make_workspace()
+    studio = make_studio(workspace, name="followed", status=StudioStatus.STARTING)
+    page = open_page(make_member(workspace, Role.VIEW))
+    sockets, down = [], []
+
+    def through_the_test(socket):
+        if down:  # the platform is away: every attempt to reconnect fails
+            socket.close(code=1013)
+        else:
+            socket.connect_to_server()
+            sockets.append(socket)
+
+    page.route_web_socket(re.compile(r"/presence/$"), through_the_test)
+    page.goto(studio.get_absolute_url())
+    expect(page.locator("body[data-live=connected]")).to_be_attached()
+    reconnecting = page.get_by_role("status").filter(has_text="Reconnecting")
+    expect(reconnecting).to_be_hidden()
+
+    down.append(True)
+    sockets[-1].close(code=1012)  # the platform restarts
+    expect(reconnecting).to_be_visible()
+    lifecycle.fail_studio(studio.pk, "The session could not start.")  # pushed to no one: the socket is down
+    expect(page.locator("#status-badge")).to_have_text("errored", timeout=10_000)
+
+    down.clear()
+    expect(reconnecting).to_be_hidden(timeout=30_000)
+    expect(page.locator("body[data-live=connected]")).to_be_attached()
+    lifecycle.delete_studio(make_member(workspace, Role.MAINTAIN), studio)
+    expect(page.get_by_text("This studio was deleted.")).to_be_visible(timeout=5_000)

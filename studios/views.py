@@ -218,16 +218,16 @@ def session_unavailable(request, status, message, studio, role):
     return render(request, "studios/session_unavailable.html", {**context, "actions": actions}, status=status)
 
 
-def _studio_action(request, studio, action, done_message, success_url=None):
+def _studio_action(request, studio, action, done_message, success_url=None, extra_tags=""):
     """Act, and go back where the action was asked: the list (whose forms say ``back=list``), else the studio's
-    page (``success_url``: where to go once it is done, Delete's list)."""
+    page (``success_url``: where to go once it is done, Delete's list). ``extra_tags``: the done message's."""
     back = studio.workspace.get_absolute_url() if request.POST.get("back") == "list" else studio.get_absolute_url()
     try:
         action(request.user, studio)
     except ActionRefused as error:
         messages.error(request, str(error))
         return redirect(back)
-    messages.success(request, done_message.format(name=studio.name))
+    messages.success(request, done_message.format(name=studio.name), extra_tags=extra_tags)
     return redirect(success_url or back)
 
 
@@ -249,7 +249,8 @@ def studio_start(request, studio_id):
     def start(user, studio):
         lifecycle.start_studio(user, studio, **changes)
 
-    return _studio_action(request, studio, start, "Starting {name}.")
+    # The message goes once the studio no longer starts (studios.js): the page shows where it stands.
+    return _studio_action(request, studio, start, "Starting {name}.", extra_tags=f"while-starting studio-{studio.pk}")
 
 
 @login_required

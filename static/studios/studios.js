@@ -73,3 +73,23 @@ document.addEventListener("htmx:wsClose", (event) => {
   document.body.dataset.live = "reconnecting";
   fallbackPoll = setInterval(() => refreshLivePart(socketElt), FALLBACK_POLL_MS);
 });
+
+// Elapsed times (a start's, a stop's) tick every second, from when the server says it began.
+setInterval(() => {
+  for (const time of document.querySelectorAll("time[data-elapsed-since]")) {
+    const seconds = Math.max(0, Math.floor((Date.now() - Date.parse(time.dataset.elapsedSince)) / 1000));
+    time.textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+  }
+}, 1000);
+
+// A "Starting …" message goes once its studio no longer starts: the page shows where it stands.
+function dropSettledMessages() {
+  for (const message of document.querySelectorAll(".message.while-starting")) {
+    const id = [...message.classList].find((name) => /^studio-\d+$/.test(name));
+    const badge = id && document.querySelector(
+      `#${id} .badge, #studio-status[data-studio="${id.slice("studio-".length)}"] #status-badge`);
+    if (badge && badge.textContent.trim() !== "starting") message.remove();
+  }
+}
+document.addEventListener("htmx:wsAfterMessage", dropSettledMessages);
+document.addEventListener("htmx:afterSwap", dropSettledMessages);

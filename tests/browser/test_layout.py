@@ -132,3 +132,12 @@ def test_stop_from_the_list_stays_on_the_list(world, open_page):
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.get_by_text("Stopping running-one.")).to_be_visible()
     assert urlsplit(page.url).path == workspace.get_absolute_url()
+
+
+def test_a_template_no_compute_environment_can_run_cannot_be_picked_and_says_why(world, open_page):
+    workspace, owner, _running, _stopped = world
+    page = open_page(owner)
+    page.goto(reverse("studio_add", args=[workspace.organization.slug, workspace.slug]))
+    expect(page.get_by_role("option", name="RStudio Server (unavailable)")).to_be_disabled()
+    expect(page.get_by_role("option", name="JupyterLab")).to_be_enabled()
+    expect(page.get_by_text(re.compile("RStudio Server cannot run on local."))).to_be_visible()

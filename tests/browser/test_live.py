@@ -66,6 +66,7 @@ def test_two_members_see_each_others_start_steps_checkpoint_and_stop_without_rel
     for cells in row:
         expect(cells.get_by_text("running", exact=True)).to_be_visible(timeout=PUSHED_WITHIN_MS)
         expect(cells.get_by_role("link", name="Connect to shared-analysis")).to_be_visible()
+    expect(alice_list.get_by_text("Starting shared-analysis.")).to_have_count(0)  # the start is over
 
     checkpoint_session(studio.session_id)
     for page in details:
@@ -99,6 +100,11 @@ def test_a_page_whose_socket_is_down_says_it_is_reconnecting_and_polls_until_it_
     page.route_web_socket(re.compile(r"/presence/$"), through_the_test)
     page.goto(studio.get_absolute_url())
     expect(page.locator("body[data-live=connected]")).to_be_attached()
+    # The start's progress: a spinner and the time it has taken, ticking.
+    progress = page.locator("#progress")
+    expect(progress.locator(".spinner")).to_be_visible()
+    expect(progress).to_have_text(re.compile(r"^\s*Starting for 0:\d\d$"))
+    expect(progress).not_to_have_text(progress.inner_text(), timeout=3_000)
     reconnecting = page.get_by_role("status").filter(has_text="Reconnecting")
     expect(reconnecting).to_be_hidden()
 

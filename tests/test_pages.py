@@ -278,3 +278,13 @@ def test_the_forms_say_which_mounts_will_be_writable_and_warn_about_regions(clie
         assert 'scratch <span class="muted">/data/scratch/mia</span> <span class="small">read-write</span>' in page
         assert 'reads <span class="muted">/data/reads</span> <span class="small">read-only</span>' in page
         assert "in us-east-1, not eu-west-1 like local" in page
+
+
+def test_home_says_what_each_role_may_do_and_that_launch_adds_nothing_to_connect_yet(client, workspace):
+    pages = {}
+    for role in (Role.LAUNCH, Role.CONNECT):
+        client.force_login(make_member(workspace, role))
+        pages[role] = client.get("/").content.decode()
+        assert f"As {role} you may connect to running studios and copy their links" in pages[role]
+    assert "launch adds nothing yet (starting studios needs maintain)" in pages[Role.LAUNCH]
+    assert "launch adds nothing" not in pages[Role.CONNECT]

@@ -64,3 +64,9 @@ def elapsed(since):
     ticking)."""
     seconds = max(0, int((timezone.now() - since).total_seconds()))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@register.filter
+def role_summary(role):
+    """What ``role`` may do, in words (``permissions.ROLE_SUMMARIES``)."""
+    return permissions.ROLE_SUMMARIES.get(role, "")

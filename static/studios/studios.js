@@ -35,11 +35,18 @@ document.addEventListener("click", (event) => {
   }
 });
 
-// The studio list's fallback polling waits while an actions menu is open, so that the menu stays open. (Here rather than
+// The studio list's refreshes (once its socket opens, and while it is down) wait while an actions menu is open, so
+// that the menu stays open. (Here rather than
 // in an hx-trigger filter: htmx evaluates those with eval, which the platform's Content-Security-Policy forbids.)
 document.addEventListener("htmx:beforeRequest", (event) => {
   if (event.detail.elt.id === "studio-table" && document.querySelector("details.menu[open]")) {
     event.preventDefault();
+  }
+});
+// Nor does an answer asked for before the menu opened replace the table under it.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.target.id === "studio-table" && document.querySelector("details.menu[open]")) {
+    event.detail.shouldSwap = false;
   }
 });
 

@@ -94,7 +94,7 @@ def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, j
     workspace, running, stopped = world
     page = open_page(make_member(workspace, journey.role), width=journey.width)
     page.goto(workspace.get_absolute_url())
-    expect(page.get_by_role("link", name="running-one")).to_be_visible()
+    expect(page.get_by_role("link", name="running-one", exact=True)).to_be_visible()
     maintainer = journey.running_menu == MAINTAINER_MENUS[0]
     expect(page.get_by_role("link", name="Add studio")).to_have_count(1 if maintainer else 0)
     for studio, wanted in ((running, journey.running_menu), (stopped, journey.stopped_menu)):

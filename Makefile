@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The accessibility rules the browser tests audit the pages with (from the npm registry, into the virtualenv).
+AXE_CORE := 4.14.1
 
 .PHONY: run test check services images
 
@@ -17,6 +19,7 @@ $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
 	command -v chromium >/dev/null && command -v runc >/dev/null && command -v rclone >/dev/null && command -v slirp4netns >/dev/null && command -v skopeo >/dev/null && command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver runc e2fsprogs rclone fuse3 slirp4netns skopeo umoci slurm-wlm munge)
 	images/vscode/install-code-server.sh
+	npm install --silent --no-fund --no-audit --prefix $(VENV)/axe axe-core@$(AXE_CORE)
 	touch $@
 
 # As root, sessions run in containers from the template images: built (or found cached) first.

@@ -1,9 +1,15 @@
 """WebSockets of the platform's own pages. (The session proxy's WebSocket relay is in proxy.py.)"""
 
+import io
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.template.loader import render_to_string
 
-from . import permissions, presence
+from . import permissions, presence, views
 from .models import Studio
 
 
@@ -24,8 +30,41 @@ def subscribe(user, route):
     return workspace_id, [html for _, html in presence.avatar_fragments(studios)]
 
 
+def page_request(scope):
+    """The request of the page that opened the socket, as its fragments are rendered with: its user, its address
+    (for the session links) and its CSRF cookie (for the forms of its actions)."""
+    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "ws"), "http")
+    request = ASGIRequest({**scope, "type": "http", "method": "GET", "scheme": scheme}, io.BytesIO())
+    request.user = scope["user"]
+    CsrfViewMiddleware(lambda request: HttpResponse()).process_request(request)
+    return request
+
+
+@database_sync_to_async
+def render_change(scope, workspace_id, studio_id, detail):
+    """The fragment of a changed studio the page shows, for its member's role now: its status panel (``detail``)
+    or its row of the list; a row that deletes itself when the studio is gone. None when the member may no
+    longer see the workspace."""
+    user = scope["user"]
+    role = permissions.role_of(user, workspace_id)
+    if not permissions.has_role(role, permissions.VIEW):
+        return None
+    request = page_request(scope)
+    if detail:
+        related = ("workspace__organization", "compute_environment", "author", "session")
+        studio = Studio.objects.select_related(*related).filter(pk=studio_id).first()
+        if studio is None:
+            return render_to_string("studios/partials/studio_deleted.html", request=request)
+        return render_to_string("studios/partials/studio_status.html", views.status_context(studio, role), request)
+    studio = views.listed_studios(workspace_id).filter(pk=studio_id).first()
+    if studio is None:
+        return f'<tr id="studio-{int(studio_id)}" hx-swap-oob="delete"></tr>'
+    return render_to_string("studios/partials/studio_row.html", {"studio": studio, "role": role}, request)
+
+
 class PresenceConsumer(AsyncWebsocketConsumer):
-    """Pushes the avatars of connected members to a page showing a workspace's studios, or one studio.
+    """Pushes what changes of a workspace's studios to a page showing them (the studio list), or one of them (its
+    detail page): the avatars of connected members, and each change the lifecycle makes (``presence``).
 
     On connect it sends the current avatars, so that a page misses nothing between its render and the
     connect (or while it reconnected after a restart); then each change as ``presence`` announces it.
@@ -33,6 +72,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     group = None
     studio_id = None
+    workspace_id = None
 
     async def connect(self):
         route = self.scope["url_route"]["kwargs"]
@@ -40,9 +80,9 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if subscription is None:
             await self.close()
             return
-        workspace_id, fragments = subscription
+        self.workspace_id, fragments = subscription
         self.studio_id = int(route["studio_id"]) if "studio_id" in route else None
-        self.group = presence.workspace_group(workspace_id)
+        self.group = presence.workspace_group(self.workspace_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         presence.keep_heartbeat()
@@ -51,6 +91,15 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     async def presence_changed(self, event):
         if self.studio_id in (None, event["studio"]):
             await self.send(text_data=event["html"])
+
+    async def studio_changed(self, event):
+        if self.studio_id not in (None, event["studio"]):
+            return
+        html = await render_change(self.scope, self.workspace_id, event["studio"], detail=self.studio_id is not None)
+        if html is None:
+            await self.close()
+        else:
+            await self.send(text_data=html)
 
     async def disconnect(self, code):
         if self.group is not None:

@@ -137,8 +137,23 @@ class CloneForm(ResourcesForm):
         return name
 
 
+class TemplateSelect(forms.Select):
+    """The templates, those in ``unavailable`` ({template: why}) offered disabled, saying so."""
+
+    def __init__(self, attrs=None, choices=()):
+        super().__init__(attrs, choices)
+        self.unavailable: dict[str, str] = {}
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        if value in self.unavailable:
+            option["attrs"]["disabled"] = True
+            option["label"] = f"{label} (unavailable)"
+        return option
+
+
 class StudioForm(CloneForm):
-    template = forms.ChoiceField(choices=Template.choices, initial=Template.JUPYTERLAB)
+    template = forms.ChoiceField(choices=Template.choices, initial=Template.JUPYTERLAB, widget=TemplateSelect)
     compute_environment = forms.ModelChoiceField(queryset=ComputeEnvironment.objects.none())
 
     field_order = [
@@ -159,6 +174,16 @@ class StudioForm(CloneForm):
         model_choices(self, "compute_environment").queryset = environments
         if len(environments) == 1:
             self.fields["compute_environment"].initial = environments[0]
+        # A template that no compute environment here can run, as their last checks found, cannot be picked; why
+        # shows before anything is sent. (One that some can run is refused on submit for the others, by ``clean``.)
+        checked = [environment for environment in environments if environment.status_checked]
+        refusals = {
+            value: [environment.template_refusal(value) for environment in checked] for value, _ in Template.choices
+        }
+        unavailable = {value: " ".join(why) for value, why in refusals.items() if why and all(why)}
+        template = self.fields["template"]
+        template.widget.unavailable = unavailable
+        template.help_text = " ".join(unavailable.values())
 
     def clean(self):
         super().clean()

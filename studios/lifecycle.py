@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from checkpoints import records
 
-from . import permissions
+from . import permissions, presence, revocation
 from .exceptions import ActionRefused
 from .models import (
     ACTIVE_STATUSES,
@@ -93,10 +93,21 @@ def change_studio(
                 update_fields=["name", "description", "cpus", "memory_mb", "lifespan_hours", "idle_stop_minutes"]
             )
             studio.datasets.set(datasets)
+            presence.studio_changed(studio)
     except IntegrityError:
         raise ActionRefused(f"A studio named {name!r} already exists in this workspace.") from None
     log.info("studio %s changed by %s", studio.pk, user)
     return studio
+
+
+def _transition(studio, status, reason=""):
+    """Change the studio's status and save it; once committed, the pages of its workspace show it, and the sockets
+    of a session that no longer runs check their access again (``revocation``)."""
+    studio.transition(status, reason)
+    studio.save()
+    if status != StudioStatus.RUNNING:
+        revocation.tell(revocation.studio_group(studio.pk))
+    presence.studio_changed(studio)
 
 
 def _lock(studio_id):
@@ -158,8 +169,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None, life
         )
         studio.session = session
         studio.template_version = environment.template_version(studio.template)[:20]  # its image's tag, as it starts
-        studio.transition(StudioStatus.STARTING)
-        studio.save()
+        _transition(studio, StudioStatus.STARTING)
         transaction.on_commit(lambda: dispatch(LAUNCH_SESSION, session.pk))
     log.info("studio %s start requested by %s", studio.pk, user)
     return studio
@@ -264,8 +274,7 @@ def stop_studio(user, studio):
 def _begin_stop(studio, reason=""):
     """Stopping, the normal way: a worker asks the session for its final checkpoint, then ends it. ``reason``: why
     the platform stops it, shown while it stops and once it has stopped."""
-    studio.transition(StudioStatus.STOPPING, reason)
-    studio.save()
+    _transition(studio, StudioStatus.STOPPING, reason)
     if reason:
         Session.objects.filter(pk=studio.session_id).update(stop_reason=reason)
     transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
@@ -380,6 +389,7 @@ def delete_studio(user, studio):
         if not studio.can_delete:
             raise ActionRefused(f"{studio.name} is {studio.status}; stop it before deleting it.")
         work_dir = studio.compute_environment.work_dir
+        presence.studio_changed(studio)
         studio.delete()
         transaction.on_commit(lambda: _clean_checkpoints(work_dir))
     log.info("studio %s (%s) deleted by %s", studio.pk, studio.name, user)
@@ -411,6 +421,7 @@ def session_progress(token, steps):
         # A supervisor that reports exists: launched, even when the worker that launched it died before saying so.
         session.launched = True
         session.save(update_fields=["steps", "launched"])
+        presence.studio_changed(session.studio)
     return True
 
 
@@ -424,6 +435,7 @@ def session_ready(token, steps):
         session.steps = steps
         session.ready = session.launched = True
         session.save(update_fields=["steps", "ready", "launched"])
+        presence.studio_changed(session.studio)
         _run_if_reachable(session)
         if not session.endpoint:
             session_id = session.pk
@@ -446,8 +458,7 @@ def session_located(session_id, endpoint, control_endpoint):
 def _run_if_reachable(session):
     studio = session.studio
     if session.ready and session.endpoint and studio.status == StudioStatus.STARTING:
-        studio.transition(StudioStatus.RUNNING)
-        studio.save()
+        _transition(studio, StudioStatus.RUNNING)
         log.info("studio %s running", studio.pk)
 
 
@@ -465,6 +476,7 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
         # Kept for whichever ends the studio first: this session's reaping, or a reconcile that finds it gone.
         session.end_reason = reason
         session.save(update_fields=["steps", "end_reason"])
+        presence.studio_changed(session.studio)
         session_id = session.pk
         transaction.on_commit(lambda: dispatch(REAP_SESSION, session_id, reason))
     return True
@@ -490,6 +502,7 @@ def session_checkpoint_saved(
         session.layer_used_bytes, session.layer_total_bytes = layer_used_bytes, layer_total_bytes or None
         session.checkpoint_error, session.checkpoint_error_at = "", None
         session.save(update_fields=["layer_used_bytes", "layer_total_bytes", "checkpoint_error", "checkpoint_error_at"])
+        presence.studio_changed(session.studio)
         return records.record_saved(session.checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
 
 
@@ -501,6 +514,7 @@ def session_checkpoint_failed(token, reason):
             return False
         session.checkpoint_error, session.checkpoint_error_at = reason, timezone.now()
         session.save(update_fields=["checkpoint_error", "checkpoint_error_at"])
+        presence.studio_changed(session.studio)
     log.warning("studio %s: checkpoint failed: %s", session.studio_id, reason)
     return True
 
@@ -596,6 +610,7 @@ def provisioning_progress(studio_id, message):
             return False
         step["message"] = message
         session.save(update_fields=["steps"])
+        presence.studio_changed(studio)
     return True
 
 
@@ -611,8 +626,7 @@ def _possible_loss(studio, cause):
 
 
 def _end_session(studio, status, reason=""):
-    studio.transition(status, reason)
-    studio.save()
+    _transition(studio, status, reason)
     session = studio.session
     if session is not None and session.ended is None:
         for step in session.steps:

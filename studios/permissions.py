@@ -12,6 +12,19 @@ CONNECT = Role.CONNECT
 MAINTAIN = Role.MAINTAIN
 ADMIN = Role.ADMIN
 
+# What each role may do, as the pages explain it (the table above each check, in words).
+ROLE_SUMMARIES = {
+    Role.OWNER: "everything an admin may do, as the workspace's owner",
+    Role.ADMIN: "manage compute environments and datasets, and everything a maintainer may do",
+    Role.MAINTAIN: "add, start, stop and delete studios, rename checkpoints, and connect",
+    Role.LAUNCH: (
+        "connect to running studios and copy their links, as connect does: launch adds nothing yet "
+        "(starting studios needs maintain)"
+    ),
+    Role.CONNECT: "connect to running studios and copy their links",
+    Role.VIEW: "see the studios, their checkpoints and activity",
+}
+
 
 def role_of(user, workspace):
     if not user.is_authenticated:

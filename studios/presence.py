@@ -2,7 +2,8 @@
 
 The proxy tells this module when each WebSocket it relays opens and closes, never per HTTP request (the proxy is
 a hot path). Whenever the set of members connected to a studio changes, the studio's avatar fragment is pushed to
-every page of its workspace that listens (``consumers.PresenceConsumer``).
+every page of its workspace that listens (``consumers.PresenceConsumer``); so is every other change the lifecycle
+makes to a studio (``studio_changed``).
 
 Each web process holds the connections it relays in memory (``_held``): that is the truth, and the database rows
 (``SessionConnection``) are its record. A write can fail (the database is down for a moment), and so can an
@@ -24,10 +25,12 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import httpx
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core import signing
 from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.template.loader import render_to_string
@@ -188,16 +191,66 @@ def forget_dead_processes():
     return studio_ids
 
 
-def push_fragment(studio, template):
-    """Push a fragment of ``studio``'s page (rendered with its id, so that pages swap it in place) to every page of
-    its workspace, as avatars are pushed; for synchronous callers. A push that fails is logged: pages still show it
-    at their next load."""
-    html = render_to_string(template, {"studio": studio})
-    message = {"type": "presence.changed", "studio": studio.pk, "html": html}
+def send_on_commit(group, message):
+    """After the commit, send ``message`` to the channel-layer ``group``. A channel layer that cannot be reached is
+    logged: pages still show the change at their next load (and the socket's listeners at their next change).
+
+    The in-memory channel layer (embedded defaults, no Redis) reaches only its own process: the Celery worker
+    ``runstudios`` starts beside the web server is given ``STUDIOS_PAGES_RELAY``, where it hands its messages to
+    the web process (``relay``, ``deliver``)."""
+
+    async def send():
+        try:
+            await get_channel_layer().group_send(group, message)
+        except Exception:
+            log.exception("could not send %s to %s", message["type"], group)
+
+    def send_now():
+        if settings.STUDIOS_PAGES_RELAY:
+            relay(group, message)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            async_to_sync(send)()
+        else:  # a caller that runs an event loop in its own thread (Playwright's, in the browser tests)
+            task = loop.create_task(send())
+            _sending.add(task)
+            task.add_done_callback(_sending.discard)
+
+    transaction.on_commit(send_now)
+
+
+_sending: set[asyncio.Task] = set()  # messages scheduled on a caller's event loop, kept until they are sent
+
+
+RELAY_SALT = "studios.presence.relay"
+
+
+def relay(group, message):
+    """Hand a message for ``group`` to the web process's channel layer, signed with the platform's secret key."""
+    signed = signing.dumps({"group": group, "message": message}, salt=RELAY_SALT)
     try:
-        async_to_sync(_send)([(workspace_group(studio.workspace_id), message)])
-    except Exception:
-        log.exception("could not push studio %s's %s", studio.pk, template)
+        httpx.post(settings.STUDIOS_PAGES_RELAY, content=signed, timeout=5).raise_for_status()
+    except httpx.HTTPError:
+        log.exception("could not relay %s to %s", message["type"], group)
+
+
+def deliver(signed):
+    """Send a message that ``relay`` handed over (and the platform signed within the last minute) to its group;
+    whether it was."""
+    try:
+        relayed = signing.loads(signed, salt=RELAY_SALT, max_age=60)
+    except signing.BadSignature:
+        return False
+    async_to_sync(get_channel_layer().group_send)(relayed["group"], relayed["message"])
+    return True
+
+
+def studio_changed(studio):
+    """Once committed, tell the pages of ``studio``'s workspace that what they show of it changed (its status, its
+    start-up steps, its checkpoints): each page's socket renders its own fragment of it for its member's role."""
+    send_on_commit(workspace_group(studio.workspace_id), {"type": "studio.changed", "studio": studio.pk})
 
 
 def forget_dead_processes_and_announce():

@@ -2,32 +2,29 @@
 
 What may end an access tells the groups of the member and of the studio concerned, on the channel layer, once
 its transaction commits: a role change or a removal from the workspace, a deactivation, a logout (which also
-deletes that browser's accesses), a stop or a deletion. Each process that serves session origins listens once in
-the groups it has decisions or sockets for (``Decisions``): on an announcement it forgets the access decisions it
-kept, so that the next request asks the database again, and each open WebSocket of that group checks its access
-again (``origins.check_access``) and closes if it ended.
+deletes that browser's accesses), a deletion, and a studio leaving running (``lifecycle``, where its status
+changes). Each process that serves session origins listens once in the groups it has decisions or sockets for
+(``Decisions``): on an announcement it forgets the access decisions it kept, so that the next request asks the
+database again, and each open WebSocket of that group checks its access again (``origins.check_access``) and
+closes if it ended.
 """
 
 import asyncio
 import logging
 import time
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from . import origins
-from .models import Membership, SessionAccess, Studio, StudioStatus
+from . import origins, presence
+from .models import Membership, SessionAccess, Studio
 from .origins import login_of
 
 log = logging.getLogger(__name__)
-
-_sending: set[asyncio.Task] = set()  # announcements scheduled on a caller's event loop, kept until they are sent
 
 
 def user_group(user_id):
@@ -41,24 +38,7 @@ def studio_group(studio_id):
 def tell(group):
     """After the commit, ask the sockets in ``group`` to check their access again. A channel layer that cannot be
     reached is logged: the sockets stay open, their next HTTP requests are still refused."""
-
-    async def send():
-        try:
-            await get_channel_layer().group_send(group, {"type": "access.changed", "group": group})
-        except Exception:
-            log.exception("could not tell %s that access changed", group)
-
-    def send_now():
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            async_to_sync(send)()
-        else:  # a caller that runs an event loop in its own thread (Playwright's, in the browser tests)
-            task = loop.create_task(send())
-            _sending.add(task)
-            task.add_done_callback(_sending.discard)
-
-    transaction.on_commit(send_now)
+    presence.send_on_commit(group, {"type": "access.changed", "group": group})
 
 
 @receiver(post_save, sender=Membership)
@@ -80,12 +60,6 @@ def logged_out(sender, request, user, **kwargs):
         return
     SessionAccess.objects.filter(login=login_of(request)).delete()
     tell(user_group(user.pk))
-
-
-@receiver(post_save, sender=Studio)
-def studio_changed(sender, instance, **kwargs):
-    if instance.status != StudioStatus.RUNNING:
-        tell(studio_group(instance.pk))
 
 
 @receiver(post_delete, sender=Studio)

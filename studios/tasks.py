@@ -219,7 +219,7 @@ def stop_due_studios():
         if lifecycle.claim_warning(session_id, when):
             warned.add(studio_id)
             studio = Studio.objects.select_related("session").get(pk=studio_id)
-            presence.push_fragment(studio, "studios/partials/lifespan.html")
+            presence.studio_changed(studio)
     for studio_id in set(lifecycle.due_stops()) - warned:
         lifecycle.stop_when_due(studio_id)
 

@@ -71,7 +71,6 @@ def studio_list(request, org, workspace):
         "query": query,
         "order": order,
         "orderings": [(name, label) for name, (label, _) in listing.ORDERINGS.items()],
-        "polling": any(studio.is_transitional for studio in shown),
         "can_maintain": permissions.has_role(role, permissions.MAINTAIN),
         "can_connect": permissions.has_role(role, permissions.CONNECT),
         "can_admin": permissions.has_role(role, permissions.ADMIN),
@@ -147,11 +146,10 @@ def studio_history(studio):
     return sorted(history, key=lambda event: event[0], reverse=True)
 
 
-@login_required
-def studio_detail(request, studio_id):
-    studio, role = permissions.studio_for(request.user, studio_id)
+def status_context(studio, role):
+    """What the status panel of a studio's page shows ``role``, on the page and as pushed to it (``consumers``)."""
     prefetch_related_objects([studio], "connections__user")
-    context = {
+    return {
         "studio": studio,
         "workspace": studio.workspace,
         "role": role,
@@ -160,6 +158,18 @@ def studio_detail(request, studio_id):
         "mounts": studio.active_mounts.select_related("dataset") if studio.status != StudioStatus.STOPPED else [],
         "latest_checkpoint": records.restore_source(studio) if studio.can_start else None,
     }
+
+
+def listed_studios(workspace_id):
+    """A workspace's studios with what the list's rows show of them."""
+    studios = Studio.objects.filter(workspace_id=workspace_id)
+    return studios.select_related("compute_environment", "author").prefetch_related("connections__user")
+
+
+@login_required
+def studio_detail(request, studio_id):
+    studio, role = permissions.studio_for(request.user, studio_id)
+    context = status_context(studio, role)
     if request.htmx:
         return render(request, "studios/partials/studio_status.html", context)
     tab = request.GET.get("tab")
@@ -207,14 +217,17 @@ def session_unavailable(request, status, message, studio, role):
     return render(request, "studios/session_unavailable.html", {**context, "actions": actions}, status=status)
 
 
-def _studio_action(request, studio, action, done_message, success_url=None):
+def _studio_action(request, studio, action, done_message, success_url=None, extra_tags=""):
+    """Act, and go back where the action was asked: the list (whose forms say ``back=list``), else the studio's
+    page (``success_url``: where to go once it is done, Delete's list). ``extra_tags``: the done message's."""
+    back = studio.workspace.get_absolute_url() if request.POST.get("back") == "list" else studio.get_absolute_url()
     try:
         action(request.user, studio)
     except ActionRefused as error:
         messages.error(request, str(error))
-        return redirect(studio)
-    messages.success(request, done_message.format(name=studio.name))
-    return redirect(success_url or studio)
+        return redirect(back)
+    messages.success(request, done_message.format(name=studio.name), extra_tags=extra_tags)
+    return redirect(success_url or back)
 
 
 @login_required
@@ -235,7 +248,8 @@ def studio_start(request, studio_id):
     def start(user, studio):
         lifecycle.start_studio(user, studio, **changes)
 
-    return _studio_action(request, studio, start, "Starting {name}.")
+    # The message goes once the studio no longer starts (studios.js): the page shows where it stands.
+    return _studio_action(request, studio, start, "Starting {name}.", extra_tags=f"while-starting studio-{studio.pk}")
 
 
 @login_required
@@ -261,7 +275,7 @@ def studio_extend(request, studio_id):
             refusal = str(error)
     studio, _ = permissions.studio_for(request.user, studio_id)  # as it is now
     if not refusal:  # the warning goes from every page showing it
-        presence.push_fragment(studio, "studios/partials/lifespan.html")
+        presence.studio_changed(studio)
     if request.htmx:
         # 200 with the refusal in the fragment: htmx swaps in no error answer.
         return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
@@ -285,7 +299,7 @@ def studio_keep(request, studio_id):
         refusal = str(error)
     studio, _ = permissions.studio_for(request.user, studio_id)
     if not refusal:
-        presence.push_fragment(studio, "studios/partials/lifespan.html")
+        presence.studio_changed(studio)
     if request.htmx:
         return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
     if refusal:
@@ -404,8 +418,12 @@ def session_report(request, what):
         )
     if not SESSION_REPORTS[what](token, **report):
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
-    if what in (protocol.CHECKPOINT, protocol.CHECKPOINT_FAILED):
-        # Members on the studio's pages see a checkpoint fail, or succeed again, as it happens.
-        studio = Studio.objects.select_related("session__checkpoint").get(pk=studio_id)
-        presence.push_fragment(studio, "studios/partials/checkpoint_health.html")
     return HttpResponse(status=200)
+
+
+@csrf_exempt
+@require_POST
+def pages_relay(request):
+    """Where the Celery worker of the embedded defaults hands the messages for the pages' sockets to this process
+    (``presence.relay``); signed with the platform's secret key."""
+    return HttpResponse(status=200 if presence.deliver(request.body.decode(errors="replace")) else 403)

@@ -248,6 +248,9 @@ STUDIOS_PUBLIC_URL = os.environ.get("STUDIOS_PUBLIC_URL", "").rstrip("/")
 STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))
 # How often each web process vouches for the session connections it holds; three missed beats make them ghosts.
 STUDIOS_HEARTBEAT_SECONDS = int(os.environ.get("STUDIOS_HEARTBEAT_SECONDS", 10))
+# Where a process whose channel layer does not reach the web process's (the in-memory one) hands the messages for
+# the pages' sockets instead (``presence.relay``): ``runstudios`` sets it for its Celery worker without Redis.
+STUDIOS_PAGES_RELAY = os.environ.get("STUDIOS_PAGES_RELAY", "")
 
 # The JSON API under /api/v1/ (studios/api/): personal access tokens for scripts, the login session for the
 # browsable API; its errors carry a stable code and the sentence the pages show.

@@ -201,8 +201,9 @@ def test_pages_are_warned_once_before_the_lifespan_runs_out_and_again_after_an_e
         assert "<strong>Stops in 9\xa0minutes</strong>: its lifespan of 8 h runs out at" in warning
         assert "Keep it running 1 more hour" in warning
         tasks.stop_due_studios()  # nothing new to say: the next message is the next thing that happens
-        presence.push_fragment(studio, "studios/partials/checkpoint_health.html")
-        assert "checkpoint-health" in page.recv(timeout=5)
+        Studio.objects.filter(pk=studio.pk).update(description="what happens next")
+        presence.studio_changed(studio)
+        assert "what happens next" in page.recv(timeout=5)
         lifecycle.extend_studio(members[Role.OWNER], studio, 1)
         Session.objects.filter(pk=studio.session_id).update(stops_at=timezone.now() + timedelta(minutes=5))
         tasks.stop_due_studios()

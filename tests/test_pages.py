@@ -1,4 +1,4 @@
-"""The studio list, its search and polling, the add form's validation, the admin and the demo data."""
+"""The studio list, its search and live part, the add form's validation, the admin and the demo data."""
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -64,15 +64,16 @@ def test_list_shows_each_studios_columns(client, workspace, maintainer, listed):
         assert text in page
 
 
-def test_list_polls_only_while_a_status_is_transitional(client, workspace, maintainer):
+def test_pages_listen_for_changes_instead_of_polling(client, workspace, maintainer):
+    """Status changes reach the pages over their socket (``test_consumers``): not even a starting studio's pages
+    poll (they do only while their socket is down, ``tests/browser/test_live.py``)."""
     client.force_login(maintainer)
-    studio = make_studio(workspace, author=maintainer)
-    assert b'hx-trigger="every' not in client.get(workspace.get_absolute_url()).content
-    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.STARTING)
-    assert b'hx-trigger="every' in client.get(workspace.get_absolute_url()).content
+    studio = make_studio(workspace, author=maintainer, status=StudioStatus.STARTING)
+    for url in (workspace.get_absolute_url(), studio.get_absolute_url()):
+        page = client.get(url).content.decode()
+        assert 'hx-trigger="every' not in page and 'ws-connect="/ws/' in page
     partial = client.get(studio.get_absolute_url(), HTTP_HX_REQUEST="true")
     assert b'id="studio-status"' in partial.content and b"<html" not in partial.content
-    assert b'hx-trigger="every' in partial.content
 
 
 def test_the_list_pages_keeping_the_search_and_the_order(client, workspace, maintainer):
@@ -121,17 +122,17 @@ def test_the_list_takes_as_many_queries_for_many_studios_as_for_few(client, work
     assert queries_to_list() == few
 
 
-def test_the_poll_refreshes_the_page_shown_only(client, workspace, maintainer):
+def test_the_live_part_refreshes_the_page_shown_only(client, workspace, maintainer):
+    """What a page asks for when its socket opens or while it is down (its own address, htmx): the page shown."""
     client.force_login(maintainer)
     for n in range(60):
         make_studio(workspace, name=f"rnaseq-{n:02}", author=maintainer)
     Studio.objects.filter(name="rnaseq-00").update(status=StudioStatus.STARTING)
     url = workspace.get_absolute_url()
-    assert b'hx-trigger="every' not in client.get(url, {"order": "name", "page": 2}).content
-    page = client.get(url, {"q": "rnaseq", "order": "name"}).content.decode()
-    assert f'hx-get="{url}?q=rnaseq&amp;order=name" hx-trigger="every 2s"' in page
-    partial = client.get(url, {"q": "rnaseq", "order": "name"}, HTTP_HX_REQUEST="true")
-    assert b"<html" not in partial.content and len(partial.context["studios"]) == 50
+    assert b'hx-trigger="every' not in client.get(url, {"q": "rnaseq", "order": "name"}).content
+    partial = client.get(url, {"q": "rnaseq", "order": "name", "page": 2}, HTTP_HX_REQUEST="true")
+    assert b"<html" not in partial.content
+    assert [studio.name for studio in partial.context["studios"]] == [f"rnaseq-{n:02}" for n in range(50, 60)]
 
 
 def test_the_checkpoints_tab_pages(client, workspace, maintainer):
@@ -350,3 +351,13 @@ def test_the_forms_say_which_mounts_will_be_writable_and_warn_about_regions(clie
         assert 'scratch <span class="muted">/data/scratch/mia</span> <span class="small">read-write</span>' in page
         assert 'reads <span class="muted">/data/reads</span> <span class="small">read-only</span>' in page
         assert "in us-east-1, not eu-west-1 like local" in page
+
+
+def test_home_says_what_each_role_may_do_and_that_launch_adds_nothing_to_connect_yet(client, workspace):
+    pages = {}
+    for role in (Role.LAUNCH, Role.CONNECT):
+        client.force_login(make_member(workspace, role))
+        pages[role] = client.get("/").content.decode()
+        assert f"As {role} you may connect to running studios and copy their links" in pages[role]
+    assert "launch adds nothing yet (starting studios needs maintain)" in pages[Role.LAUNCH]
+    assert "launch adds nothing" not in pages[Role.CONNECT]

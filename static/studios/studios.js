@@ -41,10 +41,68 @@ document.addEventListener("click", (event) => {
   }
 });
 
-// The studio list's polling waits while an actions menu is open, so that the menu stays open. (Here rather than
+// The studio list's refreshes (once its socket opens, and while it is down) wait while an actions menu is open, so
+// that the menu stays open. (Here rather than
 // in an hx-trigger filter: htmx evaluates those with eval, which the platform's Content-Security-Policy forbids.)
 document.addEventListener("htmx:beforeRequest", (event) => {
   if (event.detail.elt.id === "studio-table" && document.querySelector("details.menu[open]")) {
     event.preventDefault();
   }
 });
+// Nor does an answer asked for before the menu opened replace the table under it.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.target.id === "studio-table" && document.querySelector("details.menu[open]")) {
+    event.detail.shouldSwap = false;
+  }
+});
+
+// Live pages: the platform pushes each change of the studios shown over the page's socket (hx-ws swaps the
+// fragments it sends by id). Each time the socket opens the page asks once for its live part, for what changed
+// between its render (or the socket's loss) and now. While the socket is down the page says it is reconnecting
+// and asks for its live part every few seconds instead.
+const FALLBACK_POLL_MS = 3000;
+let fallbackPoll = null;
+
+function refreshLivePart(socketElt) {
+  const target = socketElt.dataset.live;
+  if (!document.querySelector(target)) return Promise.resolve();
+  return htmx.ajax("GET", location.href, { target, swap: "outerHTML" });
+}
+
+document.addEventListener("htmx:wsOpen", async (event) => {
+  const socketElt = event.detail.elt;
+  if (!socketElt.dataset.live) return;
+  clearInterval(fallbackPoll);
+  fallbackPoll = null;
+  document.getElementById("live-state").hidden = true;
+  await refreshLivePart(socketElt);
+  document.body.dataset.live = "connected";
+});
+
+document.addEventListener("htmx:wsClose", (event) => {
+  const socketElt = event.detail.elt;
+  if (!socketElt.dataset.live || fallbackPoll !== null) return;
+  document.getElementById("live-state").hidden = false;
+  document.body.dataset.live = "reconnecting";
+  fallbackPoll = setInterval(() => refreshLivePart(socketElt), FALLBACK_POLL_MS);
+});
+
+// Elapsed times (a start's, a stop's) tick every second, from when the server says it began.
+setInterval(() => {
+  for (const time of document.querySelectorAll("time[data-elapsed-since]")) {
+    const seconds = Math.max(0, Math.floor((Date.now() - Date.parse(time.dataset.elapsedSince)) / 1000));
+    time.textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+  }
+}, 1000);
+
+// A "Starting …" message goes once its studio no longer starts: the page shows where it stands.
+function dropSettledMessages() {
+  for (const message of document.querySelectorAll(".message.while-starting")) {
+    const id = [...message.classList].find((name) => /^studio-\d+$/.test(name));
+    const badge = id && document.querySelector(
+      `#${id} .badge, #studio-status[data-studio="${id.slice("studio-".length)}"] #status-badge`);
+    if (badge && badge.textContent.trim() !== "starting") message.remove();
+  }
+}
+document.addEventListener("htmx:wsAfterMessage", dropSettledMessages);
+document.addEventListener("htmx:afterSwap", dropSettledMessages);

@@ -259,7 +259,7 @@ class StudioExtend(APIView):
         if not form.is_valid():
             raise form_errors(StudioExtendRequest, form)
         lifecycle.extend_studio(request.user, studio, form.cleaned_data["hours"])
-        presence.push_fragment(permissions.studio_for(request.user, studio_id)[0], "studios/partials/lifespan.html")
+        presence.studio_changed(permissions.studio_for(request.user, studio_id)[0])
         return studio_answer(request, studio_id)
 
 

@@ -3,6 +3,7 @@ import hashlib
 import re
 
 from django import template
+from django.utils import timezone
 
 from studios import origins, permissions
 
@@ -55,3 +56,17 @@ def avatar_colour(username):
     while contrast_with_white(rgb := colorsys.hls_to_rgb(hue, lightness, saturation)) < 4.5:
         lightness -= 0.02
     return "#" + "".join(f"{round(c * 255):02x}" for c in rgb)
+
+
+@register.filter
+def elapsed(since):
+    """m:ss since ``since``, as the status panel shows a start's or a stop's progress (studios.js keeps it
+    ticking)."""
+    seconds = max(0, int((timezone.now() - since).total_seconds()))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@register.filter
+def role_summary(role):
+    """What ``role`` may do, in words (``permissions.ROLE_SUMMARIES``)."""
+    return permissions.ROLE_SUMMARIES.get(role, "")

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,20 @@ def open_page(browser, live_platform):
     for context in contexts:
         context.close()
     assert not refused, refused
+
+
+# axe-core, the accessibility rules the pages are audited with (``make test`` installs it into the virtualenv).
+AXE = Path(__file__).resolve().parents[2] / ".venv/axe/node_modules/axe-core/axe.min.js"
+# The WCAG 2.1 rules, levels A and AA.
+AXE_RULES = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
+
+
+def axe_violations(page):
+    """What axe-core finds against WCAG 2.1 A and AA on the page as it is now: ["rule: where", ...]. (Evaluated
+    through the browser's protocol: the pages' Content-Security-Policy allows no injected script, rightly.)"""
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: make test installs axe-core")
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.evaluate(AXE.read_text() + ";0")
+    found = page.evaluate("options => axe.run(document, options)", AXE_RULES)["violations"]
+    return [f"{rule['id']}: {node['target']}" for rule in found for node in rule["nodes"]]

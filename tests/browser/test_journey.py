@@ -44,7 +44,7 @@ def test_a_maintainer_adds_starts_shares_stops_and_deletes_a_studio(live_platfor
 
     page.get_by_role("button", name="Start", exact=True).click()
     expect(page.locator("#status-badge")).to_have_text("starting")
-    # The page follows the start without a reload, through htmx polling.
+    # The page follows the start without a reload: the lifecycle pushes each change to it.
     expect(page.locator("#status-badge")).to_have_text("running", timeout=120_000)
     expect(page.get_by_text("Starting JupyterLab")).to_be_visible()
 

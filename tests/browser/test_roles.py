@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from playwright.sync_api import expect
 
+from studios import lifecycle
 from studios.models import Role, Studio, StudioStatus
 
 from ..factories import make_member, make_running, make_studio, make_user, make_workspace
@@ -55,9 +56,9 @@ class Journey:
 
 
 NEEDS_MAINTAIN = "You need the maintain role"
-# (running_menu, stopped_menu)
-MAINTAINER_MENUS = (["Connect", "Copy URL", "Stop", "Extend"], ["Start", "Delete"])
-CONNECTOR_MENUS: tuple[list[str], list[str]] = (["Connect", "Copy URL"], [])
+# (running_menu, stopped_menu); Connect, the main action, is beside the menu rather than in it.
+MAINTAINER_MENUS = (["Copy URL", "Stop", "Extend"], ["Start", "Delete"])
+CONNECTOR_MENUS: tuple[list[str], list[str]] = (["Copy URL"], [])
 JOURNEYS = [
     Journey(Role.OWNER, *MAINTAINER_MENUS, forbidden=("delete", "running", 200, "stop it before deleting it")),
     Journey(Role.ADMIN, *MAINTAINER_MENUS, forbidden=("start", "running", 200, "only a stopped or errored studio")),
@@ -93,7 +94,7 @@ def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, j
     workspace, running, stopped = world
     page = open_page(make_member(workspace, journey.role), width=journey.width)
     page.goto(workspace.get_absolute_url())
-    expect(page.get_by_role("link", name="running-one")).to_be_visible()
+    expect(page.get_by_role("link", name="running-one", exact=True)).to_be_visible()
     maintainer = journey.running_menu == MAINTAINER_MENUS[0]
     expect(page.get_by_role("link", name="Add studio")).to_have_count(1 if maintainer else 0)
     for studio, wanted in ((running, journey.running_menu), (stopped, journey.stopped_menu)):
@@ -101,6 +102,12 @@ def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, j
             assert menu_items(page, studio) == wanted
         else:
             expect(page.get_by_label(f"Actions for {studio.name}")).to_have_count(0)
+    connect = page.get_by_role("link", name="Connect to running-one")
+    if journey.role == Role.VIEW:
+        expect(connect).to_have_count(0)
+    else:
+        expect(connect).to_be_visible()
+        expect(connect).to_be_in_viewport()
 
     # The running studio's link, its own origin: the session for connect and above, a clear refusal for view.
     session = page.context.new_page()
@@ -137,17 +144,16 @@ def test_a_non_member_finds_nothing_not_even_that_the_workspace_exists(world, op
     assert Studio.objects.get(pk=stopped.pk).status == StudioStatus.STOPPED
 
 
-def test_an_open_menu_stays_open_while_the_list_follows_a_starting_studio(world, open_page):
+def test_an_open_menu_stays_open_while_the_list_follows_another_studio(world, open_page):
     workspace, _running, _stopped = world
     starting = make_studio(workspace, name="starting-one", status=StudioStatus.STARTING)
     page = open_page(make_member(workspace, Role.MAINTAIN))
     page.goto(workspace.get_absolute_url())
+    expect(page.locator("body[data-live=connected]")).to_be_attached()
     page.get_by_label("Actions for running-one").click()
     stop = page.get_by_role("button", name="Stop")
     expect(stop).to_be_visible()
-    page.wait_for_timeout(3_000)  # longer than the list's polling period
-    expect(stop).to_be_visible()
 
-    page.keyboard.press("Escape")
-    Studio.objects.filter(pk=starting.pk).update(status=StudioStatus.RUNNING)
-    expect(page.get_by_role("row", name="starting-one").get_by_text("running")).to_be_visible(timeout=5_000)
+    lifecycle.fail_studio(starting.pk, "The session could not start.")
+    expect(page.get_by_role("row", name="starting-one").get_by_text("errored")).to_be_visible(timeout=5_000)
+    expect(stop).to_be_visible()

@@ -9,6 +9,7 @@ import uvicorn
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 
 from .prepare import missing
 
@@ -36,6 +37,10 @@ class Command(BaseCommand):
             os.environ, STUDIOS_PLATFORM_URL=os.environ.get("STUDIOS_PLATFORM_URL", f"http://127.0.0.1:{port}")
         )
         os.environ.update(environment)
+        if settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer":
+            # The worker's channel layer is its own: it hands what the pages' sockets must hear to this process.
+            relay = environment["STUDIOS_PLATFORM_URL"].rstrip("/") + reverse("pages_relay")
+            environment = dict(environment, STUDIOS_PAGES_RELAY=relay)
         worker = subprocess.Popen(
             [
                 sys.executable,

@@ -4,7 +4,9 @@ cache folder, whose ``rootfs`` every session of that image then shares as its re
 The reference is resolved to a digest first (``skopeo inspect``), so that a tag moved in the registry gives a new
 folder and a session never sees a mix of two images. The image is copied into a temporary OCI layout
 (``skopeo copy``), unpacked there (``umoci raw unpack``) and renamed into place only when complete; a lock file per
-digest makes concurrent starts of the same image wait for one unpack instead of doing their own.
+digest makes concurrent starts of the same image wait for one unpack instead of doing their own. Beside the root
+filesystem, ``image.json`` keeps what a container engine reads from the image's configuration to run it (its
+entrypoint, command, environment and working directory), for the job container (``supervisor/host.py``).
 """
 
 import fcntl
@@ -16,16 +18,70 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The registries spoken to over plain HTTP: loopback ones (the tests', and a host's own).
 LOOPBACK = re.compile(r"^(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?/")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 TOOLS = ("skopeo", "umoci")
+# The supervisor's Python in every template image, and what each template's IDE must have there: an image without
+# them is not a Studios image of the template. The host's own root filesystem (plain processes) has the IDE
+# elsewhere: the local backend looks there too.
+SUPERVISOR_PYTHON = "/opt/studios/venv/bin/python"
+IDE_BINARIES = {
+    "jupyterlab": (SUPERVISOR_PYTHON.replace("/python", "/jupyter-lab"),),
+    "vscode": ("/usr/local/bin/code-server", "/usr/bin/code-server"),
+    "rstudio": ("/usr/lib/rstudio-server/bin/rserver",),
+}
+RUNTIME_FIELDS = ("Entrypoint", "Cmd", "Env", "WorkingDir")
 
 
 class ImageUnavailable(Exception):
     """The image cannot be used; the message says why in words a user can act on (no host paths)."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the image says it is run (its OCI configuration's ``config``): what a container engine starts."""
+
+    entrypoint: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    working_dir: str = "/"
+
+
+def runtime(rootfs: str | Path) -> Runtime:
+    """The runtime configuration of the image unpacked at ``rootfs`` (by ``pull``)."""
+    config: dict[str, Any] = json.loads((Path(rootfs).parent / "image.json").read_text())["config"]
+    return Runtime(
+        entrypoint=list(config.get("Entrypoint") or []),
+        command=list(config.get("Cmd") or []),
+        environment=dict(variable.split("=", 1) for variable in config.get("Env") or [] if "=" in variable),
+        working_dir=config.get("WorkingDir") or "/",
+    )
+
+
+def missing_for(template: str, rootfs: str | Path) -> list[str]:
+    """What a Studios image of ``template`` must have that the one unpacked at ``rootfs`` lacks (a link, as the
+    venv's python is, counts: it points inside the image, which the host does not follow)."""
+    binaries = IDE_BINARIES.get(template, ())
+    wanted = [SUPERVISOR_PYTHON, *binaries[:1]]
+    if any(os.path.lexists(Path(rootfs) / path.lstrip("/")) for path in binaries):
+        wanted = wanted[:1]
+    return [path for path in wanted if not os.path.lexists(Path(rootfs) / path.lstrip("/"))]
+
+
+def _layout_config(layout: Path) -> dict[str, Any]:
+    """The runtime part of the configuration of the one image in the OCI layout at ``layout``."""
+
+    def blob(digest: str) -> Any:
+        return json.loads((layout / "blobs" / digest.replace(":", "/")).read_text())
+
+    manifest = blob(json.loads((layout / "index.json").read_text())["manifests"][0]["digest"])
+    config = blob(manifest["config"]["digest"]).get("config") or {}
+    return {name: config[name] for name in RUNTIME_FIELDS if name in config}
 
 
 def tools_problem() -> str:
@@ -88,6 +144,7 @@ def pull(
     digest = resolve(reference)
     folder = cache_dir / digest.replace(":", "-")
     if (folder / "rootfs").is_dir():
+        _describe_unpacked(reference, digest, folder)
         return digest, folder / "rootfs", True
     with open(cache_dir / f"{folder.name}.lock", "w") as lock:
         try:
@@ -104,14 +161,11 @@ def pull(
         try:
             began = time.monotonic()
             progress(f"downloading {digest[:19]}")
-            repository = reference.rsplit("@", 1)[0]
-            if ":" in repository.rsplit("/", 1)[-1]:
-                repository = repository.rsplit(":", 1)[0]
             _skopeo(
                 "copy",
                 "--quiet",
                 *[option.replace("--", "--src-", 1) for option in _transport_options(reference)],
-                f"docker://{repository}@{digest}",
+                f"docker://{_repository(reference)}@{digest}",
                 f"oci:{scratch / 'layout'}:image",
                 timeout=timeout,
             )
@@ -128,8 +182,32 @@ def pull(
                 )
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 raise ImageUnavailable("its layers could not be unpacked on this host") from None
-            (unpacked / "image.json").write_text(json.dumps({"reference": reference, "digest": digest}))
+            description = {"reference": reference, "digest": digest, "config": _layout_config(scratch / "layout")}
+            (unpacked / "image.json").write_text(json.dumps(description))
             os.rename(unpacked, folder)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return digest, folder / "rootfs", False
+
+
+def _describe_unpacked(reference: str, digest: str, folder: Path) -> None:
+    """An image unpacked before ``image.json`` kept its runtime configuration gets it from the registry."""
+    description = json.loads((folder / "image.json").read_text())
+    if "config" in description:
+        return
+    found = _skopeo(
+        "inspect", *_transport_options(reference), "--config", f"docker://{_repository(reference)}@{digest}", timeout=30
+    )
+    config = json.loads(found.stdout).get("config") or {}
+    description["config"] = {name: config[name] for name in RUNTIME_FIELDS if name in config}
+    scratch = folder / f".image.json-{os.getpid()}"
+    scratch.write_text(json.dumps(description))
+    os.rename(scratch, folder / "image.json")
+
+
+def _repository(reference: str) -> str:
+    """``reference`` without its tag or digest."""
+    repository = reference.rsplit("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return repository

@@ -53,9 +53,7 @@ class SessionConfig:
     control_port: int  # where the platform asks for checkpoints
     bind_host: str = "127.0.0.1"
     isolation: str = "container"  # or "process": the IDE as a plain process, without a sandbox
-    rootfs: str = "/"  # the container's lower layer: the template's root filesystem...
-    image: str = ""  # ...or, when set, the image (a registry reference) whose root filesystem it is
-    image_cache: str = ""  # where images are unpacked, once per digest, for every session on this host
+    rootfs: str = "/"  # the container's lower layer: the template's root filesystem ("/": the image it runs in)
     container_id: str = ""
     cpus: int = 2
     memory_mb: int = 8192
@@ -96,6 +94,20 @@ def _decode(name: str, text: str) -> object:
     if name == "restore":
         return json.loads(text)
     return text
+
+
+# What a session's job container runs after the image's entrypoint (tini): the supervisor.
+SUPERVISOR_COMMAND = ["python", "-m", "studios.supervisor"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a session's job container runs: the image's entrypoint with ``command``, and ``environment`` (the
+    session's configuration). The AWS Batch backend registers and submits it; on a local host, ``host.py`` runs it
+    in a container made from the same image."""
+
+    command: list[str]
+    environment: dict[str, str]
 
 
 class BadReport(ValueError):

@@ -293,7 +293,8 @@ class LocalBackend(ComputeBackend):
         }
 
     def sweep(self, found: HostLeftovers, owned_handles: Iterable[dict[str, Any]]) -> list[str]:
-        """Remove what ``found`` (``leftovers_on_host``) lists that none of ``owned_handles`` names; what it removed."""
+        """Remove what ``found`` (``leftovers_on_host``) lists that none of ``owned_handles`` names, and the unpacked
+        images no session runs from that a later pull superseded; what it removed."""
         owned = {handle.get("session_dir") for handle in owned_handles}
         removed = []
         for pid, folder in found["supervisors"].items():
@@ -310,6 +311,7 @@ class LocalBackend(ComputeBackend):
             if folder not in owned:
                 self.remove_session_dir(Path(folder))
                 removed.append(f"session folder {Path(folder).name}")
+        removed += [f"unpacked image {digest}" for digest in template_images.collect(self.image_cache)]
         return removed
 
     def remove_session_dir(self, session_dir: Path) -> None:

@@ -150,6 +150,7 @@ class Host(Reporter):
                 reference,
                 self.image_cache,
                 progress=lambda message: self.step(PULLING, "in-progress", f"{reference}: {message}"),
+                hold=True,  # as long as this host process runs, and with it the job container
             )
         except images.ImageUnavailable as error:
             raise SessionEnded(

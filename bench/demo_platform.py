@@ -24,18 +24,18 @@ def free_port():
 
 
 @contextlib.contextmanager
-def demo_platform(**settings):
-    """Serve the product with its demo data, ``settings`` added to its environment; yields (base URL, the demo
-    users' password, the environment)."""
+def demo_platform(root=ROOT, **settings):
+    """Serve the product (from the checkout at ``root``) with its demo data, ``settings`` added to its environment;
+    yields (base URL, the demo users' password, the environment)."""
     data_dir = tempfile.mkdtemp(prefix="studios-bench-")
     port = free_port()
     env = dict(os.environ, STUDIOS_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="studios_project.settings", **settings)
     for name in ("DATABASE_URL", "REDIS_URL"):
         env.pop(name, None)
-    subprocess.run([sys.executable, "manage.py", "prepare"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "manage.py", "prepare"], cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
     with open(Path(data_dir) / "platform.log", "w") as log:  # the server keeps its own descriptor
         server = subprocess.Popen(
-            [sys.executable, "manage.py", "runstudios", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "manage.py", "runstudios", "--port", str(port)], cwd=root, env=env, stdout=log, stderr=log
         )
     try:
         base = f"http://localhost:{port}"  # where session origins (s<id>.localhost) send browsers for a ticket

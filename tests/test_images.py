@@ -191,3 +191,32 @@ def test_superseded_unpacked_images_are_removed_once_no_session_runs_from_them(t
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.endswith(".lock")) == sorted(
         [latest.name, other.name]
     )
+
+
+def test_a_tag_pushed_again_leaves_nothing_of_its_former_image_in_the_loopback_registry_once_collected(tmp_path):
+    """What `make images` does after its pushes (images/registry.sh collect), on a loopback registry of its own."""
+    environ = dict(os.environ, STUDIOS_REGISTRY=f"127.0.0.1:{free_port()}", STUDIOS_REGISTRY_DIR=str(tmp_path / "r"))
+    registry = PROJECT_ROOT / "images/registry.sh"
+    subprocess.run([registry], env=environ, check=True, capture_output=True)
+    reference = f"{environ['STUDIOS_REGISTRY']}/studios/probe:1"
+    layout = tmp_path / "layout"
+    subprocess.run(["umoci", "init", "--layout", layout], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:probe"], check=True)
+    pushed = []
+    for content in ("first", "second"):
+        (tmp_path / "file").write_text(content * 1000)
+        subprocess.run(["umoci", "insert", "--image", f"{layout}:probe", tmp_path / "file", "/file"], check=True)
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:probe", f"docker://{reference}"],
+            check=True,
+        )
+        pushed.append(images.resolve(reference))
+    blobs = tmp_path / "r/storage/docker/registry/v2/blobs/sha256"
+    before = {path.name for path in blobs.glob("*/*")}
+    try:
+        subprocess.run([registry, "collect"], env=environ, check=True, capture_output=True)
+    finally:
+        os.kill(int((tmp_path / "r/registry.pid").read_text()), 15)
+    after = {path.name for path in blobs.glob("*/*")}
+    assert pushed[0].removeprefix("sha256:") in before - after  # the former manifest, and the layer only it had
+    assert pushed[1].removeprefix("sha256:") in after and len(before - after) >= 2

@@ -189,6 +189,8 @@ class Host(Reporter):
         with os.fdopen(descriptor, "w") as file:
             json.dump(config, file, indent=1)
         runtime = sandbox.runtime() or "runc"
+        # The job container keeps this process's session keyring: runc, inside it, gives the sandbox a keyring of
+        # its own, which it cannot do under one that runc made for a container of the same name.
         container = subprocess.Popen(
             [runtime, "run", "--no-new-keyring", "--bundle", str(self.layout.session_dir), self.container_id],
             stdin=subprocess.DEVNULL,

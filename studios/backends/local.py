@@ -176,7 +176,8 @@ class LocalBackend(ComputeBackend):
 
     def host_environment(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, str]:
         """What the session's host (``supervisor/host.py``) is told: the job the AWS Batch backend would submit, its
-        image, and the host folders it needs, where a Batch instance has S3 (a folder checkpoint store, datasets)."""
+        image, and the host folders it needs, where a Batch instance has S3 (a folder checkpoint store, datasets): the
+        job sees them under ``host.HOST_FOLDERS``, so its environment names them there."""
         binds, mounts, work_dir = [], [], spec.work_dir
         for mount in spec.mounts:
             if "://" not in mount.uri:

@@ -6,9 +6,12 @@ Runs the whole product twice side by side (``manage.py runstudios`` on embedded 
 temporary data dir, so each its own image cache): one with the default images, one with
 ``STUDIOS_TEMPLATE_IMAGES={"jupyterlab": ""}`` (no image: the host's ``/``). The image's first start (the pull
 and unpack) is reported on its own; then RUNS starts each, timing Start (the POST) to ``running``.
-Needs `make images` first. Usage: .venv/bin/python bench/image_bench.py [RUNS]
+With a second argument, another checkout of the project (the one before a change) serves a third platform with
+the default images, started alongside: its image start is timed in the same rounds.
+Needs `make images` first. Usage: .venv/bin/python bench/image_bench.py [RUNS] [CHECKOUT]
 """
 
+import contextlib
 import statistics
 import sys
 import time
@@ -16,6 +19,7 @@ import time
 from demo_platform import DemoUser, demo_platform
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+BEFORE = sys.argv[2] if len(sys.argv) > 2 else ""
 
 
 def start_to_running(user, studio_id, stop=True):
@@ -30,12 +34,17 @@ def start_to_running(user, studio_id, stop=True):
 
 
 def main():
-    with (
-        demo_platform(STUDIOS_LOCAL_ISOLATION="auto") as image_platform,
-        demo_platform(STUDIOS_LOCAL_ISOLATION="auto", STUDIOS_TEMPLATE_IMAGES='{"jupyterlab": ""}') as host_platform,
-    ):
+    with contextlib.ExitStack() as stack:
+        platforms = {
+            "image": stack.enter_context(demo_platform(STUDIOS_LOCAL_ISOLATION="auto")),
+            "host /": stack.enter_context(
+                demo_platform(STUDIOS_LOCAL_ISOLATION="auto", STUDIOS_TEMPLATE_IMAGES='{"jupyterlab": ""}')
+            ),
+        }
+        if BEFORE:
+            platforms[f"image, {BEFORE}"] = stack.enter_context(demo_platform(BEFORE, STUDIOS_LOCAL_ISOLATION="auto"))
         users = {}
-        for name, (base, password, _) in (("image", image_platform), ("host /", host_platform)):
+        for name, (base, password, _) in platforms.items():
             user = DemoUser(base, "maintain", password)
             users[name] = (user, user.add_studio("bench"))
         first = {name: start_to_running(user, studio_id) for name, (user, studio_id) in users.items()}
@@ -52,6 +61,9 @@ def main():
         )
     difference = statistics.median(times["image"]) - statistics.median(times["host /"])
     print(f"the image adds {difference:+.2f} s to the median start")
+    if BEFORE:
+        change = statistics.median(times["image"]) - statistics.median(times[f"image, {BEFORE}"])
+        print(f"this checkout's image start against {BEFORE}'s: {change:+.2f} s on the median")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
 #    builds for two registries on one host never take each other's tag).
 # 3. The images pushed to the registry at $STUDIOS_REGISTRY (images/registry.sh starts Debian's
 #    docker-registry there when nothing answers), where the local backend pulls them by reference.
+# 4. What those pushes superseded removed from that registry's storage when it is the loopback one images/registry.sh
+#    started (`images/registry.sh collect`), so that its disk does not grow with every build.
 #
 # A template whose IDE cannot be fetched from this network (RStudio Server's release package) is not built:
 # one line says so.
@@ -93,4 +95,5 @@ images/registry.sh
 for template in $TEMPLATES; do
     build_template "$template"
 done
+images/registry.sh collect
 echo "images: done in $(elapsed "$began")"

@@ -2,9 +2,23 @@
 # Starts Debian's docker-registry on loopback at $STUDIOS_REGISTRY (host:port) unless a registry already answers
 # there, with its storage under $STUDIOS_REGISTRY_DIR. It keeps running in the background (its pid in
 # registry.pid there): the build pushes the template images to it and the local backend pulls them from it.
+#
+# `registry.sh collect` removes from that storage what pushes superseded (a tag pushed again leaves its former
+# manifest untagged, with the layers only it used): `docker-registry garbage-collect --delete-untagged`, so that
+# its disk does not grow with every build. The registry keeps serving meanwhile, which is safe only because nothing
+# pushes to it then (the build runs it after its pushes) and its storage has no blob cache to go stale.
 set -euo pipefail
 REGISTRY="${STUDIOS_REGISTRY:-127.0.0.1:5055}"
 DIR="${STUDIOS_REGISTRY_DIR:-/var/lib/studios/registry}"
+
+if [ "${1:-}" = collect ]; then
+    # Only the storage of the registry this script started on $STUDIOS_REGISTRY.
+    [ -f "$DIR/config.yml" ] && grep -qx "  addr: $REGISTRY" "$DIR/config.yml" || exit 0
+    before="$(du -sm "$DIR/storage" | cut -f1)"
+    docker-registry garbage-collect --delete-untagged "$DIR/config.yml" >>"$DIR/registry.log" 2>&1
+    echo "registry: superseded images removed ($before MB before, $(du -sm "$DIR/storage" | cut -f1) MB now)"
+    exit 0
+fi
 
 answers() { curl -fsS -o /dev/null --max-time 2 "http://$REGISTRY/v2/"; }
 

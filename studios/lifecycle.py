@@ -417,12 +417,19 @@ def session_progress(token, steps):
         session = _by_token(token)
         if session is None or session.studio.status != StudioStatus.STARTING:
             return False
-        session.steps = steps
+        session.steps = _merged_steps(session.steps, steps)
         # A supervisor that reports exists: launched, even when the worker that launched it died before saying so.
         session.launched = True
         session.save(update_fields=["steps", "launched"])
         presence.studio_changed(session.studio)
     return True
+
+
+def _merged_steps(recorded, reported):
+    """The start-up steps with a report's: each reported step replaces the recorded one of its name, and the others
+    stay (a session's host reports the image's pull before its supervisor reports the steps after it)."""
+    steps = {step["name"]: step for step in recorded} | {step["name"]: step for step in reported}
+    return sorted(steps.values(), key=lambda step: protocol.STEP_NAMES.index(step["name"]))
 
 
 def session_ready(token, steps):
@@ -432,7 +439,7 @@ def session_ready(token, steps):
         session = _by_token(token)
         if session is None or session.studio.status != StudioStatus.STARTING:
             return False
-        session.steps = steps
+        session.steps = _merged_steps(session.steps, steps)
         session.ready = session.launched = True
         session.save(update_fields=["steps", "ready", "launched"])
         presence.studio_changed(session.studio)
@@ -472,7 +479,7 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
         if checkpoint_invalid and session.restored_from is not None:
             records.mark_invalid(session.restored_from, reason)
         if steps is not None:
-            session.steps = steps
+            session.steps = _merged_steps(session.steps, steps)
         # Kept for whichever ends the studio first: this session's reaping, or a reconcile that finds it gone.
         session.end_reason = reason
         session.save(update_fields=["steps", "end_reason"])

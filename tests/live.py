@@ -4,7 +4,9 @@ user's login; running code in a session's kernel; a wheel to install without a n
 import asyncio
 import io
 import json
+import os
 import re
+import subprocess
 import time
 import uuid
 import zipfile
@@ -17,6 +19,7 @@ import websockets
 import websockets.sync.client
 
 from studios.models import StudioStatus
+from studios.supervisor import sandbox
 
 # How long a test waits for a session to start.
 START_TIMEOUT = 120
@@ -55,6 +58,50 @@ def pid_alive(pid):
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def session_supervisor(handle):
+    """``(host pid, session folder as it sees it)`` of a session's running supervisor, or ``(None, folder)``. A session
+    run from its image has it in its job container, as the child of the container's first process (the image's
+    tini), with the job's folder (``SessionSpec.job``); otherwise it is the host process the handle names, found by
+    its working directory (the session folder) when the handle has no pid yet."""
+    if not handle.get("image"):
+        folder = handle["session_dir"]
+        for process in Path("/proc").glob("[0-9]*"):
+            try:
+                if (
+                    b"studios.supervisor" in (process / "cmdline").read_bytes()
+                    and os.readlink(process / "cwd") == folder
+                ):
+                    return int(process.name), folder
+            except OSError:
+                continue
+        return None, folder
+    folder = f"/tmp/{handle['container']}"
+    state = subprocess.run([sandbox.runtime() or "runc", "state", handle["container"]], capture_output=True, text=True)
+    if state.returncode != 0:
+        return None, folder
+    init = json.loads(state.stdout)["pid"]
+    try:
+        children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
+    except OSError:
+        return None, folder
+    return (int(children[0]) if children else None), folder
+
+
+def sandbox_init(handle):
+    """The host pid of the first process of a session's sandbox (its IDE), or None."""
+    if not handle.get("image"):
+        state = subprocess.run(
+            [sandbox.runtime() or "runc", "state", handle["container"]], capture_output=True, text=True
+        )
+        return json.loads(state.stdout)["pid"] if state.returncode == 0 else None
+    supervisor, _ = session_supervisor(handle)
+    own = os.readlink(f"/proc/{supervisor}/ns/pid")
+    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
+        if os.readlink(f"/proc/{child}/ns/pid") != own:
+            return int(child)
+    return None
 
 
 class Browser:

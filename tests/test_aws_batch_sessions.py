@@ -1,16 +1,16 @@
 """A studio on AWS Batch end to end, against moto's server on this host's network address.
 
 The platform (served for real, with a real Celery worker) submits the job to moto. The test then
-plays the Batch host the job lands on: it runs the job's command, the session supervisor, with exactly
-the environment the job carries, read back from moto's describe_jobs, plus what the image and the
-instance provide (the image's code, copied as its Dockerfile copies it, the instance role's credentials,
-the job container's own mount namespace), and places the job on an instance whose private address is this host's. The
-platform finds the session there (beat's reconcile, played by the test), never where a report says; the
-supervisor runs the IDE in its sandbox, reaches the platform and the S3 work directory, and a stop must
-end with its checkpoint in S3.
+plays the Batch host the job lands on: a session's host (``supervisor/host.py``, as the local backend uses it) runs
+the job's image, as its job definition names it, with exactly the command and environment the job carries, read back
+from moto's describe_jobs, in a privileged job container made from that image, given the instance role's
+credentials; and places the job on an instance whose private address is this host's. The platform finds the session
+there (beat's reconcile, played by the test), never where a report says; the supervisor runs the IDE in its sandbox,
+reaches the platform and the S3 work directory, and a stop must end with its checkpoint in S3.
 """
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -21,6 +21,7 @@ import threading
 import boto3
 import httpx
 import pytest
+from django.conf import settings
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
@@ -31,20 +32,15 @@ from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_member, make_studio, make_workspace
-from .images import image_code
+from .images import PROJECT_ROOT
 from .live import Browser, execute, wait_for_status, wait_until
 from .moto_batch import REGION, MotoBatch, environment_of
 
 # The job's supervisor sandboxes the IDE, as it does in the job's privileged container on Batch.
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
-# What the image and the instance give the job's container besides the job's own environment and the code.
-IMAGE_AND_INSTANCE = {
-    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    "LANG": "C.UTF-8",
-    "AWS_ACCESS_KEY_ID": "instance-role",
-    "AWS_SECRET_ACCESS_KEY": "instance-role",
-}
+# What the instance gives the job's container besides the job's own environment: its role's credentials.
+INSTANCE = {"AWS_ACCESS_KEY_ID": "instance-role", "AWS_SECRET_ACCESS_KEY": "instance-role"}
 
 
 class BatchHost:
@@ -58,22 +54,40 @@ class BatchHost:
 
     def run(self, job_id, template):
         job = self.batch.describe(job_id)
-        code = image_code(template, self.log_dir / f"{job_id}-image")
-        environment = {**IMAGE_AND_INSTANCE, "PYTHONPATH": str(code), **environment_of(job)}
-        command = job["container"]["command"]
-        assert command[0] == "python"
+        environment = environment_of(job)
+        bundle = self.log_dir / job_id
+        bundle.mkdir()
+        host = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(PROJECT_ROOT),
+            **INSTANCE,
+            "STUDIOS_HOST_JOB": json.dumps({"command": job["container"]["command"], "environment": environment}),
+            "STUDIOS_HOST_IMAGE": self.batch.client.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])[
+                "jobDefinitions"
+            ][0]["containerProperties"]["image"],
+            "STUDIOS_HOST_IMAGE_CACHE": str(settings.STUDIOS_IMAGE_CACHE_DIR),
+        }
         self.batch.place(job_id)
         self.batch.set_state(job_id, "STARTING")
         with open(self.log_dir / f"{job_id}.log", "ab") as log:
             process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", sys.executable, *command[1:]],
-                env=environment,
-                cwd=self.log_dir,
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "studios.supervisor.host",
+                ],
+                env=host,
+                cwd=bundle,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.jobs.append((process, SessionConfig.from_environ(environment)))
+        self.jobs.append((process, SessionConfig.from_environ(environment), bundle))
         self.batch.set_state(job_id, "RUNNING")
         self.batch.on_terminate[job_id] = lambda moto_job: self._stop(process, moto_job)
         return environment
@@ -93,12 +107,13 @@ class BatchHost:
 
     def close(self):
         """What the end of a job's container takes with it: its processes, the sandbox, the session folder."""
-        for process, config in self.jobs:
+        for process, config, bundle in self.jobs:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             sandbox.delete(config.container_id)
-            shutil.rmtree(config.session_dir, ignore_errors=True)
+            sandbox.unmount_all_under(bundle)
+            shutil.rmtree(bundle, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 the container's read-only lower layer; none of the host's files in sight. Needs `make images` (make test runs it)."""
 
 import json
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ from studios.supervisor.supervisor import free_port
 
 from .conftest import end_sessions_left_running
 from .factories import make_member, make_studio, make_workspace
-from .live import run, wait_for_status
+from .live import run, wait_for_status, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TAGS = json.loads((PROJECT_ROOT / "images/tags.json").read_text())
@@ -157,3 +158,65 @@ def test_concurrent_starts_of_one_image_unpack_it_once(registry, tmp_path):
     assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == [
         results[0][0].replace(":", "-")
     ]
+
+
+def unpacked(cache, reference, digest, pulled):
+    """An image as ``images.pull`` leaves it in ``cache``, last pulled at ``pulled`` (seconds since the epoch)."""
+    folder = cache / digest.replace(":", "-")
+    (folder / "rootfs/etc").mkdir(parents=True)
+    (folder / "image.json").write_text(json.dumps({"reference": reference, "digest": digest, "config": {}}))
+    os.utime(folder / "image.json", (pulled, pulled))
+    return folder
+
+
+def test_superseded_unpacked_images_are_removed_once_no_session_runs_from_them(tmp_path):
+    reference = "127.0.0.1:5000/studios/jupyterlab:4"
+    digests = [f"sha256:{str(n) * 64}" for n in range(1, 4)]
+    old, running, latest = (unpacked(tmp_path, reference, digest, 1000 + n) for n, digest in enumerate(digests))
+    other = unpacked(tmp_path, "127.0.0.1:5000/studios/vscode:1", f"sha256:{'9' * 64}", 900)
+    # A session's host holds its image's lock shared for as long as it runs (pull(hold=True)).
+    session = subprocess.Popen(["flock", "--shared", "--no-fork", tmp_path / f"{running.name}.lock", "sleep", "600"])
+    try:
+        wait_until(
+            lambda: subprocess.run(["flock", "-n", tmp_path / f"{running.name}.lock", "true"]).returncode,
+            10,
+            "the session to hold its image",
+        )
+        assert images.collect(tmp_path) == [digests[0]]
+        assert [folder.exists() for folder in (old, running, latest, other)] == [False, True, True, True]
+    finally:
+        session.kill()
+        session.wait()
+    assert images.collect(tmp_path) == [digests[1]]
+    assert sorted(path.name for path in tmp_path.iterdir() if not path.name.endswith(".lock")) == sorted(
+        [latest.name, other.name]
+    )
+
+
+def test_a_tag_pushed_again_leaves_nothing_of_its_former_image_in_the_loopback_registry_once_collected(tmp_path):
+    """What `make images` does after its pushes (images/registry.sh collect), on a loopback registry of its own."""
+    environ = dict(os.environ, STUDIOS_REGISTRY=f"127.0.0.1:{free_port()}", STUDIOS_REGISTRY_DIR=str(tmp_path / "r"))
+    registry = PROJECT_ROOT / "images/registry.sh"
+    subprocess.run([registry], env=environ, check=True, capture_output=True)
+    reference = f"{environ['STUDIOS_REGISTRY']}/studios/probe:1"
+    layout = tmp_path / "layout"
+    subprocess.run(["umoci", "init", "--layout", layout], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:probe"], check=True)
+    pushed = []
+    for content in ("first", "second"):
+        (tmp_path / "file").write_text(content * 1000)
+        subprocess.run(["umoci", "insert", "--image", f"{layout}:probe", tmp_path / "file", "/file"], check=True)
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:probe", f"docker://{reference}"],
+            check=True,
+        )
+        pushed.append(images.resolve(reference))
+    blobs = tmp_path / "r/storage/docker/registry/v2/blobs/sha256"
+    before = {path.name for path in blobs.glob("*/*")}
+    try:
+        subprocess.run([registry, "collect"], env=environ, check=True, capture_output=True)
+    finally:
+        os.kill(int((tmp_path / "r/registry.pid").read_text()), 15)
+    after = {path.name for path in blobs.glob("*/*")}
+    assert pushed[0].removeprefix("sha256:") in before - after  # the former manifest, and the layer only it had
+    assert pushed[1].removeprefix("sha256:") in after and len(before - after) >= 2

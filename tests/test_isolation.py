@@ -20,7 +20,7 @@ from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_dataset, make_member, make_studio, make_workspace
-from .live import Browser, execute, make_wheel, pid_alive, run, wait_for_status, wait_until
+from .live import Browser, execute, make_wheel, pid_alive, run, session_supervisor, wait_for_status, wait_until
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
@@ -45,14 +45,16 @@ def started(platform, workspace, user, **fields):
     return studio
 
 
-def seen_by_supervisor(studio, path):
-    """A path as the session's supervisor sees it: the session's mounts exist only in its mount namespace."""
-    return Path(f"/proc/{studio.session.handle['pid']}/root{path}")
+def session_layer(studio):
+    """The session's writable layer as its supervisor sees it: the session's mounts exist only in its mount
+    namespace."""
+    pid, folder = session_supervisor(studio.session.handle)
+    return Path(f"/proc/{pid}/root{sandbox.Layout(folder).upper}")
 
 
 def supervisor_helpers(studio):
     """The pids of the supervisor's helper processes (slirp4netns, rclone)."""
-    pid = studio.session.handle["pid"]
+    pid, _ = session_supervisor(studio.session.handle)
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [
         int(child) for child in children if Path(f"/proc/{child}/comm").read_text().strip() in ("slirp4netns", "rclone")
@@ -102,7 +104,7 @@ def test_installs_and_edits_land_in_the_layer_never_on_the_host(world, tmp_path)
     assert importlib.util.find_spec("greeting") is None
     assert subprocess.run(["dpkg", "-s", "studios-probe"], capture_output=True).returncode != 0
     assert not Path("/usr/share/studios-probe").exists()
-    upper = seen_by_supervisor(studio, str(sandbox.Layout(studio.session.handle["session_dir"]).upper))
+    upper = session_layer(studio)
     assert (upper / "etc/studios-isolation-probe").read_text() == "inside"
     assert (upper / "usr/share/studios-probe/README").exists()
     assert "Package: studios-probe" in (upper / "var/lib/dpkg/status").read_text()
@@ -192,7 +194,7 @@ def test_a_session_whose_network_helper_dies_is_ended_with_the_reason(world):
     studio = started(platform, workspace, user)
     [slirp] = supervisor_helpers(studio)
     cid = studio.session.handle["container"]
-    supervisor = studio.session.handle["pid"]
+    supervisor = studio.session.handle["pid"]  # the session's host, or its supervisor
     os.kill(slirp, signal.SIGKILL)
     errored_after_reconciles(studio)
     assert studio.status_reason.startswith("The session's network (slirp4netns) or a dataset's mount (rclone) ended")

@@ -51,11 +51,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..supervisor.protocol import SessionConfig
+from ..supervisor.protocol import SUPERVISOR_COMMAND
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 
 CLIENT_CONFIG = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
-SUPERVISOR_COMMAND = ["python", "-m", "studios.supervisor"]
 # A job definition's own resources; every job replaces them with its studio's.
 DEFAULT_RESOURCES = [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}]
 # What the job needs besides the studio's memory, which is the sandbox's limit: the supervisor, its gate,
@@ -273,24 +272,17 @@ class AwsBatchBackend(ComputeBackend):
             "memory_mb": spec.memory_mb,
         }
 
-    def config(self, spec: SessionSpec, handle: dict[str, Any]) -> SessionConfig:
-        session_dir = f"/tmp/{handle['container']}"
-        return spec.config(
-            session_dir=session_dir,
+    def job_environment(self, spec: SessionSpec, handle: dict[str, Any]) -> list[dict[str, str]]:
+        job = spec.job(
+            container_id=handle["container"],
             port=handle["port"],
             control_port=handle["control_port"],
             bind_host="0.0.0.0",  # the platform's proxy reaches the gate from another host
-            isolation="container",
-            rootfs="/",
-            container_id=handle["container"],
-            hidden=(session_dir,),  # the sandbox's root is the job's: its session folder is the supervisor's
         )
-
-    def job_environment(self, spec: SessionSpec, handle: dict[str, Any]) -> list[dict[str, str]]:
         environment = {
             # The token travels in the job's environment for now, where batch:DescribeJobs shows it to whoever
             # may call it; a later change hands it to the supervisor another way.
-            **self.config(spec, handle).to_environ(),
+            **job.environment,
             "AWS_DEFAULT_REGION": self.region,
             **{name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)},
         }

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..supervisor.protocol import Mount, SessionConfig
+from ..supervisor.protocol import SUPERVISOR_COMMAND, Job, Mount, SessionConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,24 @@ class SessionSpec:
             restore=self.restore,
             **placement,
         )
+
+    def job(self, *, container_id: str, port: int, control_port: int, bind_host: str) -> Job:
+        """The job container that runs this session from its template's image, on whatever host a backend places it
+        (an AWS Batch instance, or this machine's ``supervisor/host.py``): the supervisor, configured to sandbox the
+        IDE on the image's own root filesystem, with its session folder in the job container's own ``/tmp``
+        (hidden from the sandbox), serving the gate and the control endpoint on ``bind_host``."""
+        session_dir = f"/tmp/{container_id}"
+        config = self.config(
+            session_dir=session_dir,
+            port=port,
+            control_port=control_port,
+            bind_host=bind_host,
+            isolation="container",
+            rootfs="/",
+            container_id=container_id,
+            hidden=(session_dir,),
+        )
+        return Job(command=SUPERVISOR_COMMAND, environment=config.to_environ())
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,25 @@
 """The local backend: sessions on this machine.
 
-Each session is a supervisor process on the host (``python -m studios.supervisor``), in a mount namespace
-of its own so that the session's mounts never appear on the host and vanish with it. The supervisor runs
-the IDE in a container where the host allows it (Linux, root, runc or crun installed; see
-``supervisor/sandbox.py``): its own mount, PID and network namespaces, an overlay root with a fresh
-writable layer, cgroup limits, datasets bind-mounted at /workspace/data. The overlay's lower layer is the
-template's image, pulled from its registry and unpacked once per digest by the supervisor (``supervisor/images.py``)
-into a cache folder every session of that image shares read-only. Elsewhere it runs the IDE as a
-plain process whose writable layer is a home folder, and the studio's page says what does not hold.
+Where the host isolates sessions (Linux, root, runc or crun, skopeo and umoci installed; see
+``supervisor/sandbox.py``) and the template has an image, a session runs exactly as on an AWS Batch instance: the
+session's host (``python -m studios.supervisor.host``, standing in for Batch's agent) pulls the image, unpacks it
+once per digest into a cache folder every session of that image shares read-only (``supervisor/images.py``), and
+runs the job the AWS Batch backend would submit (``SessionSpec.job``: the image's supervisor, its environment) in a
+privileged job container made from that image. The supervisor there runs the IDE in its nested sandbox: its own
+mount, PID and network namespaces, an overlay root over the image with a fresh writable layer, cgroup limits,
+datasets at /workspace/data. A template given a root filesystem folder (``STUDIOS_TEMPLATE_ROOTFS``), or none, runs
+its supervisor as a host process instead, in a mount namespace of its own, sandboxing the IDE on that folder (or the
+host's ``/``); where the host cannot isolate, that supervisor runs the IDE as a plain process whose writable layer
+is a home folder, and the studio's page says what does not hold.
 
-The supervisor is started in its own session with only its configuration in its environment, so that it
-outlives a restart of the worker that launched it and is found again by pid. Everything the session will
+The host process (or the supervisor) is started in its own session with only its configuration in its environment,
+so that it outlives a restart of the worker that launched it and is found again by pid. Everything the session will
 create on the host is named in the handle (``plan``) before it is created.
 """
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -23,23 +27,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
+from ..supervisor import host, sandbox
 from ..supervisor import images as template_images
-from ..supervisor import sandbox
 from ..supervisor.protocol import SessionConfig
-from ..supervisor.supervisor import ROOTFS_PYTHON, free_port
+from ..supervisor.supervisor import free_port
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-# Where each template's IDE is looked for in the session's root filesystem, and how to get it there.
-IDE_BINARIES = {
-    "jupyterlab": (ROOTFS_PYTHON.lstrip("/").replace("/python", "/jupyter-lab"),),  # on the host: the platform's own
-    "vscode": ("usr/bin/code-server", "usr/local/bin/code-server"),
-    "rstudio": ("usr/lib/rstudio-server/bin/rserver",),
-}
+# How to get each template's IDE into the session's root filesystem when it has none.
 IDE_INSTALL_HINTS = {
     "jupyterlab": "install JupyterLab into the platform's Python (pip install jupyterlab)",
     "vscode": "install code-server on this machine (images/vscode/install-code-server.sh, from the npm "
@@ -131,10 +131,12 @@ class LocalBackend(ComputeBackend):
         rootfs = Path(self.rootfs.get(template, "/"))
         if rootfs != Path("/") and not self.isolated:
             return f"Its root filesystem {rootfs} needs isolated sessions, which this host cannot run: {self.isolation_problem}."
-        if template == "jupyterlab" and rootfs == Path("/"):
+        if rootfs != Path("/"):
+            installed = not template_images.missing_for(template, rootfs)
+        elif template == "jupyterlab":  # the platform's own
             installed = importlib.util.find_spec("jupyterlab") is not None
         else:
-            installed = any(os.path.lexists(rootfs / path) for path in IDE_BINARIES.get(template, ()))
+            installed = any(os.path.lexists(path) for path in template_images.IDE_BINARIES.get(template, ()))
         if installed:
             return ""
         return f"Not installed on this compute environment: {IDE_INSTALL_HINTS[template]}."
@@ -158,19 +160,29 @@ class LocalBackend(ComputeBackend):
         }
 
     def config(self, spec: SessionSpec, handle: dict[str, Any]) -> SessionConfig:
+        """The configuration of a supervisor run as a host process (a template without an image)."""
         work_dir_hidden = [] if spec.work_dir.startswith("s3://") else [spec.work_dir]
         return spec.config(
             session_dir=handle["session_dir"],
-            port=int(handle["endpoint"].rsplit(":", 1)[1]),
-            control_port=int(handle["control"].rsplit(":", 1)[1]),
+            port=_port(handle["endpoint"]),
+            control_port=_port(handle["control"]),
             isolation="container" if handle["container"] else "process",
             rootfs=self.rootfs.get(spec.template, "/"),
-            image=handle.get("image", ""),
-            image_cache=str(self.image_cache) if handle.get("image") else "",
             container_id=handle["container"],
             # The platform's data and the checkpoint store stay out of sight even where the root filesystem
-            # is the host's; an image has none of them.
-            hidden=() if handle.get("image") else tuple(self.hidden + work_dir_hidden),
+            # is the host's.
+            hidden=tuple(self.hidden + work_dir_hidden),
+        )
+
+    def host_environment(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, str]:
+        return host_environment(
+            spec,
+            container_id=handle["container"],
+            port=_port(handle["endpoint"]),
+            control_port=_port(handle["control"]),
+            bind_host="127.0.0.1",
+            image=handle["image"],
+            image_cache=str(self.image_cache),
         )
 
     def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
@@ -182,11 +194,15 @@ class LocalBackend(ComputeBackend):
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONPATH": str(PROJECT_ROOT),
             **{name: value for name, value in os.environ.items() if name.startswith("AWS_")},
-            **self.config(spec, handle).to_environ(),
         }
-        command = [sys.executable, "-m", "studios.supervisor"]
+        if handle.get("image"):
+            environ.update(self.host_environment(spec, handle))
+            command = [sys.executable, "-m", "studios.supervisor.host"]
+        else:
+            environ.update(self.config(spec, handle).to_environ())
+            command = [sys.executable, "-m", "studios.supervisor"]
         if handle["container"]:
-            # A mount namespace of its own: the layer, the root and the data mounts never show on the host.
+            # A mount namespace of its own: the layer, the roots and the data mounts never show on the host.
             command = ["unshare", "--mount", "--propagation", "private", "--", *command]
         descriptor = os.open(session_dir / "session.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(descriptor, "ab") as log_file:
@@ -263,7 +279,8 @@ class LocalBackend(ComputeBackend):
         }
 
     def sweep(self, found: HostLeftovers, owned_handles: Iterable[dict[str, Any]]) -> list[str]:
-        """Remove what ``found`` (``leftovers_on_host``) lists that none of ``owned_handles`` names; what it removed."""
+        """Remove what ``found`` (``leftovers_on_host``) lists that none of ``owned_handles`` names, and the unpacked
+        images no session runs from that a later pull superseded; what it removed."""
         owned = {handle.get("session_dir") for handle in owned_handles}
         removed = []
         for pid, folder in found["supervisors"].items():
@@ -280,6 +297,7 @@ class LocalBackend(ComputeBackend):
             if folder not in owned:
                 self.remove_session_dir(Path(folder))
                 removed.append(f"session folder {Path(folder).name}")
+        removed += [f"unpacked image {digest}" for digest in template_images.collect(self.image_cache)]
         return removed
 
     def remove_session_dir(self, session_dir: Path) -> None:
@@ -288,11 +306,43 @@ class LocalBackend(ComputeBackend):
         shutil.rmtree(session_dir, ignore_errors=True)
 
 
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
 def _supervisors() -> list[tuple[int, str]]:
-    """(pid, session folder) of every session supervisor running on this host."""
+    """(pid, session folder) of every session supervisor, or session's host, running on this host; a supervisor in
+    a job container has the image's working directory, none of this host's session folders."""
     found = []
     for process in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             if b"studios.supervisor" in (process / "cmdline").read_bytes():
                 found.append((int(process.name), os.readlink(process / "cwd")))
     return found
+
+
+def host_environment(
+    spec: SessionSpec, *, container_id: str, port: int, control_port: int, bind_host: str, image: str, image_cache: str
+) -> dict[str, str]:
+    """What a session's host (``supervisor/host.py``, here or on a Slurm node) is told: the job the AWS Batch backend
+    would submit, its image, where the host unpacks images, and the host folders it needs where a Batch instance has
+    S3 (a folder checkpoint store, datasets): the job sees them under ``host.HOST_FOLDERS``, so its environment
+    names them there."""
+    binds, mounts, work_dir = [], [], spec.work_dir
+    for mount in spec.mounts:
+        if "://" not in mount.uri:
+            binds.append(host.Bind(mount.uri, f"{host.HOST_FOLDERS}/data/{mount.name}", mount.writable))
+            mount = replace(mount, uri=binds[-1].destination)
+        mounts.append(mount)
+    if "://" not in work_dir:
+        binds.append(host.Bind(work_dir, f"{host.HOST_FOLDERS}/store", writable=True))
+        work_dir = binds[-1].destination
+    job = replace(spec, work_dir=work_dir, mounts=mounts).job(
+        container_id=container_id, port=port, control_port=control_port, bind_host=bind_host
+    )
+    return {
+        "STUDIOS_HOST_JOB": json.dumps(asdict(job)),
+        "STUDIOS_HOST_IMAGE": image,
+        "STUDIOS_HOST_IMAGE_CACHE": image_cache,
+        "STUDIOS_HOST_BINDS": json.dumps([asdict(bind) for bind in binds]),
+    }

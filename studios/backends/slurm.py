@@ -18,6 +18,7 @@ session (as on AWS Batch: one already taken on the node fails that start, and th
 node is, only Slurm says: once the job runs, ``scontrol`` names its node and the node's address.
 """
 
+import json
 import os
 import random
 import re
@@ -31,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from ..supervisor import images as template_images
-from ..supervisor.protocol import SessionConfig
+from ..supervisor.protocol import CONFIG_FILE
 from .aws_batch import PORTS, SUPERVISOR_MEMORY_MB
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
-from .local import IMAGE_HINTS
+from .local import IMAGE_HINTS, host_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 30
@@ -208,24 +209,11 @@ class SlurmBackend(ComputeBackend):
             "image": self.images.get(spec.template, ""),
         }
 
-    def config(self, spec: SessionSpec, handle: dict[str, Any]) -> SessionConfig:
-        session_dir = f"/tmp/{handle['container']}"  # on the node's own disk: the layer is loop-mounted from it
-        return spec.config(
-            session_dir=session_dir,
-            port=handle["port"],
-            control_port=handle["control_port"],
-            bind_host="0.0.0.0",  # the platform's proxy reaches the gate from another host
-            isolation="container",
-            image=handle["image"],
-            image_cache=self.image_cache,
-            container_id=handle["container"],
-            hidden=(self.work_dir,),
-        )
-
     def job_script(self, handle: dict[str, Any]) -> str:
-        """The job: the supervisor in a mount namespace of its own, its configuration read from the spool folder."""
+        """The job: the session's host (``supervisor/host.py``, as on a local host) in a mount namespace of its own,
+        in a session folder on the node's own disk, its job read from the spool folder's file."""
         spool, session_dir = Path(handle["spool"]), f"/tmp/{handle['container']}"
-        supervisor = shlex.join(
+        session_host = shlex.join(
             [
                 "unshare",
                 "--mount",
@@ -237,16 +225,16 @@ class SlurmBackend(ComputeBackend):
                 f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}",
                 "LANG=C.UTF-8",
                 f"PYTHONPATH={PROJECT_ROOT}",
-                f"STUDIOS_CONFIG_FILE={spool / 'config.json'}",
+                f"{CONFIG_FILE}={spool / 'job.json'}",
                 sys.executable,
                 "-m",
-                "studios.supervisor",
+                "studios.supervisor.host",
             ]
         )
         return (
             "#!/bin/sh\n"
             f"mkdir -m 700 {shlex.quote(session_dir)} && cd {shlex.quote(session_dir)} || exit 1\n"
-            f"{supervisor}\n"
+            f"{session_host}\n"
             "code=$?\n"
             f"cd / && rm -rf --one-file-system {shlex.quote(session_dir)}\n"
             "exit $code\n"
@@ -256,9 +244,18 @@ class SlurmBackend(ComputeBackend):
         spool = Path(handle["spool"])
         shutil.rmtree(spool, ignore_errors=True)
         spool.mkdir(mode=0o700, parents=True)
-        config = os.open(spool / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(config, "w") as file:
-            file.write(self.config(spec, handle).to_json())
+        job = host_environment(
+            spec,
+            container_id=handle["container"],
+            port=handle["port"],
+            control_port=handle["control_port"],
+            bind_host="0.0.0.0",  # the platform's proxy reaches the gate from another host
+            image=handle["image"],
+            image_cache=self.image_cache,
+        )
+        descriptor = os.open(spool / "job.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(job, file)
         (spool / "job.sh").write_text(self.job_script(handle))
         try:
             job_id = (

@@ -28,8 +28,20 @@ STEP_STATES = ("pending", "in-progress", "succeeded", "errored")
 MESSAGE_MAX_LENGTH = 1000
 MANIFEST_KEY = re.compile(r"manifests/[A-Za-z0-9_-]{1,64}/[0-9a-f]{32}\.json\.zst")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-# Names the file a supervisor reads its configuration from, where it is not in its environment.
+# Names a file of more environment variables (a JSON object), for hosts whose jobs others may inspect (Slurm's).
 CONFIG_FILE = "STUDIOS_CONFIG_FILE"
+
+
+def environ_with_file(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with the variables of the file its ``CONFIG_FILE`` names: read once, then removed (they hold the
+    session token)."""
+    path = environ.get(CONFIG_FILE)
+    if not path:
+        return dict(environ)
+    with open(path) as file:
+        values: dict[str, str] = json.load(file)
+    os.unlink(path)
+    return {**environ, **values}
 
 
 def starting_step(template: str) -> str:
@@ -58,9 +70,7 @@ class SessionConfig:
     control_port: int  # where the platform asks for checkpoints
     bind_host: str = "127.0.0.1"
     isolation: str = "container"  # or "process": the IDE as a plain process, without a sandbox
-    rootfs: str = "/"  # the container's lower layer: the template's root filesystem...
-    image: str = ""  # ...or, when set, the image (a registry reference) whose root filesystem it is
-    image_cache: str = ""  # where images are unpacked, once per digest, for every session on this host
+    rootfs: str = "/"  # the container's lower layer: the template's root filesystem ("/": the image it runs in)
     container_id: str = ""
     cpus: int = 2
     memory_mb: int = 8192
@@ -73,22 +83,6 @@ class SessionConfig:
 
     def to_environ(self) -> dict[str, str]:
         return {f"STUDIOS_{item.name.upper()}": _encode(getattr(self, item.name)) for item in fields(self)}
-
-    def to_json(self) -> str:
-        """The configuration as a file ``load`` reads (``CONFIG_FILE``): for backends whose jobs others may inspect."""
-        return json.dumps(self.to_environ())
-
-    @classmethod
-    def load(cls, environ: Mapping[str, str]) -> "SessionConfig":
-        """The configuration from the environment, or from the file its ``CONFIG_FILE`` names: read once, then
-        removed (it holds the session token)."""
-        path = environ.get(CONFIG_FILE)
-        if not path:
-            return cls.from_environ(environ)
-        with open(path) as file:
-            values = json.load(file)
-        os.unlink(path)
-        return cls.from_environ(values)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "SessionConfig":
@@ -118,6 +112,20 @@ def _decode(name: str, text: str) -> object:
     if name == "restore":
         return json.loads(text)
     return text
+
+
+# What a session's job container runs after the image's entrypoint (tini): the supervisor.
+SUPERVISOR_COMMAND = ["python", "-m", "studios.supervisor"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a session's job container runs: the image's entrypoint with ``command``, and ``environment`` (the
+    session's configuration). The AWS Batch backend registers and submits it; on a local host, ``host.py`` runs it
+    in a container made from the same image."""
+
+    command: list[str]
+    environment: dict[str, str]
 
 
 class BadReport(ValueError):

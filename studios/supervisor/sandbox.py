@@ -425,13 +425,23 @@ def connect_network(pid: int, log_file: TextIO) -> Network:
     return Network(slirp, exit_write)
 
 
-def signal_container(container_id: str, signal_name: str) -> None:
-    subprocess.run([_runtime(), "kill", "--all", container_id, signal_name], capture_output=True, check=False)
+def signal_container(container_id: str, signal_name: str, all_processes: bool = True) -> None:
+    """Signal every process of the container, or only its first one."""
+    options = ["--all"] if all_processes else []
+    subprocess.run([_runtime(), "kill", *options, container_id, signal_name], capture_output=True, check=False)
 
 
 def delete(container_id: str) -> None:
-    """Kill and remove the container, whatever state it is in; nothing to do when there is none."""
+    """Kill and remove the container, whatever state it is in; nothing to do when there is none. A job container
+    (``host.py``) of that name takes the sandbox inside it down with it, all but the sandbox's cgroups, which are the
+    host's: they are removed here too."""
     subprocess.run([_runtime(), "delete", "--force", container_id], capture_output=True, check=False)
+    for cgroup in (
+        *Path("/sys/fs/cgroup").glob(f"*/studios/{container_id}"),
+        Path(f"/sys/fs/cgroup/studios/{container_id}"),
+    ):
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
 
 
 def containers() -> list[tuple[str, str]]:

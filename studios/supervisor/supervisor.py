@@ -43,7 +43,6 @@ from .protocol import (
     MOUNTING,
     PROGRESS,
     PROVISIONING,
-    PULLING,
     READY,
     REPORTS_PATH,
     RESTORING,
@@ -59,15 +58,7 @@ UNRECORDED_RETRY_SECONDS = 10
 WATCH_SECONDS = 1  # how often a running session's IDE, helpers and memory are looked at
 FINAL_REPORT_SECONDS = 60
 STOP_IDE_SECONDS = 10
-# A template root filesystem other than the host's has JupyterLab in its own Python here, as the images do.
-ROOTFS_PYTHON = "/opt/studios/venv/bin/python"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# What an image must hold for each template's IDE to run (besides ROOTFS_PYTHON, the supervisor's own).
-IDE_BINARIES = {
-    "jupyterlab": (ROOTFS_PYTHON.replace("/python", "/jupyter-lab"),),
-    "vscode": ("/usr/local/bin/code-server",),
-    "rstudio": ("/usr/lib/rstudio-server/bin/rserver",),
-}
 
 
 class SessionEnded(Exception):
@@ -160,12 +151,6 @@ def describe(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _has(rootfs: str | Path, path: str) -> bool:
-    """Whether ``path`` is in the image's root filesystem (a link, as the venv's python is, counts: it points
-    inside the image, which the host does not follow)."""
-    return os.path.lexists(Path(rootfs) / path.lstrip("/"))
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -173,34 +158,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class Supervisor:
-    listening: socket.socket  # the session's port and the control endpoint's, bound as ``run`` begins
-    control_listening: socket.socket
+class Reporter:
+    """The session's voice to the platform, with its token: its supervisor's, and its host's before the supervisor
+    starts (the image's pull). Each report carries the start-up steps as this side knows them."""
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
-        self.isolated = config.isolation == "container"
-        self.layout = sandbox.Layout(config.session_dir)
-        # What checkpoints capture: the container's upper layer, or a plain process's home folder.
-        self.layer = self.layout.upper if self.isolated else Path(config.session_dir) / "home"
-        self.excluded = sandbox.LAYER_EXCLUDED if self.isolated else ["data"]
-        self.store = store_for(config.work_dir)
         self.steps: list[dict[str, str]] = [{"name": PROVISIONING, "state": "succeeded", "message": ""}]
-        self.manifest: snapshot.Manifest | None = (
-            None  # the last saved or restored manifest: the next checkpoint only stores changes
-        )
-        self.checkpoint_lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.ide_pid: int | None = None  # the container's first process, or the plain process
-        self.ide_process: subprocess.Popen[bytes] | None = None
-        self.container_created = False
-        self.helpers: list[subprocess.Popen[bytes]] = []  # slirp4netns, rclone: they end with this process
-        self.unrecorded: dict[str, Any] | None = (
-            None  # the last checkpoint's report, until the platform has recorded it
-        )
-        self.rootfs = config.rootfs  # the image's, once it is pulled
-
-    # Talking to the platform
 
     def report(self, kind: str, **payload: Any) -> int | None:
         """POST a report to the platform; its HTTP status, or None when the platform cannot be reached."""
@@ -234,18 +198,48 @@ class Supervisor:
             self.steps.append({"name": name, "state": state, "message": message})
         self.report(PROGRESS, steps=self.steps)
 
+    def failed(self, error: "SessionEnded") -> None:
+        """Tell the platform the session has ended, and why; the step in progress errored with it."""
+        for step in self.steps:
+            if step["state"] == "in-progress":
+                step.update(state="errored", message=str(error))
+        self.report(FAILED, reason=str(error), checkpoint_invalid=error.checkpoint_invalid, steps=self.steps)
+
+
+class Supervisor(Reporter):
+    listening: socket.socket  # the session's port and the control endpoint's, bound as ``run`` begins
+    control_listening: socket.socket
+
+    def __init__(self, config: SessionConfig) -> None:
+        super().__init__(config)
+        self.isolated = config.isolation == "container"
+        self.layout = sandbox.Layout(config.session_dir)
+        # What checkpoints capture: the container's upper layer, or a plain process's home folder.
+        self.layer = self.layout.upper if self.isolated else Path(config.session_dir) / "home"
+        self.excluded = sandbox.LAYER_EXCLUDED if self.isolated else ["data"]
+        self.store = store_for(config.work_dir)
+        self.manifest: snapshot.Manifest | None = (
+            None  # the last saved or restored manifest: the next checkpoint only stores changes
+        )
+        self.checkpoint_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.ide_pid: int | None = None  # the container's first process, or the plain process
+        self.ide_process: subprocess.Popen[bytes] | None = None
+        self.container_created = False
+        self.helpers: list[subprocess.Popen[bytes]] = []  # slirp4netns, rclone: they end with this process
+        self.unrecorded: dict[str, Any] | None = (
+            None  # the last checkpoint's report, until the platform has recorded it
+        )
+
     # Starting
 
     def run(self) -> None:
         """Start the session, serve it until it ends; returns once it was stopped cleanly."""
-        # Both of the session's ports are taken at once: the platform chose them when it planned the session, and
-        # pulling an image may take a while before the control server starts.
+        # Both of the session's ports are taken at once: the platform chose them when it planned the session.
         self.listening = socket.create_server((self.config.bind_host, self.config.port))
         self.control_listening = socket.create_server((self.config.bind_host, self.config.control_port))
         # A Batch job's container has no session folder until its supervisor makes one.
         Path(self.config.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.config.image:
-            self.pull_image()
         if self.isolated:
             sandbox.prepare_layer(self.layout, self.config.layer_mb)
         else:
@@ -258,7 +252,7 @@ class Supervisor:
         ide_step = starting_step(self.config.template)
         self.step(ide_step, "in-progress")
         ide_port = free_port()
-        python = sys.executable if self.rootfs == "/" else ROOTFS_PYTHON
+        python = sys.executable if self.config.rootfs == "/" else images.SUPERVISOR_PYTHON
         root_dir = "/workspace" if self.isolated else self.layer
         ide = ide_for(self.config.template, python, ide_port, self.config.base_path, root_dir)
         network_fd = None
@@ -288,37 +282,6 @@ class Supervisor:
         while not self.report_unrecorded() and time.monotonic() < deadline:
             time.sleep(UNRECORDED_RETRY_SECONDS)
         log.info("stopped cleanly")
-
-    def pull_image(self) -> None:
-        """The image's root filesystem as the container's lower layer: pulled and unpacked once per digest on this
-        host, shared read-only by every session of it."""
-        reference = self.config.image
-        if not self.isolated:
-            raise SessionEnded(f"Image {reference} needs isolated sessions, which this host cannot run.")
-        self.step(PULLING, "in-progress", reference)
-        began = time.monotonic()
-        try:
-            digest, rootfs, cached = images.pull(
-                reference,
-                self.config.image_cache,
-                progress=lambda message: self.step(PULLING, "in-progress", f"{reference}: {message}"),
-            )
-        except images.ImageUnavailable as error:
-            raise SessionEnded(
-                f"Image {reference} cannot be used: {error}. Check the compute environment's image for this "
-                "template, then start the studio again."
-            ) from None
-        missing = [
-            path for path in (ROOTFS_PYTHON, *IDE_BINARIES.get(self.config.template, ())) if not _has(rootfs, path)
-        ]
-        if missing:
-            raise SessionEnded(
-                f"Image {reference} is not a Studios {self.config.template} image: it has no {', '.join(missing)} "
-                f"(build it from images/{self.config.template}/Dockerfile)."
-            )
-        self.rootfs = str(rootfs)
-        how = "already on this host" if cached else f"pulled in {time.monotonic() - began:.1f} s"
-        self.step(PULLING, "succeeded", f"{reference} ({digest[:19]}…), {how}")
 
     def restore(self) -> None:
         name = self.config.restore["name"]
@@ -376,7 +339,7 @@ class Supervisor:
         """Create the container with the IDE as its first process, connect its network, start it; returns a
         descriptor of its network namespace."""
         sandbox.become_subreaper()
-        sandbox.mount_root(self.layout, self.rootfs)
+        sandbox.mount_root(self.layout, self.config.rootfs)
         writable = {mount.name: mount.writable for mount in self.config.mounts}
         mounts = [sandbox.resolver_mount(self.layout)] + [
             sandbox.bind(source, f"{sandbox.DATA_IN_CONTAINER}/{name}", writable[name])
@@ -385,8 +348,8 @@ class Supervisor:
         # An image's own Python first (pip installs into the session's layer), as the image's PATH says.
         path = (
             os.environ.get("PATH", CONTAINER_PATH)
-            if self.rootfs == "/"
-            else f"{Path(ROOTFS_PYTHON).parent}:{CONTAINER_PATH}"
+            if self.config.rootfs == "/"
+            else f"{Path(images.SUPERVISOR_PYTHON).parent}:{CONTAINER_PATH}"
         )
         environ = {"PATH": path, "HOME": "/root", "LANG": "C.UTF-8", **ide.environ}
         config = sandbox.oci_config(
@@ -637,7 +600,7 @@ class Supervisor:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    supervisor = Supervisor(SessionConfig.load(os.environ))
+    supervisor = Supervisor(SessionConfig.from_environ(os.environ))
     signal.signal(signal.SIGTERM, supervisor.on_sigterm)
     try:
         supervisor.run()
@@ -648,14 +611,9 @@ def main() -> None:
                 f"The session failed on its host ({describe(error)}). Start the studio again; its last checkpoint is kept."
             )
         log.error("%s", error)
-        for step in supervisor.steps:
-            if step["state"] == "in-progress":
-                step.update(state="errored", message=str(error))
         # Everything is gone before the platform hears the session has ended.
         supervisor.tear_down()
-        supervisor.report(
-            FAILED, reason=str(error), checkpoint_invalid=error.checkpoint_invalid, steps=supervisor.steps
-        )
+        supervisor.failed(error)
         sys.exit(1)
     finally:
         supervisor.tear_down()

@@ -9,9 +9,9 @@ from django.utils.html import escape
 
 from studios import lifecycle, tasks
 from studios.backends import Mount, backend_for
-from studios.backends.aws_batch import PORTS, SUPERVISOR_COMMAND
+from studios.backends.aws_batch import PORTS
 from studios.models import Session, Studio, StudioStatus
-from studios.supervisor.protocol import SessionConfig
+from studios.supervisor.protocol import SUPERVISOR_COMMAND, SessionConfig
 
 from ..factories import make_dataset, make_studio
 from ..moto_batch import READY_STEPS, REGION, addresses, environment_of, job_id, launch, report, report_ready, run_job

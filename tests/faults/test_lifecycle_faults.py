@@ -23,7 +23,8 @@ from websockets.sync.client import connect
 from studios.backends.local import LocalBackend
 from studios.supervisor import sandbox
 
-from ..live import pid_alive, wait_until
+from ..live import pid_alive, sandbox_init, wait_until
+from ..live import session_supervisor as supervisor_of
 from .conftest import REPO
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
@@ -136,15 +137,17 @@ class World:
 
 
 def session_supervisor(world, session):
-    """The supervisor's pid: recorded in the handle, or found by its working directory (its session folder)."""
-    folder = session["handle"]["session_dir"]
-    for process in Path("/proc").glob("[0-9]*"):
-        try:
-            if b"studios.supervisor" in (process / "cmdline").read_bytes() and os.readlink(process / "cwd") == folder:
-                return int(process.name)
-        except OSError:
-            continue
-    pytest.fail("the session's supervisor is not running")
+    """The supervisor's pid (``live.session_supervisor``)."""
+    pid, _ = supervisor_of(session["handle"])
+    if pid is None:
+        pytest.fail("the session's supervisor is not running")
+    return pid
+
+
+def session_layer(session):
+    """The session's writable layer, as its supervisor sees it."""
+    pid, folder = supervisor_of(session["handle"])
+    return Path(f"/proc/{pid}/root{folder}/layer/upper")
 
 
 @pytest.fixture
@@ -220,11 +223,7 @@ def test_an_ide_killed_inside_its_session_errors_the_studio_once_nothing_of_it_i
     world.worker.start()
     session = world.started()
     helpers = world.helpers_of(session)
-    ide = json.loads(
-        subprocess.run(
-            [sandbox.runtime(), "state", session["handle"]["container"]], capture_output=True, text=True
-        ).stdout
-    )["pid"]
+    ide = sandbox_init(session["handle"])
     os.kill(ide, signal.SIGKILL)
     state, _took = world.wait_for("errored", CONVERGE_SECONDS)
     assert state["reason"].startswith("The IDE exited unexpectedly with code -9. Start the studio again")
@@ -238,7 +237,7 @@ def test_a_supervisor_killed_errors_the_studio_once_nothing_of_it_is_left(world,
     if moment == "restoring its checkpoint":
         session = world.started()
         # A layer big enough for its restore to take a while: written where the session's files are.
-        upper = Path(f"/proc/{session_supervisor(world, session)}/root{session['handle']['session_dir']}/layer/upper")
+        upper = session_layer(session)
         (upper / "root").mkdir(exist_ok=True)
         with open(upper / "root/large", "wb") as large:
             for _ in range(48):
@@ -295,7 +294,7 @@ def test_a_full_checkpoint_store_shows_on_the_status_panel_until_a_checkpoint_su
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(store)], check=True)
     try:
         session = world.started()
-        upper = Path(f"/proc/{session_supervisor(world, session)}/root{session['handle']['session_dir']}/layer/upper")
+        upper = session_layer(session)
         (upper / "root").mkdir(exist_ok=True)
         (upper / "root/results.bin").write_bytes(os.urandom(32 * 2**20))
         presence = f"{world.platform.url.replace('http', 'ws')}/ws/studios/{world.studio['id']}/presence/"

@@ -28,7 +28,7 @@ from studios.supervisor import sandbox
 
 from ..conftest import end_sessions_left_running
 from ..factories import make_member, make_studio, make_workspace
-from ..live import wait_until
+from ..live import session_supervisor, wait_until
 from ..test_isolation import run, started
 from ..test_sessions import Browser, wait_for_status
 
@@ -141,8 +141,8 @@ def session_folder(studio):
 
 
 def supervisor(studio):
-    """The host pid of the session's supervisor. Assumes the handle's ``pid``."""
-    return session_handle(studio)["pid"]
+    """The host pid of the session's supervisor (``live.session_supervisor``)."""
+    return session_supervisor(session_handle(studio))[0]
 
 
 def network_helpers(studio):
@@ -156,14 +156,14 @@ def network_helpers(studio):
 
 
 def session_views(studio):
-    """``(folder, pid of its mount table)`` for every place the session's folder can be looked at: the host's
-    mount namespace, and its supervisor's, where the session's mounts live (reached by root through
-    ``/proc/<pid>/root``, by no one else)."""
+    """``(folder, pid of its mount table, the folder as that mount table names it)`` for every place the session's
+    folder can be looked at: the host's mount namespace, and its supervisor's, where the session's mounts live
+    (reached by root through ``/proc/<pid>/root``, by no one else)."""
     folder = session_folder(studio)
-    views = [(folder, "self")]
-    pid = supervisor(studio)
-    if start_time(pid) is not None:
-        views.append((Path(f"/proc/{pid}/root{folder}"), pid))
+    views = [(folder, "self", folder)]
+    pid, seen = session_supervisor(session_handle(studio))
+    if pid is not None and start_time(pid) is not None:
+        views.append((Path(f"/proc/{pid}/root{seen}"), pid, Path(seen)))
     return views
 
 
@@ -294,8 +294,7 @@ def files_exposed(studio, relative_paths=()):
     """Every file (of any type) a session's layer exposes below its folder, in every view of it
     (``session_views``): walked everywhere except into overlay mounts of a whole root filesystem (the host's ``/``
     lies below them), where only ``relative_paths`` are looked at. Yields ``(path, lstat)``."""
-    for view, pid in session_views(studio):
-        folder = session_folder(studio)
+    for view, pid, folder in session_views(studio):
         overlays = {
             str(view) + point.removeprefix(str(folder))
             for point, kind, _ in mounts_under(folder, pid)

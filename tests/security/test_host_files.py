@@ -14,7 +14,7 @@ from pathlib import Path
 
 from checkpoints.models import Checkpoint
 
-from ..live import wait_until
+from ..live import session_supervisor, wait_until
 from .conftest import (
     effective_uid_as_nobody,
     mounts_under,
@@ -24,7 +24,6 @@ from .conftest import (
     session_token,
     setuid_files_exposed,
     start,
-    supervisor,
 )
 
 pytestmark = requires_isolation
@@ -117,7 +116,8 @@ def test_the_session_folder_is_closed_to_other_users_and_its_mounts_are_nosuid_a
                 problems.append(f"{path} holds the session token and is mode {mode:o}, not 600")
     for point, kind, _ in mounts_under(folder):
         problems.append(f"{point} ({kind}) is mounted on the host")
-    own = mounts_under(folder, supervisor(studio))
+    pid, seen = session_supervisor(studio.session.handle)
+    own = mounts_under(seen, pid)
     if not own:
         problems.append("the supervisor's mount namespace has none of the session's mounts")
     for point, kind, options in own:

@@ -62,7 +62,7 @@ def test_a_studio_runs_as_a_slurm_job_keeps_its_files_across_restarts_and_its_to
     # It reached the supervisor in a file of the work directory only the platform's user may read, gone once read.
     spool = Path(studio.session.handle["spool"])
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
-    assert not (spool / "config.json").exists()
+    assert not (spool / "job.json").exists()
 
     assert run(live_platform, studio, user, "open('/workspace/results.txt', 'w').write('42\\n'); print('saved')") == (
         "saved"
@@ -98,10 +98,11 @@ def test_a_studio_that_does_not_fit_waits_with_slurms_reason_and_one_cancelled_o
     def provisioning_message():
         reconcile_sessions()  # beat's, every 20 s
         third.refresh_from_db()
-        return next((step["message"] for step in third.session.steps if "waiting" in step.get("message", "")), "")
+        return third.session.steps[0]["message"]
 
-    message = wait_until(provisioning_message, 30, "the third studio's step to say why it waits", interval=1)
-    assert "waiting for a node with 2 CPUs and 1024 MB free in partition studios" in message
+    # Until the scheduler has looked at it, Slurm gives no reason ("waiting to be scheduled").
+    waits = "waiting for a node with 2 CPUs and 1024 MB free in partition studios"
+    wait_until(lambda: waits in provisioning_message(), 30, "the third studio's step to say why it waits", interval=1)
     assert third.status == StudioStatus.STARTING
 
     # Stopping a waiting studio cancels its job.

@@ -20,12 +20,14 @@ from django.utils import timezone
 
 from checkpoints import records
 
-from . import permissions
+from . import activity, permissions
 from .exceptions import ActionRefused
 from .models import (
     ACTIVE_STATUSES,
     ActiveMount,
+    Event,
     Session,
+    StopReason,
     Studio,
     StudioStatus,
     Workspace,
@@ -58,15 +60,21 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     are validated by the caller's form; the role is checked here."""
     permissions.require_role(user, workspace, permissions.MAINTAIN, "add studios")
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                studio = Studio.objects.create(workspace=workspace, author=user, **fields)
-                studio.datasets.set(datasets)
-        except IntegrityError:
-            raise ActionRefused(f"A studio named {fields.get('name')!r} already exists in this workspace.") from None
+        studio = _create(user, workspace, datasets, fields)
+        activity.record(Event.Kind.ADDED, studio, user)
         log.info("studio %s added by %s", studio.pk, user)
         if start:
             studio = start_studio(user, studio)
+    return studio
+
+
+def _create(user, workspace, datasets, fields):
+    try:
+        with transaction.atomic():
+            studio = Studio.objects.create(workspace=workspace, author=user, **fields)
+            studio.datasets.set(datasets)
+    except IntegrityError:
+        raise ActionRefused(f"A studio named {fields.get('name')!r} already exists in this workspace.") from None
     return studio
 
 
@@ -79,6 +87,8 @@ def change_studio(user, studio, *, name, description, cpus, memory_mb, datasets)
             studio = _lock(studio.pk)
             if not studio.can_start:
                 raise ActionRefused(f"{studio.name} is {studio.status}; stop it before changing it.")
+            if name != studio.name:
+                activity.record(Event.Kind.RENAMED, studio, user, old=studio.name, new=name)
             studio.name, studio.description, studio.cpus, studio.memory_mb = name, description, cpus, memory_mb
             studio.save(update_fields=["name", "description", "cpus", "memory_mb"])
             studio.datasets.set(datasets)
@@ -143,6 +153,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None):
         studio.template_version = environment.template_version(studio.template)[:20]  # its image's tag, as it starts
         studio.transition(StudioStatus.STARTING)
         studio.save()
+        activity.record_start(studio, session, user)
         transaction.on_commit(lambda: dispatch(LAUNCH_SESSION, session.pk))
     log.info("studio %s start requested by %s", studio.pk, user)
     return studio
@@ -161,20 +172,24 @@ def start_as_new(user, checkpoint, *, name, description="", datasets=(), cpus, m
     if not checkpoint.restorable:
         raise ActionRefused(f"Checkpoint {checkpoint.name} has no saved content ({checkpoint.state}); choose another.")
     with transaction.atomic():
-        clone = add_studio(
+        clone = _create(
             user,
             parent.workspace,
-            name=name,
-            description=description or parent.name,
-            template=parent.template,
-            template_version=parent.template_version,
-            compute_environment=parent.compute_environment,
-            cpus=cpus,
-            memory_mb=memory_mb,
-            datasets=datasets,
+            datasets,
+            {
+                "name": name,
+                "description": description,
+                "template": parent.template,
+                "template_version": parent.template_version,
+                "compute_environment": parent.compute_environment,
+                "cpus": cpus,
+                "memory_mb": memory_mb,
+            },
         )
         clone.parent_checkpoint = records.copy_history(parent, clone, checkpoint)
         clone.save(update_fields=["parent_checkpoint"])
+        activity.record(Event.Kind.STARTED_AS_NEW, clone, user, source_studio=parent.name, checkpoint=checkpoint.name)
+        log.info("studio %s added by %s from checkpoint %s", clone.pk, user, checkpoint.pk)
         return start_studio(user, clone)
 
 
@@ -216,17 +231,22 @@ def _hold_mounts(studio):
             ) from None
 
 
-def stop_studio(user, studio):
-    """Move a starting or running studio to stopping and ask a worker to end its session."""
-    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "stop studios")
+def stop_studio(user, studio, reason=StopReason.USER):
+    """Move a starting or running studio to stopping and ask a worker to end its session. ``user`` None: the
+    platform stops it itself, for ``reason`` (a ``StopReason``: lifespan, idle), which the activity log keeps."""
+    if user is not None:
+        permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "stop studios")
+    elif reason == StopReason.USER:
+        raise ValueError("a stop by a member names the member")
     with transaction.atomic():
         studio = _lock(studio.pk)
         if not studio.can_stop:
             raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be stopped.")
         studio.transition(StudioStatus.STOPPING)
         studio.save()
+        activity.record_stop(studio, user, reason)
         transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
-    log.info("studio %s stop requested by %s", studio.pk, user)
+    log.info("studio %s stop (%s) requested by %s", studio.pk, reason, user)
     return studio
 
 
@@ -246,6 +266,7 @@ def force_stop_studio(user, studio):
                 f"{settings.STUDIOS_FORCE_STOP_AFTER_SECONDS // 60} minutes."
             )
         username = user.get_username()
+        activity.record_stop(studio, user, StopReason.FORCE)
         transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk, username))
     log.info("studio %s force stopped by %s", studio.pk, user)
     return studio
@@ -258,6 +279,7 @@ def delete_studio(user, studio):
         if not studio.can_delete:
             raise ActionRefused(f"{studio.name} is {studio.status}; stop it before deleting it.")
         work_dir = studio.compute_environment.work_dir
+        activity.record(Event.Kind.DELETED, studio, user)
         studio.delete()
         transaction.on_commit(lambda: _clean_checkpoints(work_dir))
     log.info("studio %s (%s) deleted by %s", studio.pk, studio.name, user)
@@ -326,6 +348,7 @@ def _run_if_reachable(session):
     if session.ready and session.endpoint and studio.status == StudioStatus.STARTING:
         studio.transition(StudioStatus.RUNNING)
         studio.save()
+        activity.record_running(studio, session)
         log.info("studio %s running", studio.pk)
 
 
@@ -488,6 +511,7 @@ def _end_session(studio, status, reason=""):
         session.ended = timezone.now()
         session.end_status, session.end_reason = status, reason
         session.save()
+        activity.record_end(studio, session, status, reason)
     ActiveMount.objects.filter(studio=studio).delete()
 
 

@@ -471,3 +471,72 @@ class SessionAccess(models.Model):
 
     def __str__(self):
         return f"{self.user} on {self.studio}'s session origin"
+
+
+class StopReason(models.TextChoices):
+    """Why a session ended, as the activity log records it."""
+
+    USER = "user", "by a member"
+    LIFESPAN = "lifespan", "its lifespan was over"
+    IDLE = "idle", "it was idle"
+    ERROR = "error", "an error"
+    FORCE = "force", "forced"
+
+
+class Event(models.Model):
+    """One entry of a workspace's activity log: what happened to a studio, who did it, and how long it took.
+
+    Written by the lifecycle service and the proxy's presence (``activity.record``), never by views; shown on the
+    studio's Activity tab and the workspace's Activity page. It outlives its studio (``studio_name`` says which
+    one it was) and its session: it holds what it says, so it never needs them to be read.
+    """
+
+    class Kind(models.TextChoices):
+        ADDED = "added", "Added"
+        STARTED = "started", "Start"
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stop"
+        ERRORED = "errored", "Errored"
+        DELETED = "deleted", "Deleted"
+        RENAMED = "renamed", "Renamed"
+        STARTED_AS_NEW = "started-as-new", "Started as new"
+        CONNECTED = "connected", "Connection"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="events")
+    studio = models.ForeignKey(Studio, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    studio_name = models.CharField(max_length=80, help_text="The studio's name when it happened.")
+    session = models.ForeignKey(Session, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who did it; empty when the platform did.",
+    )
+    at = models.DateTimeField(default=timezone.now)
+    ended = models.DateTimeField(
+        null=True, blank=True, help_text="A stop: when the session was gone; a connection: when the member left."
+    )
+    reason = models.CharField(max_length=10, choices=StopReason.choices, blank=True)
+    message = models.TextField(blank=True)
+    # What else it says: a start's cpus, memory_mb and checkpoint; running's seconds_to_start; a rename's old and
+    # new name; a start as new's source studio and checkpoint; a stop's session_seconds.
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [
+            models.Index(fields=["workspace", "-at"], name="event_workspace_at"),
+            models.Index(fields=["studio", "-at"], name="event_studio_at"),
+            models.Index(fields=["kind", "-at"], name="event_kind_at"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} of {self.studio_name} at {self.at:%Y-%m-%d %H:%M}"
+
+    @property
+    def duration(self):
+        """A stop's or a connection's length; None while it lasts, and for other kinds."""
+        return self.ended - self.at if self.ended else None

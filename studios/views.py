@@ -6,9 +6,11 @@ import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
+from urllib.parse import quote
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db.models import prefetch_related_objects
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -22,7 +24,7 @@ from checkpoints import records
 from . import environments, lifecycle, origins, permissions, presence, tokens
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
-from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
+from .models import ComputeEnvironment, Event, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
 log = logging.getLogger(__name__)
@@ -128,33 +130,12 @@ def studio_add(request, workspace, role):
 
 
 DETAIL_TABS = [("configuration", "Configuration"), ("checkpoints", "Checkpoints"), ("activity", "Activity")]
-# The Activity tab's words for the latest status change.
-STATUS_EVENTS = {
-    StudioStatus.STARTING: "Start requested",
-    StudioStatus.RUNNING: "Session running",
-    StudioStatus.STOPPING: "Stop requested",
-    StudioStatus.STOPPED: "Stopped",
-    StudioStatus.ERRORED: "Errored",
-}
+EVENTS_PER_PAGE = 50
 
 
-def studio_history(studio):
-    """The Activity tab's timeline, newest first: (when, what). Each session is a start and, once over, an end."""
-    history = [(studio.created, f"Created by {studio.author.username}")]
-    for session in studio.sessions.select_related("started_by", "restored_from"):
-        who = session.started_by.username if session.started_by else "a deleted user"
-        source = f", from checkpoint {session.restored_from.name}" if session.restored_from else ""
-        history.append(
-            (session.started, f"Started by {who} with {session.cpus} CPUs and {session.memory_mb} MB{source}")
-        )
-        if session.ended:
-            reason = f": {session.end_reason}" if session.end_reason else ""
-            minutes = round(session.duration.total_seconds() / 60)
-            history.append((session.ended, f"{STATUS_EVENTS[session.end_status]} after {minutes} minutes{reason}"))
-    if studio.last_activity:
-        who = f" by {studio.last_active_user.username}" if studio.last_active_user else ""
-        history.append((studio.last_activity, f"Last used{who}"))
-    return sorted(history, key=lambda event: event[0], reverse=True)
+def event_page(request, events):
+    """One page of activity events, newest first, as the ``page`` parameter asks."""
+    return Paginator(events.select_related("actor", "studio"), EVENTS_PER_PAGE).get_page(request.GET.get("page"))
 
 
 @login_required
@@ -175,7 +156,7 @@ def studio_detail(request, studio_id):
     context.update(
         tabs=DETAIL_TABS,
         tab=tab if tab in dict(DETAIL_TABS) else "configuration",
-        history=studio_history(studio),
+        events=event_page(request, studio.events.all()) if tab == "activity" else None,
         checkpoints=studio.checkpoints.all(),
         start_form=ResourcesForm(
             workspace=studio.workspace,
@@ -267,6 +248,35 @@ def studio_delete(request, studio_id):
     return _studio_action(
         request, studio, lifecycle.delete_studio, "Deleted {name}.", success_url=studio.workspace.get_absolute_url()
     )
+
+
+def urlencoded_filters(*values):
+    """(key, value) of the workspace activity's filters in use, URL-encoded, for its pages' links."""
+    return [(key, quote(value)) for key, value in zip(("studio", "member", "kind"), values, strict=True) if value]
+
+
+@workspace_page(permissions.ADMIN, "see the workspace's activity")
+def workspace_activity(request, workspace, role):
+    """Every studio's activity in the workspace, newest first, filtered by studio, member and kind."""
+    events = workspace.events.all()
+    studio, member, kind = (request.GET.get(key, "") for key in ("studio", "member", "kind"))
+    if studio.isdigit():
+        events = events.filter(studio_id=int(studio))
+    if member:
+        events = events.filter(actor__username=member)
+    if kind in Event.Kind.values:
+        events = events.filter(kind=kind)
+    context = {
+        "workspace": workspace,
+        "role": role,
+        "events": event_page(request, events),
+        "studios": workspace.studios.order_by("name").values_list("pk", "name"),
+        "members": workspace.memberships.order_by("user__username").values_list("user__username", flat=True),
+        "kinds": Event.Kind.choices,
+        "chosen": {"studio": studio, "member": member, "kind": kind},
+        "query": "".join(f"{key}={value}&" for key, value in urlencoded_filters(studio, member, kind)),
+    }
+    return render(request, "studios/workspace_activity.html", context)
 
 
 @workspace_page(permissions.ADMIN, "manage compute environments")

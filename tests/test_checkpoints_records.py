@@ -104,18 +104,22 @@ class TestStartAsNew:
         client.force_login(maintainer)
         source = saved_studio.checkpoints.get(name="atlas_1")
         page = client.get(reverse("start_as_new", args=[source.pk])).content.decode()
-        assert ">\natlas</textarea>" in page  # the description defaults to the parent's name
+        assert ">\n</textarea>" in page  # no description is made up from the parent's name
         response = client.post(
             reverse("start_as_new", args=[source.pk]),
-            {"name": "atlas-v2", "description": "atlas", "cpus": 2, "memory_mb": 2048},
+            {"name": "atlas-v2", "description": "", "cpus": 2, "memory_mb": 2048},
         )
         clone = Studio.objects.get(name="atlas-v2")
         assert response["Location"] == clone.get_absolute_url()
         assert (clone.template, clone.compute_environment) == (saved_studio.template, saved_studio.compute_environment)
         assert clone.status == StudioStatus.STARTING
         assert clone.session.restored_from.copied_from == source
-        assert sorted(c.name for c in clone.checkpoints.exclude(copied_from=None)) == ["atlas_1", "atlas_2"]
-        assert clone.session.checkpoint.name == "atlas-v2_3"
+        assert clone.description == ""
+        inherited = clone.checkpoints.exclude(copied_from=None).order_by("name")
+        assert [(c.name, c.created) for c in inherited] == [
+            (c.name, c.created) for c in saved_studio.checkpoints.order_by("name")
+        ]  # created when the parent's sessions made them, not when they were copied
+        assert clone.session.checkpoint.name == "atlas-v2_1"  # the clone's own first checkpoint
         assert saved_studio.checkpoints.count() == 2  # the parent is untouched
 
     def test_the_checkpoint_in_use_cannot_be_the_source(self, saved_studio, maintainer):

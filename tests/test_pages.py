@@ -6,6 +6,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from checkpoints.models import Checkpoint
+from studios import lifecycle
 from studios.models import ComputeEnvironment, Membership, Role, SessionConnection, Studio, StudioStatus
 
 from .factories import make_dataset, make_member, make_running, make_studio
@@ -253,9 +254,8 @@ def test_detail_tabs_show_configuration_checkpoints_and_activity(client, workspa
     assert "tabbed_1" in checkpoints and "3.0\xa0MB" in checkpoints and "Finalized" in checkpoints
 
     activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
-    assert "Nobody is connected" in activity and "Created by mia" in activity
-    started = [{"name": "Starting JupyterLab", "state": "succeeded", "message": ""}]
-    make_running(studio, steps=started, started_by=maintainer)
+    assert "Nobody is connected" in activity and "Nothing yet." in activity
+    lifecycle.start_studio(maintainer, studio)
     carol = make_member(workspace, Role.CONNECT, username="carol")
     SessionConnection.objects.create(studio=studio, user=carol, web_process="p")
     activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()

@@ -220,7 +220,7 @@ class CheckpointRenameRequest(serializers.Serializer):
 
 class StartAsNewRequest(serializers.Serializer):
     name = serializers.CharField()
-    description = serializers.CharField(required=False, help_text="Default: the parent's name.")
+    description = serializers.CharField(required=False, help_text="Default: none.")
     datasets = serializers.ListField(child=serializers.IntegerField(), required=False)
     cpus = serializers.IntegerField(required=False, help_text="Default: the parent's.")
     memoryMb = serializers.IntegerField(source="memory_mb", required=False, help_text="Default: the parent's.")

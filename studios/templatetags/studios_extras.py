@@ -55,3 +55,16 @@ def avatar_colour(username):
     while contrast_with_white(rgb := colorsys.hls_to_rgb(hue, lightness, saturation)) < 4.5:
         lightness -= 0.02
     return "#" + "".join(f"{round(c * 255):02x}" for c in rgb)
+
+
+@register.filter
+def lasted(value):
+    """A duration (a timedelta or seconds) as people say it: 42 s, 3 min 5 s, 2 h 10 min."""
+    seconds = round(value.total_seconds() if hasattr(value, "total_seconds") else float(value))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from checkpoints import records
 
-from . import activity, permissions
+from . import activity, metrics, permissions
 from .exceptions import ActionRefused
 from .models import (
     ACTIVE_STATUSES,
@@ -372,8 +372,9 @@ def session_failed(token, reason, checkpoint_invalid=False, steps=None):
 
 
 def session_checkpoint_saved(
-    token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes
+    token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes, seconds=None
 ):
+    """A checkpoint was saved (in ``seconds``, which supervisors from before they said it do not say)."""
     with transaction.atomic():
         session = _by_token(token)
         if session is None or session.checkpoint_id is None:
@@ -381,7 +382,10 @@ def session_checkpoint_saved(
         session.layer_used_bytes, session.layer_total_bytes = layer_used_bytes, layer_total_bytes or None
         session.checkpoint_error, session.checkpoint_error_at = "", None
         session.save(update_fields=["layer_used_bytes", "layer_total_bytes", "checkpoint_error", "checkpoint_error_at"])
-        return records.record_saved(session.checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
+        recorded = records.record_saved(session.checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
+    if recorded:
+        metrics.checkpoint_saved(seconds, size_bytes)
+    return recorded
 
 
 def session_checkpoint_failed(token, reason):

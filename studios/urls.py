@@ -21,4 +21,5 @@ urlpatterns = [
     path("account/tokens/", views.access_tokens, name="access_tokens"),
     path("account/tokens/<int:token_id>/revoke/", views.access_token_revoke, name="access_token_revoke"),
     path("api/sessions/<str:what>", views.session_report, name="session_report"),
+    path("metrics", views.metrics, name="metrics"),
 ]

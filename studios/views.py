@@ -1,5 +1,6 @@
 """Pages and actions. Thin: parse the request, call the lifecycle service, render."""
 
+import hmac
 import json
 import logging
 import shlex
@@ -8,11 +9,12 @@ from collections.abc import Callable
 from functools import wraps
 from urllib.parse import quote
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import prefetch_related_objects
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
@@ -22,6 +24,7 @@ from django.views.decorators.http import require_POST
 from checkpoints import records
 
 from . import environments, lifecycle, origins, permissions, presence, tokens
+from . import metrics as studio_metrics
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import AccessTokenForm, BatchEnvironmentForm, ResourcesForm, StudioForm
 from .models import ComputeEnvironment, Event, Membership, Session, Studio, StudioStatus
@@ -337,6 +340,19 @@ def access_token_revoke(request, token_id):
         return render(request, "studios/partials/access_token_row.html", {"token": token})
     messages.success(request, f"Access token {token.name} revoked.")
     return redirect("access_tokens")
+
+
+def metrics(request):
+    """Prometheus metrics (``metrics``), for a scraper holding STUDIOS_METRICS_TOKEN; not found when it is unset."""
+    expected = settings.STUDIOS_METRICS_TOKEN
+    if not expected:
+        raise Http404("No metrics here")
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        response = HttpResponse("Send the metrics token as a bearer token.", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(studio_metrics.exposition(), content_type=studio_metrics.CONTENT_TYPE)
 
 
 # The session supervisor's reports, authenticated by the session's token. Only what the protocol lets a

@@ -520,6 +520,7 @@ class Supervisor:
                 if self.isolated
                 else saved.size_bytes,
                 "layer_total_bytes": usage.f_blocks * usage.f_frsize if self.isolated else 0,
+                "seconds": round(time.monotonic() - began, 3),
             }
             recorded = self.report_unrecorded()
             log.info(

@@ -31,6 +31,7 @@ def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["STUDIOS_DATA_DIR"] = str(tmp_path)
+    env["STUDIOS_METRICS_TOKEN"] = "scrape"
     subprocess.run([sys.executable, "manage.py", "prepare"], cwd=ROOT, env=env, check=True, timeout=60)  # as make run
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runstudios", "--port", str(port)],
@@ -45,6 +46,9 @@ def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
         for _ in range(5):  # as a page polling
             assert httpx.get(f"http://127.0.0.1:{port}/accounts/login/?poll").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/no-such-page/").status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer scrape"})
+        assert metrics.status_code == 200 and 'studios_studios{status="stopped",template="jupyterlab"}' in metrics.text
+        assert any((tmp_path / "metrics").iterdir()), "the processes write their counts where a scrape adds them up"
         children = children_of(process.pid)
         assert len(children) == 2, "the web server and the Celery worker run as children of the command"
         process.send_signal(signal.SIGTERM)

@@ -278,11 +278,11 @@ def delete_studio(user, studio):
         studio = _lock(studio.pk)
         if not studio.can_delete:
             raise ActionRefused(f"{studio.name} is {studio.status}; stop it before deleting it.")
-        work_dir = studio.compute_environment.work_dir
+        work_dir, studio_id = studio.compute_environment.work_dir, studio.pk
         activity.record(Event.Kind.DELETED, studio, user)
         studio.delete()
-        transaction.on_commit(lambda: _clean_checkpoints(work_dir))
-    log.info("studio %s (%s) deleted by %s", studio.pk, studio.name, user)
+        transaction.on_commit(lambda: dispatch(CLEAN_STORE, work_dir, protocol.manifest_prefix(studio_id)))
+    log.info("studio %s (%s) deleted by %s", studio_id, studio.name, user)
 
 
 # What sessions and workers report. These take no user: the session token or the task is the authority.
@@ -522,12 +522,6 @@ def _end_session(studio, status, reason=""):
 def overdue_starts():
     limit = timezone.now() - timedelta(seconds=settings.STUDIOS_START_TIMEOUT_SECONDS)
     return Studio.objects.filter(status=StudioStatus.STARTING, status_changed__lt=limit)
-
-
-def _clean_checkpoints(work_dir):
-    """Queue the cleanup of a deleted studio's store; when the broker is down, the hourly sweep of every store
-    does it then."""
-    dispatch(CLEAN_STORE, work_dir)
 
 
 def dispatch(task_name, *args):

@@ -14,6 +14,7 @@ from checkpoints.models import Checkpoint
 from . import lifecycle, metrics, presence
 from .backends import BackendError, Mount, SessionSpec, backend_for, local_backend
 from .models import ACTIVE_STATUSES, ComputeEnvironment, Session, Studio, StudioStatus, Template
+from .supervisor import protocol
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def session_spec(session):
         token=session.token,
         platform_url=settings.STUDIOS_PLATFORM_URL.rstrip("/"),
         work_dir=studio.compute_environment.work_dir,
-        manifest_prefix=f"studio-{studio.pk}",
+        manifest_prefix=protocol.manifest_prefix(studio.pk),
         mounts=[
             Mount(name=mount.dataset.name, uri=mount.dataset.uri, writable=mount.writable)
             for mount in studio.active_mounts.select_related("dataset")

@@ -378,7 +378,7 @@ def session_report(request, what):
         log.warning("session report %r refused: no running session has its token", what[:40])
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
     try:
-        report = protocol.parse_report(what, json.loads(request.body), f"studio-{studio_id}")
+        report = protocol.parse_report(what, json.loads(request.body), protocol.manifest_prefix(studio_id))
     except (ValueError, RecursionError) as error:
         log.warning("studio %s: session report %r refused: %s", studio_id, what[:40], error)
         return JsonResponse(

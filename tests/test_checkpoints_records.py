@@ -188,6 +188,7 @@ class TestCleanup:
         lifecycle.delete_studio(maintainer, clone)
         assert clean_store(work_dir) == len(everything)
         assert self.objects(store) == []
+        assert not any((store.root / "manifests").iterdir())  # nor the deleted studios' folders
         assert CheckpointStore.objects.get(work_dir=work_dir).removed_objects == len(everything)
 
     def test_content_younger_than_the_grace_period_is_kept(self, stored, maintainer, settings):
@@ -196,6 +197,18 @@ class TestCleanup:
         lifecycle.delete_studio(maintainer, parent)
         lifecycle.delete_studio(maintainer, clone)
         assert clean_store(work_dir) == 0
+
+    def test_a_deleted_studios_folder_goes_with_it_before_the_grace_period(
+        self, stored, maintainer, settings, eager_tasks, django_capture_on_commit_callbacks
+    ):
+        _work_dir, store, saved, _parent, clone = stored
+        settings.STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = 3600
+        # What its session saved, under its own folder.
+        store.put(f"manifests/studio-{clone.pk}/{'c' * 32}.json.zst", store.get(saved.manifest_key))
+        with django_capture_on_commit_callbacks(execute=True):
+            lifecycle.delete_studio(maintainer, clone)
+        assert not (store.root / "manifests" / f"studio-{clone.pk}").exists()
+        assert store.has(saved.manifest_key)  # the parent's, still live
 
     def test_a_failed_cleanup_is_recorded_and_removes_nothing(self, stored, maintainer):
         work_dir, store, saved, parent, _clone = stored

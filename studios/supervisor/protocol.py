@@ -27,6 +27,11 @@ MANIFEST_KEY = re.compile(r"manifests/[A-Za-z0-9_-]{1,64}/[0-9a-f]{32}\.json\.zs
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def manifest_prefix(studio_id: int) -> str:
+    """The folder of a studio's manifests in its checkpoint store: manifests/<prefix>/."""
+    return f"studio-{studio_id}"
+
+
 def starting_step(template: str) -> str:
     return f"Starting {IDE_NAMES.get(template, template)}"
 

@@ -1,7 +1,11 @@
 """The studio list, its search and polling, the add form's validation, the admin and the demo data."""
 
+import re
+
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from django.urls import reverse
 
@@ -277,3 +281,11 @@ def test_the_forms_say_which_mounts_will_be_writable_and_warn_about_regions(clie
         assert 'scratch <span class="muted">/data/scratch/mia</span> <span class="small">read-write</span>' in page
         assert 'reads <span class="muted">/data/reads</span> <span class="small">read-only</span>' in page
         assert "in us-east-1, not eu-west-1 like local" in page
+
+
+def test_pages_have_an_icon_and_favicon_ico_finds_it(client, workspace, maintainer):
+    client.force_login(maintainer)
+    page = client.get(workspace.get_absolute_url()).content.decode()
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', page)
+    assert icon and finders.find(icon.group(1).removeprefix(settings.STATIC_URL))
+    assert client.get("/favicon.ico")["Location"] == icon.group(1)

@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import credentials
+from .supervisor import protocol
 
 
 class Role(models.TextChoices):
@@ -308,7 +309,15 @@ class Studio(models.Model):
 
     @property
     def startup_steps(self):
-        return self.session.steps if self.session else []
+        """The session's start-up steps; the restoring one says which checkpoint by its name now (a rename after the
+        start shows). Reads ``session.restored_from``."""
+        if self.session is None:
+            return []
+        source = self.session.restored_from
+        return [
+            {**step, "checkpoint": source.name} if step["name"] == protocol.RESTORING and source else step
+            for step in self.session.steps
+        ]
 
 
 class Session(models.Model):

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from checkpoints import snapshot
+from checkpoints import records, snapshot
 from checkpoints.cleanup import CleanupError
 from checkpoints.models import Checkpoint, CheckpointStore
 from checkpoints.store import LocalStore
@@ -246,3 +246,13 @@ def test_the_detail_page_shows_the_checkpoints_and_the_last_save(client, saved_s
     for name in ("atlas_1", "atlas_2", "atlas_3"):
         assert f'value="{name}"' in page  # each with its rename field
     assert page.count("Start as new") == 2  # not from the checkpoint in use
+
+
+def test_the_restoring_step_names_the_checkpoint_as_it_is_called_now(client, saved_studio, maintainer):
+    studio = lifecycle.start_studio(maintainer, saved_studio)
+    steps = [{"name": "Restoring checkpoint", "state": "succeeded", "message": "12 files in 0.1 s"}]
+    assert lifecycle.session_progress(studio.session.token, steps)
+    records.rename_checkpoint(maintainer, studio.session.restored_from, "baseline")
+    client.force_login(maintainer)
+    page = " ".join(client.get(studio.get_absolute_url()).content.decode().split())
+    assert "Restoring checkpoint baseline <span" in page and "atlas_2" not in page

@@ -46,6 +46,7 @@ class StepSerializer(serializers.Serializer):
     name = serializers.CharField()
     state = serializers.ChoiceField(choices=STEP_STATES)
     message = serializers.CharField(allow_blank=True)
+    checkpoint = serializers.CharField(required=False, help_text="The restoring step's checkpoint, by its name now.")
 
 
 class ConnectedMemberSerializer(serializers.Serializer):

@@ -318,8 +318,8 @@ class Supervisor:
         self.step(PULLING, "succeeded", f"{reference} ({digest[:19]}…), {how}")
 
     def restore(self) -> None:
-        name = self.config.restore["name"]
-        self.step(RESTORING, "in-progress", name)
+        name = self.config.restore["name"]  # for its errors; the platform names the checkpoint in the step itself
+        self.step(RESTORING, "in-progress")
         began = time.monotonic()
         try:
             manifest = snapshot.restore(
@@ -342,7 +342,7 @@ class Supervisor:
             ) from None
         self.manifest = manifest
         files = sum(1 for entry in manifest["entries"] if entry["type"] == "file")
-        self.step(RESTORING, "succeeded", f"{name}: {files} files in {time.monotonic() - began:.1f} s")
+        self.step(RESTORING, "succeeded", f"{files} files in {time.monotonic() - began:.1f} s")
 
     def mount_data(self) -> dict[str, str | Path]:
         """{dataset name: host folder} for the container to bind; a plain process gets links in its folder."""

@@ -71,8 +71,10 @@ def record_start(studio, session, actor):
 
 
 def record_running(studio, session):
-    seconds = (timezone.now() - session.started).total_seconds()
-    return record(Event.Kind.RUNNING, studio, session=session, seconds_to_start=round(seconds, 1))
+    event = record(Event.Kind.RUNNING, studio, session=session)
+    event.seconds = (event.at - session.started).total_seconds()
+    event.save(update_fields=["seconds"])
+    return event
 
 
 def record_stop(studio, actor, reason):
@@ -100,9 +102,9 @@ def record_end(studio, session, status, reason):
         )
     else:
         for stop in stops:
-            stop.ended, stop.message = now, reason
+            stop.ended, stop.message, stop.seconds = now, reason, (now - stop.at).total_seconds()
             stop.details["session_seconds"] = seconds
-            stop.save(update_fields=["ended", "message", "details"])
+            stop.save(update_fields=["ended", "message", "seconds", "details"])
     Event.objects.filter(session=session, kind=Event.Kind.CONNECTED, ended=None).update(ended=now)
 
 

@@ -13,12 +13,9 @@ Two sources, so that several processes (web, worker; several of each in producti
 """
 
 import os
-from datetime import timedelta
 from time import perf_counter
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, FloatField, Q, Sum
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast
+from django.db.models import Count, Q, Sum
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
@@ -47,7 +44,9 @@ CHECKPOINT_BYTES = Histogram(
     "studios_checkpoint_bytes", "What a saved checkpoint holds.", buckets=CHECKPOINT_BYTES_BUCKETS
 )
 TASK_FAILURES = Counter("studios_celery_task_failures", "Celery tasks that raised, by task.", ["task"])
-STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+# Each status class's counter, bound once: a ``labels()`` lookup per request would cost as much as the count.
+REQUESTS_ANSWERED = {n: PROXY_REQUESTS.labels(f"{n}xx") for n in range(1, 6)}
+REQUESTS_UNANSWERED = PROXY_REQUESTS.labels("none")
 
 
 def proxy_counted(application):
@@ -68,7 +67,7 @@ def proxy_counted(application):
         try:
             await application(scope, receive, timed)
         finally:
-            PROXY_REQUESTS.labels(STATUS_CLASSES.get(status // 100, "none")).inc()
+            REQUESTS_ANSWERED.get(status // 100, REQUESTS_UNANSWERED).inc()
 
     return counted
 
@@ -79,18 +78,14 @@ def checkpoint_saved(seconds, size_bytes):
     CHECKPOINT_BYTES.observe(size_bytes)
 
 
-def _histogram(name, documentation, bounds, events, value, unit=float):
-    """A histogram of ``value`` (an expression: seconds, or a duration with ``unit`` timedelta) over ``events``,
-    counted by the database."""
-    seconds = {f"le_{n}": Count("pk", filter=Q(measured__lte=unit(bound))) for n, bound in enumerate(bounds)}
-    figures = events.annotate(measured=value).aggregate(total=Count("pk"), sum=Sum("measured"), **seconds)
-    total = figures["sum"] or 0
+def _histogram(name, documentation, bounds, kind):
+    """A histogram of how long the events of ``kind`` took (``Event.seconds``), counted by the database."""
+    events = Event.objects.filter(kind=kind, seconds__isnull=False)
+    le = {f"le_{n}": Count("pk", filter=Q(seconds__lte=bound)) for n, bound in enumerate(bounds)}
+    figures = events.aggregate(total=Count("pk"), sum=Sum("seconds"), **le)
     buckets = [(str(float(bound)), figures[f"le_{n}"]) for n, bound in enumerate(bounds)]
     return HistogramMetricFamily(
-        name,
-        documentation,
-        buckets=[*buckets, ("+Inf", figures["total"])],
-        sum_value=total.total_seconds() if isinstance(total, timedelta) else total,
+        name, documentation, buckets=[*buckets, ("+Inf", figures["total"])], sum_value=figures["sum"] or 0
     )
 
 
@@ -114,20 +109,9 @@ class DatabaseCollector:
             "WebSockets members hold open to sessions through the proxy.",
             value=SessionConnection.objects.count(),
         )
+        yield _histogram("studios_start_seconds", "From Start to a running session.", START_BUCKETS, Event.Kind.RUNNING)
         yield _histogram(
-            "studios_start_seconds",
-            "From Start to a running session.",
-            START_BUCKETS,
-            Event.objects.filter(kind=Event.Kind.RUNNING),
-            Cast(KT("details__seconds_to_start"), FloatField()),
-        )
-        yield _histogram(
-            "studios_stop_seconds",
-            "From a stop's request to its session being gone.",
-            STOP_BUCKETS,
-            Event.objects.filter(kind=Event.Kind.STOPPED, ended__isnull=False),
-            ExpressionWrapper(F("ended") - F("at"), output_field=DurationField()),
-            unit=lambda seconds: timedelta(seconds=seconds),
+            "studios_stop_seconds", "From a stop's request to its session being gone.", STOP_BUCKETS, Event.Kind.STOPPED
         )
 
 

@@ -530,8 +530,14 @@ class Event(models.Model):
     )
     reason = models.CharField(max_length=10, choices=StopReason.choices, blank=True)
     message = models.TextField(blank=True)
-    # What else it says: a start's cpus, memory_mb and checkpoint; running's seconds_to_start; a rename's old and
-    # new name; a start as new's source studio and checkpoint; a stop's session_seconds.
+    seconds = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="How long it took: running, from the start; a stop, until its session was gone. (A column of its "
+        "own: the metrics count these by the ten thousand at every scrape.)",
+    )
+    # What else it says: a start's cpus, memory_mb and checkpoint; a rename's old and new name; a start as new's
+    # source studio and checkpoint; a stop's or an error's session_seconds (how long the session ran).
     details = models.JSONField(default=dict, blank=True)
 
     class Meta:

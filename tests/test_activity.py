@@ -70,7 +70,7 @@ def test_each_change_of_a_studio_is_an_event_with_its_actor(client, workspace, m
     ]
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+ ", event) for event in events)  # with its timezone
     running = studio.events.get(kind=Event.Kind.RUNNING)
-    assert running.details["seconds_to_start"] >= 0 and running.session == studio.sessions.last()
+    assert running.seconds >= 0 and running.session == studio.sessions.last()
 
 
 def test_a_force_stop_and_a_delete_name_who_did_them_and_outlive_the_studio(client, workspace, mia):

@@ -62,7 +62,7 @@ def test_each_change_of_a_studio_is_an_event_with_its_actor(client, workspace, m
     assert [event.split(" ", 3)[3] for event in events] == [
         "Errored after 0 s: The session ended unexpectedly (exit status 137).",
         "Started by mia with 3 CPUs and 4096 MB, from checkpoint before",
-        "Stopped by mia; the session was gone 0 s later, after running 0 s",
+        "Stopped by mia; its session was gone 0 s later (it ran 0 s)",
         "Running, 0 s after the start",
         "Started by mia with 3 CPUs and 4096 MB, from checkpoint before",
         "Renamed from atlas to atlas-2 by mia",

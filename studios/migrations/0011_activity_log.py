@@ -37,7 +37,7 @@ def log_what_sessions_recorded(apps, schema_editor):
             events.append(
                 Event(
                     kind="errored" if errored else "stopped",
-                    reason="error" if errored else "user",
+                    reason="error" if errored else "",
                     at=session.ended,
                     ended=session.ended,
                     message=session.end_reason,

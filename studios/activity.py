@@ -41,7 +41,7 @@ def _write(studio_id, user):
     Studio.objects.filter(pk=studio_id).update(last_activity=timezone.now(), last_active_user=user)
 
 
-def record(kind, studio, actor=None, *, session=None, reason="", message="", **details):
+def record(kind, studio, actor=None, *, session=None, reason="", message="", seconds=None, **details):
     """Add an event of ``studio`` to the log; for callers inside their own transaction."""
     return Event.objects.create(
         workspace_id=studio.workspace_id,
@@ -52,6 +52,7 @@ def record(kind, studio, actor=None, *, session=None, reason="", message="", **d
         actor=actor,
         reason=reason,
         message=message,
+        seconds=seconds,
         details=details,
     )
 
@@ -71,10 +72,8 @@ def record_start(studio, session, actor):
 
 
 def record_running(studio, session):
-    event = record(Event.Kind.RUNNING, studio, session=session)
-    event.seconds = (event.at - session.started).total_seconds()
-    event.save(update_fields=["seconds"])
-    return event
+    seconds = (timezone.now() - session.started).total_seconds()
+    return record(Event.Kind.RUNNING, studio, session=session, seconds=seconds)
 
 
 def record_stop(studio, actor, reason):
@@ -119,8 +118,9 @@ def connections_changed(studio_id, before, after):
         return
     now = timezone.now()
     session = studio.session
+    connections = Event.objects.filter(kind=Event.Kind.CONNECTED, studio=studio)
     for user_id in after - before:
-        resumed = Event.objects.filter(kind=Event.Kind.CONNECTED, session=session, actor_id=user_id).update(ended=None)
+        resumed = connections.filter(session=session, actor_id=user_id).update(ended=None)
         if not resumed:
             Event.objects.create(
                 workspace_id=studio.workspace_id,
@@ -133,7 +133,7 @@ def connections_changed(studio_id, before, after):
             )
     left = before - after
     if left:
-        Event.objects.filter(kind=Event.Kind.CONNECTED, studio=studio, actor_id__in=left, ended=None).update(ended=now)
+        connections.filter(actor_id__in=left, ended=None).update(ended=now)
 
 
 def connections_forgotten(studio_ids):

@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -253,16 +253,12 @@ def studio_delete(request, studio_id):
     )
 
 
-def urlencoded_filters(*values):
-    """(key, value) of the workspace activity's filters in use, URL-encoded, for its pages' links."""
-    return [(key, quote(value)) for key, value in zip(("studio", "member", "kind"), values, strict=True) if value]
-
-
 @workspace_page(permissions.ADMIN, "see the workspace's activity")
 def workspace_activity(request, workspace, role):
     """Every studio's activity in the workspace, newest first, filtered by studio, member and kind."""
     events = workspace.events.all()
-    studio, member, kind = (request.GET.get(key, "") for key in ("studio", "member", "kind"))
+    chosen = {key: request.GET.get(key, "") for key in ("studio", "member", "kind")}
+    studio, member, kind = chosen.values()
     if studio.isdigit():
         events = events.filter(studio_id=int(studio))
     if member:
@@ -276,8 +272,8 @@ def workspace_activity(request, workspace, role):
         "studios": workspace.studios.order_by("name").values_list("pk", "name"),
         "members": workspace.memberships.order_by("user__username").values_list("user__username", flat=True),
         "kinds": Event.Kind.choices,
-        "chosen": {"studio": studio, "member": member, "kind": kind},
-        "query": "".join(f"{key}={value}&" for key, value in urlencoded_filters(studio, member, kind)),
+        "chosen": chosen,
+        "query": "".join(f"{urlencode({key: value})}&" for key, value in chosen.items() if value),  # for the pager
     }
     return render(request, "studios/workspace_activity.html", context)
 

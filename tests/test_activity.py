@@ -131,11 +131,11 @@ def test_start_as_new_says_from_which_checkpoint(workspace, mia):
 
 @pytest.fixture
 def busy(workspace, mia):
-    """Two studios with 30 events each, by mia and olaf."""
+    """Two studios with 40 events each, by mia and olaf."""
     olaf = make_member(workspace, Role.MAINTAIN, username="olaf")
     studios = [make_studio(workspace, name=name, author=mia) for name in ("alpha", "beta")]
     for studio in studios:
-        for n in range(30):
+        for n in range(40):
             Event.objects.create(
                 workspace=workspace,
                 studio=studio,
@@ -157,13 +157,15 @@ def test_admins_see_the_workspace_activity_filtered_and_in_pages(client, workspa
 
     count, page = shown()
     assert count == 50 and "Page 1 of 2" in page
-    assert shown(page=2)[0] == 10
+    assert shown(page=2)[0] == 30
     alpha = busy[0]
     count, page = shown(studio=alpha.pk, member="olaf", kind="added")
-    assert count == 5 and "alpha</a></strong>: Added by olaf" in page and "beta" not in page.split('id="timeline"')[1]
+    assert count == 7 and "alpha</a></strong>: Added by olaf" in page and "beta" not in page.split('id="timeline"')[1]
     assert shown(kind="nonsense")[0] == 50  # an unknown kind filters nothing out
     count, page = shown(member="olaf")
-    assert count == 20 and "Page" not in page
+    assert count == 28 and "Page" not in page
+    count, page = shown(member="mia")
+    assert count == 50 and 'href="?member=mia&amp;page=2"' in page  # the next page keeps the filter
 
 
 @pytest.mark.parametrize("role", [Role.MAINTAIN, Role.VIEW])

@@ -33,15 +33,17 @@ def live_content(work_dir, store):
     return manifests, objects
 
 
-def sweep(work_dir):
-    """Remove unreferenced manifests and chunks older than the grace period; return how many."""
+def sweep(work_dir, deleted_prefix=""):
+    """Remove unreferenced manifests and chunks older than the grace period; return how many. The unreferenced
+    manifests of a deleted studio (under ``deleted_prefix``) go at once: no session of it can be writing one."""
     store = store_for(work_dir)
     live_manifests, live_objects = live_content(work_dir, store)
     cutoff = timezone.now() - timedelta(seconds=settings.STUDIOS_CHECKPOINT_GC_GRACE_SECONDS)
+    deleted = f"{snapshot.MANIFESTS}{deleted_prefix}/" if deleted_prefix else None
     removed = 0
     for prefix, live in ((snapshot.MANIFESTS, live_manifests), (snapshot.OBJECTS, live_objects)):
         for key, modified in list(store.listing(prefix)):
-            if key not in live and modified < cutoff:
+            if key not in live and (modified < cutoff or (deleted and key.startswith(deleted))):
                 store.delete(key)
                 removed += 1
     return removed

@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 
 
 def new_session_checkpoint(studio):
-    """The record a new session saves into: ``<studio name>_<n>``, n counting the studio's checkpoints."""
-    n = studio.checkpoints.count() + 1
+    """The record a new session saves into: ``<studio name>_<n>``, n counting the studio's own checkpoints (a
+    clone's inherited ones are the parent's)."""
+    n = studio.checkpoints.filter(copied_from=None).count() + 1
     while studio.checkpoints.filter(name=f"{studio.name}_{n}").exists():
         n += 1
     return Checkpoint.objects.create(studio=studio, name=clean_checkpoint_name(f"{studio.name}_{n}"))
@@ -102,4 +103,7 @@ def copy_history(parent, clone, source):
             manifest_sha256=checkpoint.manifest_sha256,
             copied_from=checkpoint,
         )
+    # Created is when the parent's session made it, not when it was copied (``auto_now_add`` sets the copy time).
+    for checkpoint in parent.checkpoints.filter(pk__in=copies):
+        Checkpoint.objects.filter(pk=copies[checkpoint.pk].pk).update(created=checkpoint.created)
     return copies[source.pk]

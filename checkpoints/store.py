@@ -4,6 +4,7 @@ Everything sits under ``<work dir>/.studios/checkpoints/``. No Django here: the 
 which writes checkpoints from inside the session, uses this module too.
 """
 
+import contextlib
 import ctypes
 import os
 import tempfile
@@ -95,7 +96,13 @@ class LocalStore(ContentStore):
                 yield str(path.relative_to(self.root)), modified
 
     def delete(self, key: str) -> None:
-        (self.root / key).unlink(missing_ok=True)
+        """Remove the key; and a studio's manifest folder once its last manifest is gone (a deleted studio leaves
+        nothing). The objects' shared fan-out folders stay: a checkpoint being written may be about to use one."""
+        path = self.root / key
+        path.unlink(missing_ok=True)
+        if path.parent.parent == self.root / "manifests":
+            with contextlib.suppress(OSError):  # not empty: the studio's other manifests are live
+                path.parent.rmdir()
 
 
 class S3Store(ContentStore):

@@ -17,10 +17,12 @@ MAX_BACKOFF_SECONDS = 6 * 60 * 60
 
 
 @shared_task(bind=True, max_retries=None)
-def clean_store(self, work_dir):
+def clean_store(self, work_dir, deleted_prefix=""):
+    """``deleted_prefix``: the manifest folder of a studio just deleted (when the broker is down, the hourly sweep
+    of every store removes it after the grace period)."""
     store, _ = CheckpointStore.objects.get_or_create(work_dir=work_dir)
     try:
-        removed = sweep(work_dir)
+        removed = sweep(work_dir, deleted_prefix)
     except Exception as error:
         delay = min(60 * 2**store.failures, MAX_BACKOFF_SECONDS)
         CheckpointStore.objects.filter(pk=store.pk).update(

@@ -44,7 +44,7 @@ def start_as_new(request, checkpoint_id):
         request.POST or None,
         workspace=parent.workspace,
         environment=parent.compute_environment,
-        initial={"description": parent.name, "cpus": parent.cpus, "memory_mb": parent.memory_mb},
+        initial={"cpus": parent.cpus, "memory_mb": parent.memory_mb},
     )
     if request.method == "POST" and form.is_valid():
         try:

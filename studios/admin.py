@@ -9,6 +9,7 @@ from .models import (
     ActiveMount,
     ComputeEnvironment,
     Dataset,
+    Event,
     Membership,
     Organization,
     Session,
@@ -115,6 +116,25 @@ class SessionAdmin(admin.ModelAdmin):
     readonly_fields = [
         field.name for field in Session._meta.get_fields() if field.concrete and field.name not in ("id", "token")
     ]
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    """The activity log, read-only: only the lifecycle service and the proxy write it."""
+
+    list_display = ["at", "kind", "studio_name", "actor", "reason", "workspace"]
+    list_filter = ["kind", "reason", "workspace"]
+    search_fields = ["studio_name", "actor__username", "message"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(ActiveMount)

@@ -20,13 +20,15 @@ from django.utils import timezone
 
 from checkpoints import records
 
-from . import permissions, presence, revocation
+from . import activity, metrics, permissions, presence, revocation
 from .exceptions import ActionRefused
 from .models import (
     ACTIVE_STATUSES,
     MAX_LIFESPAN_HOURS,
     ActiveMount,
+    Event,
     Session,
+    StopReason,
     Studio,
     StudioStatus,
     Workspace,
@@ -62,15 +64,21 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
         fields["lifespan_hours"] = workspace.default_lifespan_hours
     fields.setdefault("idle_stop_minutes", workspace.idle_stop_minutes)
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                studio = Studio.objects.create(workspace=workspace, author=user, **fields)
-                studio.datasets.set(datasets)
-        except IntegrityError:
-            raise ActionRefused(f"A studio named {fields.get('name')!r} already exists in this workspace.") from None
+        studio = _create(user, workspace, datasets, fields)
+        activity.record(Event.Kind.ADDED, studio, user)
         log.info("studio %s added by %s", studio.pk, user)
         if start:
             studio = start_studio(user, studio)
+    return studio
+
+
+def _create(user, workspace, datasets, fields):
+    try:
+        with transaction.atomic():
+            studio = Studio.objects.create(workspace=workspace, author=user, **fields)
+            studio.datasets.set(datasets)
+    except IntegrityError:
+        raise ActionRefused(f"A studio named {fields.get('name')!r} already exists in this workspace.") from None
     return studio
 
 
@@ -85,6 +93,8 @@ def change_studio(
             studio = _lock(studio.pk)
             if not studio.can_start:
                 raise ActionRefused(f"{studio.name} is {studio.status}; stop it before changing it.")
+            if name != studio.name:
+                activity.record(Event.Kind.RENAMED, studio, user, old=studio.name, new=name)
             studio.name, studio.description, studio.cpus, studio.memory_mb = name, description, cpus, memory_mb
             if lifespan_hours is not None:
                 studio.lifespan_hours = lifespan_hours
@@ -170,6 +180,7 @@ def start_studio(user, studio, *, cpus=None, memory_mb=None, datasets=None, life
         studio.session = session
         studio.template_version = environment.template_version(studio.template)[:20]  # its image's tag, as it starts
         _transition(studio, StudioStatus.STARTING)
+        activity.record_start(studio, session, user)
         transaction.on_commit(lambda: dispatch(LAUNCH_SESSION, session.pk))
     log.info("studio %s start requested by %s", studio.pk, user)
     return studio
@@ -202,22 +213,26 @@ def start_as_new(
     if not checkpoint.restorable:
         raise ActionRefused(f"Checkpoint {checkpoint.name} has no saved content ({checkpoint.state}); choose another.")
     with transaction.atomic():
-        clone = add_studio(
+        clone = _create(
             user,
             parent.workspace,
-            name=name,
-            description=description or parent.name,
-            template=parent.template,
-            template_version=parent.template_version,
-            compute_environment=parent.compute_environment,
-            cpus=cpus,
-            memory_mb=memory_mb,
-            lifespan_hours=lifespan_hours,
-            idle_stop_minutes=idle_stop_minutes,
-            datasets=datasets,
+            datasets,
+            {
+                "name": name,
+                "description": description,
+                "template": parent.template,
+                "template_version": parent.template_version,
+                "compute_environment": parent.compute_environment,
+                "cpus": cpus,
+                "memory_mb": memory_mb,
+                "lifespan_hours": parent.workspace.default_lifespan_hours if lifespan_hours is None else lifespan_hours,
+                "idle_stop_minutes": idle_stop_minutes,
+            },
         )
         clone.parent_checkpoint = records.copy_history(parent, clone, checkpoint)
         clone.save(update_fields=["parent_checkpoint"])
+        activity.record(Event.Kind.STARTED_AS_NEW, clone, user, source_studio=parent.name, checkpoint=checkpoint.name)
+        log.info("studio %s added by %s from checkpoint %s", clone.pk, user, checkpoint.pk)
         return start_studio(user, clone) if start else clone
 
 
@@ -259,24 +274,30 @@ def _hold_mounts(studio):
             ) from None
 
 
-def stop_studio(user, studio):
-    """Move a starting or running studio to stopping and ask a worker to end its session."""
-    permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "stop studios")
+def stop_studio(user, studio, reason=StopReason.USER):
+    """Move a starting or running studio to stopping and ask a worker to end its session. ``user`` None: the
+    platform stops it itself, for ``reason`` (a ``StopReason``: lifespan, idle), which the activity log keeps."""
+    if user is not None:
+        permissions.require_role(user, studio.workspace, permissions.MAINTAIN, "stop studios")
+    elif reason == StopReason.USER:
+        raise ValueError("a stop by a member names the member")
     with transaction.atomic():
         studio = _lock(studio.pk)
         if not studio.can_stop:
             raise ActionRefused(f"{studio.name} is {studio.status}; only a starting or running studio can be stopped.")
-        _begin_stop(studio)
-    log.info("studio %s stop requested by %s", studio.pk, user)
+        _begin_stop(studio, user, reason)
+    log.info("studio %s stop (%s) requested by %s", studio.pk, reason, user)
     return studio
 
 
-def _begin_stop(studio, reason=""):
-    """Stopping, the normal way: a worker asks the session for its final checkpoint, then ends it. ``reason``: why
-    the platform stops it, shown while it stops and once it has stopped."""
+def _begin_stop(studio, actor, kind, reason=""):
+    """Stopping, the normal way: a worker asks the session for its final checkpoint, then ends it. ``kind``: the
+    activity log's ``StopReason``; ``reason``: why the platform stops it, shown while it stops and once it has
+    stopped."""
     _transition(studio, StudioStatus.STOPPING, reason)
     if reason:
         Session.objects.filter(pk=studio.session_id).update(stop_reason=reason)
+    activity.record_stop(studio, actor, kind)
     transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk))
 
 
@@ -347,7 +368,7 @@ def stop_when_due(studio_id):
         stop = studio.next_stop
         if stop is None or stop[0] > timezone.now() or session.warned_for != stop[0]:
             return False
-        _begin_stop(studio, stop[1])
+        _begin_stop(studio, None, stop[2], stop[1])
     log.info("studio %s stopping: %s", studio_id, stop[1])
     return True
 
@@ -377,6 +398,7 @@ def force_stop_studio(user, studio):
                 f"{settings.STUDIOS_FORCE_STOP_AFTER_SECONDS // 60} minutes."
             )
         username = user.get_username()
+        activity.record_stop(studio, user, StopReason.FORCE)
         transaction.on_commit(lambda: dispatch(STOP_SESSION, studio.pk, username))
     log.info("studio %s force stopped by %s", studio.pk, user)
     return studio
@@ -388,11 +410,12 @@ def delete_studio(user, studio):
         studio = _lock(studio.pk)
         if not studio.can_delete:
             raise ActionRefused(f"{studio.name} is {studio.status}; stop it before deleting it.")
-        work_dir = studio.compute_environment.work_dir
+        work_dir, studio_id = studio.compute_environment.work_dir, studio.pk
+        activity.record(Event.Kind.DELETED, studio, user)
         presence.studio_changed(studio)
         studio.delete()
-        transaction.on_commit(lambda: _clean_checkpoints(work_dir))
-    log.info("studio %s (%s) deleted by %s", studio.pk, studio.name, user)
+        transaction.on_commit(lambda: dispatch(CLEAN_STORE, work_dir, protocol.manifest_prefix(studio_id)))
+    log.info("studio %s (%s) deleted by %s", studio_id, studio.name, user)
 
 
 # What sessions and workers report. These take no user: the session token or the task is the authority.
@@ -466,6 +489,7 @@ def _run_if_reachable(session):
     studio = session.studio
     if session.ready and session.endpoint and studio.status == StudioStatus.STARTING:
         _transition(studio, StudioStatus.RUNNING)
+        activity.record_running(studio, session)
         log.info("studio %s running", studio.pk)
 
 
@@ -500,8 +524,9 @@ def session_working(token):
 
 
 def session_checkpoint_saved(
-    token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes
+    token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes, seconds=None
 ):
+    """A checkpoint was saved (in ``seconds``, which supervisors from before they said it do not say)."""
     with transaction.atomic():
         session = _by_token(token)
         if session is None or session.checkpoint_id is None:
@@ -510,7 +535,10 @@ def session_checkpoint_saved(
         session.checkpoint_error, session.checkpoint_error_at = "", None
         session.save(update_fields=["layer_used_bytes", "layer_total_bytes", "checkpoint_error", "checkpoint_error_at"])
         presence.studio_changed(session.studio)
-        return records.record_saved(session.checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
+        recorded = records.record_saved(session.checkpoint_id, manifest_key, manifest_sha256, size_bytes, final)
+    if recorded:
+        metrics.checkpoint_saved(seconds, size_bytes)
+    return recorded
 
 
 def session_checkpoint_failed(token, reason):
@@ -644,18 +672,13 @@ def _end_session(studio, status, reason=""):
         session.ended = timezone.now()
         session.end_status, session.end_reason = status, reason
         session.save()
+        activity.record_end(studio, session, status, reason)
     ActiveMount.objects.filter(studio=studio).delete()
 
 
 def overdue_starts():
     limit = timezone.now() - timedelta(seconds=settings.STUDIOS_START_TIMEOUT_SECONDS)
     return Studio.objects.filter(status=StudioStatus.STARTING, status_changed__lt=limit)
-
-
-def _clean_checkpoints(work_dir):
-    """Queue the cleanup of a deleted studio's store; when the broker is down, the hourly sweep of every store
-    does it then."""
-    dispatch(CLEAN_STORE, work_dir)
 
 
 def dispatch(task_name, *args):

@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import credentials
+from .supervisor import protocol
 
 
 class Role(models.TextChoices):
@@ -372,29 +373,37 @@ class Studio(models.Model):
 
     @property
     def next_stop(self):
-        """The next automatic stop, (when, why), as the platform will say it; None when none is ahead. Reads the
-        session: select it with the studio when listing."""
+        """The next automatic stop, (when, why as the platform will say it, its ``StopReason``); None when none is
+        ahead. Reads the session: select it with the studio when listing."""
         stops = []
         session, idle_since, idle_minutes = self.active_session, self.idle_since, self.idle_stop_minutes
         if session is not None and self.stops_at is not None:
-            stops.append((self.stops_at, f"Lifespan of {session.lifespan_hours} h reached."))
+            stops.append((self.stops_at, f"Lifespan of {session.lifespan_hours} h reached.", StopReason.LIFESPAN))
         if idle_since is not None and idle_minutes:
             why = f"Idle for {idle_minutes} minutes: nobody used it and its IDE did no work."
-            stops.append((idle_since + timedelta(minutes=idle_minutes), why))
+            stops.append((idle_since + timedelta(minutes=idle_minutes), why, StopReason.IDLE))
         return min(stops) if stops else None
 
     @property
     def stop_warning(self):
-        """The next automatic stop when it is within the warning period (STUDIOS_STOP_WARNING_MINUTES), else
-        None: (when, why, whether it is the idle stop)."""
+        """The next automatic stop (``next_stop``) when it is within the warning period
+        (STUDIOS_STOP_WARNING_MINUTES), else None."""
         stop = self.next_stop
         if stop is None or stop[0] - timezone.now() > timedelta(minutes=settings.STUDIOS_STOP_WARNING_MINUTES):
             return None
-        return (*stop, stop[1].startswith("Idle"))
+        return stop
 
     @property
     def startup_steps(self):
-        return self.session.steps if self.session else []
+        """The session's start-up steps; the restoring one says which checkpoint by its name now (a rename after the
+        start shows). Reads ``session.restored_from``."""
+        if self.session is None:
+            return []
+        source = self.session.restored_from
+        return [
+            {**step, "checkpoint": source.name} if step["name"] == protocol.RESTORING and source else step
+            for step in self.session.steps
+        ]
 
 
 class Session(models.Model):
@@ -574,3 +583,78 @@ class SessionAccess(models.Model):
 
     def __str__(self):
         return f"{self.user} on {self.studio}'s session origin"
+
+
+class StopReason(models.TextChoices):
+    """Why a session ended, as the activity log records it."""
+
+    USER = "user", "by a member"
+    LIFESPAN = "lifespan", "its lifespan was over"
+    IDLE = "idle", "it was idle"
+    ERROR = "error", "an error"
+    FORCE = "force", "forced"
+
+
+class Event(models.Model):
+    """One entry of a workspace's activity log: what happened to a studio, who did it, and how long it took.
+
+    Written by the lifecycle service and the proxy's presence (``activity.record``), never by views; shown on the
+    studio's Activity tab and the workspace's Activity page. It outlives its studio (``studio_name`` says which
+    one it was) and its session: it holds what it says, so it never needs them to be read.
+    """
+
+    class Kind(models.TextChoices):
+        ADDED = "added", "Added"
+        STARTED = "started", "Start"
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stop"
+        ERRORED = "errored", "Errored"
+        DELETED = "deleted", "Deleted"
+        RENAMED = "renamed", "Renamed"
+        STARTED_AS_NEW = "started-as-new", "Started as new"
+        CONNECTED = "connected", "Connection"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="events")
+    studio = models.ForeignKey(Studio, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    studio_name = models.CharField(max_length=80, help_text="The studio's name when it happened.")
+    session = models.ForeignKey(Session, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who did it; empty when the platform did.",
+    )
+    at = models.DateTimeField(default=timezone.now)
+    ended = models.DateTimeField(
+        null=True, blank=True, help_text="A stop: when the session was gone; a connection: when the member left."
+    )
+    reason = models.CharField(max_length=10, choices=StopReason.choices, blank=True)
+    message = models.TextField(blank=True)
+    seconds = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="How long it took: running, from the start; a stop, until its session was gone. (A column of its "
+        "own: the metrics count these by the ten thousand at every scrape.)",
+    )
+    # What else it says: a start's cpus, memory_mb and checkpoint; a rename's old and new name; a start as new's
+    # source studio and checkpoint; a stop's or an error's session_seconds (how long the session ran).
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [
+            models.Index(fields=["workspace", "-at"], name="event_workspace_at"),
+            models.Index(fields=["studio", "-at"], name="event_studio_at"),
+            models.Index(fields=["kind", "-at"], name="event_kind_at"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} of {self.studio_name} at {self.at:%Y-%m-%d %H:%M}"
+
+    @property
+    def duration(self):
+        """A stop's or a connection's length; None while it lasts, and for other kinds."""
+        return self.ended - self.at if self.ended else None

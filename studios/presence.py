@@ -36,6 +36,7 @@ from django.db.models import Case, F, Value, When
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from . import activity
 from .models import SessionConnection, Studio, WebProcess
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,9 @@ def _settle(studio_id):
             SessionConnection(studio_id=studio_id, user_id=user_id, opened=opened, web_process=PROCESS_ID)
             for user_id, opened in missing.elements()
         )
-    before = {user_id for _, user_id, _, _ in rows}
-    after = {user_id for pk, user_id, _, _ in rows if pk not in surplus} | {user_id for user_id, _ in +missing}
+        before = {user_id for _, user_id, _, _ in rows}
+        after = {user_id for pk, user_id, _, _ in rows if pk not in surplus} | {user_id for user_id, _ in +missing}
+        activity.connections_changed(studio_id, before, after)
     return before != after
 
 
@@ -187,6 +189,7 @@ def forget_dead_processes():
     studio_ids = set(ghosts.values_list("studio_id", flat=True))
     if studio_ids:
         log.info("forgetting %d connections of dead web processes", ghosts.delete()[0])
+        activity.connections_forgotten(studio_ids)
     WebProcess.objects.filter(heartbeat__lt=limit).delete()
     return studio_ids
 

@@ -5,15 +5,16 @@ import time
 
 import httpx
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import task_failure, worker_ready
 from django.conf import settings
 from django.utils import timezone
 
 from checkpoints.models import Checkpoint
 
-from . import lifecycle, presence
+from . import lifecycle, metrics, presence
 from .backends import BackendError, Mount, SessionSpec, backend_for, local_backend
 from .models import ACTIVE_STATUSES, ComputeEnvironment, Session, Studio, StudioStatus, Template
+from .supervisor import protocol
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def session_spec(session):
         token=session.token,
         platform_url=settings.STUDIOS_PLATFORM_URL.rstrip("/"),
         work_dir=studio.compute_environment.work_dir,
-        manifest_prefix=f"studio-{studio.pk}",
+        manifest_prefix=protocol.manifest_prefix(studio.pk),
         mounts=[
             Mount(name=mount.dataset.name, uri=mount.dataset.uri, writable=mount.writable)
             for mount in studio.active_mounts.select_related("dataset")
@@ -266,6 +267,11 @@ def reconcile_sessions():
     for studio_id in lifecycle.unattended_stops():
         stop_session.delay(studio_id)
     sweep_hosts()
+
+
+@task_failure.connect
+def count_task_failure(sender=None, **kwargs):
+    metrics.TASK_FAILURES.labels(sender.name if sender else "unknown").inc()
 
 
 @worker_ready.connect

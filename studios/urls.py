@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("w/<slug:org>/<slug:workspace>/", views.studio_list, name="studio_list"),
     path("w/<slug:org>/<slug:workspace>/studios/add/", views.studio_add, name="studio_add"),
+    path("w/<slug:org>/<slug:workspace>/activity/", views.workspace_activity, name="workspace_activity"),
     path("w/<slug:org>/<slug:workspace>/compute/", views.environment_list, name="environment_list"),
     path("w/<slug:org>/<slug:workspace>/compute/add/", views.environment_edit, name="environment_add"),
     path(
@@ -29,4 +30,5 @@ urlpatterns = [
     path("account/tokens/<int:token_id>/revoke/", views.access_token_revoke, name="access_token_revoke"),
     path("api/sessions/<str:what>", views.session_report, name="session_report"),
     path("internal/pages-relay/", views.pages_relay, name="pages_relay"),
+    path("metrics", views.metrics, name="metrics"),
 ]

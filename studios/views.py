@@ -1,16 +1,19 @@
 """Pages and actions. Thin: parse the request, call the lifecycle service, render."""
 
+import hmac
 import json
 import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import prefetch_related_objects
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
 from django.utils import timezone
@@ -21,9 +24,10 @@ from django.views.decorators.http import require_POST
 from checkpoints import records
 
 from . import environments, lifecycle, listing, origins, permissions, presence, tokens
+from . import metrics as studio_metrics
 from .exceptions import DATABASE_OUTAGES, ActionRefused, outage_page
 from .forms import ENVIRONMENT_FORMS, AccessTokenForm, ExtendForm, ResourcesForm, StudioForm
-from .models import ComputeEnvironment, Membership, Session, Studio, StudioStatus
+from .models import ComputeEnvironment, Event, Membership, Session, Studio, StudioStatus
 from .supervisor import protocol
 
 log = logging.getLogger(__name__)
@@ -117,33 +121,12 @@ def studio_add(request, workspace, role):
 
 
 DETAIL_TABS = [("configuration", "Configuration"), ("checkpoints", "Checkpoints"), ("activity", "Activity")]
-# The Activity tab's words for the latest status change.
-STATUS_EVENTS = {
-    StudioStatus.STARTING: "Start requested",
-    StudioStatus.RUNNING: "Session running",
-    StudioStatus.STOPPING: "Stop requested",
-    StudioStatus.STOPPED: "Stopped",
-    StudioStatus.ERRORED: "Errored",
-}
+EVENTS_PER_PAGE = 50
 
 
-def studio_history(studio):
-    """The Activity tab's timeline, newest first: (when, what). Each session is a start and, once over, an end."""
-    history = [(studio.created, f"Created by {studio.author.username}")]
-    for session in studio.sessions.select_related("started_by", "restored_from"):
-        who = session.started_by.username if session.started_by else "a deleted user"
-        source = f", from checkpoint {session.restored_from.name}" if session.restored_from else ""
-        history.append(
-            (session.started, f"Started by {who} with {session.cpus} CPUs and {session.memory_mb} MB{source}")
-        )
-        if session.ended:
-            reason = f": {session.end_reason}" if session.end_reason else ""
-            minutes = round(session.duration.total_seconds() / 60)
-            history.append((session.ended, f"{STATUS_EVENTS[session.end_status]} after {minutes} minutes{reason}"))
-    if studio.last_activity:
-        who = f" by {studio.last_active_user.username}" if studio.last_active_user else ""
-        history.append((studio.last_activity, f"Last used{who}"))
-    return sorted(history, key=lambda event: event[0], reverse=True)
+def event_page(request, events):
+    """One page of activity events, newest first, as the ``page`` parameter asks."""
+    return Paginator(events.select_related("actor", "studio"), EVENTS_PER_PAGE).get_page(request.GET.get("page"))
 
 
 def status_context(studio, role):
@@ -176,7 +159,7 @@ def studio_detail(request, studio_id):
     context.update(
         tabs=DETAIL_TABS,
         tab=tab if tab in dict(DETAIL_TABS) else "configuration",
-        history=studio_history(studio),
+        events=event_page(request, studio.events.all()) if tab == "activity" else None,
         checkpoints=Paginator(studio.checkpoints.all(), CHECKPOINTS_PER_PAGE).get_page(request.GET.get("page")),
         start_form=ResourcesForm(
             workspace=studio.workspace,
@@ -330,6 +313,31 @@ def studio_delete(request, studio_id):
     )
 
 
+@workspace_page(permissions.ADMIN, "see the workspace's activity")
+def workspace_activity(request, workspace, role):
+    """Every studio's activity in the workspace, newest first, filtered by studio, member and kind."""
+    events = workspace.events.all()
+    chosen = {key: request.GET.get(key, "") for key in ("studio", "member", "kind")}
+    studio, member, kind = chosen.values()
+    if studio.isdigit():
+        events = events.filter(studio_id=int(studio))
+    if member:
+        events = events.filter(actor__username=member)
+    if kind in Event.Kind.values:
+        events = events.filter(kind=kind)
+    context = {
+        "workspace": workspace,
+        "role": role,
+        "events": event_page(request, events),
+        "studios": workspace.studios.order_by("name").values_list("pk", "name"),
+        "members": workspace.memberships.order_by("user__username").values_list("user__username", flat=True),
+        "kinds": Event.Kind.choices,
+        "chosen": chosen,
+        "query": "".join(f"{urlencode({key: value})}&" for key, value in chosen.items() if value),  # for the pager
+    }
+    return render(request, "studios/workspace_activity.html", context)
+
+
 @workspace_page(permissions.ADMIN, "manage compute environments")
 def environment_list(request, workspace, role):
     environments = workspace.compute_environments.order_by("name")
@@ -386,6 +394,19 @@ def access_token_revoke(request, token_id):
     return redirect("access_tokens")
 
 
+def metrics(request):
+    """Prometheus metrics (``metrics``), for a scraper holding STUDIOS_METRICS_TOKEN; not found when it is unset."""
+    expected = settings.STUDIOS_METRICS_TOKEN
+    if not expected:
+        raise Http404("No metrics here")
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        response = HttpResponse("Send the metrics token as a bearer token.", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(studio_metrics.exposition(), content_type=studio_metrics.CONTENT_TYPE)
+
+
 # The session supervisor's reports, authenticated by the session's token. Only what the protocol lets a
 # supervisor say is believed; anything else is refused and logged.
 
@@ -410,7 +431,7 @@ def session_report(request, what):
         log.warning("session report %r refused: no running session has its token", what[:40])
         return JsonResponse({"error": "no starting or running session has this token"}, status=409)
     try:
-        report = protocol.parse_report(what, json.loads(request.body), f"studio-{studio_id}")
+        report = protocol.parse_report(what, json.loads(request.body), protocol.manifest_prefix(studio_id))
     except (ValueError, RecursionError) as error:
         log.warning("studio %s: session report %r refused: %s", studio_id, what[:40], error)
         return JsonResponse(

@@ -17,7 +17,7 @@ from django.conf import settings  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from studios import origins  # noqa: E402
+from studios import metrics, origins  # noqa: E402
 from studios.consumers import PresenceConsumer  # noqa: E402
 from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy, outage_answered  # noqa: E402
 
@@ -36,7 +36,9 @@ platform = ProtocolTypeRouter(
         ),
     }
 )
-session_origin = ProtocolTypeRouter({"http": outage_answered(SessionHTTPProxy()), "websocket": SessionWebSocketProxy()})
+session_origin = ProtocolTypeRouter(
+    {"http": metrics.proxy_counted(outage_answered(SessionHTTPProxy())), "websocket": SessionWebSocketProxy()}
+)
 
 
 def host_of(scope):

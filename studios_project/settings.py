@@ -169,6 +169,9 @@ else:
     }
 
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("STUDIOS_TASK_QUEUE", "studios")
+# JSON only, never pickle: a message on the broker is data, not code (which is what lets the worker run as root,
+# as local sessions' containers need; see celery.py).
+CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -246,6 +249,8 @@ STUDIOS_PUBLIC_URL = os.environ.get("STUDIOS_PUBLIC_URL", "").rstrip("/")
 
 # A studio's last activity is written at most this often by each web process (the proxy is a hot path).
 STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))
+# Prometheus metrics (/metrics) answer a scraper that sends this as a bearer token; unset, /metrics is not found.
+STUDIOS_METRICS_TOKEN = os.environ.get("STUDIOS_METRICS_TOKEN", "")
 # How often each web process vouches for the session connections it holds; three missed beats make them ghosts.
 STUDIOS_HEARTBEAT_SECONDS = int(os.environ.get("STUDIOS_HEARTBEAT_SECONDS", 10))
 # Where a process whose channel layer does not reach the web process's (the in-memory one) hands the messages for
@@ -281,12 +286,21 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+
+def answered_with_an_error(record):
+    """The web server's access log keeps the requests answered with an error (4xx, 5xx) and drops the rest: pages
+    poll every second and the proxy serves every file of a session, which would bury the errors."""
+    return not isinstance(record.args, tuple) or len(record.args) != 5 or int(record.args[4]) >= 400
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"errors_only": {"()": lambda: answered_with_an_error}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
+        "uvicorn.access": {"handlers": ["console"], "filters": ["errors_only"], "propagate": False},
         "studios": {"handlers": ["console"], "level": os.environ.get("STUDIOS_LOG_LEVEL", "INFO")},
         # Every 5xx with its traceback (Django's own handlers print it only with DEBUG, or mail it to ADMINS).
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},

@@ -365,7 +365,7 @@ def test_starting_as_new_from_a_checkpoint(api, studio):
     response = api.post(f"{API}/checkpoints/{checkpoint.pk}/start-as-new/", {"name": "rnaseq-clone", "cpus": 4})
     assert response.status_code == 201, response.json()
     clone = response.json()
-    assert clone["status"] == "starting" and clone["description"] == "rnaseq" and clone["cpus"] == 4
+    assert clone["status"] == "starting" and clone["description"] == "" and clone["cpus"] == 4
     assert clone["parentCheckpoint"] is not None
     response = api.post(f"{API}/checkpoints/{checkpoint.pk}/start-as-new/", {"name": "rnaseq-clone"})
     assert response.status_code == 400

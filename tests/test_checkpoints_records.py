@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from checkpoints import snapshot
+from checkpoints import records, snapshot
 from checkpoints.cleanup import CleanupError
 from checkpoints.models import Checkpoint, CheckpointStore
 from checkpoints.store import LocalStore
@@ -104,18 +104,22 @@ class TestStartAsNew:
         client.force_login(maintainer)
         source = saved_studio.checkpoints.get(name="atlas_1")
         page = client.get(reverse("start_as_new", args=[source.pk])).content.decode()
-        assert ">\natlas</textarea>" in page  # the description defaults to the parent's name
+        assert ">\n</textarea>" in page  # no description is made up from the parent's name
         response = client.post(
             reverse("start_as_new", args=[source.pk]),
-            {"name": "atlas-v2", "description": "atlas", "cpus": 2, "memory_mb": 2048},
+            {"name": "atlas-v2", "description": "", "cpus": 2, "memory_mb": 2048},
         )
         clone = Studio.objects.get(name="atlas-v2")
         assert response["Location"] == clone.get_absolute_url()
         assert (clone.template, clone.compute_environment) == (saved_studio.template, saved_studio.compute_environment)
         assert clone.status == StudioStatus.STARTING
         assert clone.session.restored_from.copied_from == source
-        assert sorted(c.name for c in clone.checkpoints.exclude(copied_from=None)) == ["atlas_1", "atlas_2"]
-        assert clone.session.checkpoint.name == "atlas-v2_3"
+        assert clone.description == ""
+        inherited = clone.checkpoints.exclude(copied_from=None).order_by("name")
+        assert [(c.name, c.created) for c in inherited] == [
+            (c.name, c.created) for c in saved_studio.checkpoints.order_by("name")
+        ]  # created when the parent's sessions made them, not when they were copied
+        assert clone.session.checkpoint.name == "atlas-v2_1"  # the clone's own first checkpoint
         assert saved_studio.checkpoints.count() == 2  # the parent is untouched
 
     def test_the_checkpoint_in_use_cannot_be_the_source(self, saved_studio, maintainer):
@@ -184,6 +188,7 @@ class TestCleanup:
         lifecycle.delete_studio(maintainer, clone)
         assert clean_store(work_dir) == len(everything)
         assert self.objects(store) == []
+        assert not any((store.root / "manifests").iterdir())  # nor the deleted studios' folders
         assert CheckpointStore.objects.get(work_dir=work_dir).removed_objects == len(everything)
 
     def test_content_younger_than_the_grace_period_is_kept(self, stored, maintainer, settings):
@@ -192,6 +197,18 @@ class TestCleanup:
         lifecycle.delete_studio(maintainer, parent)
         lifecycle.delete_studio(maintainer, clone)
         assert clean_store(work_dir) == 0
+
+    def test_a_deleted_studios_folder_goes_with_it_before_the_grace_period(
+        self, stored, maintainer, settings, eager_tasks, django_capture_on_commit_callbacks
+    ):
+        _work_dir, store, saved, _parent, clone = stored
+        settings.STUDIOS_CHECKPOINT_GC_GRACE_SECONDS = 3600
+        # What its session saved, under its own folder.
+        store.put(f"manifests/studio-{clone.pk}/{'c' * 32}.json.zst", store.get(saved.manifest_key))
+        with django_capture_on_commit_callbacks(execute=True):
+            lifecycle.delete_studio(maintainer, clone)
+        assert not (store.root / "manifests" / f"studio-{clone.pk}").exists()
+        assert store.has(saved.manifest_key)  # the parent's, still live
 
     def test_a_failed_cleanup_is_recorded_and_removes_nothing(self, stored, maintainer):
         work_dir, store, saved, parent, _clone = stored
@@ -229,3 +246,13 @@ def test_the_detail_page_shows_the_checkpoints_and_the_last_save(client, saved_s
     for name in ("atlas_1", "atlas_2", "atlas_3"):
         assert f'value="{name}"' in page  # each with its rename field
     assert page.count("Start as new") == 2  # not from the checkpoint in use
+
+
+def test_the_restoring_step_names_the_checkpoint_as_it_is_called_now(client, saved_studio, maintainer):
+    studio = lifecycle.start_studio(maintainer, saved_studio)
+    steps = [{"name": "Restoring checkpoint", "state": "succeeded", "message": "12 files in 0.1 s"}]
+    assert lifecycle.session_progress(studio.session.token, steps)
+    records.rename_checkpoint(maintainer, studio.session.restored_from, "baseline")
+    client.force_login(maintainer)
+    page = " ".join(client.get(studio.get_absolute_url()).content.decode().split())
+    assert "Restoring checkpoint baseline <span" in page and "atlas_2" not in page

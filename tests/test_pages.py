@@ -1,13 +1,18 @@
 """The studio list, its search and live part, the add form's validation, the admin and the demo data."""
 
+import re
+
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from checkpoints.models import Checkpoint
+from studios import lifecycle
 from studios.models import ComputeEnvironment, Membership, Role, SessionConnection, Studio, StudioStatus
 
 from .factories import make_dataset, make_member, make_running, make_studio
@@ -327,9 +332,8 @@ def test_detail_tabs_show_configuration_checkpoints_and_activity(client, workspa
     assert "tabbed_1" in checkpoints and "3.0\xa0MB" in checkpoints and "Finalized" in checkpoints
 
     activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
-    assert "Nobody is connected" in activity and "Created by mia" in activity
-    started = [{"name": "Starting JupyterLab", "state": "succeeded", "message": ""}]
-    make_running(studio, steps=started, started_by=maintainer)
+    assert "Nobody is connected" in activity and "Nothing yet." in activity
+    lifecycle.start_studio(maintainer, studio)
     carol = make_member(workspace, Role.CONNECT, username="carol")
     SessionConnection.objects.create(studio=studio, user=carol, web_process="p")
     activity = client.get(studio.get_absolute_url(), {"tab": "activity"}).content.decode()
@@ -361,3 +365,11 @@ def test_home_says_what_each_role_may_do_and_that_launch_adds_nothing_to_connect
         assert f"As {role} you may connect to running studios and copy their links" in pages[role]
     assert "launch adds nothing yet (starting studios needs maintain)" in pages[Role.LAUNCH]
     assert "launch adds nothing" not in pages[Role.CONNECT]
+
+
+def test_pages_have_an_icon_and_favicon_ico_finds_it(client, workspace, maintainer):
+    client.force_login(maintainer)
+    page = client.get(workspace.get_absolute_url()).content.decode()
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', page)
+    assert icon and finders.find(icon.group(1).removeprefix(settings.STATIC_URL))
+    assert client.get("/favicon.ico")["Location"] == icon.group(1)

@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 from websockets.sync.server import serve
 
 from studios import presence
-from studios.models import Role, SessionConnection, Studio, StudioStatus, WebProcess
+from studios.models import Event, Role, SessionConnection, Studio, StudioStatus, WebProcess
 from studios.tasks import reconcile_sessions
 from studios.templatetags.studios_extras import avatar_colour, contrast_with_white, initials
 
@@ -187,3 +187,39 @@ def test_what_a_member_sends_over_a_socket_is_the_studios_last_activity(websocke
         assert socket_.recv(timeout=5) == "ping"
         settled(lambda: Studio.objects.get(pk=studio.pk).last_activity > opened, "later activity recorded")
     assert Studio.objects.get(pk=studio.pk).last_active_user == mia
+
+
+def test_a_members_connections_to_a_session_are_one_event_from_the_first_open_to_the_last_close(
+    websocket_session, workspace
+):
+    studio, open_socket = websocket_session
+    mia = make_member(workspace, Role.CONNECT, username="mia")
+
+    def event():
+        return Event.objects.filter(kind=Event.Kind.CONNECTED, studio=studio, actor=mia).first()
+
+    with open_socket(mia), open_socket(mia):
+        settled(lambda: event() is not None, "mia's connection logged")
+        first = event()
+        assert (first.session, first.ended) == (studio.session, None)
+    settled(lambda: event().ended is not None, "mia's connection ended")
+    with open_socket(mia):  # a reload: the same connection goes on
+        settled(lambda: event().ended is None, "mia's connection resumed")
+    settled(lambda: event().ended is not None, "mia's connection ended again")
+    assert Event.objects.filter(kind=Event.Kind.CONNECTED).count() == 1
+    assert event().at == first.at and event().duration > timedelta(0)
+
+
+def test_the_connections_of_a_dead_web_process_end_in_the_log(ghost_and_live):
+    for connection in SessionConnection.objects.filter(studio=ghost_and_live):
+        Event.objects.create(
+            workspace_id=ghost_and_live.workspace_id,
+            studio=ghost_and_live,
+            studio_name=ghost_and_live.name,
+            kind=Event.Kind.CONNECTED,
+            actor=connection.user,
+            at=connection.opened,
+        )
+    reconcile_sessions()
+    ended = dict(Event.objects.values_list("actor__username", "ended"))
+    assert ended["ghost"] is not None and ended["gina"] is None

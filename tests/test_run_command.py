@@ -1,4 +1,4 @@
-"""The README's run command: one process that brings up the web server, the worker and beat, and takes them down."""
+"""The README's run command: one command that brings up the web server, the worker and beat, and takes them down."""
 
 import os
 import signal
@@ -31,6 +31,7 @@ def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["STUDIOS_DATA_DIR"] = str(tmp_path)
+    env["STUDIOS_METRICS_TOKEN"] = "scrape"
     subprocess.run([sys.executable, "manage.py", "prepare"], cwd=ROOT, env=env, check=True, timeout=60)  # as make run
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runstudios", "--port", str(port)],
@@ -42,12 +43,22 @@ def test_runstudios_serves_the_demo_and_stops_its_worker_on_sigterm(tmp_path):
     )
     try:
         wait_until(lambda: serves(f"http://127.0.0.1:{port}/accounts/login/"), 90, "the login page", interval=0.3)
-        workers = children_of(process.pid)
-        assert workers, "the Celery worker runs as a child of the command"
+        for _ in range(5):  # as a page polling
+            assert httpx.get(f"http://127.0.0.1:{port}/accounts/login/?poll").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/no-such-page/").status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer scrape"})
+        assert metrics.status_code == 200 and 'studios_studios{status="stopped",template="jupyterlab"}' in metrics.text
+        assert any((tmp_path / "metrics").iterdir()), "the processes write their counts where a scrape adds them up"
+        children = children_of(process.pid)
+        assert len(children) == 2, "the web server and the Celery worker run as children of the command"
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=60)[0]
         assert "password: " in output
-        for worker in workers:
-            assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+        for child in children:
+            assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
     finally:
         process.kill()
+    # The access log keeps what went wrong, not every poll; the worker (root, where sessions need it) does not warn.
+    assert '"GET /no-such-page/ HTTP/1.1" 404' in output
+    assert "/accounts/login/?poll" not in output
+    assert "superuser privileges" not in output

@@ -9,11 +9,11 @@ import httpx
 import pytest
 import websockets
 
-from studios.models import Role, StudioStatus
+from studios.models import Event, Role, StopReason, StudioStatus
 from studios.tasks import reconcile_sessions
 
 from .factories import make_dataset, make_member, make_running, make_studio
-from .live import Browser, execute, pid_alive, wait_for_status, wait_until
+from .live import START_TIMEOUT, Browser, execute, pid_alive, wait_for_status, wait_until
 
 
 @pytest.fixture
@@ -76,6 +76,19 @@ def test_a_real_jupyterlab_session_end_to_end(session_world):
     assert gone.status_code == 302 and f"/studios/{studio.pk}/ticket/?next=%2Flab&browser=" in gone.headers["location"]
     page = maintainer.http.get(gone.headers["location"])
     assert page.status_code == 409 and "is stopped" in page.text
+
+    # The activity log has it all, with who did it and how long it took.
+    session = studio.session
+    events = {event.kind: event for event in studio.events.filter(session=session).exclude(kind=Event.Kind.CONNECTED)}
+    assert set(events) == {Event.Kind.STARTED, Event.Kind.RUNNING, Event.Kind.STOPPED}
+    assert events[Event.Kind.STARTED].actor == events[Event.Kind.STOPPED].actor == users[Role.MAINTAIN]
+    assert events[Event.Kind.STARTED].details == {"cpus": 1, "memory_mb": 1024, "checkpoint": ""}
+    assert 0 < events[Event.Kind.RUNNING].seconds < START_TIMEOUT
+    stop = events[Event.Kind.STOPPED]
+    assert stop.reason == StopReason.USER and stop.ended == session.ended and stop.duration.total_seconds() > 0
+    connections = studio.events.filter(kind=Event.Kind.CONNECTED, session=session)
+    assert {event.actor for event in connections} == {users[Role.MAINTAIN]}  # the kernel's WebSocket
+    assert all(event.ended is not None for event in connections)
 
 
 def test_proxy_refuses_view_role_non_members_and_anonymous(session_world):

@@ -66,6 +66,15 @@ def test_a_configuration_survives_the_trip_through_the_environment():
             "whole numbers",
         ),
         ("working", {"idle_since": "2020-01-01", "last_activity": "2020-01-01"}, "cannot say idle_since"),
+        (
+            "checkpoint",
+            {
+                "manifest_key": "manifests/studio-3/" + "0" * 32 + ".json.zst",
+                "manifest_sha256": "0" * 64,
+                "seconds": "1",
+            },
+            "how long the checkpoint took",
+        ),
         ("shell", {}, "unknown report"),
         ("ready", [], "JSON object"),
     ],
@@ -85,7 +94,9 @@ def test_a_well_formed_checkpoint_report_passes():
         "size_bytes": 10,
         "layer_used_bytes": 5,
         "layer_total_bytes": 0,
+        "seconds": None,  # a supervisor from before reports said how long a checkpoint took
     }
+    assert protocol.parse_report("checkpoint", {**body, "seconds": 2.5}, "studio-3")["seconds"] == 2.5
 
 
 @pytest.mark.parametrize("template", ["jupyterlab", "vscode", "rstudio"])

@@ -51,6 +51,7 @@ class StepSerializer(serializers.Serializer):
     name = serializers.CharField()
     state = serializers.ChoiceField(choices=STEP_STATES)
     message = serializers.CharField(allow_blank=True)
+    checkpoint = serializers.CharField(required=False, help_text="The restoring step's checkpoint, by its name now.")
 
 
 class ConnectedMemberSerializer(serializers.Serializer):
@@ -259,7 +260,7 @@ class CheckpointRenameRequest(serializers.Serializer):
 
 class StartAsNewRequest(serializers.Serializer):
     name = serializers.CharField()
-    description = serializers.CharField(required=False, help_text="Default: the parent's name.")
+    description = serializers.CharField(required=False, help_text="Default: none.")
     datasets = serializers.ListField(child=serializers.IntegerField(), required=False)
     cpus = serializers.IntegerField(required=False, help_text="Default: the parent's.")
     memoryMb = serializers.IntegerField(source="memory_mb", required=False, help_text="Default: the parent's.")

@@ -44,6 +44,11 @@ def environ_with_file(environ: Mapping[str, str]) -> dict[str, str]:
     return {**environ, **values}
 
 
+def manifest_prefix(studio_id: int) -> str:
+    """The folder of a studio's manifests in its checkpoint store: manifests/<prefix>/."""
+    return f"studio-{studio_id}"
+
+
 def starting_step(template: str) -> str:
     return f"Starting {IDE_NAMES.get(template, template)}"
 
@@ -164,7 +169,15 @@ def parse_report(kind: str, body: object, manifest_prefix: str) -> dict[str, Any
         PROGRESS: {"steps"},
         READY: {"steps"},
         FAILED: {"reason", "checkpoint_invalid", "steps"},
-        CHECKPOINT: {"manifest_key", "manifest_sha256", "size_bytes", "final", "layer_used_bytes", "layer_total_bytes"},
+        CHECKPOINT: {
+            "manifest_key",
+            "manifest_sha256",
+            "size_bytes",
+            "final",
+            "layer_used_bytes",
+            "layer_total_bytes",
+            "seconds",
+        },
         CHECKPOINT_FAILED: {"reason"},
         WORKING: set(),
     }[kind]
@@ -194,4 +207,13 @@ def parse_report(kind: str, body: object, manifest_prefix: str) -> dict[str, Any
     sizes = {name: body.get(name, 0) for name in ("size_bytes", "layer_used_bytes", "layer_total_bytes")}
     if any(type(size) is not int or size < 0 for size in sizes.values()):
         raise BadReport("sizes are whole numbers of bytes")
-    return {"manifest_key": key, "manifest_sha256": digest, "final": body.get("final") is True, **sizes}
+    seconds = body.get("seconds")
+    if seconds is not None and (type(seconds) not in (int, float) or not 0 <= seconds < 86400):
+        raise BadReport("seconds is how long the checkpoint took, under a day")
+    return {
+        "manifest_key": key,
+        "manifest_sha256": digest,
+        "final": body.get("final") is True,
+        "seconds": seconds,
+        **sizes,
+    }

@@ -284,8 +284,8 @@ class Supervisor(Reporter):
         log.info("stopped cleanly")
 
     def restore(self) -> None:
-        name = self.config.restore["name"]
-        self.step(RESTORING, "in-progress", name)
+        name = self.config.restore["name"]  # for its errors; the platform names the checkpoint in the step itself
+        self.step(RESTORING, "in-progress")
         began = time.monotonic()
         try:
             manifest = snapshot.restore(
@@ -308,7 +308,7 @@ class Supervisor(Reporter):
             ) from None
         self.manifest = manifest
         files = sum(1 for entry in manifest["entries"] if entry["type"] == "file")
-        self.step(RESTORING, "succeeded", f"{name}: {files} files in {time.monotonic() - began:.1f} s")
+        self.step(RESTORING, "succeeded", f"{files} files in {time.monotonic() - began:.1f} s")
 
     def mount_data(self) -> dict[str, str | Path]:
         """{dataset name: host folder} for the container to bind; a plain process gets links in its folder."""
@@ -486,6 +486,7 @@ class Supervisor(Reporter):
                 if self.isolated
                 else saved.size_bytes,
                 "layer_total_bytes": usage.f_blocks * usage.f_frsize if self.isolated else 0,
+                "seconds": round(time.monotonic() - began, 3),
             }
             recorded = self.report_unrecorded()
             log.info(

@@ -70,3 +70,16 @@ def elapsed(since):
 def role_summary(role):
     """What ``role`` may do, in words (``permissions.ROLE_SUMMARIES``)."""
     return permissions.ROLE_SUMMARIES.get(role, "")
+
+
+@register.filter
+def lasted(value):
+    """A duration (a timedelta or seconds) as people say it: 42 s, 3 min 5 s, 2 h 10 min."""
+    seconds = round(value.total_seconds() if hasattr(value, "total_seconds") else float(value))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

@@ -74,6 +74,7 @@ def test_two_members_see_each_others_start_steps_checkpoint_and_stop_without_rel
         expect(saved).to_contain_text(re.compile(r"Last checkpoint \S+: .+, saved"), timeout=PUSHED_WITHIN_MS)
         expect(page.locator("#layer-usage")).to_contain_text("Writable layer:")
 
+    bob_detail.once("dialog", lambda dialog: dialog.accept())  # the confirmation, which lists who is connected
     bob_detail.get_by_role("button", name="Stop", exact=True).click()
     for page in (alice_detail, *lists):
         expect(page.get_by_text(re.compile("^(stopping|stopped)$")).first).to_be_visible(timeout=PUSHED_WITHIN_MS)

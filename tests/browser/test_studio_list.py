@@ -24,6 +24,8 @@ def test_search_and_order_update_the_table_and_the_address_once(open_page, live_
     make_studio(workspace, name="variant-calling")
     page = open_page(member)
     page.goto(workspace.get_absolute_url())
+    # The list refreshes itself once its socket is open: searching before that may be overtaken by the refresh.
+    expect(page.locator("body[data-live=connected]")).to_be_attached()
     rows = page.locator("table.studios tbody tr")
     expect(rows).to_have_count(50)
     expect(rows.first).to_contain_text("variant-calling")  # newest first

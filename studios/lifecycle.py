@@ -49,6 +49,7 @@ LAUNCH_SESSION = "studios.tasks.launch_session"
 STOP_SESSION = "studios.tasks.stop_session"
 LOCATE_SESSION = "studios.tasks.locate_session"
 REAP_SESSION = "studios.tasks.reap_session"
+EXTEND_SESSION = "studios.tasks.extend_session"
 CHECK_COMPUTE_ENVIRONMENT = "studios.tasks.check_compute_environment"
 CLEAN_STORE = "checkpoints.tasks.clean_store"
 
@@ -320,6 +321,7 @@ def extend_studio(user, studio, hours):
             )
         session.stops_at += timedelta(hours=hours)
         session.save(update_fields=["stops_at"])
+        transaction.on_commit(lambda: dispatch(EXTEND_SESSION, session.pk))
     log.info("studio %s extended by %s h by %s", studio.pk, hours, user)
     return studio
 

@@ -1,5 +1,6 @@
 """Tenancy, compute environments, datasets and studios: the state the lifecycle changes."""
 
+import math
 from datetime import timedelta
 
 from django.conf import settings
@@ -476,6 +477,15 @@ class Session(models.Model):
     def lifespan_hours(self):
         """Its lifespan with its extensions, in whole hours (None without one)."""
         return round((self.stops_at - self.started) / timedelta(hours=1)) if self.stops_at else None
+
+    @property
+    def time_limit_minutes(self):
+        """How long its compute may run from its start, for compute with a time limit of its own (a Slurm job's): its
+        lifespan, then the stop's time for a final checkpoint and a minute for beat to notice; 0 without a lifespan."""
+        if not self.stops_at:
+            return 0
+        grace = timedelta(seconds=settings.STUDIOS_STOP_TIMEOUT_SECONDS, minutes=1)
+        return math.ceil((self.stops_at - self.started + grace) / timedelta(minutes=1))
 
 
 class ActiveMount(models.Model):

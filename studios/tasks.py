@@ -49,6 +49,7 @@ def session_spec(session):
         if source
         else {},
         labels={"workspace": str(studio.workspace), "studio": studio.name, "user": studio.author.username},
+        time_limit_minutes=session.time_limit_minutes,
     )
 
 
@@ -132,6 +133,18 @@ def ask_to_stop(session, backend):
     except httpx.HTTPError as error:
         log.info("studio %s: the supervisor did not take the stop (%s); asking the backend", session.studio_id, error)
         backend.stop(session.handle)
+
+
+@shared_task
+def extend_session(session_id):
+    """A session's lifespan was extended: compute with a time limit of its own (a Slurm job) gets the new one."""
+    session = Session.objects.select_related("studio__compute_environment").filter(pk=session_id, ended=None).first()
+    if session is None or not session.handle:
+        return
+    try:
+        backend_for(session.studio.compute_environment).extend(session.handle, session.time_limit_minutes)
+    except BackendError as error:
+        log.warning("studio %s: could not extend its compute's time limit: %s", session.studio_id, error)
 
 
 @shared_task

@@ -29,6 +29,7 @@ class SessionSpec:
     storage_quota_mb: int = 5120
     work_check_seconds: int = 0  # how often the supervisor looks whether the IDE works, for the idle stop; 0: never
     labels: dict[str, str] = field(default_factory=dict)  # who the session belongs to: workspace, studio, user
+    time_limit_minutes: int = 0  # how long its compute may run (its lifespan and a final checkpoint); 0: no limit
 
     def config(self, **placement: Any) -> SessionConfig:
         """The supervisor's configuration for this session; ``placement``: where and how its backend runs it."""
@@ -115,6 +116,11 @@ class ComputeBackend(ABC):
     @abstractmethod
     def stop(self, handle: dict[str, Any]) -> None:
         """Ask the session to end, saving a final checkpoint first; do not wait."""
+
+    def extend(self, handle: dict[str, Any], time_limit_minutes: int) -> None:
+        """The session's lifespan was extended: its compute may now run ``time_limit_minutes`` from its start. Only
+        compute with a time limit of its own (a Slurm job's) has anything to change."""
+        return None
 
     @abstractmethod
     def terminate(self, handle: dict[str, Any], timeout: float) -> None:

@@ -54,6 +54,16 @@ IMAGE_HINTS = {
 }
 
 
+def image_problem(template: str, reference: str) -> str:
+    """Why ``template``'s image ``reference`` cannot be pulled (the registry is asked), or "" when it can."""
+    try:
+        template_images.resolve(reference, timeout=10)
+    except template_images.ImageUnavailable as error:
+        hint = IMAGE_HINTS.get(template, "build and push it with `make images`")
+        return f"Its image {reference} cannot be used: {error}. {hint[0].upper()}{hint[1:]}."
+    return ""
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot, to tell it from a later one with the same pid."""
     try:
@@ -122,12 +132,7 @@ class LocalBackend(ComputeBackend):
     def template_problem(self, template: str) -> str:
         """Asks the registry, for an image: the environment check calls it, never a page."""
         if reference := self.image(template):
-            try:
-                template_images.resolve(reference, timeout=10)
-            except template_images.ImageUnavailable as error:
-                hint = IMAGE_HINTS.get(template, "build and push it with `make images`")
-                return f"Its image {reference} cannot be used: {error}. {hint[0].upper()}{hint[1:]}."
-            return ""
+            return image_problem(template, reference)
         rootfs = Path(self.rootfs.get(template, "/"))
         if rootfs != Path("/") and not self.isolated:
             return f"Its root filesystem {rootfs} needs isolated sessions, which this host cannot run: {self.isolation_problem}."

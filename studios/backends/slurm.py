@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..supervisor import images as template_images
 from ..supervisor.protocol import CONFIG_FILE
 from .aws_batch import PORTS, SUPERVISOR_MEMORY_MB
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
-from .local import IMAGE_HINTS, host_environment
+from .local import host_environment, image_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 30
@@ -139,12 +138,7 @@ class SlurmBackend(ComputeBackend):
         reference = self.images.get(template, "")
         if not reference:
             return "No image is named for it in this compute environment."
-        try:
-            template_images.resolve(reference, timeout=10)
-        except template_images.ImageUnavailable as error:
-            hint = IMAGE_HINTS.get(template, "build and push it with `make images`")
-            return f"Its image {reference} cannot be used: {error}. {hint[0].upper()}{hint[1:]}."
-        return ""
+        return image_problem(template, reference)
 
     def environment_problem(self) -> str:
         """The partition exists, is up, has a node that can take work and one that can take the largest studio
@@ -270,6 +264,7 @@ class SlurmBackend(ComputeBackend):
                     "--export=NONE",
                     f"--output={spool / 'session.log'}",
                     f"--chdir={spool}",
+                    *([f"--time={spec.time_limit_minutes}"] if spec.time_limit_minutes else []),
                     str(spool / "job.sh"),
                 )
                 .strip()
@@ -327,6 +322,11 @@ class SlurmBackend(ComputeBackend):
                 memory_mb=handle["memory_mb"],
             ),
         )
+
+    def extend(self, handle: dict[str, Any], time_limit_minutes: int) -> None:
+        """Raise the job's time limit (Slurm lets only its operators raise one: the platform's user must be one)."""
+        if handle.get("job_id"):
+            run("scontrol", "update", f"JobId={handle['job_id']}", f"TimeLimit={time_limit_minutes}")
 
     def stop(self, handle: dict[str, Any]) -> None:
         """SIGTERM to a running job's supervisor (it saves a final checkpoint and ends the session); a job still

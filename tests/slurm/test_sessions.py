@@ -5,6 +5,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
@@ -26,6 +27,14 @@ def job_of(studio):
 
 def job_state(job_id):
     return slurm("squeue", "--noheader", f"--jobs={job_id}", "--format=%T|%N|%r").strip()
+
+
+def time_limit_minutes(job_id):
+    """The job's time limit, which Slurm prints as [days-]hours:minutes:seconds."""
+    limit = slurm("squeue", "--noheader", f"--jobs={job_id}", "--format=%l").strip()
+    days, _, clock = limit.rpartition("-")
+    hours, minutes, _ = (int(part) for part in clock.split(":"))
+    return (int(days or 0) * 24 + hours) * 60 + minutes
 
 
 def on_cluster(workspace, environment, author, name):
@@ -63,6 +72,13 @@ def test_a_studio_runs_as_a_slurm_job_keeps_its_files_across_restarts_and_its_to
     spool = Path(studio.session.handle["spool"])
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
     assert not (spool / "job.json").exists()
+
+    # The job's time limit is the studio's lifespan (8 h by default) and the stop's time for a final checkpoint;
+    # extending the studio raises it.
+    grace = settings.STUDIOS_STOP_TIMEOUT_SECONDS // 60 + 1
+    assert time_limit_minutes(job) == 8 * 60 + grace
+    lifecycle.extend_studio(user, studio, 2)
+    wait_until(lambda: time_limit_minutes(job) == 10 * 60 + grace, 30, "the job's time limit to follow the extension")
 
     assert run(live_platform, studio, user, "open('/workspace/results.txt', 'w').write('42\\n'); print('saved')") == (
         "saved"

@@ -377,7 +377,7 @@ def test_adding_as_new_leaves_the_clone_stopped_until_a_start_restores_the_check
     response = api.post(f"{API}/checkpoints/{checkpoint.pk}/add-as-new/", {"name": "rnaseq-copy", "memoryMb": 4096})
     assert response.status_code == 201, response.json()
     copy = response.json()
-    assert (copy["status"], copy["description"], copy["memoryMb"]) == ("stopped", "rnaseq", 4096)
+    assert (copy["status"], copy["description"], copy["memoryMb"]) == ("stopped", "", 4096)
     assert copy["lastCheckpoint"]["name"] == "rnaseq_1" and copy["lastCheckpoint"]["inherited"]
     assert "start" in copy["actions"]
     assert api.post(f"{API}/studios/{copy['id']}/start/").status_code == 202

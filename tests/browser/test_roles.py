@@ -94,6 +94,8 @@ def test_each_role_sees_and_may_do_only_what_its_role_allows(world, open_page, j
     workspace, running, stopped = world
     page = open_page(make_member(workspace, journey.role), width=journey.width)
     page.goto(workspace.get_absolute_url())
+    # The list refreshes itself once its socket is open, which would take the focus from an open menu.
+    expect(page.locator("body[data-live=connected]")).to_be_attached()
     expect(page.get_by_role("link", name="running-one", exact=True)).to_be_visible()
     maintainer = journey.running_menu == MAINTAINER_MENUS[0]
     expect(page.get_by_role("link", name="Add studio")).to_have_count(1 if maintainer else 0)

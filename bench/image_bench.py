@@ -33,6 +33,23 @@ def start_to_running(user, studio_id, stop=True):
     return took
 
 
+def alternate(studios, runs):
+    """Start each of ``studios`` ({name: (user, studio id)}) once, then ``runs`` times in turn; print each one's
+    median start to running and its first start; {name: [seconds of each run]}."""
+    first = {name: start_to_running(user, studio_id) for name, (user, studio_id) in studios.items()}
+    times = {name: [] for name in studios}
+    for _ in range(runs):
+        for name, (user, studio_id) in studios.items():
+            times[name].append(start_to_running(user, studio_id))
+    for name in studios:
+        listed = ", ".join(f"{t:.2f}" for t in times[name])
+        print(
+            f"{name}: start to running, median of {runs}: {statistics.median(times[name]):.2f} s (runs: {listed}); "
+            f"first start (a fresh data dir or cache): {first[name]:.2f} s"
+        )
+    return times
+
+
 def main():
     with contextlib.ExitStack() as stack:
         platforms = {
@@ -47,18 +64,8 @@ def main():
         for name, (base, password, _) in platforms.items():
             user = DemoUser(base, "maintain", password)
             users[name] = (user, user.add_studio("bench"))
-        first = {name: start_to_running(user, studio_id) for name, (user, studio_id) in users.items()}
-        times = {name: [] for name in users}
-        for _ in range(RUNS):
-            for name, (user, studio_id) in users.items():
-                times[name].append(start_to_running(user, studio_id))
+        times = alternate(users, RUNS)
 
-    for name in users:
-        runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(
-            f"{name}: start to running, median of {RUNS}: {statistics.median(times[name]):.2f} s (runs: {runs}); "
-            f"first start on a fresh data dir: {first[name]:.2f} s"
-        )
     difference = statistics.median(times["image"]) - statistics.median(times["host /"])
     print(f"the image adds {difference:+.2f} s to the median start")
     if BEFORE:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 from demo_platform import ROOT, DemoUser, demo_platform, setup_django
-from image_bench import start_to_running
+from image_bench import alternate
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 
@@ -41,19 +41,12 @@ def main():
         cluster.refresh_from_db()
         assert cluster.status == "available", cluster.status_reason
         user = DemoUser(base, "maintain", password)
-        studios = {"slurm": user.add_studio("on-slurm", environment=cluster.pk), "local": user.add_studio("local")}
-        first = {name: start_to_running(user, studio_id) for name, studio_id in studios.items()}
-        times = {name: [] for name in studios}
-        for _ in range(RUNS):
-            for name, studio_id in studios.items():
-                times[name].append(start_to_running(user, studio_id))
+        studios = {
+            "slurm": (user, user.add_studio("on-slurm", environment=cluster.pk)),
+            "local": (user, user.add_studio("local")),
+        }
+        times = alternate(studios, RUNS)
 
-    for name in studios:
-        runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(
-            f"{name}: start to running, median of {RUNS}: {statistics.median(times[name]):.2f} s (runs: {runs}); "
-            f"first start: {first[name]:.2f} s"
-        )
     difference = statistics.median(times["slurm"]) - statistics.median(times["local"])
     print(f"Slurm adds {difference:+.2f} s to the median start")
 

@@ -37,7 +37,7 @@ def checkpoint_rename(request, checkpoint_id):
 @login_required
 def start_as_new(request, checkpoint_id):
     """The form fixes template, compute environment and source; name, description, mounts and resources may change."""
-    checkpoint, _ = checkpoint_for(request.user, checkpoint_id)
+    checkpoint, role = checkpoint_for(request.user, checkpoint_id)
     parent = checkpoint.studio
     permissions.require_role(request.user, parent.workspace, permissions.MAINTAIN, "start studios as new")
     form = CloneForm(
@@ -57,6 +57,6 @@ def start_as_new(request, checkpoint_id):
     return render(
         request,
         "checkpoints/start_as_new.html",
-        {"form": form, "checkpoint": checkpoint, "studio": parent, "workspace": parent.workspace},
+        {"form": form, "checkpoint": checkpoint, "studio": parent, "workspace": parent.workspace, "role": role},
         status=400 if form.errors else 200,
     )

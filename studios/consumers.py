@@ -95,6 +95,11 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     async def studio_changed(self, event):
         if self.studio_id not in (None, event["studio"]):
             return
+        if event["added"] and self.studio_id is None:
+            # Where a new studio goes in the list depends on the page's search, order and page: the page asks for
+            # its list again when it does not show the studio yet (studios.js).
+            await self.send(text_data=f'<span id="studio-added" hidden data-studio="{int(event["studio"])}"></span>')
+            return
         html = await render_change(self.scope, self.workspace_id, event["studio"], detail=self.studio_id is not None)
         if html is None:
             await self.close()

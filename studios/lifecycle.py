@@ -67,6 +67,7 @@ def add_studio(user, workspace, *, datasets=(), start=False, **fields):
     with transaction.atomic():
         studio = _create(user, workspace, datasets, fields)
         activity.record(Event.Kind.ADDED, studio, user)
+        presence.studio_changed(studio, added=True)
         log.info("studio %s added by %s", studio.pk, user)
         if start:
             studio = start_studio(user, studio)

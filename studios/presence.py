@@ -250,10 +250,12 @@ def deliver(signed):
     return True
 
 
-def studio_changed(studio):
+def studio_changed(studio, added=False):
     """Once committed, tell the pages of ``studio``'s workspace that what they show of it changed (its status, its
-    start-up steps, its checkpoints): each page's socket renders its own fragment of it for its member's role."""
-    send_on_commit(workspace_group(studio.workspace_id), {"type": "studio.changed", "studio": studio.pk})
+    start-up steps, its checkpoints), or that it was ``added``: each page's socket renders its own fragment of it
+    for its member's role."""
+    message = {"type": "studio.changed", "studio": studio.pk, "added": added}
+    send_on_commit(workspace_group(studio.workspace_id), message)
 
 
 def forget_dead_processes_and_announce():

@@ -115,7 +115,7 @@ def studio_add(request, workspace, role):
     return render(
         request,
         "studios/studio_add.html",
-        {"workspace": workspace, "form": form, "environments": environments},
+        {"workspace": workspace, "role": role, "form": form, "environments": environments},
         status=400 if form.errors else 200,
     )
 

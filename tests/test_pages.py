@@ -285,6 +285,16 @@ def test_seed_demo_creates_one_user_per_role_with_the_printed_password(db, capsy
     environment = ComputeEnvironment.objects.get()
     assert environment.kind == "local"
     assert environment.workspace.datasets.count() == 1
+    # Three stopped studios to try, added once: one a member deleted is not made again.
+    studios = environment.workspace.studios
+    assert list(studios.values_list("name", "status", "author__username")) == [
+        ("single-cell-umap", "stopped", "maintain"),
+        ("variant-calling", "stopped", "maintain"),
+        ("rnaseq-qc", "stopped", "maintain"),
+    ]
+    studios.get(name="variant-calling").delete()
+    call_command("seed_demo")
+    assert studios.count() == 2
 
 
 ROW_ACTIONS = ("Connect", "Copy URL", "Start", "Stop", "Delete")

@@ -59,15 +59,29 @@ document.addEventListener("htmx:beforeSwap", (event) => {
 // Live pages: the platform pushes each change of the studios shown over the page's socket (hx-ws swaps the
 // fragments it sends by id). Each time the socket opens the page asks once for its live part, for what changed
 // between its render (or the socket's loss) and now. While the socket is down the page says it is reconnecting
-// and asks for its live part every few seconds instead.
+// and asks for its live part every few seconds instead. The member's own requests for that part (a search) come
+// first: one asked for meanwhile cancels such a refresh, and none starts while one is under way (hx-sync), so that
+// a refresh of the page as it was never replaces what the member just asked for.
 const FALLBACK_POLL_MS = 3000;
 let fallbackPoll = null;
+const refresher = document.createElement("span");
+refresher.hidden = true;
 
 function refreshLivePart(socketElt) {
   const target = socketElt.dataset.live;
   if (!document.querySelector(target)) return Promise.resolve();
-  return htmx.ajax("GET", location.href, { target, swap: "outerHTML" });
+  refresher.setAttribute("hx-sync", `${target}:abort`);
+  if (!refresher.isConnected) document.body.append(refresher);
+  return htmx.ajax("GET", location.href, { source: refresher, target, swap: "outerHTML" });
 }
+
+// A studio added by someone else: the list asks for itself again, unless it shows the studio already.
+document.addEventListener("htmx:oobAfterSwap", (event) => {
+  const added = event.target;
+  if (added.id !== "studio-added" || document.getElementById(`studio-${added.dataset.studio}`)) return;
+  const socketElt = document.querySelector("[ws-connect][data-live]");
+  if (socketElt) refreshLivePart(socketElt);
+});
 
 document.addEventListener("htmx:wsOpen", async (event) => {
   const socketElt = event.detail.elt;

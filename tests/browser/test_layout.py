@@ -105,13 +105,23 @@ def test_checkpoint_names_can_be_edited_on_a_phone(world, open_page):
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_the_header_names_the_user_and_the_role_beside_its_workspace(world, open_page, width):
-    workspace, owner, running, _stopped = world
+    workspace, owner, running, stopped = world
     page = open_page(owner, width=width)
     for path in ("/", workspace.get_absolute_url(), running.get_absolute_url(), reverse("access_tokens")):
         page.goto(path)
         expect(page.locator("header .who span").first).to_have_text("olga")
-    page.goto(running.get_absolute_url())
-    expect(page.get_by_role("navigation", name="Workspace")).to_contain_text("your role here: owner")
+    slugs = {"org": workspace.organization.slug, "workspace": workspace.slug}
+    checkpoint = stopped.checkpoints.get(name="before-upgrade")
+    for path in (
+        workspace.get_absolute_url(),
+        running.get_absolute_url(),
+        reverse("studio_add", kwargs=slugs),
+        reverse("environment_list", kwargs=slugs),
+        reverse("workspace_activity", kwargs=slugs),
+        reverse("start_as_new", args=[checkpoint.pk]),
+    ):
+        page.goto(path)
+        expect(page.get_by_role("navigation", name="Workspace")).to_contain_text("your role here: owner")
 
 
 def test_the_status_panel_is_a_live_region_and_dates_say_their_time_zone(world, open_page):

@@ -120,3 +120,24 @@ def test_a_page_whose_socket_is_down_says_it_is_reconnecting_and_polls_until_it_
     expect(page.locator("body[data-live=connected]")).to_be_attached()
     lifecycle.delete_studio(make_member(workspace, Role.MAINTAIN), studio)
     expect(page.get_by_text("This studio was deleted.")).to_be_visible(timeout=5_000)
+
+
+def test_a_studio_added_by_a_colleague_appears_on_open_lists_where_it_belongs(live_platform, open_page):
+    workspace = make_workspace()
+    maintainer = make_member(workspace, Role.MAINTAIN)
+    make_studio(workspace, name="rnaseq-old")
+    lists = {}
+    for query in ("", "?q=rnaseq", "?q=variant"):
+        page = open_page(make_member(workspace, Role.VIEW))
+        page.goto(workspace.get_absolute_url() + query)
+        expect(page.locator("body[data-live=connected]")).to_be_attached()
+        lists[query] = page
+
+    local = workspace.compute_environments.get(name="local")
+    lifecycle.add_studio(maintainer, workspace, name="rnaseq-new", compute_environment=local, template="jupyterlab")
+    for query in ("", "?q=rnaseq"):
+        rows = lists[query].locator("table.studios tbody tr")
+        expect(rows.first).to_contain_text("rnaseq-new", timeout=PUSHED_WITHIN_MS)  # newest first
+        expect(rows).to_have_count(2)
+    expect(lists["?q=variant"].get_by_text("No studio matches")).to_be_visible()
+    expect(lists["?q=variant"].get_by_text("rnaseq-new")).to_have_count(0)

@@ -1,4 +1,5 @@
-"""Create a demo organization, workspace, local compute environment, dataset and one user per role."""
+"""Create a demo organization, workspace, local compute environment, dataset and one user per role, and, in a new
+workspace, three stopped JupyterLab studios to try (the README's screenshots show them: docs/screenshots.py)."""
 
 import os
 import secrets
@@ -8,8 +9,15 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from studios import tasks
+from studios import lifecycle, tasks
 from studios.models import ComputeEnvironment, Dataset, Membership, Organization, Role, Workspace
+
+# A new demo workspace's studios (name, description), stopped, for a first look at the list.
+DEMO_STUDIOS = [
+    ("rnaseq-qc", "Quality control of the March sequencing run"),
+    ("variant-calling", "Exploring GATK filters on the trio"),
+    ("single-cell-umap", "Clustering and UMAP of the PBMC dataset"),
+]
 
 
 def demo_password():
@@ -29,7 +37,7 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args, **options):
         organization, _ = Organization.objects.get_or_create(slug="demo", defaults={"name": "Demo lab"})
-        workspace, _ = Workspace.objects.get_or_create(
+        workspace, new_workspace = Workspace.objects.get_or_create(
             organization=organization, slug="analysis", defaults={"name": "Analysis"}
         )
         work_dir = settings.DATA_DIR / "work"
@@ -54,7 +62,7 @@ class Command(BaseCommand):
         )
         # What this host offers (templates, isolation) may have changed since the last run.
         tasks.check_compute_environment(local.pk)
-        Dataset.objects.get_or_create(
+        reference, _ = Dataset.objects.get_or_create(
             workspace=workspace, name="reference", defaults={"uri": str(data_dir / "reference"), "region": "local"}
         )
         password = demo_password()
@@ -65,6 +73,18 @@ class Command(BaseCommand):
             user.is_staff = user.is_superuser = role == Role.OWNER
             user.save()
             Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+        if new_workspace:
+            for name, description in DEMO_STUDIOS:
+                lifecycle.add_studio(
+                    User.objects.get(username=Role.MAINTAIN),
+                    workspace,
+                    datasets=[reference],
+                    name=name,
+                    description=description,
+                    compute_environment=local,
+                    cpus=1,
+                    memory_mb=2048,
+                )
         self.stdout.write(f"workspace: {workspace.get_absolute_url()}")
         self.stdout.write(f"users: {', '.join(Role.values)}")
         self.stdout.write(f"password: {password}")

@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The accessibility rules the browser tests audit the pages with (from the npm registry, into the virtualenv).
 AXE_CORE := 4.14.1
+# Where `make run` serves the product.
+PORT ?= 8000
 
 .PHONY: run test check services images
 
@@ -26,7 +28,7 @@ $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 run: $(VENV)/installed
 	[ "$$(id -u)" != 0 ] || $(MAKE) images
 	$(PY) manage.py prepare
-	$(PY) manage.py runstudios
+	$(PY) manage.py runstudios --port $(PORT)
 
 # The template images (images/build.sh), built without a Docker engine and pushed to the loopback registry it
 # starts: the base root filesystem and unchanged layers are cached, so a second run takes seconds.

@@ -215,6 +215,8 @@ class CredentialsForm(forms.ModelForm):
     """An AWS access key pair for a compute environment: write-only, never shown back."""
 
     instance: ComputeEnvironment
+    # Who reaches AWS without a key pair.
+    own_identity = "the platform's own AWS role or instance profile"
 
     access_key_id = forms.CharField(
         label="AWS access key ID", required=False, max_length=128, widget=forms.TextInput(attrs={"autocomplete": "off"})
@@ -225,9 +227,7 @@ class CredentialsForm(forms.ModelForm):
         max_length=128,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
     )
-    forget_credentials = forms.BooleanField(
-        label="Forget the stored key pair and use the platform's own AWS role", required=False
-    )
+    forget_credentials = forms.BooleanField(label="Forget the stored key pair", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -235,8 +235,9 @@ class CredentialsForm(forms.ModelForm):
         self.fields["access_key_id"].help_text = (
             "A key pair is stored (never shown). Enter a new pair to replace it; leave both empty to keep it."
             if stored
-            else "Leave both empty to use the platform's own AWS role or instance profile."
+            else f"Leave both empty to use {self.own_identity}."
         )
+        self.fields["forget_credentials"].label = f"Forget the stored key pair and use {self.own_identity}"
         if not stored:
             self.fields["forget_credentials"].widget = forms.HiddenInput()
 
@@ -358,19 +359,21 @@ SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SHARED_FOLDER = re.compile(r"(?!.*(^|/)\.\.?(/|$))/\S*")  # absolute, no . or .. segment
 
 
-class SlurmEnvironmentForm(EnvironmentForm):
-    """A Slurm compute environment: a partition of the cluster the platform's host submits to."""
+class SlurmEnvironmentForm(EnvironmentForm, CredentialsForm):
+    """A Slurm compute environment: a partition of the cluster the platform's host submits to; the key pair, for a
+    work directory on S3."""
 
     data_path = SHARED_FOLDER
     data_path_error = "Not an absolute folder of the shared filesystem: {}."
+    own_identity = "the nodes' own AWS identity (their instance profile), for a work directory on S3"
 
     class Meta:
         model = ComputeEnvironment
         fields = ["name", "partition", "account", "qos", "work_dir", "writable_data_paths", "max_cpus", "max_memory_mb"]
         labels = {"qos": "QOS", "work_dir": "Work directory", **LIMIT_LABELS}
         help_texts = {
-            "work_dir": "A folder of the cluster's shared filesystem, seen at the same path by the platform's host and "
-            "every node: where checkpoints and the sessions' job files are kept."
+            "work_dir": "Where checkpoints are kept: a folder of the cluster's shared filesystem, seen at the same path "
+            "by the platform's host and every node (the sessions' logs are kept there too), or s3://bucket/prefix."
         }
         widgets = {"work_dir": forms.TextInput(attrs={"placeholder": "/shared/studios"})}
 
@@ -398,8 +401,11 @@ class SlurmEnvironmentForm(EnvironmentForm):
 
     def clean_work_dir(self):
         work_dir = self.cleaned_data["work_dir"].strip().rstrip("/")
-        if not SHARED_FOLDER.fullmatch(work_dir):
-            raise ValidationError("Enter an absolute folder of the cluster's shared filesystem, like /shared/studios.")
+        if not (SHARED_FOLDER.fullmatch(work_dir) or S3_URI.fullmatch(work_dir)):
+            raise ValidationError(
+                "Enter an absolute folder of the cluster's shared filesystem, like /shared/studios, or "
+                "s3://bucket/prefix."
+            )
         return work_dir
 
 

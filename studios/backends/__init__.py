@@ -52,18 +52,21 @@ def local_backend(images: dict[str, str] | None = None) -> LocalBackend:
     )
 
 
+def _credentials(compute_environment: ComputeEnvironment) -> dict[str, str]:
+    try:
+        return compute_environment.aws_credentials()
+    except UnreadableCredentials as error:
+        raise BackendError(str(error)) from None
+
+
 def backend_for(compute_environment: ComputeEnvironment) -> ComputeBackend:
     if compute_environment.kind == "local":
         return local_backend(compute_environment.template_images())
     if compute_environment.kind == "aws-batch":
-        try:
-            credentials = compute_environment.aws_credentials()
-        except UnreadableCredentials as error:
-            raise BackendError(str(error)) from None
         return AwsBatchBackend(
             region=compute_environment.region,
             job_queue=compute_environment.job_queue,
-            credentials=credentials,
+            credentials=_credentials(compute_environment),
             images=compute_environment.template_images(),
         )
     if compute_environment.kind == "slurm":
@@ -72,6 +75,7 @@ def backend_for(compute_environment: ComputeEnvironment) -> ComputeBackend:
             account=compute_environment.account,
             qos=compute_environment.qos,
             work_dir=compute_environment.work_dir,
+            credentials=_credentials(compute_environment),
             images=compute_environment.template_images(),
             image_cache=str(settings.STUDIOS_IMAGE_CACHE_DIR),
             max_cpus=compute_environment.max_cpus,

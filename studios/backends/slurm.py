@@ -5,13 +5,15 @@ The platform's host is a submit host of the cluster: it runs ``sbatch``, ``scont
 submits a job to the compute environment's partition (and account and QOS, when set) asking for the studio's CPUs
 and its memory plus the supervisor's; the job's node runs the supervisor, which runs the IDE in the same sandbox as
 on a local host (the template's image unpacked on the node below a fresh writable layer, cgroup limits, datasets
-mounted) and keeps its checkpoints in the compute environment's work directory, a folder of the cluster's shared
-filesystem.
+mounted) and keeps its checkpoints in the compute environment's work directory: a folder of the cluster's shared
+filesystem, or ``s3://bucket/prefix`` (then the job reaches S3 with the compute environment's access key pair, or
+with the node's own AWS identity when it has none).
 
-The session token never appears in the job: ``scontrol show job`` shows a job's command, working directory and
-output paths to every user of the cluster, so the job is given only the path of its configuration file, which the
-platform writes beside the job script in a folder of the work directory only the platform's user can read (0700,
-the file 0600). The supervisor reads the file and removes it before it starts anything.
+The session token (and the key pair) never appear where other users of the cluster look: ``scontrol show job``
+shows a job's command, working directory and output paths to every user, so the job's configuration travels in its
+batch script (given to ``sbatch`` on its standard input), which Slurm shows only to the job's owner (the platform's
+user) and the cluster's administrators. The script writes it to a file of the job's folder on the node (0600), and
+the session's host reads the file and removes it before it starts anything.
 
 The gate and the control endpoint listen on the node's address, on ports the platform draws when it plans the
 session (as on AWS Batch: one already taken on the node fails that start, and the next draws others). Where the
@@ -39,8 +41,11 @@ from .local import host_environment, image_problem
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 30
 TERMINATE_POLL_SECONDS = 1
-# The folder of the work directory that holds each session's job script, configuration and log.
+# The folder of a work directory on the shared filesystem that holds each session's log (on S3, the log stays on
+# the node, in /tmp).
 SPOOL = ".studios-jobs"
+# The platform's AWS endpoints and region, passed on to jobs that reach S3 (never its credentials).
+FORWARDED_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # Why a job waits, by Slurm's reason code, in words a user can act on.
@@ -80,10 +85,11 @@ WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}
 ENDING = {"COMPLETING", "STAGE_OUT", "SIGNALING"}
 
 
-def run(*command: str, check: bool = True) -> str:
-    """A Slurm command's output; BackendError with Slurm's own message when it fails or cannot run."""
+def run(*command: str, check: bool = True, input: str | None = None) -> str:
+    """A Slurm command's output (``input`` on its standard input); BackendError with Slurm's own message when it
+    fails or cannot run."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, input=input)
     except FileNotFoundError:
         raise BackendError(
             f"{command[0]} is not installed on the platform's host: it must be a Slurm submit host."
@@ -110,21 +116,28 @@ class SlurmBackend(ComputeBackend):
         account: str,
         qos: str,
         work_dir: str,
+        credentials: dict[str, str],
         images: dict[str, str],
         image_cache: str,
         max_cpus: int,
         max_memory_mb: int,
     ) -> None:
-        """``image_cache``: where nodes unpack images (a folder of each node's own disk, the same path on all);
-        ``max_cpus``, ``max_memory_mb``: the most a studio may ask for here, which some node must have."""
+        """``credentials``: the AWS key pair jobs reach S3 with ({} for the nodes' own identity); ``image_cache``:
+        where nodes unpack images (a folder of each node's own disk, the same path on all); ``max_cpus``,
+        ``max_memory_mb``: the most a studio may ask for here, which some node must have."""
         self.partition = partition
         self.account = account
         self.qos = qos
         self.work_dir = work_dir
+        self.credentials = credentials
         self.images = images
         self.image_cache = image_cache
         self.max_cpus = max_cpus
         self.max_memory_mb = max_memory_mb
+
+    @property
+    def on_s3(self) -> bool:
+        return self.work_dir.startswith("s3://")
 
     def _placement(self) -> list[str]:
         options = [f"--partition={self.partition}"]
@@ -143,7 +156,7 @@ class SlurmBackend(ComputeBackend):
     def environment_problem(self) -> str:
         """The partition exists, is up, has a node that can take work and one that can take the largest studio
         allowed here; the account and QOS are accepted (``sbatch --test-only``)."""
-        if not Path(self.work_dir).is_dir():
+        if not self.on_s3 and not Path(self.work_dir).is_dir():
             return f"The work directory {self.work_dir} does not exist on the platform's host; it must be a folder of the cluster's shared filesystem."
         try:
             lines = run("sinfo", "--noheader", f"--partition={self.partition}", "--format=%a|%t|%c|%m|%D").split()
@@ -197,16 +210,26 @@ class SlurmBackend(ComputeBackend):
             "container": container,
             "port": port,
             "control_port": control_port,
-            "spool": str(Path(self.work_dir) / SPOOL / container),
+            "spool": "" if self.on_s3 else str(Path(self.work_dir) / SPOOL / container),
             "cpus": spec.cpus,
             "memory_mb": spec.memory_mb,
             "image": self.images.get(spec.template, ""),
         }
 
-    def job_script(self, handle: dict[str, Any]) -> str:
+    def aws_environment(self) -> dict[str, str]:
+        """What a job needs to reach S3 besides its node: the platform's endpoints and region, and the compute
+        environment's key pair when it has one."""
+        environment = {name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)}
+        if self.credentials:
+            environment["AWS_ACCESS_KEY_ID"] = self.credentials["aws_access_key_id"]
+            environment["AWS_SECRET_ACCESS_KEY"] = self.credentials["aws_secret_access_key"]
+        return environment
+
+    def job_script(self, handle: dict[str, Any], job: dict[str, str]) -> str:
         """The job: the session's host (``supervisor/host.py``, as on a local host) in a mount namespace of its own,
-        in a session folder on the node's own disk, its job read from the spool folder's file."""
-        spool, session_dir = Path(handle["spool"]), f"/tmp/{handle['container']}"
+        in a session folder on the node's own disk, its ``job`` (the host's environment) written there by the
+        script for the host to read."""
+        session_dir = f"/tmp/{handle['container']}"
         session_host = shlex.join(
             [
                 "unshare",
@@ -219,7 +242,7 @@ class SlurmBackend(ComputeBackend):
                 f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}",
                 "LANG=C.UTF-8",
                 f"PYTHONPATH={PROJECT_ROOT}",
-                f"{CONFIG_FILE}={spool / 'job.json'}",
+                f"{CONFIG_FILE}={session_dir}/job.json",
                 sys.executable,
                 "-m",
                 "studios.supervisor.host",
@@ -227,7 +250,10 @@ class SlurmBackend(ComputeBackend):
         )
         return (
             "#!/bin/sh\n"
+            "umask 077\n"
             f"mkdir -m 700 {shlex.quote(session_dir)} && cd {shlex.quote(session_dir)} || exit 1\n"
+            # One line of JSON in a quoted here-document: nothing in it is expanded.
+            f"cat > job.json <<'STUDIOS_JOB'\n{json.dumps(job)}\nSTUDIOS_JOB\n"
             f"{session_host}\n"
             "code=$?\n"
             f"cd / && rm -rf --one-file-system {shlex.quote(session_dir)}\n"
@@ -235,9 +261,6 @@ class SlurmBackend(ComputeBackend):
         )
 
     def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
-        spool = Path(handle["spool"])
-        shutil.rmtree(spool, ignore_errors=True)
-        spool.mkdir(mode=0o700, parents=True)
         job = host_environment(
             spec,
             container_id=handle["container"],
@@ -247,10 +270,15 @@ class SlurmBackend(ComputeBackend):
             image=handle["image"],
             image_cache=self.image_cache,
         )
-        descriptor = os.open(spool / "job.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(job, file)
-        (spool / "job.sh").write_text(self.job_script(handle))
+        if self.on_s3 or any(mount.uri.startswith("s3://") for mount in spec.mounts):
+            job.update(self.aws_environment())
+        if handle["spool"]:
+            spool = Path(handle["spool"])
+            shutil.rmtree(spool, ignore_errors=True)
+            spool.mkdir(mode=0o700, parents=True)
+            output, folder = spool / "session.log", spool
+        else:
+            output, folder = Path(f"/tmp/{handle['container']}.log"), Path("/tmp")
         try:
             job_id = (
                 run(
@@ -262,16 +290,17 @@ class SlurmBackend(ComputeBackend):
                     f"--mem={spec.memory_mb + SUPERVISOR_MEMORY_MB}",
                     "--nodes=1",
                     "--export=NONE",
-                    f"--output={spool / 'session.log'}",
-                    f"--chdir={spool}",
+                    f"--output={output}",
+                    f"--chdir={folder}",
                     *([f"--time={spec.time_limit_minutes}"] if spec.time_limit_minutes else []),
-                    str(spool / "job.sh"),
+                    input=self.job_script(handle, job),
                 )
                 .strip()
                 .split(";")[0]
             )
         except BackendError as error:
-            shutil.rmtree(spool, ignore_errors=True)
+            if handle["spool"]:
+                shutil.rmtree(handle["spool"], ignore_errors=True)
             raise BackendError(f"Slurm did not accept the job on partition {self.partition}: {error}") from None
         return {**handle, "job_id": job_id}
 

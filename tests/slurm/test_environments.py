@@ -105,6 +105,23 @@ def test_an_admin_adds_a_slurm_environment_and_bad_input_changes_nothing(slurm_w
         ["/shared/results"],
     )
     assert checked(environment) == ("available", "")
+    assert not environment.has_credentials
+
+    # A work directory on S3, with the key pair the jobs reach it with (kept sealed, never shown back).
+    on_s3 = {**good, "name": "hpc-s3", "work_dir": "s3://hpc-work/studios"}
+    response = client.post(url, {**on_s3, "access_key_id": "AKIASLURMNODES00001"})
+    assert response.status_code == 400
+    assert "Enter both the access key ID and the secret access key." in response.content.decode()
+    response = client.post(url, {**on_s3, "access_key_id": "AKIASLURMNODES00001", "secret_access_key": "s3cret"})
+    assert response.status_code == 302
+    environment = ComputeEnvironment.objects.get(name="hpc-s3")
+    assert environment.work_dir == "s3://hpc-work/studios"
+    assert environment.aws_credentials() == {
+        "aws_access_key_id": "AKIASLURMNODES00001",
+        "aws_secret_access_key": "s3cret",
+    }
+    assert b"s3cret" not in client.get(f"{url.removesuffix('add/slurm/')}{environment.pk}/").content
+    assert checked(environment) == ("available", "")
 
 
 def test_only_workspace_admins_may_add_one(slurm_workspace, client):

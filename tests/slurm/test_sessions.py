@@ -1,19 +1,22 @@
 """Studios on the local Slurm cluster, end to end: real jobs on its two nodes, reached through the platform's proxy,
 checkpointed to the shared work directory."""
 
+import os
 import stat
+import subprocess
 from pathlib import Path
 
+import boto3
 import pytest
 from django.conf import settings
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
-from studios.models import Role, StudioStatus
+from studios.models import ComputeEnvironment, Role, StudioStatus
 from studios.supervisor import sandbox
-from studios.tasks import reconcile_sessions
+from studios.tasks import check_compute_environment, reconcile_sessions
 
-from ..factories import make_member, make_studio
+from ..factories import make_member, make_studio, make_workspace
 from ..live import run, wait_for_status, wait_until
 from .conftest import slurm
 
@@ -35,6 +38,27 @@ def time_limit_minutes(job_id):
     days, _, clock = limit.rpartition("-")
     hours, minutes, _ = (int(part) for part in clock.split(":"))
     return (int(days or 0) * 24 + hours) * 60 + minutes
+
+
+def as_another_user(*command):
+    """``command`` as ``nobody``, a user of the cluster who is neither the job's owner nor an administrator: what
+    it prints and what it says went wrong."""
+    done = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "env", f"SLURM_CONF={os.environ['SLURM_CONF']}", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.stdout + done.stderr
+
+
+def assert_hidden_from_other_users(job, *secrets):
+    record = as_another_user("scontrol", "--details", "show", "job", job)
+    assert f"JobId={job}" in record
+    script = as_another_user("scontrol", "write", "batch_script", job, "-")
+    assert "job script retrieval failed" in script
+    for secret in secrets:
+        assert secret not in record + script
 
 
 def on_cluster(workspace, environment, author, name):
@@ -64,14 +88,14 @@ def test_a_studio_runs_as_a_slurm_job_keeps_its_files_across_restarts_and_its_to
     # The session is reached on its node's address, on the ports the platform drew.
     assert studio.session.endpoint == f"http://127.0.0.1:{studio.session.handle['port']}"
 
-    # Nothing Slurm shows other users of the cluster holds the token: not the job's record, not its script.
+    # Nothing Slurm shows other users of the cluster holds the token: not the job's record, not its script, which
+    # carried it to the node (Slurm shows a job's script to its owner and the cluster's administrators only).
     token = studio.session.token
-    assert token not in slurm("scontrol", "--details", "show", "job", job)
-    assert token not in slurm("scontrol", "write", "batch_script", job, "-")
-    # It reached the supervisor in a file of the work directory only the platform's user may read, gone once read.
+    assert_hidden_from_other_users(job, token)
+    # Nothing of it is in the work directory: only the session's log, in a folder only the platform's user may read.
     spool = Path(studio.session.handle["spool"])
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
-    assert not (spool / "job.json").exists()
+    assert [path.name for path in spool.iterdir()] == ["session.log"]
 
     # The job's time limit is the studio's lifespan (8 h by default) and the stop's time for a final checkpoint;
     # extending the studio raises it.
@@ -136,3 +160,42 @@ def test_a_studio_that_does_not_fit_waits_with_slurms_reason_and_one_cancelled_o
     assert "cancelled outside Studios" in first.status_reason
     lifecycle.stop_studio(user, second)
     wait_for_status(second, StudioStatus.STOPPED)
+
+
+def test_a_studio_keeps_its_checkpoints_in_an_s3_work_directory_with_the_environments_key_pair(
+    live_platform, cluster, moto_server, monkeypatch
+):
+    # The platform's host reaches moto's S3 as its own identity; the jobs only with the environment's key pair
+    # (nothing of the platform's environment reaches a job: sbatch --export=NONE).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "platform")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "platform")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="hpc-work")
+    workspace = make_workspace()
+    environment = ComputeEnvironment(workspace=workspace, name="cluster", kind="slurm", partition="studios")
+    environment.work_dir, environment.max_cpus, environment.max_memory_mb = "s3://hpc-work/slurm", 2, 2048
+    environment.set_credentials("AKIASLURMNODES00001", "slurm-nodes-secret")
+    environment.save()
+    check_compute_environment(environment.pk)
+    environment.refresh_from_db()
+    assert environment.status == "available", environment.status_reason
+    user = make_member(workspace, Role.MAINTAIN)
+    studio = on_cluster(workspace, environment, user, "hpc-s3")
+
+    lifecycle.start_studio(user, studio)
+    wait_for_status(studio, StudioStatus.RUNNING)
+    assert_hidden_from_other_users(job_of(studio), studio.session.token, "slurm-nodes-secret")
+    assert run(live_platform, studio, user, "open('/workspace/counts.tsv', 'w').write('7\\n'); print('ok')") == "ok"
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED)
+    assert Checkpoint.objects.filter(studio=studio, state=Checkpoint.State.FINALIZED).count() == 1
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket="hpc-work")["Contents"]]
+    assert any(key.startswith("slurm/.studios/checkpoints/manifests/") for key in keys)
+
+    lifecycle.start_studio(user, studio)
+    wait_for_status(studio, StudioStatus.RUNNING)
+    assert run(live_platform, studio, user, "print(open('/workspace/counts.tsv').read().strip())") == "7"
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED)

@@ -109,6 +109,13 @@ class ComputeBackend(ABC):
     def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
         """Start the session planned in ``handle`` and return its handle; the supervisor reports readiness."""
 
+    def recover(self, handle: dict[str, Any]) -> dict[str, Any] | None:
+        """The handle ``launch`` returned for the planned ``handle`` to a worker that died before recording it (killed
+        between submitting a job and recording the job's id): its compute, found by the name ``plan`` gave it,
+        when that has not ended. None when ``handle`` is complete, or nothing of it runs or waits to run. Only
+        compute named by a scheduler needs it: what a local launch creates the plan names in full."""
+        return None
+
     @abstractmethod
     def poll(self, handle: dict[str, Any]) -> SessionState:
         """Whether the session's compute still exists."""

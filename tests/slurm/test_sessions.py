@@ -9,20 +9,14 @@ from django.conf import settings
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
-from studios.models import Role, StudioStatus
+from studios.models import StudioStatus
 from studios.supervisor import sandbox
 from studios.tasks import reconcile_sessions
 
-from ..factories import make_member, make_studio
 from ..live import run, wait_for_status, wait_until
-from .conftest import slurm
+from .conftest import job_of, on_cluster, slurm
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
-
-
-def job_of(studio):
-    studio.refresh_from_db()
-    return studio.session.handle.get("job_id") if studio.session else None
 
 
 def job_state(job_id):
@@ -35,19 +29,6 @@ def time_limit_minutes(job_id):
     days, _, clock = limit.rpartition("-")
     hours, minutes, _ = (int(part) for part in clock.split(":"))
     return (int(days or 0) * 24 + hours) * 60 + minutes
-
-
-def on_cluster(workspace, environment, author, name):
-    return make_studio(
-        workspace, name=name, author=author, compute_environment_id=environment.pk, cpus=2, memory_mb=1024
-    )
-
-
-@pytest.fixture
-def studio_on_cluster(live_platform, slurm_workspace):
-    workspace, environment = slurm_workspace
-    user = make_member(workspace, Role.MAINTAIN)
-    return workspace, environment, user
 
 
 def test_a_studio_runs_as_a_slurm_job_keeps_its_files_across_restarts_and_its_token_out_of_the_job(

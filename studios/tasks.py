@@ -304,12 +304,20 @@ def reconcile_when_a_worker_starts(**kwargs):
 
 
 def sweep_hosts():
-    """Remove from this platform's hosts whatever no live session owns. What is on the host is listed before the
-    sessions are read: a session is recorded before anything of it is created, so none can be missed in between."""
-    found = local_backend().leftovers_on_host()
-    owned = Session.objects.filter(ended=None).values_list("handle", flat=True)
-    for removed in local_backend().sweep(found, list(owned)):
-        log.warning("removed what no session owns: %s", removed)
+    """Remove from this platform's hosts, and from the queues of its Slurm clusters, whatever no live session owns
+    (a job submitted by a start that was retried meanwhile). What is there is listed before the sessions are read: a
+    session is recorded before anything of it is created, so none can be missed in between."""
+    clusters = [backend_for(environment) for environment in ComputeEnvironment.objects.filter(kind="slurm")]
+    found = []
+    for backend in [local_backend(), *clusters]:
+        try:
+            found.append((backend, backend.inventory()))
+        except BackendError as error:
+            log.warning("cannot list what sessions left: %s", error)
+    owned = list(Session.objects.filter(ended=None).values_list("handle", flat=True))
+    for backend, leftovers in found:
+        for removed in backend.sweep(leftovers, owned):
+            log.warning("removed what no session owns: %s", removed)
 
 
 @shared_task

@@ -6,6 +6,7 @@ any worker process.
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,3 +133,13 @@ class ComputeBackend(ABC):
     @abstractmethod
     def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """Ask the session to end, wait up to ``timeout`` seconds, then end it by force. Idempotent."""
+
+    def inventory(self) -> Any:
+        """What of this platform's sessions the backend's compute holds, for ``sweep``: listed before the sessions
+        are read, it holds nothing of a session created since (a session's handle is recorded before anything of it
+        is created). None where nothing can outlive its session unnoticed."""
+        return None
+
+    def sweep(self, found: Any, owned_handles: Iterable[dict[str, Any]]) -> list[str]:
+        """End and remove what ``found`` (``inventory``) lists that none of ``owned_handles`` names; what it did."""
+        return []

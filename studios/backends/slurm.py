@@ -20,7 +20,9 @@ node is, only Slurm says: once the job runs, ``scontrol`` names its node and the
 Each start's job is named after the session's container (``studio-<id>-<random>``), which the plan records before
 ``sbatch`` runs: a worker killed after ``sbatch`` returned and before it recorded the job's id leaves a job the
 platform finds again by that name (``squeue --me --name``), to adopt rather than submit a second one (``recover``),
-or to cancel when the session ends (``terminate``).
+or to cancel when the session ends (``terminate``). The reconcile's sweep cancels a job of the work directory's
+spool that no live session names (``inventory``, ``sweep``): one whose start was retried while ``sbatch`` had not
+returned yet, or whose studio's row is gone.
 """
 
 import json
@@ -33,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +308,23 @@ class SlurmBackend(ComputeBackend):
         )
         jobs = (line.partition("|") for line in listing.splitlines())
         return {job_id: folder for job_id, bar, folder in jobs if bar}
+
+    def inventory(self) -> dict[str, str]:
+        """The jobs of this work directory's sessions (their working directory is a session's spool folder)."""
+        spools = f"{Path(self.work_dir) / SPOOL}/"
+        return {job_id: folder for job_id, folder in self._queued().items() if folder.startswith(spools)}
+
+    def sweep(self, found: dict[str, str], owned_handles: Iterable[dict[str, Any]]) -> list[str]:
+        """Cancel the jobs no live session's plan names (a start retried while its job was being submitted, a
+        session whose studio is gone), and remove their spool folders."""
+        owned = {handle.get("spool") for handle in owned_handles}
+        removed = []
+        for job_id, folder in found.items():
+            if folder not in owned:
+                run("scancel", job_id, check=False)
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(f"Slurm job {job_id} ({Path(folder).name})")
+        return removed
 
     def _job(self, job_id: str) -> dict[str, str] | None:
         """The job's ``scontrol show job`` record, or None once Slurm has forgotten it."""

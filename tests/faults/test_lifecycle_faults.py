@@ -160,7 +160,7 @@ def world(services, platform, platform_side, tmp_path):
     yield world
     worker.stop()
     backend = LocalBackend(sessions_dir)
-    backend.sweep(backend.leftovers_on_host(), [])  # whatever a failed test left
+    backend.sweep(backend.inventory(), [])  # whatever a failed test left
 
 
 def test_a_start_whose_worker_was_killed_before_it_created_anything_runs_once_a_worker_is_back(world, services):

@@ -1,12 +1,14 @@
 """A worker killed after ``sbatch`` returned and before it recorded the job's id (issue 18): the job it submitted is
-found again by its name, and adopted by the retried start or by the reconcile; never left running beside another."""
+found again by its name, and adopted by the retried start or by the reconcile; never left running beside another.
+And a job no session owns any more is cancelled by the sweep."""
 
+from pathlib import Path
 from unittest import mock
 
 import pytest
 
 from studios import lifecycle, tasks
-from studios.models import Session, StudioStatus
+from studios.models import Session, Studio, StudioStatus
 from studios.supervisor import sandbox
 
 from ..live import (
@@ -18,7 +20,7 @@ from ..live import (
     wait_for_status,
     wait_until,
 )
-from .conftest import on_cluster, slurm
+from .conftest import job_of, on_cluster, slurm
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
@@ -75,3 +77,16 @@ def test_a_job_whose_supervisor_reported_before_it_was_recorded_is_found_by_the_
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED)
     wait_until(lambda: not jobs_of(studio), 30, f"job {job} to leave the queue")
+
+
+def test_a_job_no_session_owns_is_cancelled_by_the_sweep(live_platform, studio_on_cluster):
+    workspace, environment, user = studio_on_cluster
+    studio = on_cluster(workspace, environment, user, "hpc")
+    slurm("scontrol", "update", "PartitionName=studios", "State=DOWN")  # its job waits
+    lifecycle.start_studio(user, studio)
+    wait_until(lambda: job_of(studio), 30, "the start task to submit the job")
+    spool = Path(studio.session.handle["spool"])
+    # An operator deletes the studio's row (in the admin, or by restoring an older database) while its job waits.
+    Studio.objects.filter(pk=studio.pk).delete()
+    tasks.reconcile_sessions()
+    assert jobs_of(studio) == [] and not spool.exists()

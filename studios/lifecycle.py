@@ -557,12 +557,18 @@ def session_checkpoint_failed(token, reason):
     return True
 
 
-def record_launch(session_id, handle, launched=False):
+def record_launch(session_id, handle, launched=False, planned=None):
     """Keep the backend's handle: what the session will have on its host (before it is created) or has (once
-    ``launched``), and where it is reached. False when the start was superseded, so the caller ends what it made."""
+    ``launched``), and where it is reached. False when the start was superseded, so the caller ends what it made.
+    ``planned``: record it only over this handle (the reconcile adopting a job, which a start task may have
+    replaced meanwhile). Recording the same launch twice (that task and the reconcile) is no supersession."""
     with transaction.atomic():
         session = _session(session_id)
-        if session is None or session.studio.session_id != session.pk or session.studio.status != StudioStatus.STARTING:
+        if session is None or session.studio.session_id != session.pk:
+            return False
+        if launched and session.launched and session.handle == handle:
+            return True
+        if session.studio.status != StudioStatus.STARTING or planned not in (None, session.handle):
             return False
         session.handle, session.launched = handle, launched
         session.endpoint = handle.get("endpoint", "")

@@ -56,7 +56,8 @@ def session_spec(session):
 @shared_task
 def launch_session(session_id):
     """Plan the session (its handle names all it will create, and is recorded before anything is), then launch it.
-    Run again after a worker died mid-way, it first removes whatever the earlier attempt may have created."""
+    Run again after a worker died mid-way, it adopts the compute the earlier attempt submitted without recording it
+    (``recover``: a job still waiting or running), else removes whatever that attempt may have created."""
     session = (
         Session.objects.select_related(
             "studio__compute_environment", "studio__workspace__organization", "studio__author", "restored_from"
@@ -70,12 +71,14 @@ def launch_session(session_id):
     spec = session_spec(session)
     handle = session.handle
     try:
-        if handle:
-            backend.terminate(handle, 0)
-        handle = backend.plan(spec)
-        if not lifecycle.record_launch(session_id, handle):
-            return
-        handle = backend.launch(spec, handle)
+        launched = backend.recover(handle) if handle else None
+        if launched is None:
+            if handle:
+                backend.terminate(handle, 0)
+            handle = backend.plan(spec)
+            if not lifecycle.record_launch(session_id, handle):
+                return
+            launched = backend.launch(spec, handle)
     except (BackendError, OSError) as error:
         log.warning("studio %s: could not launch: %s", session.studio_id, error)
         end_compute(session.studio.compute_environment_id, handle)
@@ -83,9 +86,9 @@ def launch_session(session_id):
             session.studio_id, f"Could not provision compute: {error}", expected={StudioStatus.STARTING}
         )
         return
-    if not lifecycle.record_launch(session_id, handle, launched=True):
+    if not lifecycle.record_launch(session_id, launched, launched=True):
         log.info("studio %s: start superseded, ending the session just launched", session.studio_id)
-        end_compute(session.studio.compute_environment_id, handle)
+        end_compute(session.studio.compute_environment_id, launched)
 
 
 @shared_task
@@ -261,7 +264,14 @@ def reconcile_sessions():
         session = studio.session
         assert session is not None  # the query asks for one
         try:
-            state = backend_for(studio.compute_environment).poll(session.handle)
+            backend = backend_for(studio.compute_environment)
+            # A job submitted by a worker that died before recording it (its supervisor may have reported since).
+            recovered = backend.recover(session.handle) if studio.status == StudioStatus.STARTING else None
+            if recovered is not None and lifecycle.record_launch(
+                session.pk, recovered, launched=True, planned=session.handle
+            ):
+                session.handle = recovered
+            state = backend.poll(session.handle)
         except BackendError as error:
             log.warning("studio %s: cannot poll its session: %s", studio.pk, error)
             continue
@@ -294,12 +304,20 @@ def reconcile_when_a_worker_starts(**kwargs):
 
 
 def sweep_hosts():
-    """Remove from this platform's hosts whatever no live session owns. What is on the host is listed before the
-    sessions are read: a session is recorded before anything of it is created, so none can be missed in between."""
-    found = local_backend().leftovers_on_host()
-    owned = Session.objects.filter(ended=None).values_list("handle", flat=True)
-    for removed in local_backend().sweep(found, list(owned)):
-        log.warning("removed what no session owns: %s", removed)
+    """Remove from this platform's hosts, and from the queues of its Slurm clusters, whatever no live session owns
+    (a job submitted by a start that was retried meanwhile). What is there is listed before the sessions are read: a
+    session is recorded before anything of it is created, so none can be missed in between."""
+    clusters = [backend_for(environment) for environment in ComputeEnvironment.objects.filter(kind="slurm")]
+    found = []
+    for backend in [local_backend(), *clusters]:
+        try:
+            found.append((backend, backend.inventory()))
+        except BackendError as error:
+            log.warning("cannot list what sessions left: %s", error)
+    owned = list(Session.objects.filter(ended=None).values_list("handle", flat=True))
+    for backend, leftovers in found:
+        for removed in backend.sweep(leftovers, owned):
+            log.warning("removed what no session owns: %s", removed)
 
 
 @shared_task

@@ -1,15 +1,19 @@
 """What tests against live processes share: waiting, with a deadline, for something to happen; a browser holding a
-user's login; running code in a session's kernel; a wheel to install without a network."""
+user's login; running code in a session's kernel; a wheel to install without a network; a start task killed at an
+exact point."""
 
 import asyncio
 import io
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 import uuid
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,12 +21,16 @@ import httpx
 import pytest
 import websockets
 import websockets.sync.client
+from django.db import connection
+from django.utils import timezone
 
-from studios.models import StudioStatus
+from studios import lifecycle, tasks
+from studios.models import Session, StudioStatus
 from studios.supervisor import sandbox
 
 # How long a test waits for a session to start.
 START_TIMEOUT = 120
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_until(predicate, timeout, what, interval=0.1):
@@ -48,6 +56,47 @@ def wait_for_status(studio, wanted, timeout=START_TIMEOUT):
         return studio.status == wanted
 
     wait_until(arrived, timeout, f"studio {studio.name} to be {wanted}", interval=0.25)
+    return studio
+
+
+def killed_launch(session_id, point, environment):
+    """Run the launch task in a process of its own that is killed by SIGKILL at ``point`` (``faults/killed_launch.py``),
+    with ``environment`` (the platform's: its database, broker and URL)."""
+    died = subprocess.run(
+        [sys.executable, "-m", "tests.faults.killed_launch", str(session_id), point], cwd=REPO, env=environment
+    )
+    assert died.returncode == -signal.SIGKILL
+
+
+def live_platform_environment(platform):
+    """The environment a process of the live platform's gets (a worker's): the tests' database, this process's
+    broker and settings, the platform's URL."""
+    database = connection.settings_dict
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="studios_project.settings",
+        DATABASE_URL=f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        STUDIOS_PLATFORM_URL=platform.url,
+    )
+
+
+def left_unclaimed(session):
+    """As the session is once the claim of the task that worked on it is older than the reconcile waits for."""
+    stale = timezone.now() - timedelta(seconds=lifecycle.TASK_STALE_SECONDS + 1)
+    Session.objects.filter(pk=session.pk).update(worked_on=stale)
+
+
+def reconciled_until_running(studio, timeout=START_TIMEOUT):
+    """Beat's reconcile (every 20 s in a deployment), run until the studio runs; the test fails if it errors."""
+
+    def running():
+        tasks.reconcile_sessions()
+        studio.refresh_from_db()
+        if studio.status == StudioStatus.ERRORED:
+            pytest.fail(f"studio errored: {studio.status_reason}")
+        return studio.status == StudioStatus.RUNNING
+
+    wait_until(running, timeout, f"the reconcile to find studio {studio.name} running", interval=1)
     return studio
 
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from unittest import mock
 
 import boto3
 import httpx
@@ -25,15 +26,24 @@ from django.conf import settings
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
-from studios.models import ComputeEnvironment, Role, StudioStatus
+from studios.models import ComputeEnvironment, Role, Session, StudioStatus
 from studios.supervisor import sandbox
 from studios.supervisor.protocol import SessionConfig
-from studios.tasks import reconcile_sessions
+from studios.tasks import launch_session, reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_member, make_studio, make_workspace
 from .images import PROJECT_ROOT
-from .live import Browser, execute, wait_for_status, wait_until
+from .live import (
+    Browser,
+    execute,
+    killed_launch,
+    left_unclaimed,
+    live_platform_environment,
+    reconciled_until_running,
+    wait_for_status,
+    wait_until,
+)
 from .moto_batch import REGION, MotoBatch, environment_of
 
 # The job's supervisor sandboxes the IDE, as it does in the job's privileged container on Batch.
@@ -259,3 +269,50 @@ def test_a_vscode_batch_session_answers_only_with_the_token(live_platform, batch
     lifecycle.stop_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
     assert Checkpoint.objects.get(studio=studio, name="editor_1").state == Checkpoint.State.FINALIZED
+
+
+def jobs_of(batch, studio):
+    """The ids of the studio's jobs on the queue that have not ended (named ``studio-<id>``, or after one start)."""
+    name = f"studio-{studio.pk}"
+    listed = batch.client.list_jobs(jobQueue="studios", filters=[{"name": "JOB_NAME", "values": [f"{name}*"]}])
+    return [
+        job["jobId"]
+        for job in listed["jobSummaryList"]
+        if (job["jobName"] == name or job["jobName"].startswith(f"{name}-"))
+        and job["status"] not in ("SUCCEEDED", "FAILED")
+    ]
+
+
+@pytest.mark.parametrize("repair", ["retried start", "reconcile"])
+def test_a_job_submitted_by_a_worker_killed_before_recording_it_is_adopted_never_submitted_twice(
+    live_platform, batch_host, repair
+):
+    workspace, environment = batch_workspace()
+    user = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(
+        workspace, name="cloud", author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024
+    )
+    with mock.patch.object(lifecycle, "dispatch"):  # the start's task message: taken by the worker killed below
+        lifecycle.start_studio(user, studio)
+    studio.refresh_from_db()
+    killed_launch(studio.session.pk, "before-recorded", live_platform_environment(live_platform))
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STARTING and "job_id" not in studio.session.handle
+    [job] = jobs_of(batch_host.batch, studio)
+
+    if repair == "retried start":  # the job waits for an instance: no report comes from it, and the start is retried
+        left_unclaimed(studio.session)
+        launch_session(studio.session.pk)
+        studio.refresh_from_db()
+        assert studio.session.handle["job_id"] == job
+        batch_host.run(job, studio.template)
+    else:  # Batch runs the job, whose supervisor reports: the session is launched, and no start is retried
+        batch_host.run(job, studio.template)
+        wait_until(lambda: Session.objects.get(pk=studio.session.pk).launched, 60, "the job's supervisor to report")
+    reconciled_until_running(studio)
+    assert studio.session.handle["job_id"] == job and jobs_of(batch_host.batch, studio) == [job]
+    assert in_session(live_platform, user, studio, "print(6 * 7)") == "42"
+
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    assert jobs_of(batch_host.batch, studio) == []

@@ -30,8 +30,15 @@ What each action calls, hence the IAM actions the platform needs:
 - ``poll``: batch:DescribeJobs; for a RUNNING job on a container instance this worker has not located yet,
   ecs:DescribeContainerInstances and ec2:DescribeInstances (once per instance: its private address never
   changes).
-- ``terminate``: batch:TerminateJob, then batch:DescribeJobs every 2 s until the job has ended.
+- ``terminate``: batch:TerminateJob, then batch:DescribeJobs every 2 s until the job has ended; for a session whose
+  job's id was never recorded, batch:ListJobs first.
+- ``recover``: batch:ListJobs (when the job's id was never recorded).
 - ``start_timeout_hint``: batch:DescribeJobs.
+
+Each start's job is named after the session's container (``studio-<id>-<random>``), which the plan records before
+the job is submitted: a worker killed after SubmitJob returned and before it recorded the job's id leaves a job the
+platform finds again by that name (``recover``), to adopt rather than submit a second one, or to terminate when the
+session ends.
 
 Credentials are the compute environment's access key pair or, without one, boto3's default chain (the
 platform's own role); ``AWS_ENDPOINT_URL`` points boto3 at another endpoint (moto). The job itself gets no
@@ -291,7 +298,7 @@ class AwsBatchBackend(ComputeBackend):
     def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
         try:
             job = self.client.submit_job(
-                jobName=spec.name,
+                jobName=handle["container"],
                 jobQueue=self.job_queue,
                 jobDefinition=self._job_definition(spec.template),
                 containerOverrides={
@@ -307,6 +314,24 @@ class AwsBatchBackend(ComputeBackend):
         except (BotoCoreError, ClientError) as error:
             raise BackendError(f"AWS Batch did not accept the job on queue {self.job_queue}: {error}") from None
         return {**handle, "job_id": job["jobId"]}
+
+    def recover(self, handle: dict[str, Any]) -> dict[str, Any] | None:
+        """The job an earlier launch of this plan submitted and did not record, by its name (unique to the start)."""
+        job_id = "" if "job_id" in handle else self._submitted(handle)
+        return {**handle, "job_id": job_id} if job_id else None
+
+    def _submitted(self, handle: dict[str, Any]) -> str:
+        """The id of the planned job, on the queue and not ended, or "". Of jobs of that name, the first submitted:
+        the name is unknown to anyone else until the platform's job exists."""
+        if "container" not in handle:
+            return ""
+        name = [{"name": "JOB_NAME", "values": [handle["container"]]}]
+        try:
+            pages = self.client.get_paginator("list_jobs").paginate(jobQueue=self.job_queue, filters=name)
+            jobs = [job for page in pages for job in page["jobSummaryList"] if job["status"] not in ENDED]
+        except (BotoCoreError, ClientError) as error:
+            raise BackendError(f"Cannot list the AWS Batch jobs of queue {self.job_queue}: {error}") from None
+        return str(min(jobs, key=lambda job: job["createdAt"])["jobId"]) if jobs else ""
 
     def _describe(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -369,7 +394,7 @@ class AwsBatchBackend(ComputeBackend):
 
     def stop(self, handle: dict[str, Any]) -> None:
         """Batch sends the container SIGTERM (the supervisor saves a final checkpoint), then SIGKILL."""
-        job_id = handle.get("job_id")
+        job_id = handle.get("job_id") or self._submitted(handle)
         if not job_id:
             return
         try:
@@ -380,10 +405,10 @@ class AwsBatchBackend(ComputeBackend):
 
     def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """Stop the job and wait up to ``timeout`` for it to end."""
-        job_id = handle.get("job_id")
+        job_id = handle.get("job_id") or self._submitted(handle)
         if not job_id:
             return
-        self.stop(handle)
+        self.stop({**handle, "job_id": job_id})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self._describe(job_id)

@@ -6,6 +6,7 @@ any worker process.
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,13 @@ class ComputeBackend(ABC):
     def launch(self, spec: SessionSpec, handle: dict[str, Any]) -> dict[str, Any]:
         """Start the session planned in ``handle`` and return its handle; the supervisor reports readiness."""
 
+    def recover(self, handle: dict[str, Any]) -> dict[str, Any] | None:
+        """The handle ``launch`` returned for the planned ``handle`` to a worker that died before recording it (killed
+        between submitting a job and recording the job's id): its compute, found by the name ``plan`` gave it,
+        when that has not ended. None when ``handle`` is complete, or nothing of it runs or waits to run. Only
+        compute named by a scheduler needs it: what a local launch creates the plan names in full."""
+        return None
+
     @abstractmethod
     def poll(self, handle: dict[str, Any]) -> SessionState:
         """Whether the session's compute still exists."""
@@ -125,3 +133,13 @@ class ComputeBackend(ABC):
     @abstractmethod
     def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """Ask the session to end, wait up to ``timeout`` seconds, then end it by force. Idempotent."""
+
+    def inventory(self) -> Any:
+        """What of this platform's sessions the backend's compute holds, for ``sweep``: listed before the sessions
+        are read, it holds nothing of a session created since (a session's handle is recorded before anything of it
+        is created). None where nothing can outlive its session unnoticed."""
+        return None
+
+    def sweep(self, found: Any, owned_handles: Iterable[dict[str, Any]]) -> list[str]:
+        """End and remove what ``found`` (``inventory``) lists that none of ``owned_handles`` names; what it did."""
+        return []

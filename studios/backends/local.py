@@ -89,7 +89,7 @@ def _running(pid: int, started: str | None) -> bool:
 
 
 class HostLeftovers(TypedDict):
-    """What ``leftovers_on_host`` found, for ``sweep``."""
+    """What ``inventory`` found, for ``sweep``."""
 
     containers: dict[str, str]  # container id -> session folder (its bundle)
     supervisors: dict[int, str]  # pid -> session folder (its working directory)
@@ -274,7 +274,7 @@ class LocalBackend(ComputeBackend):
             left.append("its folder")
         return left
 
-    def leftovers_on_host(self) -> HostLeftovers:
+    def inventory(self) -> HostLeftovers:
         """Everything of this platform's sessions on this host, each thing with its session folder."""
         prefix = str(self.sessions_dir) + "/"
         return {
@@ -284,7 +284,7 @@ class LocalBackend(ComputeBackend):
         }
 
     def sweep(self, found: HostLeftovers, owned_handles: Iterable[dict[str, Any]]) -> list[str]:
-        """Remove what ``found`` (``leftovers_on_host``) lists that none of ``owned_handles`` names, and the unpacked
+        """Remove what ``found`` (``inventory``) lists that none of ``owned_handles`` names, and the unpacked
         images no session runs from that a later pull superseded; what it removed."""
         owned = {handle.get("session_dir") for handle in owned_handles}
         removed = []

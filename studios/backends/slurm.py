@@ -18,6 +18,14 @@ the session's host reads the file and removes it before it starts anything.
 The gate and the control endpoint listen on the node's address, on ports the platform draws when it plans the
 session (as on AWS Batch: one already taken on the node fails that start, and the next draws others). Where the
 node is, only Slurm says: once the job runs, ``scontrol`` names its node and the node's address.
+
+Each start's job is named after the session's container (``studio-<id>-<random>``), which the plan records before
+``sbatch`` runs: a worker killed after ``sbatch`` returned and before it recorded the job's id leaves a job the
+platform finds again by that name (``squeue --me --name``) and its comment, which names the work directory and the
+session (another user of the cluster may name a job as they like), to adopt rather than submit a second one
+(``recover``), or to cancel when the session ends (``terminate``). The reconcile's sweep cancels a job of the work
+directory that no live session names (``inventory``, ``sweep``): one whose start was retried while ``sbatch`` had
+not returned yet, or whose studio's row is gone.
 """
 
 import json
@@ -30,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +294,8 @@ class SlurmBackend(ComputeBackend):
                     "sbatch",
                     "--parsable",
                     *self._placement(),
-                    f"--job-name={spec.name}",
+                    f"--job-name={handle['container']}",
+                    f"--comment={self._comment(handle['container'])}",
                     f"--cpus-per-task={spec.cpus}",
                     f"--mem={spec.memory_mb + SUPERVISOR_MEMORY_MB}",
                     "--nodes=1",
@@ -303,6 +313,58 @@ class SlurmBackend(ComputeBackend):
                 shutil.rmtree(handle["spool"], ignore_errors=True)
             raise BackendError(f"Slurm did not accept the job on partition {self.partition}: {error}") from None
         return {**handle, "job_id": job_id}
+
+    def recover(self, handle: dict[str, Any]) -> dict[str, Any] | None:
+        """The job an earlier launch of this plan submitted and did not record, by its name (unique to the start)."""
+        job_id = "" if "job_id" in handle else self._submitted(handle)
+        return {**handle, "job_id": job_id} if job_id else None
+
+    def _comment(self, container: str) -> str:
+        """What a session's job says of itself: the work directory it belongs to, and the session."""
+        return f"studios {self.work_dir} {container}"
+
+    def _submitted(self, handle: dict[str, Any]) -> str:
+        """The id of the planned job that Slurm runs or will run, or "": submitted by the platform's user (another
+        user may name a job as they like) with the plan's comment."""
+        if "container" not in handle:
+            return ""
+        jobs = self._queued(f"--name={handle['container']}")
+        return next((job_id for job_id, comment in jobs.items() if comment == self._comment(handle["container"])), "")
+
+    def _queued(self, *selection: str) -> dict[str, str]:
+        """The platform's user's jobs that have not ended (among ``selection``): their comments by id."""
+        listing = run(
+            "squeue",
+            "--noheader",
+            "--me",
+            f"--states={','.join(sorted(WAITING | ENDING | {'RUNNING'}))}",
+            "--format=%i|%k",
+            *selection,
+        )
+        jobs = (line.partition("|") for line in listing.splitlines())
+        return {job_id: comment for job_id, bar, comment in jobs if bar}
+
+    def inventory(self) -> dict[str, str]:
+        """The jobs of this work directory's sessions: their sessions by id."""
+        mine = self._comment("")
+        return {
+            job_id: comment.removeprefix(mine)
+            for job_id, comment in self._queued().items()
+            if comment.startswith(mine) and comment != mine
+        }
+
+    def sweep(self, found: dict[str, str], owned_handles: Iterable[dict[str, Any]]) -> list[str]:
+        """Cancel the jobs no live session's plan names (a start retried while its job was being submitted, a
+        session whose studio is gone), and remove their log folders."""
+        owned = {handle.get("container") for handle in owned_handles}
+        removed = []
+        for job_id, container in found.items():
+            if container not in owned:
+                run("scancel", job_id, check=False)
+                if not self.on_s3:
+                    shutil.rmtree(Path(self.work_dir) / SPOOL / container, ignore_errors=True)
+                removed.append(f"Slurm job {job_id} ({container})")
+        return removed
 
     def _job(self, job_id: str) -> dict[str, str] | None:
         """The job's ``scontrol show job`` record, or None once Slurm has forgotten it."""
@@ -357,10 +419,14 @@ class SlurmBackend(ComputeBackend):
         if handle.get("job_id"):
             run("scontrol", "update", f"JobId={handle['job_id']}", f"TimeLimit={time_limit_minutes}")
 
+    def _job_id(self, handle: dict[str, Any]) -> str:
+        """The session's job: recorded, or submitted by a launch that died before recording it."""
+        return str(handle.get("job_id") or self._submitted(handle))
+
     def stop(self, handle: dict[str, Any]) -> None:
         """SIGTERM to a running job's supervisor (it saves a final checkpoint and ends the session); a job still
         waiting is cancelled: it has nothing to save."""
-        job_id: str = handle.get("job_id", "")
+        job_id = self._job_id(handle)
         job = self._job(job_id) if job_id else None
         if job is None:
             return
@@ -371,9 +437,9 @@ class SlurmBackend(ComputeBackend):
 
     def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """Ask the job to end, wait up to ``timeout``, then cancel it; remove its spool folder once it has ended."""
-        job_id = handle.get("job_id")
+        job_id = self._job_id(handle)
         if job_id:
-            self.stop(handle)
+            self.stop({**handle, "job_id": job_id})
             if not self._ended(job_id, timeout):
                 run("scancel", job_id, check=False)
                 if not self._ended(job_id, 60):

@@ -28,7 +28,8 @@ def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_running_its_super
     )
     studio = launch(maintainer, studio)
     job = aws.describe(job_id(studio))
-    assert job["jobName"] == f"studio-{studio.pk}"
+    assert job["jobName"] == studio.session.handle["container"]  # unique to the start (``recover``)
+    assert job["jobName"].startswith(f"studio-{studio.pk}-")
     assert job["jobQueue"].endswith(":job-queue/studios")
     assert job["tags"] == {
         "studios:workspace": str(workspace),
@@ -160,6 +161,20 @@ def test_a_session_planned_but_not_submitted_yet_is_left_to_its_start(studio, ma
     studio.refresh_from_db()
     assert studio.status == StudioStatus.STARTING
     assert studio.session.steps[0]["message"] == "Submitting the AWS Batch job"
+
+
+def test_a_job_whose_id_was_never_recorded_is_found_by_its_name_and_ended_with_its_session(studio, maintainer, aws):
+    lifecycle.start_studio(maintainer, studio)
+    studio.refresh_from_db()
+    backend, spec = backend_for(studio.compute_environment), tasks.session_spec(studio.session)
+    planned = backend.plan(spec)
+    assert lifecycle.record_launch(studio.session.pk, planned)
+    job = backend.launch(spec, planned)["job_id"]  # submitted by a worker that dies before recording it
+    lifecycle.stop_studio(maintainer, studio)
+    tasks.stop_session(studio.pk)
+    studio.refresh_from_db()
+    assert studio.status == StudioStatus.STOPPED
+    assert aws.describe(job)["status"] == "FAILED"
 
 
 def test_the_platform_reaches_the_session_where_batch_runs_its_job_never_where_a_report_says(

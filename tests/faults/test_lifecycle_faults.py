@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 from studios.backends.local import LocalBackend
 from studios.supervisor import sandbox
 
-from ..live import pid_alive, sandbox_init, wait_until
+from ..live import killed_launch, pid_alive, sandbox_init, wait_until
 from ..live import session_supervisor as supervisor_of
 from .conftest import REPO
 
@@ -160,15 +160,7 @@ def world(services, platform, platform_side, tmp_path):
     yield world
     worker.stop()
     backend = LocalBackend(sessions_dir)
-    backend.sweep(backend.leftovers_on_host(), [])  # whatever a failed test left
-
-
-def killed_launch(session_id, point, environment):
-    """Run the launch task in a process of its own that is killed by SIGKILL at ``point`` (``killed_launch.py``)."""
-    died = subprocess.run(
-        [sys.executable, "-m", "tests.faults.killed_launch", str(session_id), point], cwd=REPO, env=environment
-    )
-    assert died.returncode == -signal.SIGKILL
+    backend.sweep(backend.inventory(), [])  # whatever a failed test left
 
 
 def test_a_start_whose_worker_was_killed_before_it_created_anything_runs_once_a_worker_is_back(world, services):

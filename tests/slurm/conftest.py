@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from studios.models import ComputeEnvironment
+from studios.models import ComputeEnvironment, Role
 from studios.tasks import check_compute_environment
 
-from ..factories import make_workspace
+from ..factories import make_member, make_studio, make_workspace
 
 CLUSTER = Path(__file__).resolve().parent / "cluster.sh"
 
@@ -57,3 +57,24 @@ def slurm_workspace(cluster, db, tmp_path):
     work_dir.mkdir()
     workspace = make_workspace(work_dir=str(work_dir))
     return workspace, slurm_environment(workspace, work_dir)
+
+
+def job_of(studio):
+    """The id of the job the studio's session recorded, if any."""
+    studio.refresh_from_db()
+    return studio.session.handle.get("job_id") if studio.session else None
+
+
+def on_cluster(workspace, environment, author, name):
+    """A studio of 2 CPUs (a whole node) on the cluster."""
+    return make_studio(
+        workspace, name=name, author=author, compute_environment_id=environment.pk, cpus=2, memory_mb=1024
+    )
+
+
+@pytest.fixture
+def studio_on_cluster(live_platform, slurm_workspace):
+    """The live platform, a workspace with the cluster as its compute environment, and a member who may start."""
+    workspace, environment = slurm_workspace
+    user = make_member(workspace, Role.MAINTAIN)
+    return workspace, environment, user

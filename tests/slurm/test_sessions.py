@@ -16,16 +16,11 @@ from studios.models import ComputeEnvironment, Role, StudioStatus
 from studios.supervisor import sandbox
 from studios.tasks import check_compute_environment, reconcile_sessions
 
-from ..factories import make_member, make_studio, make_workspace
+from ..factories import make_member, make_workspace
 from ..live import run, wait_for_status, wait_until
-from .conftest import slurm
+from .conftest import job_of, on_cluster, slurm
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
-
-
-def job_of(studio):
-    studio.refresh_from_db()
-    return studio.session.handle.get("job_id") if studio.session else None
 
 
 def job_state(job_id):
@@ -59,19 +54,6 @@ def assert_hidden_from_other_users(job, *secrets):
     assert "job script retrieval failed" in script
     for secret in secrets:
         assert secret not in record + script
-
-
-def on_cluster(workspace, environment, author, name):
-    return make_studio(
-        workspace, name=name, author=author, compute_environment_id=environment.pk, cpus=2, memory_mb=1024
-    )
-
-
-@pytest.fixture
-def studio_on_cluster(live_platform, slurm_workspace):
-    workspace, environment = slurm_workspace
-    user = make_member(workspace, Role.MAINTAIN)
-    return workspace, environment, user
 
 
 def test_a_studio_runs_as_a_slurm_job_keeps_its_files_across_restarts_and_its_token_out_of_the_job(

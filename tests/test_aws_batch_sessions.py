@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import boto3
 import httpx
@@ -27,13 +28,13 @@ from checkpoints.models import Checkpoint
 from studios import lifecycle
 from studios.models import ComputeEnvironment, Role, StudioStatus
 from studios.supervisor import sandbox
-from studios.supervisor.protocol import SessionConfig
+from studios.supervisor.protocol import TICKET, TICKETS_PATH, SessionConfig
 from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
-from .factories import make_member, make_studio, make_workspace
+from .factories import make_dataset, make_member, make_studio, make_workspace
 from .images import PROJECT_ROOT
-from .live import Browser, execute, wait_for_status, wait_until
+from .live import Browser, debian_package, execute, make_wheel, wait_for_status, wait_until
 from .moto_batch import REGION, MotoBatch, environment_of
 
 # The job's supervisor sandboxes the IDE, as it does in the job's privileged container on Batch.
@@ -152,6 +153,16 @@ def running_on_batch_host(batch_host, studio, previous=None):
     return job, session, wait_for_status(studio, StudioStatus.RUNNING)
 
 
+def shown_by_batch(batch, job_id):
+    """Everything Batch shows of a job to whoever may read it: DescribeJobs, ListJobs, DescribeJobDefinitions."""
+    job = batch.describe(job_id)
+    return [
+        job,
+        batch.client.list_jobs(jobQueue="studios", jobStatus=job["status"]),
+        batch.client.describe_job_definitions(jobDefinitions=[job["jobDefinition"]]),
+    ]
+
+
 def batch_workspace():
     workspace = make_workspace()
     environment = ComputeEnvironment.objects.create(
@@ -184,6 +195,13 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     studio.refresh_from_db()
     assert studio.status == StudioStatus.RUNNING
 
+    # The supervisor got its token for the job's start ticket: no token in anything Batch shows of the job, and the
+    # ticket, read from there and presented again, is refused.
+    token = studio.session.token
+    assert token not in json.dumps(shown_by_batch(batch_host.batch, job), default=str)
+    replayed = httpx.post(f"{live_platform.url}{TICKETS_PATH}", headers={"Authorization": f"Bearer {session[TICKET]}"})
+    assert replayed.status_code == 403
+
     # The platform reaches the session at its instance's private address, on the ports it chose; the gate
     # and the control endpoint answer there, and only to requests that carry the session token.
     host = host_address()
@@ -197,7 +215,6 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     control = f"{studio.session.control_endpoint}/checkpoint"
     assert httpx.post(control).status_code == 403
     assert httpx.post(control, headers={"Authorization": "Bearer guessed"}).status_code == 403
-    token = studio.session.token
     assert httpx.get(ide + "api/contents", headers={"X-Studios-Session-Token": token}).status_code == 200
     # Members reach it through the platform's proxy, which adds the token.
     assert Browser(live_platform, user).session(studio).http.get("/api/contents").status_code == 200
@@ -259,3 +276,80 @@ def test_a_vscode_batch_session_answers_only_with_the_token(live_platform, batch
     lifecycle.stop_studio(user, studio)
     studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
     assert Checkpoint.objects.get(studio=studio, name="editor_1").state == Checkpoint.State.FINALIZED
+
+
+def test_a_batch_studio_mounts_its_s3_datasets_and_keeps_system_and_python_installs_across_restarts(
+    live_platform, batch_host, tmp_path
+):
+    """The whole root is the session's to change, and its checkpoint in S3 brings the changes back: a Debian
+    package and a Python wheel installed (both from a read-only S3 dataset, there being no network to fetch them
+    from) are there after a stop and a start on another job. A dataset under the environment's writable paths takes
+    writes, which land in S3; any other is read-only."""
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="lab-data", CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket="lab-data", Key="cohort/sample.fastq", Body=b"@r1\nACGT\n")
+    for made in (make_wheel(tmp_path), debian_package(tmp_path)):
+        s3.upload_file(str(made), "lab-data", f"cohort/packages/{Path(made).name}")
+    workspace, environment = batch_workspace()
+    environment.writable_data_paths = ["s3://lab-work/results/"]
+    environment.save()
+    user = make_member(workspace, Role.MAINTAIN)
+    cohort = make_dataset(workspace, "cohort", "s3://lab-data/cohort/")
+    results = make_dataset(workspace, "results", "s3://lab-work/results/rnaseq/")
+    studio = make_studio(
+        workspace,
+        name="cloud",
+        author=user,
+        compute_environment_id=environment.pk,
+        cpus=1,
+        memory_mb=1024,
+        datasets=[cohort, results],
+    )
+
+    lifecycle.start_studio(user, studio)
+    job, _, studio = running_on_batch_host(batch_host, studio)
+    mounted = next(step for step in studio.session.steps if step["name"] == "Mounting data")
+    assert mounted["state"] == "succeeded" and set(mounted["message"].split(", ")) == {"cohort", "results"}
+    printed = in_session(
+        live_platform,
+        user,
+        studio,
+        "import errno, subprocess, sys\n"
+        "try:\n    open('/workspace/data/cohort/new.txt', 'w').write('x')\n    read_only = 'writable'\n"
+        "except OSError as e:\n    read_only = errno.errorcode[e.errno]\n"
+        "with open('/workspace/data/results/counts.tsv', 'w') as f:\n    f.write('gene\\t42\\n')\n"
+        "pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', "
+        "'/workspace/data/cohort/packages/greeting-1.0-py3-none-any.whl'], capture_output=True)\n"
+        "dpkg = subprocess.run(['dpkg', '-i', '/workspace/data/cohort/packages/studios-probe.deb'], capture_output=True)\n"
+        "print(read_only, open('/workspace/data/cohort/sample.fastq').read().split()[1], pip.returncode, "
+        "dpkg.returncode, sep='|')",
+    )
+    assert printed == "EROFS|ACGT|0|0"
+
+    def in_s3(bucket, key):
+        return s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) > 0
+
+    wait_until(lambda: in_s3("lab-work", "results/rnaseq/counts.tsv"), 30, "the result to reach S3")
+    assert s3.get_object(Bucket="lab-work", Key="results/rnaseq/counts.tsv")["Body"].read() == b"gene\t42\n"
+    assert not in_s3("lab-data", "cohort/new.txt")
+
+    lifecycle.stop_studio(user, studio)
+    studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    checkpoint = Checkpoint.objects.get(studio=studio, name="cloud_1")
+    assert checkpoint.state == Checkpoint.State.FINALIZED
+    assert in_s3("lab-work", f"studios/.studios/checkpoints/{checkpoint.manifest_key}")
+
+    lifecycle.start_studio(user, studio)
+    _, session, studio = running_on_batch_host(batch_host, studio, previous=job)
+    assert SessionConfig.from_environ(session).restore["manifest_key"] == checkpoint.manifest_key
+    restored = in_session(
+        live_platform,
+        user,
+        studio,
+        "import subprocess, greeting\n"
+        "dpkg = subprocess.run(['dpkg', '-s', 'studios-probe'], capture_output=True, text=True)\n"
+        "print(greeting.hello(), dpkg.returncode, open('/usr/share/studios-probe/README').read().strip(), sep='|')",
+    )
+    assert restored == "hello from a checkpoint|0|installed in a session"
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)

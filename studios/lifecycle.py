@@ -47,7 +47,7 @@ TASK_STALE_SECONDS = 20
 # The tasks this module queues (``dispatch``).
 LAUNCH_SESSION = "studios.tasks.launch_session"
 STOP_SESSION = "studios.tasks.stop_session"
-LOCATE_SESSION = "studios.tasks.locate_session"
+FOLLOW_START = "studios.tasks.follow_start"
 REAP_SESSION = "studios.tasks.reap_session"
 EXTEND_SESSION = "studios.tasks.extend_session"
 CHECK_COMPUTE_ENVIRONMENT = "studios.tasks.check_compute_environment"
@@ -513,7 +513,7 @@ def session_ready(token, steps):
         _run_if_reachable(session)
         if not session.endpoint:
             session_id = session.pk
-            transaction.on_commit(lambda: dispatch(LOCATE_SESSION, session_id))
+            transaction.on_commit(lambda: dispatch(FOLLOW_START, session_id))
     return True
 
 
@@ -612,6 +612,8 @@ def record_launch(session_id, handle, launched=False):
             session.worked_on = None  # the launch task's claim: done with
         session.save(update_fields=["handle", "launched", "endpoint", "control_endpoint", "worked_on"])
         _run_if_reachable(session)
+        if launched and not session.endpoint:
+            transaction.on_commit(lambda: dispatch(FOLLOW_START, session_id))
     return True
 
 

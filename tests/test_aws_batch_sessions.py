@@ -145,6 +145,11 @@ def wait_for_job(studio, previous=None, timeout=60):
     return wait_until(submitted, timeout, "the start task to submit a job", interval=0.2)
 
 
+def first_step(studio):
+    studio.refresh_from_db()
+    return studio.session.steps[0]
+
+
 def running_on_batch_host(batch_host, studio, previous=None):
     """Run the studio's job on the Batch host; the platform finds it there and the studio runs."""
     job = wait_for_job(studio, previous)
@@ -190,6 +195,11 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     )
 
     lifecycle.start_studio(user, studio)
+    # Batch's state reaches the studio's page as it changes, not at beat's next reconcile (not run here).
+    batch_host.batch.set_state(wait_for_job(studio), "RUNNABLE")
+    wait_until(
+        lambda: "RUNNABLE: waiting for an instance" in first_step(studio)["message"], 10, "the job's state to be shown"
+    )
     job, session, studio = running_on_batch_host(batch_host, studio)
     reconcile_sessions()  # Batch says RUNNING: nothing to repair
     studio.refresh_from_db()

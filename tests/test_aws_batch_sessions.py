@@ -363,3 +363,17 @@ def test_a_batch_studio_mounts_its_s3_datasets_and_keeps_system_and_python_insta
     assert restored == "hello from a checkpoint|0|installed in a session"
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_a_batch_session_on_a_host_without_room_for_its_layer_ends_with_a_reason_to_act_on(
+    live_platform, batch_host, settings
+):
+    settings.STUDIOS_WRITABLE_LAYER_MB = 2**30  # a petabyte: more than this host's disk
+    workspace, environment = batch_workspace()
+    user = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(workspace, author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024)
+    lifecycle.start_studio(user, studio)
+    batch_host.run(wait_for_job(studio), studio.template)
+    studio = wait_for_status(studio, StudioStatus.ERRORED, timeout=90)
+    assert studio.status_reason.startswith("The disk of the host the session was placed on has ")
+    assert "less than the session's writable layer (1073741824 MB). Ask the workspace's admins" in studio.status_reason

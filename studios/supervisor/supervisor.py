@@ -17,6 +17,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -268,6 +269,16 @@ class Supervisor(Reporter):
         # A Batch job's container has no session folder until its supervisor makes one.
         Path(self.config.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.isolated:
+            # The layer is a sparse file: a host disk with less room than its quota would fill up under the session,
+            # which would then see its writes fail long before its quota.
+            free_mb = shutil.disk_usage(self.config.session_dir).free // 2**20
+            if free_mb < self.config.layer_mb:
+                raise SessionEnded(
+                    f"The disk of the host the session was placed on has {free_mb} MB free, less than the session's "
+                    f"writable layer ({self.config.layer_mb} MB). Ask the workspace's admins to give the compute "
+                    "environment's hosts more disk (on AWS Batch, a larger volume in its launch template), then start "
+                    "the studio again."
+                )
             sandbox.prepare_layer(self.layout, self.config.layer_mb)
         else:
             self.layer.mkdir()

@@ -377,3 +377,21 @@ def test_a_batch_session_on_a_host_without_room_for_its_layer_ends_with_a_reason
     studio = wait_for_status(studio, StudioStatus.ERRORED, timeout=90)
     assert studio.status_reason.startswith("The disk of the host the session was placed on has ")
     assert "less than the session's writable layer (1073741824 MB). Ask the workspace's admins" in studio.status_reason
+
+
+def test_a_batch_session_whose_s3_dataset_cannot_be_read_ends_saying_why(live_platform, batch_host):
+    """rclone would mount the missing bucket all the same, and the session would show the dataset empty."""
+    workspace, environment = batch_workspace()
+    user = make_member(workspace, Role.MAINTAIN)
+    cohort = make_dataset(workspace, "cohort", "s3://no-such-bucket/cohort/")
+    studio = make_studio(
+        workspace, author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024, datasets=[cohort]
+    )
+    lifecycle.start_studio(user, studio)
+    batch_host.run(wait_for_job(studio), studio.template)
+    studio = wait_for_status(studio, StudioStatus.ERRORED, timeout=90)
+    assert studio.status_reason == (
+        "Dataset cohort could not be mounted: its bucket no-such-bucket does not exist; check the dataset's URI."
+    )
+    mounting = next(step for step in studio.session.steps if step["name"] == "Mounting data")
+    assert mounting["state"] == "errored"

@@ -47,7 +47,7 @@ TASK_STALE_SECONDS = 20
 # The tasks this module queues (``dispatch``).
 LAUNCH_SESSION = "studios.tasks.launch_session"
 STOP_SESSION = "studios.tasks.stop_session"
-LOCATE_SESSION = "studios.tasks.locate_session"
+FOLLOW_START = "studios.tasks.follow_start"
 REAP_SESSION = "studios.tasks.reap_session"
 EXTEND_SESSION = "studios.tasks.extend_session"
 CHECK_COMPUTE_ENVIRONMENT = "studios.tasks.check_compute_environment"
@@ -434,6 +434,48 @@ def _by_token(token):
     return session
 
 
+def redeem_ticket(ticket):
+    """The session token, for the supervisor of a starting session that presents its start ticket (the SHA-256 in
+    its handle) for the first time; None for anything else. A ticket presented again while its session starts
+    ends that start: whoever presented it first holds the token, and the one who did not may be its supervisor.
+    Once the session runs, or its start has timed out, a ticket is only refused. Each refusal is logged."""
+    if not ticket:
+        return None
+    digest = protocol.ticket_sha256(ticket)
+    with transaction.atomic():
+        session = (
+            Session.objects.select_for_update()
+            .select_related("studio")
+            .filter(handle__ticket_sha256=digest, ended=None)
+            .first()
+        )
+        if session is None or session.studio.session_id != session.pk:
+            log.warning("start ticket refused: no session has it")
+            return None
+        studio = session.studio
+        valid_until = session.started + timedelta(seconds=settings.STUDIOS_START_TIMEOUT_SECONDS)
+        if studio.status != StudioStatus.STARTING or timezone.now() > valid_until:
+            log.warning("studio %s: start ticket refused: the session is %s", studio.pk, studio.status)
+            return None
+        if session.redeemed_ticket == digest:
+            reason = (
+                "The session's start ticket was presented twice, so someone who can read its job (in AWS Batch, "
+                "whoever may call DescribeJobs) may have taken the session's token; the start was ended. Start the "
+                "studio again, and check who may read the compute environment's jobs."
+            )
+            log.warning("studio %s: start ticket presented again; ending the start", studio.pk)
+            session.token = None  # whoever holds it can no longer act as the session
+            session.end_reason = reason
+            session.save(update_fields=["token", "end_reason"])
+            session_id = session.pk
+            transaction.on_commit(lambda: dispatch(REAP_SESSION, session_id, reason))
+            return None
+        session.redeemed_ticket = digest
+        session.save(update_fields=["redeemed_ticket"])
+        log.info("studio %s: start ticket redeemed", studio.pk)
+        return session.token
+
+
 def _session(session_id):
     return Session.objects.select_for_update().select_related("studio").filter(pk=session_id, ended=None).first()
 
@@ -472,7 +514,7 @@ def session_ready(token, steps):
         _run_if_reachable(session)
         if not session.endpoint:
             session_id = session.pk
-            transaction.on_commit(lambda: dispatch(LOCATE_SESSION, session_id))
+            transaction.on_commit(lambda: dispatch(FOLLOW_START, session_id))
     return True
 
 
@@ -577,6 +619,8 @@ def record_launch(session_id, handle, launched=False, planned=None):
             session.worked_on = None  # the launch task's claim: done with
         session.save(update_fields=["handle", "launched", "endpoint", "control_endpoint", "worked_on"])
         _run_if_reachable(session)
+        if launched and not session.endpoint:
+            transaction.on_commit(lambda: dispatch(FOLLOW_START, session_id))
     return True
 
 

@@ -417,6 +417,8 @@ class Session(models.Model):
 
     studio = models.ForeignKey(Studio, on_delete=models.CASCADE, related_name="sessions")
     token = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    # The SHA-256 of the start ticket its supervisor redeemed for the token (``lifecycle.redeem_ticket``), once it has.
+    redeemed_ticket = models.CharField(max_length=64, blank=True, editable=False)
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     started = models.DateTimeField(default=timezone.now)
     ended = models.DateTimeField(null=True, blank=True)

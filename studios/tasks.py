@@ -23,6 +23,8 @@ REAP_GRACE_SECONDS = 10
 # A stop waits for its session in rounds this long, each a task of its own; it looks every STOP_POLL_SECONDS.
 STOP_ROUND_SECONDS = 10
 STOP_POLL_SECONDS = 1
+# How often a start's compute is asked where it stands while it is provisioned (``follow_start``).
+FOLLOW_SECONDS = 3
 
 
 def session_spec(session):
@@ -173,9 +175,12 @@ def end_compute(environment_id, handle, timeout=0):
     return True
 
 
-@shared_task(bind=True, max_retries=30, default_retry_delay=2)
-def locate_session(self, session_id):
-    """A session reported ready before the backend knew where it is reached (a Batch job's host): ask now."""
+@shared_task(bind=True, max_retries=None)
+def follow_start(self, session_id):
+    """While a launched session's compute is being provisioned, ask its backend every FOLLOW_SECONDS where it
+    stands: the studio's first step then shows a Batch job's state as it changes (waiting for an instance, pulling
+    the image), not at the next reconcile, and the platform knows where the session is reached (a Batch job's host)
+    as soon as the backend does. Ends once it knows, or the start has ended (the reconcile says why)."""
     session = (
         Session.objects.select_related("studio__compute_environment")
         .filter(pk=session_id, ended=None, endpoint="", studio__status=StudioStatus.STARTING)
@@ -184,11 +189,17 @@ def locate_session(self, session_id):
     )
     if session is None:
         return
-    state = backend_for(session.studio.compute_environment).poll(session.handle)
+    try:
+        state = backend_for(session.studio.compute_environment).poll(session.handle)
+    except BackendError as error:
+        log.warning("studio %s: cannot poll its session: %s", session.studio_id, error)
+        raise self.retry(countdown=FOLLOW_SECONDS) from None
     if state.endpoint:
         lifecycle.session_located(session_id, state.endpoint, state.control)
     elif state.alive:
-        raise self.retry()
+        if state.progress:
+            lifecycle.provisioning_progress(session.studio_id, state.progress)
+        raise self.retry(countdown=FOLLOW_SECONDS)
 
 
 def running_sessions():

@@ -29,6 +29,7 @@ urlpatterns = [
     path("account/tokens/", views.access_tokens, name="access_tokens"),
     path("account/tokens/<int:token_id>/revoke/", views.access_token_revoke, name="access_token_revoke"),
     path("api/sessions/<str:what>", views.session_report, name="session_report"),
+    path("api/session-tickets", views.redeem_start_ticket, name="redeem_start_ticket"),
     path("internal/pages-relay/", views.pages_relay, name="pages_relay"),
     path("metrics", views.metrics, name="metrics"),
 ]

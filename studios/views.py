@@ -444,6 +444,17 @@ def session_report(request, what):
 
 @csrf_exempt
 @require_POST
+def redeem_start_ticket(request):
+    """A starting session's supervisor trades its start ticket for the session token, once (``protocol.TICKET``)."""
+    ticket = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    token = lifecycle.redeem_ticket(ticket)
+    if token is None:
+        return JsonResponse({"error": "no starting session has this ticket, or it was used already"}, status=403)
+    return JsonResponse({"token": token})
+
+
+@csrf_exempt
+@require_POST
 def pages_relay(request):
     """Where the Celery worker of the embedded defaults hands the messages for the pages' sockets to this process
     (``presence.relay``); signed with the platform's secret key."""

@@ -1,6 +1,6 @@
 """What tests against live processes share: waiting, with a deadline, for something to happen; a browser holding a
-user's login; running code in a session's kernel; a wheel to install without a network; a start task killed at an
-exact point."""
+user's login; running code in a session's kernel; a wheel and a .deb to install without a network; a start task
+killed at an exact point."""
 
 import asyncio
 import io
@@ -320,3 +320,17 @@ def make_wheel(directory):
         )
     path.write_bytes(buffer.getvalue())
     return path
+
+
+def debian_package(directory):
+    """A tiny real .deb, so that the test installs a system package without a network."""
+    tree = Path(directory) / "studios-probe"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: studios-probe\nVersion: 1.0\nArchitecture: all\nMaintainer: Studios <dev@example.org>\n"
+        "Description: a probe for the isolation tests\n"
+    )
+    (tree / "usr/share/studios-probe").mkdir(parents=True)
+    (tree / "usr/share/studios-probe/README").write_text("installed in a session\n")
+    subprocess.run(["dpkg-deb", "--build", str(tree), str(tree) + ".deb"], check=True, capture_output=True)
+    return str(tree) + ".deb"

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from unittest import mock
 
 import boto3
@@ -28,18 +29,20 @@ from checkpoints.models import Checkpoint
 from studios import lifecycle
 from studios.models import ComputeEnvironment, Role, Session, StudioStatus
 from studios.supervisor import sandbox
-from studios.supervisor.protocol import SessionConfig
+from studios.supervisor.protocol import TICKET, TICKETS_PATH, SessionConfig
 from studios.tasks import launch_session, reconcile_sessions
 
 from .conftest import host_address
-from .factories import make_member, make_studio, make_workspace
+from .factories import make_dataset, make_member, make_studio, make_workspace
 from .images import PROJECT_ROOT
 from .live import (
     Browser,
+    debian_package,
     execute,
     killed_launch,
     left_unclaimed,
     live_platform_environment,
+    make_wheel,
     reconciled_until_running,
     wait_for_status,
     wait_until,
@@ -154,12 +157,27 @@ def wait_for_job(studio, previous=None, timeout=60):
     return wait_until(submitted, timeout, "the start task to submit a job", interval=0.2)
 
 
+def first_step(studio):
+    studio.refresh_from_db()
+    return studio.session.steps[0]
+
+
 def running_on_batch_host(batch_host, studio, previous=None):
     """Run the studio's job on the Batch host; the platform finds it there and the studio runs."""
     job = wait_for_job(studio, previous)
     session = batch_host.run(job, studio.template)
     reconcile_sessions()  # beat's: Batch says the job RUNNING on its instance
     return job, session, wait_for_status(studio, StudioStatus.RUNNING)
+
+
+def shown_by_batch(batch, job_id):
+    """Everything Batch shows of a job to whoever may read it: DescribeJobs, ListJobs, DescribeJobDefinitions."""
+    job = batch.describe(job_id)
+    return [
+        job,
+        batch.client.list_jobs(jobQueue="studios", jobStatus=job["status"]),
+        batch.client.describe_job_definitions(jobDefinitions=[job["jobDefinition"]]),
+    ]
 
 
 def batch_workspace():
@@ -189,10 +207,22 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     )
 
     lifecycle.start_studio(user, studio)
+    # Batch's state reaches the studio's page as it changes, not at beat's next reconcile (not run here).
+    batch_host.batch.set_state(wait_for_job(studio), "RUNNABLE")
+    wait_until(
+        lambda: "RUNNABLE: waiting for an instance" in first_step(studio)["message"], 10, "the job's state to be shown"
+    )
     job, session, studio = running_on_batch_host(batch_host, studio)
     reconcile_sessions()  # Batch says RUNNING: nothing to repair
     studio.refresh_from_db()
     assert studio.status == StudioStatus.RUNNING
+
+    # The supervisor got its token for the job's start ticket: no token in anything Batch shows of the job, and the
+    # ticket, read from there and presented again, is refused.
+    token = studio.session.token
+    assert token not in json.dumps(shown_by_batch(batch_host.batch, job), default=str)
+    replayed = httpx.post(f"{live_platform.url}{TICKETS_PATH}", headers={"Authorization": f"Bearer {session[TICKET]}"})
+    assert replayed.status_code == 403
 
     # The platform reaches the session at its instance's private address, on the ports it chose; the gate
     # and the control endpoint answer there, and only to requests that carry the session token.
@@ -207,7 +237,6 @@ def test_a_batch_session_runs_sandboxed_where_batch_runs_its_job_guards_its_port
     control = f"{studio.session.control_endpoint}/checkpoint"
     assert httpx.post(control).status_code == 403
     assert httpx.post(control, headers={"Authorization": "Bearer guessed"}).status_code == 403
-    token = studio.session.token
     assert httpx.get(ide + "api/contents", headers={"X-Studios-Session-Token": token}).status_code == 200
     # Members reach it through the platform's proxy, which adds the token.
     assert Browser(live_platform, user).session(studio).http.get("/api/contents").status_code == 200
@@ -316,3 +345,112 @@ def test_a_job_submitted_by_a_worker_killed_before_recording_it_is_adopted_never
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
     assert jobs_of(batch_host.batch, studio) == []
+
+
+def test_a_batch_studio_mounts_its_s3_datasets_and_keeps_system_and_python_installs_across_restarts(
+    live_platform, batch_host, tmp_path
+):
+    """The whole root is the session's to change, and its checkpoint in S3 brings the changes back: a Debian
+    package and a Python wheel installed (both from a read-only S3 dataset, there being no network to fetch them
+    from) are there after a stop and a start on another job. A dataset under the environment's writable paths takes
+    writes, which land in S3; any other is read-only."""
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="lab-data", CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket="lab-data", Key="cohort/sample.fastq", Body=b"@r1\nACGT\n")
+    for made in (make_wheel(tmp_path), debian_package(tmp_path)):
+        s3.upload_file(str(made), "lab-data", f"cohort/packages/{Path(made).name}")
+    workspace, environment = batch_workspace()
+    environment.writable_data_paths = ["s3://lab-work/results/"]
+    environment.save()
+    user = make_member(workspace, Role.MAINTAIN)
+    cohort = make_dataset(workspace, "cohort", "s3://lab-data/cohort/")
+    results = make_dataset(workspace, "results", "s3://lab-work/results/rnaseq/")
+    studio = make_studio(
+        workspace,
+        name="cloud",
+        author=user,
+        compute_environment_id=environment.pk,
+        cpus=1,
+        memory_mb=1024,
+        datasets=[cohort, results],
+    )
+
+    lifecycle.start_studio(user, studio)
+    job, _, studio = running_on_batch_host(batch_host, studio)
+    mounted = next(step for step in studio.session.steps if step["name"] == "Mounting data")
+    assert mounted["state"] == "succeeded" and set(mounted["message"].split(", ")) == {"cohort", "results"}
+    printed = in_session(
+        live_platform,
+        user,
+        studio,
+        "import errno, subprocess, sys\n"
+        "try:\n    open('/workspace/data/cohort/new.txt', 'w').write('x')\n    read_only = 'writable'\n"
+        "except OSError as e:\n    read_only = errno.errorcode[e.errno]\n"
+        "with open('/workspace/data/results/counts.tsv', 'w') as f:\n    f.write('gene\\t42\\n')\n"
+        "pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', "
+        "'/workspace/data/cohort/packages/greeting-1.0-py3-none-any.whl'], capture_output=True)\n"
+        "dpkg = subprocess.run(['dpkg', '-i', '/workspace/data/cohort/packages/studios-probe.deb'], capture_output=True)\n"
+        "print(read_only, open('/workspace/data/cohort/sample.fastq').read().split()[1], pip.returncode, "
+        "dpkg.returncode, sep='|')",
+    )
+    assert printed == "EROFS|ACGT|0|0"
+
+    def in_s3(bucket, key):
+        return s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) > 0
+
+    wait_until(lambda: in_s3("lab-work", "results/rnaseq/counts.tsv"), 30, "the result to reach S3")
+    assert s3.get_object(Bucket="lab-work", Key="results/rnaseq/counts.tsv")["Body"].read() == b"gene\t42\n"
+    assert not in_s3("lab-data", "cohort/new.txt")
+
+    lifecycle.stop_studio(user, studio)
+    studio = wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    checkpoint = Checkpoint.objects.get(studio=studio, name="cloud_1")
+    assert checkpoint.state == Checkpoint.State.FINALIZED
+    assert in_s3("lab-work", f"studios/.studios/checkpoints/{checkpoint.manifest_key}")
+
+    lifecycle.start_studio(user, studio)
+    _, session, studio = running_on_batch_host(batch_host, studio, previous=job)
+    assert SessionConfig.from_environ(session).restore["manifest_key"] == checkpoint.manifest_key
+    restored = in_session(
+        live_platform,
+        user,
+        studio,
+        "import subprocess, greeting\n"
+        "dpkg = subprocess.run(['dpkg', '-s', 'studios-probe'], capture_output=True, text=True)\n"
+        "print(greeting.hello(), dpkg.returncode, open('/usr/share/studios-probe/README').read().strip(), sep='|')",
+    )
+    assert restored == "hello from a checkpoint|0|installed in a session"
+    lifecycle.stop_studio(user, studio)
+    wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+
+
+def test_a_batch_session_on_a_host_without_room_for_its_layer_ends_with_a_reason_to_act_on(
+    live_platform, batch_host, settings
+):
+    settings.STUDIOS_WRITABLE_LAYER_MB = 2**30  # a petabyte: more than this host's disk
+    workspace, environment = batch_workspace()
+    user = make_member(workspace, Role.MAINTAIN)
+    studio = make_studio(workspace, author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024)
+    lifecycle.start_studio(user, studio)
+    batch_host.run(wait_for_job(studio), studio.template)
+    studio = wait_for_status(studio, StudioStatus.ERRORED, timeout=90)
+    assert studio.status_reason.startswith("The disk of the host the session was placed on has ")
+    assert "less than the session's writable layer (1073741824 MB). Ask the workspace's admins" in studio.status_reason
+
+
+def test_a_batch_session_whose_s3_dataset_cannot_be_read_ends_saying_why(live_platform, batch_host):
+    """rclone would mount the missing bucket all the same, and the session would show the dataset empty."""
+    workspace, environment = batch_workspace()
+    user = make_member(workspace, Role.MAINTAIN)
+    cohort = make_dataset(workspace, "cohort", "s3://no-such-bucket/cohort/")
+    studio = make_studio(
+        workspace, author=user, compute_environment_id=environment.pk, cpus=1, memory_mb=1024, datasets=[cohort]
+    )
+    lifecycle.start_studio(user, studio)
+    batch_host.run(wait_for_job(studio), studio.template)
+    studio = wait_for_status(studio, StudioStatus.ERRORED, timeout=90)
+    assert studio.status_reason == (
+        "Dataset cohort could not be mounted: its bucket no-such-bucket does not exist; check the dataset's URI."
+    )
+    mounting = next(step for step in studio.session.steps if step["name"] == "Mounting data")
+    assert mounting["state"] == "errored"

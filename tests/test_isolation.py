@@ -20,7 +20,17 @@ from studios.tasks import reconcile_sessions
 
 from .conftest import host_address
 from .factories import make_dataset, make_member, make_studio, make_workspace
-from .live import Browser, execute, make_wheel, pid_alive, run, session_supervisor, wait_for_status, wait_until
+from .live import (
+    Browser,
+    debian_package,
+    execute,
+    make_wheel,
+    pid_alive,
+    run,
+    session_supervisor,
+    wait_for_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(bool(sandbox.isolation_problem()), reason=sandbox.isolation_problem())
 
@@ -59,20 +69,6 @@ def supervisor_helpers(studio):
     return [
         int(child) for child in children if Path(f"/proc/{child}/comm").read_text().strip() in ("slirp4netns", "rclone")
     ]
-
-
-def debian_package(directory):
-    """A tiny real .deb, so that the test installs a system package without a network."""
-    tree = Path(directory) / "studios-probe"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN/control").write_text(
-        "Package: studios-probe\nVersion: 1.0\nArchitecture: all\nMaintainer: Studios <dev@example.org>\n"
-        "Description: a probe for the isolation tests\n"
-    )
-    (tree / "usr/share/studios-probe").mkdir(parents=True)
-    (tree / "usr/share/studios-probe/README").write_text("installed in a session\n")
-    subprocess.run(["dpkg-deb", "--build", str(tree), str(tree) + ".deb"], check=True, capture_output=True)
-    return str(tree) + ".deb"
 
 
 def test_installs_and_edits_land_in_the_layer_never_on_the_host(world, tmp_path):

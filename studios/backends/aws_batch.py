@@ -40,11 +40,20 @@ the job is submitted: a worker killed after SubmitJob returned and before it rec
 platform finds again by that name (``recover``), to adopt rather than submit a second one, or to terminate when the
 session ends.
 
+No secret is in the job: whoever may call batch:DescribeJobs (or ListJobs, or read the job's CloudTrail events)
+reads its environment and command. In place of the session token, the job's environment carries a start ticket
+(``protocol.TICKET``) that the supervisor redeems for the token over the platform's URL (HTTPS in production) before
+it starts anything. The platform keeps only the ticket's SHA-256, in the handle; a ticket is good once, while its
+session starts, and a second redemption ends that start (whoever redeemed it first may hold the token). The ticket
+is an HMAC of the session's name on the instance under the session token: each launch draws a new name, hence a
+new ticket, and nothing besides the token needs keeping to submit the job.
+
 Credentials are the compute environment's access key pair or, without one, boto3's default chain (the
 platform's own role); ``AWS_ENDPOINT_URL`` points boto3 at another endpoint (moto). The job itself gets no
 credentials: the supervisor reaches S3 with the role of the instance it runs on.
 """
 
+import hmac
 import json
 import os
 import random
@@ -58,7 +67,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..supervisor.protocol import SUPERVISOR_COMMAND
+from ..supervisor.protocol import SUPERVISOR_COMMAND, TICKET, TOKEN, ticket_sha256
 from .base import BackendError, ComputeBackend, SessionSpec, SessionState
 
 CLIENT_CONFIG = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
@@ -132,6 +141,11 @@ def job_definition_name(template: str, image: str) -> str:
     else:
         version = reference.split(":", 1)[1] if ":" in reference else "latest"
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"studios-{template}-{version}")[:128]
+
+
+def start_ticket(token: str, container: str) -> str:
+    """The start ticket of the session named ``container`` on its instance (see the module's docstring)."""
+    return hmac.new(token.encode(), f"start ticket {container}".encode(), "sha256").hexdigest()
 
 
 def tag_value(value: object) -> str:
@@ -271,12 +285,14 @@ class AwsBatchBackend(ComputeBackend):
         """The session's name on the instance and its ports; where the instance is, Batch decides later.
         The name is unique per start: runc's cgroups may be the instance's, shared with other jobs."""
         port, control_port = random.sample(PORTS, 2)
+        container = f"{spec.name}-{secrets.token_hex(4)}"
         return {
-            "container": f"{spec.name}-{secrets.token_hex(4)}",
+            "container": container,
             "port": port,
             "control_port": control_port,
             "cpus": spec.cpus,
             "memory_mb": spec.memory_mb,
+            "ticket_sha256": ticket_sha256(start_ticket(spec.token, container)),
         }
 
     def job_environment(self, spec: SessionSpec, handle: dict[str, Any]) -> list[dict[str, str]]:
@@ -287,9 +303,8 @@ class AwsBatchBackend(ComputeBackend):
             bind_host="0.0.0.0",  # the platform's proxy reaches the gate from another host
         )
         environment = {
-            # The token travels in the job's environment for now, where batch:DescribeJobs shows it to whoever
-            # may call it; a later change hands it to the supervisor another way.
-            **job.environment,
+            **{name: value for name, value in job.environment.items() if name != TOKEN},
+            TICKET: start_ticket(spec.token, handle["container"]),
             "AWS_DEFAULT_REGION": self.region,
             **{name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)},
         }

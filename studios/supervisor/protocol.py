@@ -3,6 +3,7 @@ the reports it may send. No Django: the supervisor ships in session images, and 
 report against this module before it believes a word of it.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -30,6 +31,12 @@ MANIFEST_KEY = re.compile(r"manifests/[A-Za-z0-9_-]{1,64}/[0-9a-f]{32}\.json\.zs
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Names a file of more environment variables (a JSON object), for hosts whose jobs others may inspect (Slurm's).
 CONFIG_FILE = "STUDIOS_CONFIG_FILE"
+# A job whose description others may read (AWS Batch's) carries, in place of the session token, a single-use start
+# ticket: its supervisor redeems it for the token first thing, POST {platform_url}{TICKETS_PATH} with the ticket as
+# its bearer credential, and the answer is {"token": ...}.
+TICKET = "STUDIOS_TICKET"
+TOKEN = "STUDIOS_TOKEN"  # the token (``SessionConfig.token``), as the environment names it
+TICKETS_PATH = "/api/session-tickets"
 
 
 def environ_with_file(environ: Mapping[str, str]) -> dict[str, str]:
@@ -42,6 +49,11 @@ def environ_with_file(environ: Mapping[str, str]) -> dict[str, str]:
         values: dict[str, str] = json.load(file)
     os.unlink(path)
     return {**environ, **values}
+
+
+def ticket_sha256(ticket: str) -> str:
+    """How the platform knows a start ticket (``TICKET``) without keeping it."""
+    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 def manifest_prefix(studio_id: int) -> str:
@@ -66,13 +78,15 @@ class SessionConfig:
 
     template: str
     base_path: str  # the path prefix the session is served under
-    token: str  # authenticates the supervisor's reports and the platform's requests to the session
     platform_url: str  # where reports go
     work_dir: str  # the checkpoint store: a local folder or s3://bucket/prefix
     manifest_prefix: str  # this studio's manifests go under manifests/<prefix>/ of the store
     session_dir: str  # a folder only the supervisor uses: layer, root, logs
     port: int  # where the session is reached (the gate), on bind_host
     control_port: int  # where the platform asks for checkpoints
+    # Authenticates the supervisor's reports and the platform's requests to the session; "" in a job that carries a
+    # start ticket instead (``TICKET``), until its supervisor has redeemed it.
+    token: str = ""
     bind_host: str = "127.0.0.1"
     isolation: str = "container"  # or "process": the IDE as a plain process, without a sandbox
     rootfs: str = "/"  # the container's lower layer: the template's root filesystem ("/": the image it runs in)

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
 RUNTIMES = ("runc", "crun")
 # slirp4netns's built-in DNS forwarder, reachable from the container whatever the host's resolver is.
 SLIRP_DNS = "10.0.2.3"
@@ -201,10 +204,33 @@ def mount_root(layout: Layout, lower: str) -> None:
     _run("mount", "-t", "overlay", "overlay", "-o", options, str(layout.rootfs))
 
 
+def s3_problem(uri: str) -> str:
+    """Why ``s3://bucket/prefix`` cannot be listed as this host's AWS identity, or "" when it can (an empty or new
+    prefix can)."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    try:
+        boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            return f"its bucket {bucket} does not exist; check the dataset's URI"
+        return (
+            f"S3 refused to list {uri} ({code or error}); the compute environment's hosts need s3:ListBucket and "
+            "s3:GetObject on it (on AWS Batch, its instances' role)"
+        )
+    except BotoCoreError as error:
+        return f"S3 cannot be reached from the compute environment's hosts ({error})"
+    return ""
+
+
 def mount_s3(uri: str, mount_point: str | Path, writable: bool, log_file: TextIO) -> subprocess.Popen[bytes]:
     """Mount ``s3://bucket/prefix`` at ``mount_point`` with rclone (FUSE), as the host's AWS identity (the usual
     AWS_* variables, AWS_ENDPOINT_URL for an S3-compatible store). rclone runs as a child that ends with the
-    supervisor; returns it once the mount is there."""
+    supervisor; returns it once the mount is there. rclone mounts a bucket it cannot read all the same, showing it
+    empty: whether it can be read is asked of S3 first, so that the session fails saying why instead."""
+    problem = s3_problem(uri)
+    if problem:
+        raise OSError(problem)
     Path(mount_point).mkdir(parents=True)
     # rclone's S3 client cannot take AWS_CA_BUNDLE; it trusts the system's CAs (SSL_CERT_FILE) instead.
     env = {

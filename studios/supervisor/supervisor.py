@@ -17,6 +17,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -46,6 +47,8 @@ from .protocol import (
     READY,
     REPORTS_PATH,
     RESTORING,
+    TICKET,
+    TICKETS_PATH,
     WORKING,
     SessionConfig,
     starting_step,
@@ -158,36 +161,61 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def post(platform_url: str, path: str, credential: str, payload: dict[str, Any]) -> tuple[int, bytes] | None:
+    """POST ``payload`` to the platform with ``credential`` as the bearer; its HTTP status and body, or None when
+    the platform cannot be reached (tried five times, over a quarter of a minute)."""
+    url = urllib.parse.urlsplit(platform_url.rstrip("/") + path)
+    headers = {"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}
+    connection_class: type[http.client.HTTPConnection] = (
+        http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    )
+    for attempt in range(5):
+        connection = connection_class(url.netloc, timeout=30)
+        try:
+            connection.request("POST", url.path, body=json.dumps(payload).encode(), headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        except OSError as error:
+            log.warning("cannot reach the platform at %s (%s); retrying", url.path, error)
+            time.sleep(1 + attempt)
+        finally:
+            connection.close()
+    return None
+
+
+def redeem_ticket(platform_url: str, ticket: str) -> str:
+    """The session token, which the platform gives once for the job's start ticket (``protocol.TICKET``). SystemExit
+    when it refuses: without the token the supervisor cannot even report, and the platform has said why where it
+    knows (a ticket presented twice ends the start)."""
+    answer = post(platform_url, TICKETS_PATH, ticket, {})
+    if answer is None or answer[0] != 200:
+        said = answer[1].decode(errors="replace")[:200] if answer else "the platform cannot be reached"
+        log.error("the platform refused this session's start ticket: %s", said)
+        raise SystemExit(1)
+    token: str = json.loads(answer[1])["token"]
+    return token
+
+
 class Reporter:
     """The session's voice to the platform, with its token: its supervisor's, and its host's before the supervisor
-    starts (the image's pull). Each report carries the start-up steps as this side knows them."""
+    starts (the image's pull; not a Batch job's host, which has no token). Each report carries the start-up steps as
+    this side knows them."""
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.steps: list[dict[str, str]] = [{"name": PROVISIONING, "state": "succeeded", "message": ""}]
 
     def report(self, kind: str, **payload: Any) -> int | None:
-        """POST a report to the platform; its HTTP status, or None when the platform cannot be reached."""
-        url = urllib.parse.urlsplit(self.config.platform_url.rstrip("/") + REPORTS_PATH + kind)
-        headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/json"}
-        connection_class: type[http.client.HTTPConnection] = (
-            http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        )
-        for attempt in range(5):
-            connection = connection_class(url.netloc, timeout=30)
-            try:
-                connection.request("POST", url.path, body=json.dumps(payload).encode(), headers=headers)
-                status = connection.getresponse().status
-            except OSError as error:
-                log.warning("cannot reach the platform for %s (%s); retrying", kind, error)
-                time.sleep(1 + attempt)
-                continue
-            finally:
-                connection.close()
-            if status != 200:
-                log.warning("the platform answered %s to %s", status, kind)
-            return status
-        return None
+        """POST a report to the platform; its HTTP status, or None when the platform cannot be reached (or this side
+        holds no token to say who it is)."""
+        if not self.config.token:
+            return None
+        answer = post(self.config.platform_url, REPORTS_PATH + kind, self.config.token, payload)
+        if answer is None:
+            return None
+        if answer[0] != 200:
+            log.warning("the platform answered %s to %s", answer[0], kind)
+        return answer[0]
 
     def step(self, name: str, state: str, message: str = "") -> None:
         for step in self.steps:
@@ -241,6 +269,16 @@ class Supervisor(Reporter):
         # A Batch job's container has no session folder until its supervisor makes one.
         Path(self.config.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.isolated:
+            # The layer is a sparse file: a host disk with less room than its quota would fill up under the session,
+            # which would then see its writes fail long before its quota.
+            free_mb = shutil.disk_usage(self.config.session_dir).free // 2**20
+            if free_mb < self.config.layer_mb:
+                raise SessionEnded(
+                    f"The disk of the host the session was placed on has {free_mb} MB free, less than the session's "
+                    f"writable layer ({self.config.layer_mb} MB). Ask the workspace's admins to give the compute "
+                    "environment's hosts more disk (on AWS Batch, a larger volume in its launch template), then start "
+                    "the studio again."
+                )
             sandbox.prepare_layer(self.layout, self.config.layer_mb)
         else:
             self.layer.mkdir()
@@ -601,7 +639,10 @@ class Supervisor(Reporter):
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
-    supervisor = Supervisor(SessionConfig.from_environ(os.environ))
+    config = SessionConfig.from_environ(os.environ)
+    if os.environ.get(TICKET):
+        config = replace(config, token=redeem_ticket(config.platform_url, os.environ[TICKET]))
+    supervisor = Supervisor(config)
     signal.signal(signal.SIGTERM, supervisor.on_sigterm)
     try:
         supervisor.run()

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from botocore.client import BaseClient
+from celery.exceptions import Retry
 from django.utils import timezone
 from django.utils.html import escape
 
@@ -44,11 +45,7 @@ def test_a_start_submits_a_job_sized_and_tagged_for_the_studio_running_its_super
     environment = environment_of(job)
     config = SessionConfig.from_environ(environment)
     handle = studio.session.handle
-    assert (config.token, config.platform_url, config.base_path) == (
-        studio.session.token,
-        settings.STUDIOS_PLATFORM_URL,
-        "/",
-    )
+    assert (config.token, config.platform_url, config.base_path) == ("", settings.STUDIOS_PLATFORM_URL, "/")
     assert (config.work_dir, config.manifest_prefix, config.restore) == (
         "s3://lab-work/studios",
         f"studio-{studio.pk}",
@@ -150,6 +147,27 @@ def test_while_starting_the_batch_state_is_the_provisioning_step(
     assert studio.session.steps == [{"name": "Provisioning compute", "state": "in-progress", "message": progress}]
     client.force_login(maintainer)
     assert progress in client.get(studio.get_absolute_url(), HTTP_HX_REQUEST="true").content.decode()
+
+
+def test_a_launched_start_follows_the_batch_state_until_it_knows_where_the_session_is(studio, maintainer, aws):
+    """What the task queued at launch does on each of its rounds (``follow_start``), a few seconds apart."""
+    studio = launch(maintainer, studio)
+    for state, progress in (
+        ("RUNNABLE", "AWS Batch job RUNNABLE: waiting for an instance with room for it in the compute environment"),
+        ("STARTING", "AWS Batch job STARTING: pulling the image and starting the container"),
+    ):
+        if state == "STARTING":
+            aws.place(job_id(studio))
+        aws.set_state(job_id(studio), state)
+        with pytest.raises(Retry):
+            tasks.follow_start(studio.session.pk)
+        studio.refresh_from_db()
+        assert studio.session.steps[0] == {"name": "Provisioning compute", "state": "in-progress", "message": progress}
+    aws.set_state(job_id(studio), "RUNNING")
+    tasks.follow_start(studio.session.pk)  # located: its last round
+    studio.refresh_from_db()
+    assert (studio.session.endpoint, studio.session.control_endpoint) == addresses(studio)
+    assert studio.status == StudioStatus.STARTING  # until its supervisor says its IDE answers
 
 
 def test_a_session_planned_but_not_submitted_yet_is_left_to_its_start(studio, maintainer, aws):

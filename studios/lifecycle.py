@@ -548,7 +548,8 @@ def _stop_reason(session):
     if not unsaved:
         return session.stop_reason
     pages = "A page open in the session" if unsaved == 1 else f"{unsaved} pages open in the session"
-    note = f"{pages} could not save {'its' if unsaved == 1 else 'their'} documents in time: their unsaved changes are lost."
+    their = "its" if unsaved == 1 else "their"
+    note = f"{pages} could not save {their} documents in time: their unsaved changes are lost."
     return f"{session.stop_reason} {note}".strip()
 
 

@@ -229,10 +229,10 @@ def checkpoint_session(session_id):
 @shared_task
 def stop_due_studios():
     """Warn the members of studios that will be stopped automatically soon (their lifespan runs out, or they are
-    idle), on the pages of their workspace and in the session (``warn_session``), and stop those whose stop is due and was warned of. Every minute by
-    Celery beat; what is due is read from the rows, so a tick missed while no beat ran is caught up by the next,
-    and two workers never warn or stop twice (``lifecycle``). A stop whose warning was missed (no beat ran) is
-    warned of now and made at the next tick, not at once."""
+    idle), on the pages of their workspace and in the session (``warn_session``), and stop those whose stop is due
+    and was warned of. Every minute by Celery beat; what is due is read from the rows, so a tick missed while no beat
+    ran is caught up by the next, and two workers never warn or stop twice (``lifecycle``). A stop whose warning was
+    missed (no beat ran) is warned of now and made at the next tick, not at once."""
     warned = set()
     for studio_id, session_id, when in lifecycle.stops_to_warn():
         if lifecycle.claim_warning(session_id, when):
@@ -249,8 +249,8 @@ def warn_session(session_id):
     """Tell the pages open in a running session of its automatic stop ahead, as ``stop_due_studios`` warned the
     platform's pages of it."""
     session = running_sessions().select_related("studio__session").filter(pk=session_id).first()
-    if session is None or session.studio.next_stop is None:
-        return
+    if session is None or session.studio.stop_warning is None:
+        return  # extended, or kept running, meanwhile
     try:
         httpx.post(
             f"{session.control_endpoint}/notice",

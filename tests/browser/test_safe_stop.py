@@ -84,8 +84,9 @@ def test_jupyterlab_warns_of_an_automatic_stop_with_a_link_to_the_studio_and_ask
     page = open_lab(open_page, live_platform, alice, studio)
     expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=60_000)
 
-    # Ten minutes before its lifespan runs out, the next tick of Celery beat warns.
-    Session.objects.filter(pk=studio.session_id).update(stops_at=timezone.now() + timedelta(minutes=10))
+    # Ten minutes before its lifespan of 8 h runs out, the next tick of Celery beat warns.
+    stops_at = timezone.now() + timedelta(minutes=10)
+    Session.objects.filter(pk=studio.session_id).update(started=stops_at - timedelta(hours=8), stops_at=stops_at)
     tasks.stop_due_studios()
     warning = page.locator(".jp-toast-message")
     expect(warning).to_have_text(

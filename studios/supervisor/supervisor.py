@@ -610,9 +610,10 @@ class Supervisor(Reporter):
     def save_pages_and_stop_ide(self, message: str, link: str) -> None:
         """The pages open in the session save their documents first (at most SAVE_SECONDS): the final checkpoint then
         has them. The platform hears how many did and did not, to say so in the stop's record."""
+        began = time.monotonic()
         saved, unsaved = self.notices.save_pages(message or STOPPING_MESSAGE, link, SAVE_SECONDS)
         if saved or unsaved:
-            log.info("pages: %d saved their documents, %d did not", saved, unsaved)
+            log.info("pages: %d saved their documents, %d did not, in %.2f s", saved, unsaved, time.monotonic() - began)
             self.report(PAGES_SAVED, saved=saved, unsaved=unsaved)
         self.stop_ide()
 

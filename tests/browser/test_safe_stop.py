@@ -21,12 +21,11 @@ from ..live import Browser, wait_for_status, wait_until
 
 pytestmark = pytest.mark.browser
 
-NOTEBOOK = {
-    "cells": [{"cell_type": "code", "source": "x = 1", "metadata": {}, "outputs": [], "execution_count": None}],
-    "metadata": {},
-    "nbformat": 4,
-    "nbformat_minor": 5,
-}
+
+def notebook(source):
+    """A notebook of one code cell."""
+    cell = {"cell_type": "code", "source": source, "metadata": {}, "outputs": [], "execution_count": None}
+    return {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
 
 @pytest.fixture
@@ -51,9 +50,9 @@ def contents(platform, user, studio):
     return session.http, {"X-XSRFToken": session.xsrf()}
 
 
-def put_notebook(platform, user, studio, path, notebook):
+def put_notebook(platform, user, studio, path, source):
     http, headers = contents(platform, user, studio)
-    answer = http.put(f"/api/contents/{path}", json={"type": "notebook", "content": notebook}, headers=headers)
+    answer = http.put(f"/api/contents/{path}", json={"type": "notebook", "content": notebook(source)}, headers=headers)
     assert answer.status_code in (200, 201), answer.text
 
 
@@ -109,7 +108,7 @@ def test_an_unsaved_notebook_edit_survives_a_stop_by_another_member_and_the_tab_
 ):
     alice = make_member(studio.workspace, Role.CONNECT, username="alice")
     bob = studio.author
-    put_notebook(live_platform, alice, studio, "analysis.ipynb", NOTEBOOK)
+    put_notebook(live_platform, alice, studio, "analysis.ipynb", "x = 1")
     page = open_lab(open_page, live_platform, alice, studio, "lab/tree/analysis.ipynb")
     edit_first_cell(page, "\nprint('kept through the stop')")
 
@@ -134,12 +133,11 @@ def test_an_unsaved_notebook_edit_survives_a_stop_by_another_member_and_the_tab_
 
 def test_a_tab_that_cannot_save_does_not_hold_up_the_stop_which_says_so(studio, live_platform, open_page):
     alice = make_member(studio.workspace, Role.CONNECT, username="alice")
-    put_notebook(live_platform, alice, studio, "clash.ipynb", NOTEBOOK)
+    put_notebook(live_platform, alice, studio, "clash.ipynb", "x = 1")
     page = open_lab(open_page, live_platform, alice, studio, "lab/tree/clash.ipynb")
     edit_first_cell(page, "\ny = 2")
     # Someone else changes the file under the tab: its save now waits on a "File Changed" question nobody answers.
-    changed = {**NOTEBOOK, "cells": [{**NOTEBOOK["cells"][0], "source": "x = 'changed on disk'"}]}
-    put_notebook(live_platform, alice, studio, "clash.ipynb", changed)
+    put_notebook(live_platform, alice, studio, "clash.ipynb", "x = 'changed on disk'")
 
     began = time.monotonic()
     lifecycle.stop_studio(studio.author, studio)

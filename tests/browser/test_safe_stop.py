@@ -23,9 +23,10 @@ pytestmark = pytest.mark.browser
 
 
 def notebook(source):
-    """A notebook of one code cell."""
+    """A Python notebook of one code cell."""
     cell = {"cell_type": "code", "source": source, "metadata": {}, "outputs": [], "execution_count": None}
-    return {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return {"cells": [cell], "metadata": {"kernelspec": kernel}, "nbformat": 4, "nbformat_minor": 5}
 
 
 @pytest.fixture
@@ -66,13 +67,17 @@ def open_lab(open_page, platform, user, studio, path="lab"):
     return page
 
 
-def edit_first_cell(page, text):
-    """Type ``text`` at the end of the notebook's first cell, leaving the notebook unsaved."""
+def add_line_to_first_cell(page, line):
+    """Type ``line`` as a new last line of the notebook's first cell, leaving the notebook unsaved."""
     editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
     expect(editor).to_be_visible(timeout=60_000)
+    expect(page.locator(".jp-Spinner")).to_have_count(0, timeout=60_000)  # the notebook has loaded
     editor.click()
+    expect(page.locator(".jp-Notebook.jp-mod-editMode")).to_have_count(1)  # keys now go to the cell, not commands
     page.keyboard.press("Control+End")
-    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+    page.keyboard.type(line)
+    expect(editor).to_contain_text(line)
     expect(page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(1)
 
 
@@ -110,7 +115,7 @@ def test_an_unsaved_notebook_edit_survives_a_stop_by_another_member_and_the_tab_
     bob = studio.author
     put_notebook(live_platform, alice, studio, "analysis.ipynb", "x = 1")
     page = open_lab(open_page, live_platform, alice, studio, "lab/tree/analysis.ipynb")
-    edit_first_cell(page, "\nprint('kept through the stop')")
+    add_line_to_first_cell(page, "print('kept through the stop')")
 
     lifecycle.stop_studio(bob, studio)
     stopped = page.locator("#studios-stopped")
@@ -135,7 +140,7 @@ def test_a_tab_that_cannot_save_does_not_hold_up_the_stop_which_says_so(studio, 
     alice = make_member(studio.workspace, Role.CONNECT, username="alice")
     put_notebook(live_platform, alice, studio, "clash.ipynb", "x = 1")
     page = open_lab(open_page, live_platform, alice, studio, "lab/tree/clash.ipynb")
-    edit_first_cell(page, "\ny = 2")
+    add_line_to_first_cell(page, "y = 2")
     # Someone else changes the file under the tab: its save now waits on a "File Changed" question nobody answers.
     put_notebook(live_platform, alice, studio, "clash.ipynb", "x = 'changed on disk'")
 

@@ -568,6 +568,34 @@ def session_working(token):
     )
 
 
+def session_pages_saved(token, saved, unsaved):
+    """As its session stops, ``saved`` of the pages open in it saved their documents and ``unsaved`` did not in time;
+    the stop says so while it goes on and once it has ended. (A page may lie, about its own documents only.)"""
+    with transaction.atomic():
+        session = _by_token(token)
+        if session is None or session.studio.status != StudioStatus.STOPPING:
+            return False
+        session.unsaved_pages = unsaved
+        session.save(update_fields=["unsaved_pages"])
+        studio = session.studio
+        studio.status_reason = _stop_reason(session)
+        studio.save(update_fields=["status_reason"])
+        presence.studio_changed(studio)
+    log.info("studio %s: %s pages saved their documents as it stopped, %s did not", studio.pk, saved, unsaved)
+    return True
+
+
+def _stop_reason(session):
+    """Why the platform stopped the session (empty when a member did), and whether pages open in it could not save."""
+    unsaved = session.unsaved_pages
+    if not unsaved:
+        return session.stop_reason
+    pages = "A page open in the session" if unsaved == 1 else f"{unsaved} pages open in the session"
+    their = "its" if unsaved == 1 else "their"
+    note = f"{pages} could not save {their} documents in time: their unsaved changes are lost."
+    return f"{session.stop_reason} {note}".strip()
+
+
 def session_checkpoint_saved(
     token, manifest_key, manifest_sha256, size_bytes, final, layer_used_bytes, layer_total_bytes, seconds=None
 ):
@@ -678,7 +706,7 @@ def session_stopped(studio_id, unsaved=""):
         studio = Studio.objects.select_for_update(of=("self",)).select_related("session").filter(pk=studio_id).first()
         if studio is None or studio.status != StudioStatus.STOPPING:
             return False
-        reason = studio.session.stop_reason if studio.session else ""
+        reason = _stop_reason(studio.session) if studio.session else ""
         if unsaved:
             reason = _possible_loss(studio, f"{reason} {unsaved}".strip())
         _end_session(studio, StudioStatus.STOPPED, reason)

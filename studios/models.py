@@ -348,6 +348,14 @@ class Studio(models.Model):
         return self.status == StudioStatus.RUNNING and self.session is not None and bool(self.session.endpoint)
 
     @property
+    def session_open(self):
+        """Whether members already in the session may go on reaching it: while it runs, and while it stops, so that
+        its pages can save their documents before the final checkpoint (``supervisor.notices``). New members join
+        only a running one (``can_connect``)."""
+        open_statuses = (StudioStatus.RUNNING, StudioStatus.STOPPING)
+        return self.status in open_statuses and self.session is not None and bool(self.session.endpoint)
+
+    @property
     def active_session(self):
         """The session of a starting, running or stopping studio; None otherwise."""
         return self.session if self.status in ACTIVE_STATUSES else None
@@ -451,6 +459,9 @@ class Session(models.Model):
     )
     last_work = models.DateTimeField(
         null=True, blank=True, help_text="When its supervisor last saw its IDE working (for the idle stop)."
+    )
+    unsaved_pages = models.PositiveIntegerField(
+        default=0, help_text="As it stopped: how many of the pages open in it did not save their documents in time."
     )
     # The checkpoint this session saves into, and the one it was restored from.
     checkpoint = models.ForeignKey(

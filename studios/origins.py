@@ -206,6 +206,6 @@ def check_access(access_key, studio_id):
     if not permissions.has_role(access.role, permissions.CONNECT):
         return Access(403, f"You need the connect role or higher to open this session; your role is {access.role}.")
     session = studio.session
-    if not studio.can_connect or session is None or not session.token:
+    if not studio.session_open or session is None or not session.token:
         return Access(409, f"{studio.name} is {studio.status}, not running.")
     return Access(200, user=access.user, studio=studio, endpoint=session.endpoint, token=session.token)

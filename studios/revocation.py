@@ -2,8 +2,9 @@
 
 What may end an access tells the groups of the member and of the studio concerned, on the channel layer, once
 its transaction commits: a role change or a removal from the workspace, a deactivation, a logout (which also
-deletes that browser's accesses), a deletion, and a studio leaving running (``lifecycle``, where its status
-changes). Each process that serves session origins listens once in the groups it has decisions or sockets for
+deletes that browser's accesses), a deletion, and a studio's session ending (``lifecycle``, where its status
+changes: a stopping session stays open to the members in it until it has ended, for its pages to save their
+documents). Each process that serves session origins listens once in the groups it has decisions or sockets for
 (``Decisions``): on an announcement it forgets the access decisions it kept, so that the next request asks the
 database again, and each open WebSocket of that group checks its access again (``origins.check_access``) and
 closes if it ended.

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from checkpoints.models import Checkpoint
 
-from . import lifecycle, metrics, presence
+from . import lifecycle, metrics, notices, presence
 from .backends import BackendError, Mount, SessionSpec, backend_for, local_backend
 from .models import ACTIVE_STATUSES, ComputeEnvironment, Session, Studio, StudioStatus, Template
 from .supervisor import protocol
@@ -109,7 +109,7 @@ def stop_session(studio_id, forced_by="", claimed=None):
         claimed = lifecycle.claim(session.pk, claimed)
         if claimed is None:
             return  # another task is stopping it
-        ask_to_stop(session, backend)
+        ask_to_stop(studio, backend)
         deadline = studio.status_changed.timestamp() + settings.STUDIOS_STOP_TIMEOUT_SECONDS
         round_end = min(time.time() + STOP_ROUND_SECONDS, deadline)
         while (alive := backend.poll(session.handle).alive) and time.time() < round_end:
@@ -128,12 +128,17 @@ def stop_session(studio_id, forced_by="", claimed=None):
         lifecycle.session_stopped(studio_id, unsaved=unsaved)
 
 
-def ask_to_stop(session, backend):
-    """Ask the supervisor to stop through its control endpoint (it then saves a final checkpoint, takes the session
-    down and exits); where it does not answer, have the backend ask (a signal, Batch's TerminateJob)."""
+def ask_to_stop(studio, backend):
+    """Ask the supervisor to stop through its control endpoint, saying who stopped the studio or why (the session's
+    pages save their documents and show it; the supervisor then saves a final checkpoint, takes the session down and
+    exits); where it does not answer, have the backend ask (a signal, Batch's TerminateJob)."""
+    session = studio.session
     try:
         httpx.post(
-            f"{session.control_endpoint}/stop", headers={"Authorization": f"Bearer {session.token}"}, timeout=5
+            f"{session.control_endpoint}/stop",
+            json=notices.stop_notice(studio),
+            headers={"Authorization": f"Bearer {session.token}"},
+            timeout=5,
         ).raise_for_status()
     except httpx.HTTPError as error:
         log.info("studio %s: the supervisor did not take the stop (%s); asking the backend", session.studio_id, error)
@@ -238,18 +243,37 @@ def checkpoint_session(session_id):
 @shared_task
 def stop_due_studios():
     """Warn the members of studios that will be stopped automatically soon (their lifespan runs out, or they are
-    idle), on the pages of their workspace, and stop those whose stop is due and was warned of. Every minute by
-    Celery beat; what is due is read from the rows, so a tick missed while no beat ran is caught up by the next,
-    and two workers never warn or stop twice (``lifecycle``). A stop whose warning was missed (no beat ran) is
-    warned of now and made at the next tick, not at once."""
+    idle), on the pages of their workspace and in the session (``warn_session``), and stop those whose stop is due
+    and was warned of. Every minute by Celery beat; what is due is read from the rows, so a tick missed while no beat
+    ran is caught up by the next, and two workers never warn or stop twice (``lifecycle``). A stop whose warning was
+    missed (no beat ran) is warned of now and made at the next tick, not at once."""
     warned = set()
     for studio_id, session_id, when in lifecycle.stops_to_warn():
         if lifecycle.claim_warning(session_id, when):
             warned.add(studio_id)
             studio = Studio.objects.select_related("session").get(pk=studio_id)
             presence.studio_changed(studio)
+            warn_session.delay(session_id)
     for studio_id in set(lifecycle.due_stops()) - warned:
         lifecycle.stop_when_due(studio_id)
+
+
+@shared_task
+def warn_session(session_id):
+    """Tell the pages open in a running session of its automatic stop ahead, as ``stop_due_studios`` warned the
+    platform's pages of it."""
+    session = running_sessions().select_related("studio__session").filter(pk=session_id).first()
+    if session is None or session.studio.stop_warning is None:
+        return  # extended, or kept running, meanwhile
+    try:
+        httpx.post(
+            f"{session.control_endpoint}/notice",
+            json=notices.warning_notice(session.studio),
+            headers={"Authorization": f"Bearer {session.token}"},
+            timeout=5,
+        ).raise_for_status()
+    except httpx.HTTPError as error:
+        log.warning("studio %s: could not warn the session's pages: %s", session.studio_id, error)
 
 
 def _fail_overdue_start(studio):

@@ -417,6 +417,7 @@ SESSION_REPORTS: dict[str, Callable[..., bool]] = {
     protocol.CHECKPOINT: lifecycle.session_checkpoint_saved,
     protocol.CHECKPOINT_FAILED: lifecycle.session_checkpoint_failed,
     protocol.WORKING: lifecycle.session_working,
+    protocol.PAGES_SAVED: lifecycle.session_pages_saved,
 }
 
 

@@ -1,9 +1,12 @@
 """The supervisor's gate in front of an IDE on a loopback port: the token is
-required and taken off, the proxy's prefix is stripped, HTTP and WebSockets pass."""
+required and taken off, the proxy's prefix is stripped, HTTP and WebSockets pass; the pages' notices are the gate's
+own, and of what a page answers only "saved" counts."""
 
 import json
 import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -12,7 +15,8 @@ import websockets
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
-from studios.supervisor import gate
+from studios.supervisor import gate, protocol
+from studios.supervisor.notices import Notices
 
 BASE = "/studios/7/connect/"
 TOKEN = "the-session-token"
@@ -86,3 +90,72 @@ def test_websockets_pass_both_ways_without_the_prefix(gated):
     with connect(f"{ws_url}{BASE}events?x=1", additional_headers={"X-Studios-Session-Token": TOKEN}) as socket_:
         socket_.send("hello")
         assert socket_.recv(timeout=5) == "/events?x=1 hello"
+
+
+@pytest.fixture
+def noticed():
+    """A gate's notices for the session's pages, and the gate's WebSocket address; no IDE answers behind the gate."""
+    notices = Notices()
+    front = socket.create_server(("127.0.0.1", 0))
+    gate.serve(gate.Gate(TOKEN, BASE, "127.0.0.1:9", notices=notices), front)
+    url = f"ws://127.0.0.1:{front.getsockname()[1]}"
+    wait_for(url.replace("ws", "http", 1))
+    return notices, url
+
+
+def open_page(ws_url):
+    """A session page's notices WebSocket, through the gate, as the proxy opens it."""
+    return connect(f"{ws_url}{BASE}{protocol.NOTICES_PATH}", additional_headers={"X-Studios-Session-Token": TOKEN})
+
+
+def wait_for_pages(notices, count):
+    deadline = time.monotonic() + 5
+    while len(notices.pages) != count:
+        assert time.monotonic() < deadline, f"{count} pages never connected"
+        time.sleep(0.01)
+
+
+def test_pages_hear_a_stop_from_the_gate_itself_and_only_a_saved_answer_counts(noticed):
+    notices, ws_url = noticed
+    with pytest.raises(websockets.InvalidStatus):
+        connect(f"{ws_url}{BASE}{protocol.NOTICES_PATH}")  # not the platform's proxy
+    with open_page(ws_url) as saving, open_page(ws_url) as boasting, open_page(ws_url) as early:
+        wait_for_pages(notices, 3)
+        notices.warn("rnaseq will be stopped at 14:05 UTC.", "http://platform/studios/7/")
+        for page in (saving, boasting, early):
+            assert json.loads(page.recv(timeout=5)) == {
+                "kind": "warning",
+                "message": "rnaseq will be stopped at 14:05 UTC.",
+                "link": "http://platform/studios/7/",
+            }
+        early.send(json.dumps({"saved": True}))  # before it was told of any stop: not an answer
+        time.sleep(0.3)  # (the gate reads it before the stop: nothing to wait on, it changes nothing)
+        with ThreadPoolExecutor() as pool:
+            began = time.monotonic()
+            stop = pool.submit(notices.save_pages, "rnaseq was stopped by Mia.", "http://platform/studios/7/", 5)
+            for page in (saving, boasting, early):
+                assert json.loads(page.recv(timeout=5)) == {
+                    "kind": "stop",
+                    "message": "rnaseq was stopped by Mia.",
+                    "link": "http://platform/studios/7/",
+                    "seconds": 5,
+                }
+            saving.send(json.dumps({"saved": True}))
+            boasting.send(json.dumps({"saved": "every file, and the admin password"}))
+            early.send("x" * 10_000)
+            early.close()
+            assert stop.result(timeout=10) == (1, 2)
+            assert time.monotonic() - began < 5  # every page answered or left: no waiting for the bound
+    # A page opened after the stop hears of it too.
+    with open_page(ws_url) as late:
+        assert json.loads(late.recv(timeout=5))["kind"] == "stop"
+
+
+def test_a_page_that_does_not_answer_holds_the_stop_only_for_the_bound(noticed):
+    notices, ws_url = noticed
+    with open_page(ws_url) as silent:
+        wait_for_pages(notices, 1)
+        began = time.monotonic()
+        assert notices.save_pages("rnaseq was stopped.", "", 1) == (0, 1)
+        assert 1 <= time.monotonic() - began < 2
+        assert json.loads(silent.recv(timeout=5))["kind"] == "stop"

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from studios import lifecycle
 from studios.exceptions import ActionRefused
-from studios.models import ALLOWED_TRANSITIONS, ActiveMount, InvalidTransition, Role, Studio, StudioStatus
+from studios.models import ALLOWED_TRANSITIONS, ActiveMount, Event, InvalidTransition, Role, Studio, StudioStatus
 
 from .factories import make_dataset, make_member, make_studio, make_workspace
 
@@ -270,6 +270,25 @@ class TestSessionReports:
         assert response.status_code == 200
         studio.session.checkpoint.refresh_from_db()
         assert studio.session.checkpoint.manifest_key == own
+
+    def test_pages_that_could_not_save_as_the_session_stopped_are_named_in_the_stop(self, client, studio, owner):
+        lifecycle.start_studio(owner, studio)
+        studio.refresh_from_db()
+        auth = {"HTTP_AUTHORIZATION": f"Bearer {studio.session.token}"}
+        url = "/api/sessions/pages-saved"
+        # Only while it stops, and only counts.
+        assert client.post(url, {"saved": 1, "unsaved": 1}, "application/json", **auth).status_code == 409
+        lifecycle.stop_studio(owner, studio)
+        lie = {"saved": 1, "unsaved": 0, "documents": ["analysis.ipynb"]}
+        assert client.post(url, lie, "application/json", **auth).status_code == 400
+        assert client.post(url, {"saved": 2, "unsaved": 1}, "application/json", **auth).status_code == 200
+        note = "A page open in the session could not save its documents in time: their unsaved changes are lost."
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.STOPPING and studio.status_reason == note
+        assert lifecycle.session_stopped(studio.pk)
+        studio.refresh_from_db()
+        assert studio.status == StudioStatus.STOPPED and studio.status_reason == note
+        assert Event.objects.get(session=studio.session, kind=Event.Kind.STOPPED).message == note
 
 
 def test_a_start_older_than_the_timeout_becomes_errored(studio, owner, settings):

@@ -11,10 +11,10 @@ import websockets
 from websockets.sync.client import connect
 
 from studios import lifecycle
-from studios.models import Role, StudioStatus
+from studios.models import Role, Studio, StudioStatus
 
 from .factories import make_member, make_running, make_studio
-from .live import Browser
+from .live import Browser, wait_until
 
 
 class EchoSession(BaseHTTPRequestHandler):
@@ -185,6 +185,18 @@ def test_a_websocket_to_an_unreachable_session_is_refused_with_502_not_403(live_
         )
     assert refused.value.response.status_code == 502
     assert b"The session did not answer" in refused.value.response.body
+
+
+def test_members_in_a_session_reach_it_while_it_stops_and_nobody_once_it_has_ended(echo_studio, workspace):
+    """While a session stops, its pages save their documents through the proxy (``supervisor.notices``)."""
+    platform, studio = echo_studio
+    session = Browser(platform, make_member(workspace, Role.CONNECT)).session(studio)
+    Studio.objects.filter(pk=studio.pk).update(status=StudioStatus.STOPPING)
+    saved = session.http.put("/api/contents/analysis.ipynb", content=b"{}")
+    assert saved.status_code == 200 and saved.json()["method"] == "PUT"
+    assert lifecycle.session_stopped(studio.pk)
+    wait_until(lambda: session.http.get("/lab").status_code == 302, 5, "the ended session to send its members away")
+    assert session.http.put("/api/contents/analysis.ipynb", content=b"{}").status_code == 409
 
 
 def test_a_stopped_studios_link_tells_its_status_and_offers_start_to_maintainers(live_platform, workspace):

@@ -130,10 +130,11 @@ def test_each_way_an_access_ends_closes_that_members_kernel_sockets_within_a_sec
         assert olga.run("print(x)") == "42"
     print("closed after", {what: f"{seconds * 1000:.0f} ms" for what, seconds in timings.items()})
 
+    # A stop leaves the session open to the members in it while its pages save their documents
+    # (``supervisor.notices``); once the session has ended, nothing of it is.
     colleague = Member(platform, studio, make_member(studio.workspace, Role.CONNECT), kernel)
     lifecycle.stop_studio(owner, studio)
-    for member in (olga, colleague):
-        closed, seconds = member.closed_within(CLOSED_WITHIN)
-        assert closed, f"a stop left {member.user}'s kernel socket open for {seconds} s"
-        assert member.refused()
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
+    for member in (olga, colleague):
+        assert member.closed_within(CLOSED_WITHIN)[0], f"a stopped session left {member.user}'s kernel socket open"
+        assert member.refused()

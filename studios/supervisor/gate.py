@@ -6,6 +6,9 @@ platform's proxy adds (anything else gets 403); the token is taken off, the prox
 stripped for IDEs that expect to be served at ``/``, and the rest is streamed to the IDE, which listens
 on the loopback of the session's own network. The gate's connections to it are opened from inside that
 network (``sandbox.enter_network``), so the IDE's port is never exposed on the host.
+
+One WebSocket path is the gate's own, never the IDE's: the pages' notices (``notices``, at
+``protocol.NOTICES_PATH``), where the session cannot answer in the platform's place.
 """
 
 import functools
@@ -22,6 +25,8 @@ import websockets
 from studios import forwarding
 
 from . import sandbox
+from .notices import Notices
+from .protocol import NOTICES_PATH
 
 TOKEN_HEADER = b"x-studios-session-token"
 
@@ -34,12 +39,16 @@ Send = Callable[[Message], Awaitable[None]]
 
 class Gate:
     """An ASGI application: check the token, strip ``base_path`` when ``strip``, forward to ``address``
-    (``host:port``)."""
+    (``host:port``); serve the pages' ``notices`` itself."""
 
-    def __init__(self, token: str, base_path: str, address: str, strip: bool = True) -> None:
+    def __init__(
+        self, token: str, base_path: str, address: str, strip: bool = True, notices: Notices | None = None
+    ) -> None:
         self.token = token.encode()
         self.strip = base_path if strip else ""
         self.origin = f"http://{address}"
+        self.notices_path = base_path + NOTICES_PATH
+        self.notices = notices or Notices()
         self.client: httpcore.AsyncConnectionPool = forwarding.new_client()
 
     def allowed(self, scope: Scope) -> bool:
@@ -61,6 +70,9 @@ class Gate:
             if not self.allowed(scope):
                 await receive()
                 await send({"type": "websocket.close"})
+                return
+            if scope["path"] == self.notices_path:
+                await self.notices.serve(receive, send)
                 return
             url = self.origin.replace("http", "ws", 1) + path
             await forwarding.relay_websocket(

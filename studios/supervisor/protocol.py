@@ -17,7 +17,17 @@ PROGRESS, READY, FAILED, CHECKPOINT = "progress", "ready", "failed", "checkpoint
 CHECKPOINT_FAILED = "checkpoint-failed"
 # The IDE did work since the supervisor's last look (``work``): the studio is not idle.
 WORKING = "working"
-REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT, CHECKPOINT_FAILED, WORKING)
+# As the session stops: how many of its open pages saved their documents, and how many did not in time (``notices``).
+PAGES_SAVED = "pages-saved"
+REPORT_KINDS = (PROGRESS, READY, FAILED, CHECKPOINT, CHECKPOINT_FAILED, WORKING, PAGES_SAVED)
+# Where the session's pages hear the platform's notices (a stop, a warning of one), on the session's own origin: a
+# WebSocket the gate serves itself (``notices``), under the session's base path. The JupyterLab image's extension
+# listens there.
+NOTICES_PATH = "studios/notices"
+# The longest a stop waits for the pages to save their open documents before it goes on without them.
+SAVE_SECONDS = 8
+# The longest notice the platform sends a session's pages.
+NOTICE_MAX_LENGTH = 500
 
 IDE_NAMES = {"jupyterlab": "JupyterLab", "rstudio": "RStudio Server", "vscode": "VS Code"}
 PROVISIONING = "Provisioning compute"
@@ -194,6 +204,7 @@ def parse_report(kind: str, body: object, manifest_prefix: str) -> dict[str, Any
         },
         CHECKPOINT_FAILED: {"reason"},
         WORKING: set(),
+        PAGES_SAVED: {"saved", "unsaved"},
     }[kind]
     if set(body) - allowed:
         raise BadReport(f"a {kind} report cannot say {', '.join(sorted(set(body) - allowed))}")
@@ -201,6 +212,11 @@ def parse_report(kind: str, body: object, manifest_prefix: str) -> dict[str, Any
         return {"steps": _steps(body.get("steps"))}
     if kind == WORKING:
         return {}
+    if kind == PAGES_SAVED:
+        counts = {name: body.get(name, 0) for name in ("saved", "unsaved")}
+        if any(type(count) is not int or not 0 <= count <= 10_000 for count in counts.values()):
+            raise BadReport("saved and unsaved are how many pages did, whole numbers")
+        return counts
     if kind == CHECKPOINT_FAILED:
         return {"reason": _text(body.get("reason", ""), "reason") or "The checkpoint failed."}
     if kind == FAILED:

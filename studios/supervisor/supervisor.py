@@ -7,8 +7,9 @@ the layer from outside when the platform asks and when it is stopped, and takes 
 reports that the session has ended. Nothing it puts in the sandbox is secret, and nothing it reads from
 the sandbox (the layer's files) is trusted.
 
-Configuration comes from the environment (``protocol.SessionConfig``). SIGTERM stops the IDE, saves a
-final checkpoint and ends the session.
+Configuration comes from the environment (``protocol.SessionConfig``). SIGTERM, or the platform's stop, gives the
+session's pages a few seconds to save their open documents (``notices``), then stops the IDE, saves a final
+checkpoint and ends the session.
 """
 
 import errno
@@ -37,16 +38,20 @@ from checkpoints import snapshot
 from checkpoints.store import store_for
 
 from . import gate, images, sandbox, work
+from .notices import Notices
 from .protocol import (
     CHECKPOINT,
     CHECKPOINT_FAILED,
     FAILED,
     MOUNTING,
+    NOTICE_MAX_LENGTH,
+    PAGES_SAVED,
     PROGRESS,
     PROVISIONING,
     READY,
     REPORTS_PATH,
     RESTORING,
+    SAVE_SECONDS,
     TICKET,
     TICKETS_PATH,
     WORKING,
@@ -61,6 +66,8 @@ UNRECORDED_RETRY_SECONDS = 10
 WATCH_SECONDS = 1  # how often a running session's IDE, helpers and memory are looked at
 FINAL_REPORT_SECONDS = 60
 STOP_IDE_SECONDS = 10
+# What the pages are told when a stop does not say why (SIGTERM: the host or its scheduler ends the session).
+STOPPING_MESSAGE = "This session is stopping."
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -152,6 +159,20 @@ def describe(error: BaseException) -> str:
     if isinstance(error, OSError):
         return str(error)  # raised here, with words of ours
     return type(error).__name__
+
+
+def notice_of(body: bytes) -> tuple[str, str]:
+    """The message and link of a notice the platform sent the control endpoint (JSON); empty where it has none."""
+    try:
+        content = json.loads(body or b"{}")
+    except ValueError:
+        content = None
+
+    def text(name: str) -> str:
+        value = content.get(name) if isinstance(content, dict) else None
+        return value[:NOTICE_MAX_LENGTH] if isinstance(value, str) else ""
+
+    return text("message"), text("link")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -251,6 +272,7 @@ class Supervisor(Reporter):
         )
         self.checkpoint_lock = threading.Lock()
         self.stopping = threading.Event()
+        self.notices = Notices()  # the platform's word to the session's pages
         self.ide_pid: int | None = None  # the container's first process, or the plain process
         self.ide_process: subprocess.Popen[bytes] | None = None
         self.container_created = False
@@ -299,7 +321,9 @@ class Supervisor(Reporter):
         else:
             self.start_process(ide)
         gate.serve(
-            gate.Gate(self.config.token, self.config.base_path, f"127.0.0.1:{ide_port}", ide.strip_prefix),
+            gate.Gate(
+                self.config.token, self.config.base_path, f"127.0.0.1:{ide_port}", ide.strip_prefix, self.notices
+            ),
             self.listening,
             network_fd,
         )
@@ -558,7 +582,8 @@ class Supervisor(Reporter):
 
     def serve_control(self) -> None:
         """The platform's way in, with the session token: POST /checkpoint saves one now and answers whether it
-        was saved and recorded; POST /stop stops the session as SIGTERM does, without waiting."""
+        was saved and recorded; POST /stop stops the session as SIGTERM does, without waiting, and tells its pages
+        the message of its JSON body ({"message", "link"}); POST /notice tells them a warning (the same body)."""
         supervisor = self
 
         class Control(BaseHTTPRequestHandler):
@@ -567,11 +592,15 @@ class Supervisor(Reporter):
                 if not hmac.compare_digest(supplied, supervisor.config.token.encode()):
                     self.send_error(403)
                     return
+                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 4 * NOTICE_MAX_LENGTH))
                 if self.path == "/checkpoint":
                     self.answer(200, {"recorded": supervisor.checkpoint()})
                 elif self.path == "/stop":
-                    supervisor.stop()
+                    supervisor.stop(*notice_of(body))
                     self.answer(202, {"stopping": True})
+                elif self.path == "/notice":
+                    supervisor.notices.warn(*notice_of(body))
+                    self.answer(200, {"told": True})
                 else:
                     self.send_error(404)
 
@@ -608,12 +637,23 @@ class Supervisor(Reporter):
         elif self.ide_process is not None and self.ide_process.poll() is None:
             os.killpg(self.ide_process.pid, signal.SIGKILL)
 
-    def stop(self) -> None:
-        """Stop the IDE; the main thread then takes the final checkpoint and ends the session."""
+    def stop(self, message: str = "", link: str = "") -> None:
+        """Tell the pages why the session stops and let them save, stop the IDE; the main thread then takes the final
+        checkpoint and ends the session."""
         if not self.stopping.is_set():
-            log.info("stopping the IDE, then saving a final checkpoint")
+            log.info("stopping: the pages save, the IDE stops, then a final checkpoint")
             self.stopping.set()
-            threading.Thread(target=self.stop_ide, daemon=True).start()
+            threading.Thread(target=self.save_pages_and_stop_ide, args=(message, link), daemon=True).start()
+
+    def save_pages_and_stop_ide(self, message: str, link: str) -> None:
+        """The pages open in the session save their documents first (at most SAVE_SECONDS): the final checkpoint then
+        has them. The platform hears how many did and did not, to say so in the stop's record."""
+        began = time.monotonic()
+        saved, unsaved = self.notices.save_pages(message or STOPPING_MESSAGE, link, SAVE_SECONDS)
+        if saved or unsaved:
+            log.info("pages: %d saved their documents, %d did not, in %.2f s", saved, unsaved, time.monotonic() - began)
+            self.report(PAGES_SAVED, saved=saved, unsaved=unsaved)
+        self.stop_ide()
 
     def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self.ide_pid is None:

@@ -1,0 +1,181 @@
+// Studios' notices in JupyterLab: what the platform tells the members working in a session.
+//
+// Plain JavaScript with no build step and nothing to install: JupyterLab loads this file as a federated extension's
+// container (window._JUPYTERLAB[name] with get and init, as webpack's module federation makes them), and the plugin
+// it holds uses only the application object and JupyterLab's commands, so it shares no package with JupyterLab.
+//
+// The plugin listens on the WebSocket that the session's gate serves itself (protocol.NOTICES_PATH), never the IDE:
+// - "warning": an automatic stop is near. A notification says when and why, with a button to open the studio's page
+//   on the platform, where members keep it running or extend it with their own rights.
+// - "stop": the session stops. Every open document with unsaved changes is saved, the gate hears whether all were
+//   ("saved": true or false, the only thing it reads), and the page is covered with who stopped the studio and why,
+//   instead of JupyterLab's bare "Disconnected". The supervisor waits "seconds" at most for the saves.
+//
+// (The package's metadata also turns off JupyterLab's news prompt: sessions run on a closed network.)
+(function () {
+  'use strict';
+
+  var NAME = 'studios-notices';
+  var NOTICES_PATH = 'studios/notices';
+  var OPEN_STUDIO_PAGE = 'studios:open-studio-page';
+
+  function noticesUrl() {
+    var config = JSON.parse(document.getElementById('jupyter-config-data').textContent || '{}');
+    return location.origin.replace(/^http/, 'ws') + (config.baseUrl || '/') + NOTICES_PATH;
+  }
+
+  function isWebLink(link) {
+    return typeof link === 'string' && /^https?:\/\//.test(link);
+  }
+
+  // Save each open document that has unsaved changes, each file once; whether all were saved.
+  function saveAll(app) {
+    var saving = [];
+    var paths = new Set();
+    for (var widget of app.shell.widgets('main')) {
+      var context = widget.context;
+      if (!context || !context.model || !context.model.dirty || context.model.readOnly || paths.has(context.path)) {
+        continue;
+      }
+      paths.add(context.path);
+      saving.push(context.save());
+    }
+    return Promise.allSettled(saving).then(function (results) {
+      return results.every(function (result) {
+        return result.status === 'fulfilled';
+      });
+    });
+  }
+
+  function paragraph(text) {
+    var element = document.createElement('p');
+    element.textContent = text;
+    return element;
+  }
+
+  // Cover the page with why the session stopped and what became of the documents: ``saved`` true, false, or null
+  // when the saves did not finish in time.
+  function cover(notice, saved) {
+    var page = document.createElement('div');
+    page.id = 'studios-stopped';
+    page.style.cssText =
+      'position:fixed;inset:0;z-index:100000;display:flex;align-items:center;justify-content:center;' +
+      'background:var(--jp-layout-color1,#fff);color:var(--jp-ui-font-color0,#111);' +
+      'font-family:var(--jp-ui-font-family,sans-serif);font-size:16px;line-height:1.5';
+    var box = document.createElement('div');
+    box.setAttribute('role', 'alert');
+    box.style.cssText = 'max-width:36em;padding:2em';
+    var title = document.createElement('h1');
+    title.textContent = 'This session has stopped';
+    title.style.cssText = 'font-size:24px;margin:0 0 0.5em';
+    box.append(title, paragraph(notice.message || 'The studio was stopped.'));
+    box.append(
+      paragraph(
+        saved === true
+          ? 'Your open documents were saved: they are there when the studio starts again.'
+          : saved === false
+            ? 'Some open documents could not be saved: their unsaved changes are lost.'
+            : 'Your open documents could not be saved in time: their unsaved changes are lost.'
+      )
+    );
+    if (isWebLink(notice.link)) {
+      var link = document.createElement('a');
+      link.href = notice.link;
+      link.textContent = "Open the studio's page";
+      link.style.color = 'var(--jp-content-link-color,#0b5cad)';
+      var line = document.createElement('p');
+      line.append(link);
+      box.append(line);
+    }
+    page.append(box);
+    document.body.append(page);
+  }
+
+  function stop(app, socket, notice) {
+    var answered = saveAll(app).then(function (saved) {
+      if (socket.readyState === WebSocket.OPEN) {
+        socket.send(JSON.stringify({ saved: saved }));
+      }
+      return saved;
+    });
+    var late = new Promise(function (resolve) {
+      setTimeout(resolve, (Number(notice.seconds) || 0) * 1000, null);
+    });
+    Promise.race([answered, late]).then(function (saved) {
+      cover(notice, saved);
+    });
+  }
+
+  function warn(app, notice) {
+    var options = { autoClose: false };
+    if (isWebLink(notice.link)) {
+      options.actions = [{ label: "Open the studio's page", commandId: OPEN_STUDIO_PAGE, args: { url: notice.link } }];
+    }
+    app.commands.execute('apputils:notify', { message: String(notice.message), type: 'warning', options: options });
+  }
+
+  // One WebSocket per page, opened again (less and less often) when it closes before the session stopped.
+  function listen(app) {
+    var stopping = false;
+    var delay = 1000;
+    function connect() {
+      var socket = new WebSocket(noticesUrl());
+      socket.onopen = function () {
+        delay = 1000;
+      };
+      socket.onmessage = function (event) {
+        var notice;
+        try {
+          notice = JSON.parse(event.data);
+        } catch (error) {
+          return;
+        }
+        if (notice.kind === 'stop' && !stopping) {
+          stopping = true;
+          stop(app, socket, notice);
+        } else if (notice.kind === 'warning') {
+          warn(app, notice);
+        }
+      };
+      socket.onclose = function () {
+        if (!stopping) {
+          setTimeout(connect, delay);
+          delay = Math.min(delay * 2, 60000);
+        }
+      };
+    }
+    connect();
+  }
+
+  var plugin = {
+    id: NAME + ':plugin',
+    description: "The platform's notices: save every open document as the session stops, and say why it stopped.",
+    autoStart: true,
+    activate: function (app) {
+      app.commands.addCommand(OPEN_STUDIO_PAGE, {
+        label: "Open the studio's page",
+        execute: function (args) {
+          if (isWebLink(args.url)) {
+            window.open(args.url, '_blank', 'noopener');
+          }
+        }
+      });
+      app.restored.then(function () {
+        listen(app);
+      });
+    }
+  };
+
+  window._JUPYTERLAB = window._JUPYTERLAB || {};
+  window._JUPYTERLAB[NAME] = {
+    init: function () {},
+    get: function (module) {
+      if (module !== './extension') {
+        return Promise.reject(new Error('Module "' + module + '" does not exist in container.'));
+      }
+      return Promise.resolve(function () {
+        return { __esModule: true, default: [plugin] };
+      });
+    }
+  };
+})();

@@ -373,8 +373,8 @@ def main():
                 {target.name: measure(target, kernel, (before_user, after_user)) for target, kernel in targets}
             )
             print(f"round {number + 1} of {ROUNDS} done", file=sys.stderr)
-    print(f"Medians of {ROUNDS} rounds; each round measures every target in turn.")
-    table(rounds)
+        print(f"Medians of {ROUNDS} rounds; each round measures every target in turn.")  # before stopping anything
+        table(rounds)
 
 
 if __name__ == "__main__":

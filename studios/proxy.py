@@ -1,4 +1,4 @@
-"""The connect proxy: ASGI, in processes of its own (``studios_project.asgi.sessions``), serving each studio's session
+"""The connect proxy: ASGI, in processes of its own (``studios_project.session_asgi``), serving each studio's session
 origin (``origins``).
 
 A session origin serves the session and nothing of the platform: the redirect to the platform's ticket page, the

@@ -55,6 +55,7 @@ class Connection(asyncio.Protocol):
         self.buffered = 0
         self.paused = False
         self.complete = False
+        self.keep_alive = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
 
@@ -119,6 +120,7 @@ class Connection(asyncio.Protocol):
             self.informational = False
             return
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # the parser forgets once the message is done
         self.wake()
 
     # the proxy's side
@@ -160,7 +162,7 @@ class Connection(asyncio.Protocol):
         return chunk
 
     def reusable(self) -> bool:
-        return self.complete and not self.closed and not self.head_only and self.parser.should_keep_alive()
+        return self.keep_alive and not self.closed and not self.head_only
 
     def close(self) -> None:
         self.closed = True

@@ -2,8 +2,9 @@
 
 * ``application``, the platform: its hosts (ALLOWED_HOSTS) to Django and the presence WebSockets of its pages under
   /ws/;
-* ``sessions``, the session proxy: a studio's session origin (``<prefix><id>.<session domain>``) and nothing else.
-  Processes of its own (``runstudios``), so that the pages the platform renders never slow a session down.
+* ``session_asgi.application``, the session proxy: a studio's session origin (``<prefix><id>.<session domain>``) and
+  nothing else. Processes of its own (``runstudios``), so that the pages the platform renders never slow a session
+  down.
 
 Each refuses the other's hosts and any other: no platform page is served on a session origin, and no session
 content on the platform's."""
@@ -22,9 +23,8 @@ from django.conf import settings  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from studios import metrics, origins  # noqa: E402
+from studios import origins  # noqa: E402
 from studios.consumers import PresenceConsumer  # noqa: E402
-from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy, outage_answered  # noqa: E402
 
 platform = ProtocolTypeRouter(
     {
@@ -41,10 +41,6 @@ platform = ProtocolTypeRouter(
         ),
     }
 )
-session_origin = {
-    "http": metrics.proxy_counted(outage_answered(SessionHTTPProxy())),
-    "websocket": SessionWebSocketProxy(),
-}
 
 
 def host_of(scope):
@@ -75,15 +71,3 @@ async def application(scope, receive, send):
         await platform(scope, receive, send)
     else:
         await refuse(scope, receive, send)
-
-
-async def sessions(scope, receive, send):
-    serve = session_origin.get(scope["type"])
-    if serve is None:  # lifespan: nothing to start or stop
-        return
-    studio_id = origins.studio_for_host(host_of(scope))
-    if studio_id is None:
-        await refuse(scope, receive, send)
-        return
-    scope["studio_id"] = studio_id
-    await serve(scope, receive, send)

@@ -103,8 +103,9 @@ def live_platform(transactional_db, settings, tmp_path):
     from celery.contrib.testing.worker import start_worker
     from channels.layers import channel_layers
 
-    from studios_project.asgi import application, sessions
+    from studios_project.asgi import application
     from studios_project.celery import app as celery_app
+    from studios_project.session_asgi import application as sessions
 
     sockets = [socket.socket(), socket.socket()]
     for sock in sockets:

@@ -159,7 +159,16 @@ def second_proxy(live_platform):
         STUDIOS_PUBLIC_URL=live_platform.url,
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "studios_project.asgi:sessions", "--port", str(port), "--lifespan", "off"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "studios_project.session_asgi:application",
+            "--port",
+            str(port),
+            "--lifespan",
+            "off",
+        ],
         env=environment,
     )
 

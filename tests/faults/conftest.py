@@ -224,7 +224,7 @@ class Platform:
             )
             for application, port in (
                 ("studios_project.asgi:application", self.url.rsplit(":", 1)[1]),
-                ("studios_project.asgi:sessions", self.session_port),
+                ("studios_project.session_asgi:application", self.session_port),
             )
         ]
         wait_until(self.serves, 30, "the platform and the session proxy to serve")

@@ -82,8 +82,7 @@ class Command(BaseCommand):
             env=others_environment,
         )
         web = self.serve("studios_project.asgi:application", host, port, environment, "--log-level=info")
-        # No access log: the proxy's requests are counted in its metrics, and it answers as few as it can itself.
-        proxy = self.serve("studios_project.asgi:sessions", host, session_port, others_environment, "--no-access-log")
+        proxy = self.serve("studios_project.session_asgi:application", host, session_port, others_environment)
         self.stdout.write(f"Studios is running at {address}/ (log in with a user and password above)")
         # SIGTERM ends this command as Ctrl-C does: by taking its processes down.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

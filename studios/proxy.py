@@ -271,8 +271,9 @@ class SessionWebSocketProxy:
         relay = asyncio.create_task(
             forwarding.relay_websocket(
                 # Frames pass as they come: compressing them again for the session next door costs CPU and gains
-                # nothing (the browser's side negotiates its own).
-                functools.partial(websockets.connect, url, compression=None),
+                # nothing (the browser's side negotiates its own); and no HTTP proxy from the environment, which
+                # websockets would look up at every open.
+                functools.partial(websockets.connect, url, compression=None, proxy=None),
                 headers,
                 access.endpoint,
                 scope,

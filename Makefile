@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The accessibility rules the browser tests audit the pages with (from the npm registry, into the virtualenv).
 AXE_CORE := 4.14.1
-# Where `make run` serves the product.
+# Where `make run` serves the product, and its session origins (the session proxy).
 PORT ?= 8000
+SESSION_PORT ?= 8001
 
 .PHONY: run test check services images
 
@@ -28,7 +29,7 @@ $(VENV)/test-installed: $(VENV)/installed tests/requirements.txt
 run: $(VENV)/installed
 	[ "$$(id -u)" != 0 ] || $(MAKE) images
 	$(PY) manage.py prepare
-	$(PY) manage.py runstudios --port $(PORT)
+	$(PY) manage.py runstudios --port $(PORT) --session-port $(SESSION_PORT)
 
 # The template images (images/build.sh), built without a Docker engine and pushed to the loopback registry it
 # starts: the base root filesystem and unchanged layers are cached, so a second run takes seconds.

@@ -2,8 +2,10 @@
 users over HTTP: what the benchmarks measure against."""
 
 import contextlib
+import hashlib
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -31,7 +34,12 @@ def demo_platform(root=ROOT, **settings):
     data_dir = tempfile.mkdtemp(prefix="studios-bench-")
     port = free_port()
     env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(STUDIOS_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="studios_project.settings", **settings)
+    env.update(
+        STUDIOS_DATA_DIR=data_dir,
+        DJANGO_SETTINGS_MODULE="studios_project.settings",
+        STUDIOS_SESSION_PORT=str(free_port()),  # where runstudios serves session origins (when it has a port for them)
+        **settings,
+    )
     subprocess.run([sys.executable, "manage.py", "prepare"], cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
     with open(Path(data_dir) / "platform.log", "w") as log:  # the server keeps its own descriptor
         server = subprocess.Popen(
@@ -75,13 +83,14 @@ class DemoUser:
 
     def session(self, studio_id):
         """A client on the studio's session origin, signed in there by the ticket round trip. (It connects to the
-        loopback address and names the origin in Host: Python does not resolve *.localhost.)"""
-        port = self.http.base_url.port
-        host = f"s{studio_id}.localhost:{port}"
-        session = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Host": host}, timeout=60)
-        ticket_page = session.get("/").headers["location"]  # the platform's, naming this client's state
-        ticket = self.http.get(ticket_page).headers["location"]
-        session.get(ticket.removeprefix(f"http://{host}"))
+        loopback address and names the origin in Host: Python does not resolve *.localhost.) The origin, port
+        included, is where the platform's ticket page sends this browser."""
+        state = secrets.token_urlsafe(32)
+        browser = hashlib.sha256(state.encode()).hexdigest()
+        ticket = urlsplit(self.http.get(f"/studios/{studio_id}/ticket/?next=/&browser={browser}").headers["location"])
+        session = httpx.Client(base_url=f"http://127.0.0.1:{ticket.port}", headers={"Host": ticket.netloc}, timeout=60)
+        session.cookies.set("studios-state", state)
+        session.get(f"{ticket.path}?{ticket.query}")
         return session
 
     def post(self, path, data=None):

@@ -12,8 +12,9 @@ a JupyterLab studio; then it measures, ROUNDS times, each target in turn with th
 * that JupyterLab itself (through the session's gate, as the proxy reaches it), with the session's token header;
 
 small GETs of ``api/status`` (wrk, Debian's package: requests/s, p50 and p99 at 1 and 10 connections for SECONDS
-each), opening a kernel WebSocket and a ``kernel_info`` round trip on it (median of WS_RUNS), and a 200 MB file
-download (curl, best of 3). Prints the median of the rounds as a table.
+each; at 10 connections again while a tab polls each platform's studio list as fast as it answers), opening a kernel
+WebSocket and a ``kernel_info`` round trip on it (median of WS_RUNS), and a 200 MB file download (curl, best of 3).
+Prints the median of the rounds as a table.
 
 Usage: .venv/bin/python bench/proxy_bench.py [BEFORE] [SECONDS] [WS_RUNS] [ROUNDS]
 Environment: BENCH_DATABASE (a PostgreSQL server URL, postgres://postgres@127.0.0.1:5432 by default; the bench
@@ -30,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -237,16 +239,44 @@ def download(target):
     return DOWNLOAD_MB / min(seconds)
 
 
-def measure(target, kernel):
+@contextlib.contextmanager
+def polling(users):
+    """A tab of each user's polling their workspace's studio list, one request after the other, in a thread."""
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            for user in users:
+                assert user.http.get("/w/demo/analysis/").status_code == 200
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def measure(target, kernel, users):
     one, ten = wrk(target, 1), wrk(target, 10)
+    with polling(users):
+        ten_polled = wrk(target, 10)
     ws_open, ws_trip = asyncio.run(websocket_times(target, kernel))
-    return {"1 conn": one, "10 conn": ten, "ws open": ws_open, "ws trip": ws_trip, "download": download(target)}
+    return {
+        "1 conn": one,
+        "10 conn": ten,
+        "10 conn polled": ten_polled,
+        "ws open": ws_open,
+        "ws trip": ws_trip,
+        "download": download(target),
+    }
 
 
 @contextlib.contextmanager
 def studio_session(label, root):
     """The product at ``root`` on a fresh database, a JupyterLab studio running on it with a kernel and the file to
-    download; yields (the target through its proxy, the kernel, the session's endpoint and token)."""
+    download; yields (the target through its proxy, the kernel, the session's endpoint and token, the maintainer)."""
     with (
         database(f"proxy_bench_{label}") as database_url,
         demo_platform(
@@ -264,12 +294,12 @@ def studio_session(label, root):
         try:
             session = maintainer.session(studio_id)
             cookie = "; ".join(f"{name}={value}" for name, value in session.cookies.items())
-            proxy = Target(f"Studios {label}", int(base.rsplit(":", 1)[1]), session.headers["host"], {"Cookie": cookie})
+            proxy = Target(f"Studios {label}", session.base_url.port, session.headers["host"], {"Cookie": cookie})
             session.get("/lab")
             xsrf = session.cookies.get("_xsrf")
             kernel = session.post("/api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": xsrf}).json()["id"]
             asyncio.run(write_big_file(proxy, kernel))
-            yield proxy, kernel, *session_endpoint(env, root, studio_id)
+            yield proxy, kernel, *session_endpoint(env, root, studio_id), maintainer
         finally:
             maintainer.post(f"/studios/{studio_id}/stop/")
             maintainer.wait_for(studio_id, "stopped")
@@ -309,6 +339,7 @@ def table(rounds):
         ("GET p50 / p99 ms, 1 conn", lambda r: f"{r['1 conn'][1]:.2f} / {r['1 conn'][2]:.2f}"),
         ("GET req/s, 10 conn", lambda r: f"{r['10 conn'][0]:.0f}"),
         ("GET p50 / p99 ms, 10 conn", lambda r: f"{r['10 conn'][1]:.2f} / {r['10 conn'][2]:.2f}"),
+        ("GET req/s, 10 conn, a tab polling the studio list", lambda r: f"{r['10 conn polled'][0]:.0f}"),
         ("WebSocket open ms (median)", lambda r: f"{r['ws open']:.2f}"),
         ("WebSocket kernel_info round trip ms (median)", lambda r: f"{r['ws trip']:.2f}"),
         (f"{DOWNLOAD_MB} MB download MB/s (best of 3)", lambda r: f"{r['download']:.0f}"),
@@ -325,8 +356,8 @@ def main():
         raise SystemExit("The bench needs wrk: apt-get install wrk")
     with (
         before_checkout() as root,
-        studio_session("before", root) as (before, before_kernel, _, _),
-        studio_session("after", ROOT) as (after, kernel, endpoint, token),
+        studio_session("before", root) as (before, before_kernel, _, _, before_user),
+        studio_session("after", ROOT) as (after, kernel, endpoint, token, after_user),
         chp(endpoint) as chp_port,
     ):
         direct_port = int(endpoint.rsplit(":", 1)[1])
@@ -338,10 +369,12 @@ def main():
         ]
         rounds = []
         for number in range(ROUNDS):
-            rounds.append({target.name: measure(target, kernel) for target, kernel in targets})
+            rounds.append(
+                {target.name: measure(target, kernel, (before_user, after_user)) for target, kernel in targets}
+            )
             print(f"round {number + 1} of {ROUNDS} done", file=sys.stderr)
-    print(f"Medians of {ROUNDS} rounds; each round measures every target in turn.")
-    table(rounds)
+        print(f"Medians of {ROUNDS} rounds; each round measures every target in turn.")  # before stopping anything
+        table(rounds)
 
 
 if __name__ == "__main__":

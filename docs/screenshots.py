@@ -42,11 +42,11 @@ def main():
         browser = playwright.chromium.launch(
             executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
         )
-        session_url = f"http://s{studio_id}.{base.removeprefix('http://')}/lab"
         pages = {name: log_in(browser, base, name, password) for name in ("maintain", "connect")}
         for page in pages.values():
+            page.goto(f"{base}/studios/{studio_id}/")
             session = page.context.new_page()
-            session.goto(session_url)
+            session.goto(page.get_by_role("link", name="Connect", exact=True).get_attribute("href"))
             expect(session.locator(".jp-Launcher, .jp-LauncherBody").first).to_be_visible(timeout=60_000)
         page = pages["maintain"]
         page.goto(f"{base}/w/demo/analysis/")

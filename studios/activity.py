@@ -5,7 +5,7 @@ presence records each member's connections to a session (``connections_changed``
 close per member and session, so that a member who reloads a page a hundred times is one entry.
 
 The proxy reports every request a browser makes to a session and every WebSocket frame it sends. The proxy
-is a hot path, so each web process writes a studio's activity at most once every
+is a hot path, so each of its processes writes a studio's activity at most once every
 STUDIOS_ACTIVITY_WRITE_SECONDS: the time shown is that precise. A write that fails (the database is down for a
 moment) is logged and skipped: it must never fail the request or close the member's WebSocket.
 """

@@ -1,11 +1,11 @@
 """Prometheus metrics for operators, served at /metrics when STUDIOS_METRICS_TOKEN is set (``views.metrics``).
 
-Two sources, so that several processes (web, worker; several of each in production) add up:
+Two sources, so that several processes (web, session proxy, worker; several of each in production) add up:
 
 - What the database knows is read at scrape time: studios by status and template, the open session WebSockets
   (one ``SessionConnection`` each), how long starts and stops took (the activity log's running and stop events).
   Every process, and every instance, answers the same figures, and no process has to live to count them.
-- What only a process sees is counted where it happens: the proxy's requests and their latency (web), checkpoint
+- What only a process sees is counted where it happens: the proxy's requests and their latency (session proxy), checkpoint
   durations and sizes (web, as sessions report them), Celery task failures (worker). With
   ``PROMETHEUS_MULTIPROC_DIR`` set (``runstudios`` sets it to DATA_DIR/metrics, emptied at each start), each process
   writes its counts there and a scrape adds them up (prometheus-client's multiprocess mode); without it a scrape

@@ -19,6 +19,7 @@ platform:
    by ``revocation``.
 """
 
+import functools
 import hashlib
 import re
 import secrets
@@ -44,11 +45,16 @@ TICKET_SALT = "studios.origins.ticket"
 COOKIE_SALT = "studios.origins.cookie"
 
 
+@functools.lru_cache(maxsize=8)
+def _session_host_pattern(prefix, session_domain):
+    return re.compile(rf"{re.escape(prefix)}([1-9][0-9]{{0,17}})\.{re.escape(session_domain)}")
+
+
 def studio_for_host(host):
     """The studio id a ``Host`` header names as its session origin; None for any other host."""
     domain, _port = split_domain_port(host)
-    prefix, session_domain = settings.STUDIOS_SESSION_PREFIX, settings.STUDIOS_SESSION_DOMAIN.lower().strip(".")
-    match = re.fullmatch(rf"{re.escape(prefix)}([1-9][0-9]{{0,17}})\.{re.escape(session_domain)}", domain)
+    pattern = _session_host_pattern(settings.STUDIOS_SESSION_PREFIX, settings.STUDIOS_SESSION_DOMAIN.lower().strip("."))
+    match = pattern.fullmatch(domain)
     return int(match.group(1)) if match else None
 
 
@@ -58,9 +64,12 @@ def _scheme_and_port(url):
 
 
 def session_origin(studio_id, platform_url):
-    """The origin of a studio's session, with the scheme and port of the platform at ``platform_url`` (its public
-    address, or the address of the request that asks)."""
+    """The origin of a studio's session: with the scheme of the platform at ``platform_url`` (its public address, or
+    the address of the request that asks), and ``STUDIOS_SESSION_PORT``, else the platform's port (one reverse proxy
+    in front of both)."""
     scheme, port = _scheme_and_port(settings.STUDIOS_PUBLIC_URL or platform_url)
+    if settings.STUDIOS_SESSION_PORT:
+        port = f":{settings.STUDIOS_SESSION_PORT}"
     return f"{scheme}://{settings.STUDIOS_SESSION_PREFIX}{studio_id}.{settings.STUDIOS_SESSION_DOMAIN}{port}"
 
 
@@ -71,7 +80,8 @@ def session_url(request, studio):
 
 def platform_url(session_origin_url):
     """The platform's address as browsers reach it, seen from a session origin: ``STUDIOS_PUBLIC_URL``, else the
-    session domain itself with the session origin's scheme and port."""
+    session domain itself with the session origin's scheme and port (session origins without a port of their own:
+    ``runstudios`` sets both)."""
     if settings.STUDIOS_PUBLIC_URL:
         return settings.STUDIOS_PUBLIC_URL.rstrip("/")
     scheme, port = _scheme_and_port(session_origin_url)

@@ -150,6 +150,10 @@ def _announcements(studio_ids):
 
 
 async def _send(announcements):
+    if settings.STUDIOS_PAGES_RELAY:  # the pages listen on another process's in-memory layer (``send_on_commit``)
+        for group, message in announcements:
+            await asyncio.to_thread(relay, group, message)
+        return
     layer = get_channel_layer()
     for group, message in announcements:
         await layer.group_send(group, message)
@@ -198,9 +202,9 @@ def send_on_commit(group, message):
     """After the commit, send ``message`` to the channel-layer ``group``. A channel layer that cannot be reached is
     logged: pages still show the change at their next load (and the socket's listeners at their next change).
 
-    The in-memory channel layer (embedded defaults, no Redis) reaches only its own process: the Celery worker
-    ``runstudios`` starts beside the web server is given ``STUDIOS_PAGES_RELAY``, where it hands its messages to
-    the web process (``relay``, ``deliver``)."""
+    The in-memory channel layer (embedded defaults, no Redis) reaches only its own process: the Celery worker and
+    the session proxy ``runstudios`` starts beside the web server are given ``STUDIOS_PAGES_RELAY``, where they
+    hand their messages to the web process (``relay``, ``deliver``)."""
 
     async def send():
         try:

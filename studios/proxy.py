@@ -1,4 +1,5 @@
-"""The connect proxy: ASGI, inside the web process, serving each studio's session origin (``origins``).
+"""The connect proxy: ASGI, in processes of its own (``studios_project.session_asgi``), serving each studio's session
+origin (``origins``).
 
 A session origin serves the session and nothing of the platform: the redirect to the platform's ticket page, the
 ticket's redemption for the origin's own cookie, and then every request and WebSocket checked against the access,
@@ -17,30 +18,24 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
-from . import activity, forwarding, origins, presence, revocation
+from . import activity, forwarding, origins, presence, revocation, upstream
 from .exceptions import DATABASE_OUTAGES, outage_page
 
 log = logging.getLogger(__name__)
 
 # Request headers the proxy sets itself: a browser cannot send its own.
-REPLACED_HEADERS = forwarding.HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
+REPLACED_HEADERS = {
+    name.encode() for name in forwarding.HOP_HEADERS | {"cookie", "x-studios-session-token", "x-studios-user"}
+}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # How long a browser keeps its state on a session origin: long enough to log in at the platform on the way.
 STATE_SECONDS = 24 * 3600
 # Added to every response of a session: its pages may be framed by its own origin only (JupyterLab frames its own
 # documents), never by another site's page that would dress them up to take a member's clicks. A policy of its own
 # next to the session's: browsers enforce each, so the session cannot loosen it.
-FRAMING = [(b"content-security-policy", b"frame-ancestors 'self'")]
+FRAMING = (b"content-security-policy", b"frame-ancestors 'self'")
 
-_client = None
-
-
-def client():
-    """One pooled HTTP client per web process."""
-    global _client
-    if _client is None:
-        _client = forwarding.new_client()
-    return _client
+pool = upstream.Pool()  # this process's kept-alive connections to sessions
 
 
 def header(scope, name):
@@ -59,37 +54,51 @@ def own_origin(scope):
     return f"{'https' if is_secure(scope) else 'http'}://{header(scope, b'host').lower()}"
 
 
+@functools.cache
 def login_cookies():
-    return {
-        origins.cookie_name(True),
-        origins.cookie_name(False),
-        origins.state_cookie_name(True),
-        origins.state_cookie_name(False),
-        settings.SESSION_COOKIE_NAME,
-        settings.CSRF_COOKIE_NAME,
-    }
+    """The names of the cookies of the platform and of session origins: a session never sees nor sets them."""
+    return frozenset(
+        {
+            origins.cookie_name(True),
+            origins.cookie_name(False),
+            origins.state_cookie_name(True),
+            origins.state_cookie_name(False),
+            settings.SESSION_COOKIE_NAME,
+            settings.CSRF_COOKIE_NAME,
+        }
+    )
 
 
-def without_own_cookies(send):
-    """A session sets cookies of its own, never the proxy's: one naming another member's access (or a state the
-    session knows) would have the browser act as someone else."""
-    own = tuple(f"{name}=".encode("latin-1") for name in login_cookies())
+@functools.cache
+def own_cookie_prefixes():
+    return tuple(f"{name}=".encode("latin-1") for name in login_cookies())
 
-    async def filtered(message):
-        if message["type"] == "http.response.start":
-            message["headers"] = [
-                (name, value)
-                for name, value in message["headers"]
-                if name.lower() != b"set-cookie" or not value.lstrip().startswith(own)
-            ]
-        await send(message)
 
-    return filtered
+def answer_headers(headers):
+    """The session's answer headers as the browser gets them: without hop-by-hop headers, without cookies of the
+    proxy's own (one naming another member's access, or a state the session knows, would have the browser act as
+    someone else), and with ``FRAMING``."""
+    own = own_cookie_prefixes()
+    kept = [
+        (name, value)
+        for name, value in headers
+        if (lowered := name.lower()) not in forwarding.HOP_HEADER_BYTES
+        and (lowered != b"set-cookie" or not value.lstrip().startswith(own))
+    ]
+    kept.append(FRAMING)
+    return kept
+
+
+@functools.lru_cache(maxsize=4096)
+def access_key_of(cookie):
+    """The access a session origin's cookie names (its signature checked once per process and cookie: the
+    access's own expiry is checked with the role, ``origins.check_access``)."""
+    return origins.access_key_from_cookie(cookie)
 
 
 def access_key(scope):
     value = parse_cookie(header(scope, b"cookie")).get(origins.cookie_name(is_secure(scope)), "")
-    return origins.access_key_from_cookie(value) if value else None
+    return access_key_of(value) if value else None
 
 
 def state(scope):
@@ -106,19 +115,30 @@ def set_cookie(scope, name, value, max_age):
 
 
 def upstream_headers(scope, token, username):
+    """The request's headers as the session gets them: its own cookies only, and who asks with the session's
+    token."""
     headers = []
     for name, value in scope["headers"]:
-        name = name.decode("latin-1").lower()
-        if name == "cookie":
+        name = name.lower()
+        if name == b"cookie":
             hidden = login_cookies()
             kept = [c for c in value.decode("latin-1").split(";") if c.strip().split("=")[0] not in hidden]
             if kept:
-                headers.append(("cookie", ";".join(kept).strip()))
+                headers.append((b"cookie", ";".join(kept).strip().encode("latin-1")))
         elif name not in REPLACED_HEADERS:
-            headers.append((name, value.decode("latin-1")))
-    headers.append(("x-studios-session-token", token))
-    headers.append(("x-studios-user", username))
+            headers.append((name, value))
+    headers.append((b"x-studios-session-token", token.encode("latin-1")))
+    headers.append((b"x-studios-user", username.encode("latin-1")))
     return headers
+
+
+def target(scope):
+    """The request's path and query, as the browser sent them."""
+    raw_path = scope.get("raw_path")
+    if raw_path is None:  # an ASGI server may leave it out
+        return forwarding.target(scope).encode("latin-1")
+    query = scope["query_string"]
+    return raw_path + b"?" + query if query else raw_path
 
 
 def foreign(scope):
@@ -172,10 +192,9 @@ class SessionHTTPProxy:
             return
         log.debug("proxy http user=%s studio=%s %s %s", access.user, studio_id, scope["method"], scope["path"])
         await activity.touch(studio_id, access.user)
-        url = access.endpoint + forwarding.target(scope)
         headers = upstream_headers(scope, access.token, access.user.get_username())
-        if not await forwarding.forward_http(
-            client(), url, headers, scope, receive, without_own_cookies(send), FRAMING
+        if not await upstream.forward(
+            pool, access.endpoint, scope, target(scope), headers, receive, send, answer_headers
         ):
             log.warning("proxy: session of studio %s unreachable", studio_id)
             await answer(send, 502, "The session did not answer. It may be stopping or restarting; try again.")
@@ -237,7 +256,10 @@ class SessionWebSocketProxy:
             await forwarding.refuse_websocket(scope, send, 403, "No access to this session.")
             return
         url = access.endpoint.replace("http", "ws", 1) + forwarding.target(scope)
-        headers = upstream_headers(scope, access.token, user.get_username())
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in upstream_headers(scope, access.token, user.get_username())
+        ]
         connection = None
 
         async def opened():
@@ -248,7 +270,10 @@ class SessionWebSocketProxy:
 
         relay = asyncio.create_task(
             forwarding.relay_websocket(
-                functools.partial(websockets.connect, url),
+                # Frames pass as they come: compressing them again for the session next door costs CPU and gains
+                # nothing (the browser's side negotiates its own); and no HTTP proxy from the environment, which
+                # websockets would look up at every open.
+                functools.partial(websockets.connect, url, compression=None, proxy=None),
                 headers,
                 access.endpoint,
                 scope,
@@ -283,13 +308,22 @@ class RevocationWatch:
         self.groups = (revocation.user_group(user_id), revocation.studio_group(studio_id))
         self.relay = None
         self.revoked = False
+        self.asking = None
 
     async def start(self):
         """Listen, then check the access again (a change between the first check and the listening would be missed
         otherwise); whether it still holds. A channel layer that cannot be reached leaves the socket unwatched
         (logged): its member's next HTTP request is still checked."""
         await revocation.decisions.watch(self.groups, self.changed)
+        if revocation.decisions.in_memory:
+            self.asking = asyncio.create_task(self.ask_again())
         return (await revocation.decisions.check(self.key, self.studio_id)).status == 200
+
+    async def ask_again(self):
+        """The in-memory channel layer hears no announcement of the platform's processes: ask on a timer."""
+        while True:
+            await asyncio.sleep(revocation.ASK_AGAIN_SECONDS_IN_MEMORY)
+            await self.changed()
 
     def guard(self, relay):
         self.relay = relay
@@ -308,6 +342,8 @@ class RevocationWatch:
                 self.relay.cancel()
 
     async def stop(self):
+        if self.asking is not None:
+            self.asking.cancel()
         revocation.decisions.forget(self.groups, self.changed)
 
 

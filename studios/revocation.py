@@ -73,8 +73,10 @@ check_access = database_sync_to_async(origins.check_access)
 # How long a decision is kept at most when no announcement comes: a safety net for announcements lost on the way.
 KEPT_SECONDS = 60.0
 # The in-memory channel layer (the embedded run without Redis) hears only this process's announcements, never the
-# worker's: there a decision is kept no longer than the issue allows a cache to trust one.
+# web process's or the worker's: there a decision is kept no longer than the issue allows a cache to trust one, and
+# each open WebSocket asks again this often.
 KEPT_SECONDS_IN_MEMORY = 1.0
+ASK_AGAIN_SECONDS_IN_MEMORY = 0.5
 # channels_redis forgets group members after a day (its group_expiry): join again well before.
 JOIN_AGAIN_SECONDS = 3600.0
 KEPT_AT_MOST = 10_000
@@ -98,7 +100,8 @@ class Decisions:
             return
         self.loop = loop
         self.layer = get_channel_layer()
-        self.kept_seconds = KEPT_SECONDS_IN_MEMORY if isinstance(self.layer, InMemoryChannelLayer) else KEPT_SECONDS
+        self.in_memory = isinstance(self.layer, InMemoryChannelLayer)
+        self.kept_seconds = KEPT_SECONDS_IN_MEMORY if self.in_memory else KEPT_SECONDS
         self.channel = None
         self.listener = None
         self.joined: dict[str, float] = {}  # group -> when this process joined it (monotonic seconds)

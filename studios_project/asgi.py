@@ -1,7 +1,13 @@
-"""ASGI routing by ``Host``: a studio's session origin (``<prefix><id>.<session domain>``) goes to the session proxy
-and nowhere else; the platform's hosts (ALLOWED_HOSTS) to Django and the presence WebSockets of its pages under
-/ws/; any other host is refused. So no platform page is served on a session origin, and no session content on the
-platform's."""
+"""The two ASGI applications, each served by processes of its own on a port of its own, each routing by ``Host``:
+
+* ``application``, the platform: its hosts (ALLOWED_HOSTS) to Django and the presence WebSockets of its pages under
+  /ws/;
+* ``session_asgi.application``, the session proxy: a studio's session origin (``<prefix><id>.<session domain>``) and
+  nothing else. Processes of its own (``runstudios``), so that the pages the platform renders never slow a session
+  down.
+
+Each refuses the other's hosts and any other: no platform page is served on a session origin, and no session
+content on the platform's."""
 
 import os
 
@@ -17,9 +23,8 @@ from django.conf import settings  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from studios import metrics, origins  # noqa: E402
+from studios import origins  # noqa: E402
 from studios.consumers import PresenceConsumer  # noqa: E402
-from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy, outage_answered  # noqa: E402
 
 platform = ProtocolTypeRouter(
     {
@@ -36,9 +41,6 @@ platform = ProtocolTypeRouter(
         ),
     }
 )
-session_origin = ProtocolTypeRouter(
-    {"http": metrics.proxy_counted(outage_answered(SessionHTTPProxy())), "websocket": SessionWebSocketProxy()}
-)
 
 
 def host_of(scope):
@@ -48,14 +50,14 @@ def host_of(scope):
     return ""
 
 
-async def refuse(scope, receive, send):
+async def refuse(scope, receive, send, text="Unknown host."):
     if scope["type"] == "websocket":
         await receive()
         await send({"type": "websocket.close"})
         return
     headers = [(b"content-type", b"text/plain; charset=utf-8")]
     await send({"type": "http.response.start", "status": 400, "headers": headers})
-    await send({"type": "http.response.body", "body": b"Unknown host."})
+    await send({"type": "http.response.body", "body": text.encode()})
 
 
 async def application(scope, receive, send):
@@ -63,9 +65,8 @@ async def application(scope, receive, send):
         await platform(scope, receive, send)
         return
     host = host_of(scope)
-    studio_id = origins.studio_for_host(host)
-    if studio_id is not None:
-        await session_origin({**scope, "studio_id": studio_id}, receive, send)
+    if origins.studio_for_host(host) is not None:
+        await refuse(scope, receive, send, "This is the platform's address: sessions are served by the session proxy.")
     elif validate_host(split_domain_port(host)[0], settings.ALLOWED_HOSTS):
         await platform(scope, receive, send)
     else:

@@ -249,8 +249,12 @@ STUDIOS_SESSION_PREFIX = os.environ.get("STUDIOS_SESSION_PREFIX", "s").lower()
 # The platform's address as browsers reach it (https://studios.example.com), where session origins send browsers
 # for a ticket. Empty: the session domain itself, with the session origin's scheme and port (localhost:8000).
 STUDIOS_PUBLIC_URL = os.environ.get("STUDIOS_PUBLIC_URL", "").rstrip("/")
+# The port of session origins as browsers reach them, when it is not the platform's: the session proxy's own port
+# (runstudios serves it on 8001, and sets this and STUDIOS_PUBLIC_URL for its processes). Empty: the platform's
+# (one reverse proxy in front of both, sending the session domain to the proxy's processes).
+STUDIOS_SESSION_PORT = os.environ.get("STUDIOS_SESSION_PORT", "")
 
-# A studio's last activity is written at most this often by each web process (the proxy is a hot path).
+# A studio's last activity is written at most this often by each session proxy process (a hot path).
 STUDIOS_ACTIVITY_WRITE_SECONDS = int(os.environ.get("STUDIOS_ACTIVITY_WRITE_SECONDS", 60))
 # Prometheus metrics (/metrics) answer a scraper that sends this as a bearer token; unset, /metrics is not found.
 STUDIOS_METRICS_TOKEN = os.environ.get("STUDIOS_METRICS_TOKEN", "")

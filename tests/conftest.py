@@ -48,18 +48,22 @@ def eager_tasks(monkeypatch):
 
 
 class LivePlatform:
-    """The product served for real on loopback: the ASGI app under uvicorn and a Celery worker.
+    """The product served for real on loopback: the platform and the session proxy under uvicorn, each on a port of
+    its own, and a Celery worker.
 
-    Its session origins are ``s<id>.localhost:<port>``: Chromium resolves them to the loopback address; Python
-    clients connect to ``url`` and name the session origin in their ``Host`` header (``live.SessionClient``)."""
+    Its session origins are ``s<id>.localhost:<session port>``: Chromium resolves them to the loopback address;
+    Python clients connect to ``session_url`` and name the session origin in their ``Host`` header
+    (``live.SessionClient``)."""
 
-    def __init__(self, url):
+    def __init__(self, url, session_port):
         self.url = url
         self.port = int(url.rsplit(":", 1)[1])
+        self.session_port = session_port
+        self.session_url = f"http://127.0.0.1:{session_port}"
 
     def session_host(self, studio):
         settings = django_settings()
-        return f"{settings.STUDIOS_SESSION_PREFIX}{studio.pk}.{settings.STUDIOS_SESSION_DOMAIN}:{self.port}"
+        return f"{settings.STUDIOS_SESSION_PREFIX}{studio.pk}.{settings.STUDIOS_SESSION_DOMAIN}:{self.session_port}"
 
     def session_origin(self, studio):
         return f"http://{self.session_host(studio)}"
@@ -90,7 +94,8 @@ def end_sessions_left_running():
 
 @pytest.fixture
 def live_platform(transactional_db, settings, tmp_path):
-    """Serve the platform on a free port with a real Celery worker on the real Redis broker."""
+    """Serve the platform and the session proxy on free ports with a real Celery worker on the real Redis broker."""
+    import asyncio
     import socket
     import threading
 
@@ -100,25 +105,36 @@ def live_platform(transactional_db, settings, tmp_path):
 
     from studios_project.asgi import application
     from studios_project.celery import app as celery_app
+    from studios_project.session_asgi import application as sessions
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+    sockets = [socket.socket(), socket.socket()]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    port, session_port = (sock.getsockname()[1] for sock in sockets)
     settings.STUDIOS_PLATFORM_URL = settings.STUDIOS_PUBLIC_URL = f"http://127.0.0.1:{port}"
+    settings.STUDIOS_SESSION_PORT = str(session_port)
     settings.STUDIOS_SESSION_DOMAIN, settings.STUDIOS_SESSION_PREFIX = "localhost", "s"
     settings.DATA_DIR = tmp_path / "data"
     settings.STUDIOS_STOP_TIMEOUT_SECONDS = 60
-    # The channel layer binds its receiving to one event loop: each server's loop gets a fresh layer.
+    # The channel layer binds its receiving to one event loop: each test's loop gets a fresh layer, and the platform
+    # and the session proxy share it (as their processes share Redis).
     channel_layers.backends.clear()
-    server = uvicorn.Server(uvicorn.Config(application, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    servers = [
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")) for app in (application, sessions)
+    ]
+
+    async def serve():
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True)))
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
     thread.start()
-    wait_until(lambda: server.started, 30, "the platform's server to start", interval=0.05)
+    wait_until(lambda: all(server.started for server in servers), 30, "the platform's servers to start", interval=0.05)
     celery_app.control.purge()
     with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"):
-        yield LivePlatform(f"http://127.0.0.1:{port}")
+        yield LivePlatform(f"http://127.0.0.1:{port}", session_port)
     end_sessions_left_running()
-    server.should_exit = True
+    for server in servers:
+        server.should_exit = True
     thread.join(timeout=10)
 
 

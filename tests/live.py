@@ -187,14 +187,14 @@ class Browser:
 
 
 class SessionClient:
-    """An HTTP client on one studio's session origin: it connects to the platform's address and names the origin
-    in ``Host`` (Python does not resolve ``*.localhost``), keeping the cookies that origin sets."""
+    """An HTTP client on one studio's session origin: it connects to the session proxy's address and names the
+    origin in ``Host`` (Python does not resolve ``*.localhost``), keeping the cookies that origin sets."""
 
     def __init__(self, platform, studio):
         self.platform, self.studio = platform, studio
         self.host = platform.session_host(studio)
         self.origin = platform.session_origin(studio)
-        self.http = httpx.Client(base_url=platform.url, headers={"Host": self.host}, timeout=30)
+        self.http = httpx.Client(base_url=platform.session_url, headers={"Host": self.host}, timeout=30)
 
     def cookie_header(self):
         return "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
@@ -213,7 +213,7 @@ class SessionClient:
         return websockets.connect(
             f"ws://{self.host}{path}",
             host="127.0.0.1",
-            port=self.platform.port,
+            port=self.platform.session_port,
             additional_headers={"Cookie": self.cookie_header()},
             origin=origin or self.origin,
             **options,
@@ -277,7 +277,7 @@ def execute_without_a_loop(platform, user, studio, code):
     kernel = session.start_kernel()
     with websockets.sync.client.connect(
         f"ws://{session.host}/api/kernels/{kernel}/channels",
-        address=("127.0.0.1", platform.port),
+        address=("127.0.0.1", platform.session_port),
         additional_headers={"Cookie": session.cookie_header()},
         origin=session.origin,
     ) as socket:

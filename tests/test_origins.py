@@ -73,26 +73,34 @@ def test_session_content_is_served_only_on_its_origin_and_platform_pages_never_t
     )
 
 
-def test_a_host_that_is_neither_the_platform_nor_a_session_origin_is_refused(echo, workspace):
+def test_the_session_proxy_serves_session_origins_only_and_the_platform_its_own_hosts_only(echo, workspace):
+    """Each port refuses the other's hosts, and any host that is neither."""
     platform, studio, _ = echo
     cookie = make_session_cookie(studio, make_member(workspace, Role.CONNECT))
-    for host in (
+    headers = {"Cookie": f"studios-session={cookie}"}
+    neither = (
         "evil.example",
         f"s{studio.pk}.localhost.evil.example",
         f"x{studio.pk}.localhost",
         f"s{studio.pk}x.localhost",
         f"s0{studio.pk}.localhost",
         f"a.s{studio.pk}.localhost",
-    ):
-        answer = httpx.get(platform.url + "/lab", headers={"Host": host, "Cookie": f"studios-session={cookie}"})
-        assert answer.status_code == 400, host
+    )
+    refusals = [(platform.session_port, host) for host in (*neither, "localhost", f"127.0.0.1:{platform.port}")]
+    refusals += [(platform.port, host) for host in (*neither, platform.session_host(studio))]
+    for port, host in refusals:
+        answer = httpx.get(f"http://127.0.0.1:{port}/lab", headers={"Host": host, **headers})
+        assert answer.status_code == 400, (port, host)
         with pytest.raises((websockets.InvalidStatus, websockets.InvalidHandshake)):
             connect(
                 f"ws://{host}/api/kernels/k/channels",
-                address=("127.0.0.1", platform.port),
-                additional_headers={"Cookie": f"studios-session={cookie}"},
+                address=("127.0.0.1", port),
+                additional_headers=headers,
                 origin=f"http://{host}",
             )
+    answer = httpx.get(platform.session_url + "/lab", headers={"Host": platform.session_host(studio), **headers})
+    assert answer.status_code == 200 and answer.json()["path"] == "/lab"
+    assert httpx.get(platform.url + "/accounts/login/").status_code == 200
 
 
 def test_a_ticket_is_good_once(echo, workspace):
@@ -248,7 +256,7 @@ def test_a_page_of_another_origin_cannot_use_a_members_access(echo, workspace):
         with pytest.raises(websockets.InvalidStatus) as refused:
             connect(
                 f"ws://{session.host}/api/kernels/k/channels",
-                address=("127.0.0.1", platform.port),
+                address=("127.0.0.1", platform.session_port),
                 additional_headers={"Cookie": session.cookie_header()},
                 origin=origin,
             )
@@ -271,7 +279,7 @@ def test_a_websocket_opens_only_with_the_origins_cookie_and_from_its_own_pages(e
     session = Browser(platform, member).session(studio)
     with connect(
         f"ws://{session.host}/api/kernels/k/channels",
-        address=("127.0.0.1", platform.port),
+        address=("127.0.0.1", platform.session_port),
         additional_headers={"Cookie": session.cookie_header()},
         origin=session.origin,
     ) as socket:
@@ -280,7 +288,7 @@ def test_a_websocket_opens_only_with_the_origins_cookie_and_from_its_own_pages(e
     with pytest.raises(websockets.InvalidStatus) as refused:
         connect(
             f"ws://{session.host}/api/kernels/k/channels",
-            address=("127.0.0.1", platform.port),
+            address=("127.0.0.1", platform.session_port),
             additional_headers={"Cookie": f"sessionid={platform.session_cookie(member)}"},
             origin=session.origin,
         )

@@ -50,7 +50,7 @@ def websocket_session(live_platform, workspace):
         host = live_platform.session_host(studio)
         return connect(
             f"ws://{host}/api/kernels/k/channels",
-            address=("127.0.0.1", live_platform.port),
+            address=("127.0.0.1", live_platform.session_port),
             additional_headers={"Cookie": f"studios-session={make_session_cookie(studio, user)}"},
             origin=f"http://{host}",
         )

@@ -4,6 +4,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -32,6 +33,7 @@ class EchoSession(BaseHTTPRequestHandler):
                 "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body_sha256": hashlib.sha256(body).hexdigest(),
+                "connection": self.client_address[1],
             }
         ).encode()
         if self.path.endswith("/big"):
@@ -48,9 +50,10 @@ class EchoSession(BaseHTTPRequestHandler):
             self.send_header("Content-Security-Policy", "frame-ancestors *")
             self.send_header("X-Frame-Options", "ALLOWALL")
         self.end_headers()
-        self.wfile.write(answer)
+        if self.command != "HEAD":
+            self.wfile.write(answer)
 
-    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = handle_any
 
     def log_message(self, *args):
         pass
@@ -105,6 +108,32 @@ def test_request_and_response_bodies_stream_through_intact(echo_studio, workspac
     assert response.json()["body_sha256"] == hashlib.sha256(upload).hexdigest()
     assert response.json()["method"] == "PUT"
     assert len(http.get("/big").content) == 3 * 2**20
+
+
+class ImpatientEchoSession(EchoSession):
+    """Closes a kept-alive connection after a quarter of a second without a request."""
+
+    timeout = 0.25
+
+
+def test_requests_go_on_over_connections_the_session_closes_and_after_a_head(live_platform, workspace):
+    """The proxy keeps its connections to a session alive between requests (a new connection for each would cost
+    more than the rest of the proxy's work): one the session has closed meanwhile, or one that carried a HEAD (whose
+    answer has no body), must not fail the next request."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ImpatientEchoSession)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    studio = make_running(make_studio(workspace, name="impatient"), f"http://127.0.0.1:{server.server_address[1]}")
+    http = client_for(live_platform, make_member(workspace, Role.CONNECT), studio)
+    try:
+        for _ in range(3):
+            head = http.head("/big")
+            assert head.status_code == 200 and head.headers["content-length"] == str(3 * 2**20) and not head.content
+            first, second = http.get("/api/status").json(), http.get("/api/status").json()
+            assert first["method"] == "GET" and second["connection"] == first["connection"]
+            time.sleep(0.4)
+            assert http.get("/api/status").json()["method"] == "GET"
+    finally:
+        server.shutdown()
 
 
 def test_a_session_cannot_set_the_proxys_own_cookies(echo_studio, workspace):
@@ -179,7 +208,7 @@ def test_a_websocket_to_an_unreachable_session_is_refused_with_502_not_403(live_
     with pytest.raises(websockets.InvalidStatus) as refused:
         connect(
             f"ws://{session.host}/api/kernels/k/channels",
-            address=("127.0.0.1", live_platform.port),
+            address=("127.0.0.1", live_platform.session_port),
             additional_headers={"Cookie": session.cookie_header()},
             origin=session.origin,
         )

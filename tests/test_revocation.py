@@ -2,17 +2,25 @@
 their next request is refused; everyone else's stay open."""
 
 import json
+import os
+import subprocess
+import sys
+import threading
 import time
 
+import httpx
 import pytest
+from django.db import connection
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.sync.server import serve
 
 from studios import lifecycle
 from studios.models import Membership, Role, StudioStatus
+from studios.supervisor.supervisor import free_port
 
-from .factories import make_member, make_studio, make_workspace
-from .live import Browser, execute_request, wait_for_status
+from .factories import make_member, make_running, make_session_cookie, make_studio, make_workspace
+from .live import Browser, execute_request, wait_for_status, wait_until
 
 # What the issue asks: an open socket of a member whose access ended is closed within this long.
 CLOSED_WITHIN = 1.0
@@ -44,7 +52,7 @@ class Member:
         self.session = self.browser.session(studio)
         self.socket = connect(
             f"ws://{self.session.host}/api/kernels/{kernel}/channels",
-            address=("127.0.0.1", platform.port),
+            address=("127.0.0.1", platform.session_port),
             additional_headers={"Cookie": self.session.cookie_header()},
             origin=self.session.origin,
         )
@@ -138,3 +146,72 @@ def test_each_way_an_access_ends_closes_that_members_kernel_sockets_within_a_sec
     for member in (olga, colleague):
         assert member.closed_within(CLOSED_WITHIN)[0], f"a stopped session left {member.user}'s kernel socket open"
         assert member.refused()
+
+
+@pytest.fixture
+def second_proxy(live_platform):
+    """Another session proxy process beside the platform's, on the same database and Redis: as ``--workers`` or a
+    second host runs it. Its port."""
+    database = connection.settings_dict
+    port = free_port()
+    environment = dict(
+        os.environ,
+        DATABASE_URL=f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        STUDIOS_PUBLIC_URL=live_platform.url,
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "studios_project.session_asgi:application",
+            "--port",
+            str(port),
+            "--lifespan",
+            "off",
+        ],
+        env=environment,
+    )
+
+    def serves():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/", headers={"Host": "s1.localhost"}).status_code == 302
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(serves, 30, "the second session proxy to serve")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_role_lowered_closes_the_members_sockets_in_every_session_proxy_process_within_a_second(
+    live_platform, second_proxy, workspace
+):
+    echo = serve(lambda websocket: [websocket.send(message) for message in websocket], "127.0.0.1", 0)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    studio = make_running(make_studio(workspace), f"http://127.0.0.1:{echo.socket.getsockname()[1]}")
+    member = make_member(workspace, Role.CONNECT)
+    cookie = {"Cookie": f"studios-session={make_session_cookie(studio, member)}"}
+    sockets = []
+    for port in (live_platform.session_port, second_proxy):
+        host = f"s{studio.pk}.localhost:{port}"
+        socket = connect(
+            f"ws://{host}/k", address=("127.0.0.1", port), additional_headers=cookie, origin=f"http://{host}"
+        )
+        socket.send("ping")
+        assert socket.recv(timeout=5) == "ping"
+        sockets.append(socket)
+    try:
+        membership = Membership.objects.get(user=member)
+        membership.role = Role.VIEW
+        membership.save()
+        began = time.monotonic()
+        for port, socket in zip((live_platform.session_port, second_proxy), sockets, strict=True):
+            with pytest.raises(ConnectionClosed):
+                socket.recv(timeout=max(0.01, CLOSED_WITHIN - (time.monotonic() - began)))
+            assert socket.close_code == 1008, port
+    finally:
+        echo.shutdown()

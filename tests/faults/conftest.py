@@ -188,56 +188,72 @@ def platform_side(services):
 
 
 class Platform:
-    """The platform served by uvicorn, as ``runstudios`` serves it, against the private services."""
+    """The platform and the session proxy served by uvicorn, each a process of its own as ``runstudios`` serves
+    them, against the private services; one log."""
 
     def __init__(self, environment, log):
         self.log_file = log
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "studios_project.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                self.url.rsplit(":", 1)[1],
-                "--lifespan",
-                "off",
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=environment,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
+        self.session_port = free_port()
+        environment = dict(
+            environment,
+            STUDIOS_PUBLIC_URL=self.url.replace("127.0.0.1", "localhost"),
+            STUDIOS_SESSION_PORT=str(self.session_port),
         )
-        wait_until(self.serves, 30, "the platform to serve")
+        output = log.open("w")
+        self.processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    application,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--lifespan",
+                    "off",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=REPO,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+            for application, port in (
+                ("studios_project.asgi:application", self.url.rsplit(":", 1)[1]),
+                ("studios_project.session_asgi:application", self.session_port),
+            )
+        ]
+        wait_until(self.serves, 30, "the platform and the session proxy to serve")
 
     def serves(self):
         try:
-            return httpx.get(self.url + "/accounts/login/", timeout=5).status_code == 200
+            platform = httpx.get(self.url + "/accounts/login/", timeout=5)
+            proxy = httpx.get(f"http://127.0.0.1:{self.session_port}/", headers={"Host": "s1.localhost"}, timeout=5)
         except httpx.TransportError:
             return False
+        return platform.status_code == 200 and proxy.status_code == 302
 
     def get(self, path, studio):
         return httpx.get(self.url + path, cookies={"sessionid": studio["cookie"]}, timeout=30)
 
     def session_host(self, studio):
-        return f"s{studio['id']}.localhost:{self.url.rsplit(':', 1)[1]}"
+        return f"s{studio['id']}.localhost:{self.session_port}"
 
     def get_session(self, path, studio):
         """``path`` on the studio's session origin, with its member's cookie there."""
         headers = {"Host": self.session_host(studio), "Cookie": f"studios-session={studio['session_cookie']}"}
-        return httpx.get(self.url + path, headers=headers, timeout=30)
+        return httpx.get(f"http://127.0.0.1:{self.session_port}{path}", headers=headers, timeout=30)
 
     def open_socket(self, studio):
         """A WebSocket to the studio's session through the proxy, as its member's browser opens one."""
         host = self.session_host(studio)
         return connect(
             f"ws://{host}/api/kernels/k/channels",
-            address=("127.0.0.1", int(self.url.rsplit(":", 1)[1])),
+            address=("127.0.0.1", self.session_port),
             additional_headers={"Cookie": f"studios-session={studio['session_cookie']}"},
             origin=f"http://{host}",
         )
@@ -252,12 +268,14 @@ class Platform:
         return self.log_file.read_text()
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""Run the whole product in one command: migrations, demo data, a Celery worker with beat, and the web server.
+"""Run the whole product in one command: migrations, demo data, a Celery worker with beat, the web server, and the
+session proxy on a port of its own (session origins: ``http://s<id>.localhost:8001``).
 
-The worker and the web server are processes of their own, as in production; their metrics add up through
+The worker, the web server and the session proxy are processes of their own, as in production; their metrics add up through
 prometheus-client's multiprocess mode (``studios.metrics``), which each must choose before it imports the library:
-so this command gives both PROMETHEUS_MULTIPROC_DIR, emptied, before it starts them.
+so this command gives them PROMETHEUS_MULTIPROC_DIR, emptied, before it starts them.
 """
 
 import os
@@ -27,9 +28,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--session-port",
+            type=int,
+            default=int(settings.STUDIOS_SESSION_PORT or 8001),
+            help="where the session proxy serves session origins (default: STUDIOS_SESSION_PORT, else 8001)",
+        )
         parser.add_argument("--no-demo", action="store_true", help="do not create the demo workspace and users")
 
-    def handle(self, *args, host, port, no_demo, **options):
+    def handle(self, *args, host, port, session_port, no_demo, **options):
         if absent := missing():
             raise CommandError(
                 f"The data dir has no {' and no '.join(absent)} yet: run `python manage.py prepare` first "
@@ -47,11 +54,17 @@ class Command(BaseCommand):
             STUDIOS_PLATFORM_URL=os.environ.get("STUDIOS_PLATFORM_URL", f"http://127.0.0.1:{port}"),
             PROMETHEUS_MULTIPROC_DIR=metrics_dir,
         )
-        worker_environment = environment
+        address = settings.STUDIOS_PUBLIC_URL or f"http://{settings.STUDIOS_SESSION_DOMAIN}:{port}"
+        if not settings.STUDIOS_PUBLIC_URL:
+            # Browsers reach both ports directly: session origins send them to the platform at the session domain
+            # (localhost), where its login cookie is. Behind a reverse proxy, STUDIOS_PUBLIC_URL says where instead.
+            environment.update(STUDIOS_PUBLIC_URL=address, STUDIOS_SESSION_PORT=str(session_port))
+        others_environment = environment
         if settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer":
-            # The worker's channel layer is its own: it hands what the pages' sockets must hear to the web process.
+            # The channel layers of the worker and the session proxy are their own: they hand what the pages' sockets
+            # must hear to the web process. (The session proxy then asks again for its sockets' accesses on a timer.)
             relay = environment["STUDIOS_PLATFORM_URL"].rstrip("/") + reverse("pages_relay")
-            worker_environment = dict(environment, STUDIOS_PAGES_RELAY=relay)
+            others_environment = dict(environment, STUDIOS_PAGES_RELAY=relay)
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -66,35 +79,39 @@ class Command(BaseCommand):
                 "--loglevel=INFO",
                 f"--schedule={settings.DATA_DIR / 'celerybeat-schedule'}",
             ],
-            env=worker_environment,
+            env=others_environment,
         )
-        web = subprocess.Popen(
+        web = self.serve("studios_project.asgi:application", host, port, environment, "--log-level=info")
+        proxy = self.serve("studios_project.session_asgi:application", host, session_port, others_environment)
+        self.stdout.write(f"Studios is running at {address}/ (log in with a user and password above)")
+        # SIGTERM ends this command as Ctrl-C does: by taking its processes down.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+        try:
+            processes = {"web server": web, "session proxy": proxy, "worker": worker}
+            while all(process.poll() is None for process in processes.values()):
+                time.sleep(0.5)
+            stopped = next(name for name, process in processes.items() if process.poll() is not None)
+            raise CommandError(f"The {stopped} stopped; its output says why.")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for process in (web, proxy, worker):
+                process.terminate()
+            for process in (web, proxy, worker):
+                process.wait(timeout=30)
+
+    def serve(self, application, host, port, environment, *options):
+        """uvicorn serving ``application`` (uvloop and httptools: requirements.txt installs them)."""
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "studios_project.asgi:application",
+                application,
                 f"--host={host}",
                 f"--port={port}",
-                "--log-level=info",
+                "--lifespan=off",
+                *options,
             ],
             env=environment,
         )
-        # Session origins send browsers to the platform at the session domain (localhost), where its login cookie is.
-        address = settings.STUDIOS_PUBLIC_URL or f"http://{settings.STUDIOS_SESSION_DOMAIN}:{port}"
-        self.stdout.write(f"Studios is running at {address}/ (log in with a user and password above)")
-        # SIGTERM ends this command as Ctrl-C does: by taking both processes down.
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-        try:
-            while worker.poll() is None and web.poll() is None:
-                time.sleep(0.5)
-            raise CommandError(
-                f"The {'web server' if web.poll() is not None else 'worker'} stopped; its output says why."
-            )
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for process in (web, worker):
-                process.terminate()
-            for process in (web, worker):
-                process.wait(timeout=30)

@@ -11,9 +11,10 @@ local host (``isolation="container"``, the image's own root filesystem below the
 the image brings runc, slirp4netns, mkfs.ext4 and rclone). Not "process": the IDE would then run beside the
 supervisor as the same user, free to read the token from its environment and to end it, and S3 datasets,
 the only kind a Batch compute environment has, are mounted for a sandbox only. The privilege is the
-supervisor's (loop-mounted layers, runc); the IDE gets the sandbox's capabilities and seccomp filter. Not
-closed yet: the sandbox's network (slirp4netns) reaches the instance metadata service, and with it the
-instance role that reads and writes the whole work directory.
+supervisor's (loop-mounted layers, runc); the IDE gets the sandbox's capabilities and seccomp filter. Its network
+(slirp4netns, which connects from the instance's own network) has no route to link-local addresses, where the
+instance metadata service and ECS's credentials endpoint would give it the instance role (the whole work
+directory), and it may not change its routes (``sandbox.connect_network``).
 
 Batch runs EC2 jobs with host networking: the supervisor's gate and control endpoint listen on the
 instance's own address, on ports the platform chooses when it plans the session (at random below Linux's

@@ -5,7 +5,6 @@ import os
 import signal
 from pathlib import Path
 
-import boto3
 import pytest
 
 from checkpoints.models import Checkpoint
@@ -135,12 +134,8 @@ def test_a_corrupt_checkpoint_fails_the_start_and_is_marked_invalid(world, tmp_p
     assert f"/sessions/studio-{studio.pk}/" not in Path("/proc/self/mounts").read_text()
 
 
-def test_checkpoints_on_an_s3_work_directory(live_platform, moto_server, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    s3 = boto3.client("s3")
+def test_checkpoints_on_an_s3_work_directory(live_platform, moto_s3):
+    s3 = moto_s3
     s3.create_bucket(Bucket="lab-work")
     workspace = make_workspace(work_dir="s3://lab-work/studios")
     user = make_member(workspace, Role.MAINTAIN)

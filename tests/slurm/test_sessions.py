@@ -6,7 +6,6 @@ import stat
 import subprocess
 from pathlib import Path
 
-import boto3
 import pytest
 from django.conf import settings
 
@@ -145,15 +144,11 @@ def test_a_studio_that_does_not_fit_waits_with_slurms_reason_and_one_cancelled_o
 
 
 def test_a_studio_keeps_its_checkpoints_in_an_s3_work_directory_with_the_environments_key_pair(
-    live_platform, cluster, moto_server, monkeypatch
+    live_platform, cluster, moto_s3
 ):
     # The platform's host reaches moto's S3 as its own identity; the jobs only with the environment's key pair
     # (nothing of the platform's environment reaches a job: sbatch --export=NONE).
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "platform")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "platform")
-    s3 = boto3.client("s3")
+    s3 = moto_s3
     s3.create_bucket(Bucket="hpc-work")
     workspace = make_workspace()
     environment = ComputeEnvironment(workspace=workspace, name="cluster", kind="slurm", partition="studios")

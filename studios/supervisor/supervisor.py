@@ -272,6 +272,10 @@ class Supervisor(Reporter):
         )
         self.checkpoint_lock = threading.Lock()
         self.stopping = threading.Event()
+        # Set by SIGTERM's handler, which does nothing else: a handler that logs or starts a thread may find the main
+        # thread it interrupted halfway through the same write to stderr ("reentrant call") or holding the same lock.
+        self.terminated = threading.Event()
+        threading.Thread(target=self.stop_when_terminated, daemon=True).start()
         self.notices = Notices()  # the platform's word to the session's pages
         self.ide_pid: int | None = None  # the container's first process, or the plain process
         self.ide_process: subprocess.Popen[bytes] | None = None
@@ -659,6 +663,10 @@ class Supervisor(Reporter):
         if self.ide_pid is None:
             self.stopping.set()
             raise SystemExit(0)  # nothing has started yet: nothing to save
+        self.terminated.set()
+
+    def stop_when_terminated(self) -> None:
+        self.terminated.wait()
         self.stop()
 
     def tear_down(self) -> None:

@@ -109,7 +109,7 @@ def referenced_objects(manifest: Manifest) -> set[str]:
     return {ref[1] for entry in manifest["entries"] for ref in entry.get("chunks", ())}
 
 
-def _walk(layer_fd: int, excluded: Collection[str]) -> Iterator[tuple[str, str, os.DirEntry[str] | None, int]]:
+def walk(layer_fd: int, excluded: Collection[str]) -> Iterator[tuple[str, str, os.DirEntry[str] | None, int]]:
     """Yield (relative path, name, DirEntry, fd) for everything in the layer, parents before children.
 
     A directory comes once opened (by name from its parent's fd), with no DirEntry and its own
@@ -367,7 +367,7 @@ def take(
         with ThreadPoolExecutor(max_workers=CPUS) as cpus, ThreadPoolExecutor(max_workers=WORKERS) as writers:
             saver = _Saver(store, cpus, writers, known)
             entry: Entry | None
-            for relative, name, listed, fd in _walk(layer_fd, set(excluded)):
+            for relative, name, listed, fd in walk(layer_fd, set(excluded)):
                 if listed is None:
                     entry = _entry(relative, os.fstat(fd), type="dir")
                     if _is_opaque(fd):

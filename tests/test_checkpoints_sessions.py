@@ -13,7 +13,8 @@ from studios.models import Role, StudioStatus
 from studios.tasks import checkpoint_session, reconcile_sessions
 
 from .factories import make_dataset, make_member, make_studio, make_workspace
-from .live import Browser, execute, make_wheel, pid_alive, wait_for_status, wait_until
+from .live import Browser, execute, make_wheel, pid_alive, run, wait_for_status, wait_until
+from .test_unfinished_saves import CUT_SHORT_SAVE
 
 
 class Files:
@@ -115,6 +116,45 @@ def test_a_killed_session_loses_only_what_changed_since_its_last_checkpoint(worl
     files = Files(platform, studio, user)
     assert files.read("notes.txt") == "saved\n"
     assert files.read("later.txt") is None
+    stop(studio, user)
+
+
+def test_a_save_cut_short_comes_back_as_last_saved(world):
+    """JupyterLab's server killed halfway through rewriting a file, in the session: whether the session then stops,
+    or ends without a final checkpoint, the file comes back as last saved, never half written. (A notebook Jupyter would
+    recover itself as it opens it next, from the copy its save left; a table or a script it would not.)"""
+    platform, studio, user = world
+    saved = "sample\tcondition\nS1\tcontrol\nS2\ttreated\n"
+    cut_short = (
+        f"import subprocess, sys\nsave = {CUT_SHORT_SAVE!r}\n"
+        "print(subprocess.run([sys.executable, '-c', save, '/workspace/samples.tsv', 'rewrite']).returncode)"
+    )
+    copies_left = "import os; print([name for name in os.listdir('/workspace') if name.startswith('.~')])"
+
+    studio = start(platform, studio, user)
+    files = Files(platform, studio, user)
+    files.write("samples.tsv", saved)
+    assert run(platform, studio, user, cut_short) == "-9"
+    assert files.read("samples.tsv") != saved
+    # The session ends with only this (interim) checkpoint of the file as the save left it.
+    checkpoint_session(studio.session_id)
+    pid = studio.session.handle["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), 10, f"the killed session's process {pid} to end")
+    reconcile_sessions()
+
+    studio = start(platform, studio, user)
+    files = Files(platform, studio, user)
+    assert files.read("samples.tsv") == saved
+    assert run(platform, studio, user, copies_left) == "[]"
+    # Now a stop: the final checkpoint is taken once the IDE has stopped.
+    assert run(platform, studio, user, cut_short) == "-9"
+    stop(studio, user)
+
+    studio = start(platform, studio, user)
+    files = Files(platform, studio, user)
+    assert files.read("samples.tsv") == saved
+    assert run(platform, studio, user, copies_left) == "[]"
     stop(studio, user)
 
 

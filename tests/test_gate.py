@@ -133,15 +133,19 @@ def test_pages_hear_a_stop_from_the_gate_itself_and_only_a_saved_answer_counts(n
         with ThreadPoolExecutor() as pool:
             began = time.monotonic()
             stop = pool.submit(notices.save_pages, "rnaseq was stopped by Mia.", "http://platform/studios/7/", 5)
-            for page in (saving, boasting, early):
-                assert json.loads(page.recv(timeout=5)) == {
-                    "kind": "stop",
-                    "message": "rnaseq was stopped by Mia.",
-                    "link": "http://platform/studios/7/",
-                    "seconds": 5,
-                }
+            assert json.loads(saving.recv(timeout=5)) == {
+                "kind": "stop",
+                "message": "rnaseq was stopped by Mia.",
+                "link": "http://platform/studios/7/",
+                "seconds": 5,
+            }
+            # One page at a time, in the order they opened: the next hears of the stop once this one has answered.
+            with pytest.raises(TimeoutError):
+                boasting.recv(timeout=0.5)
             saving.send(json.dumps({"saved": True}))
+            assert json.loads(boasting.recv(timeout=5))["kind"] == "stop"
             boasting.send(json.dumps({"saved": "every file, and the admin password"}))
+            assert json.loads(early.recv(timeout=5))["kind"] == "stop"
             early.send("x" * 10_000)
             early.close()
             assert stop.result(timeout=10) == (1, 2)
@@ -153,9 +157,11 @@ def test_pages_hear_a_stop_from_the_gate_itself_and_only_a_saved_answer_counts(n
 
 def test_a_page_that_does_not_answer_holds_the_stop_only_for_the_bound(noticed):
     notices, ws_url = noticed
-    with open_page(ws_url) as silent:
-        wait_for_pages(notices, 1)
+    with open_page(ws_url) as silent, open_page(ws_url) as waiting:
+        wait_for_pages(notices, 2)
         began = time.monotonic()
-        assert notices.save_pages("rnaseq was stopped.", "", 1) == (0, 1)
+        assert notices.save_pages("rnaseq was stopped.", "", 1) == (0, 2)
         assert 1 <= time.monotonic() - began < 2
-        assert json.loads(silent.recv(timeout=5))["kind"] == "stop"
+        # The page whose turn never came is told all the same.
+        for page in (silent, waiting):
+            assert json.loads(page.recv(timeout=5))["kind"] == "stop"

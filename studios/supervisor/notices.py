@@ -3,8 +3,11 @@ it and why; a warning of an automatic stop), passed from the supervisor's thread
 gate serves itself at ``protocol.NOTICES_PATH``. JupyterLab's pages listen there (the image's extension,
 images/jupyterlab/notices).
 
-A stop asks every page open at the time to save its open documents and waits a bounded while for their answers. A
-page is the session's to write (its script comes from the IDE, whose files code in the session may change): of what
+A stop asks every page open at the time to save its open documents, one page after the other: two pages saving the
+same file at once would interleave their writes into one file that is neither (JupyterLab's server rewrites a file in
+place), and one after the other the second page sees the first's save and does not overwrite it. It waits a bounded
+while in all for their answers; pages whose turn did not come by then are told all the same. A page is the session's
+to write (its script comes from the IDE, whose files code in the session may change): of what
 it says, only "saved" or "not saved" is read, and only to say so in the stop's record. Nothing in a notice is secret:
 the members who see it may see who stopped their studio and why.
 """
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +38,14 @@ class Page:
     told_to_save: bool = False
     saved: bool | None = None
 
+    def has_answered(self) -> bool:
+        return self.saved is not None
+
 
 class Notices:
     def __init__(self) -> None:
         self.changed = threading.Condition()  # guards the pages and their answers
-        self.pages: set[Page] = set()
+        self.pages: list[Page] = []  # in the order they opened, the order they take their turns to save
         self.stop: Message | None = None  # once the session stops: told to every page, later ones too
 
     def warn(self, message: str, link: str) -> None:
@@ -51,15 +58,17 @@ class Notices:
                 )
 
     def save_pages(self, message: str, link: str, seconds: float) -> tuple[int, int]:
-        """Tell every page that the session stops, and why, and wait up to ``seconds`` for each of those open now to
-        save its documents; how many said they saved, and how many did not (or said nothing in time, or closed)."""
+        """Tell the pages open now, one after the other, that the session stops, and why, each one once the one before
+        has saved its documents, all within ``seconds``; tell the pages left when time is up all at once. How many
+        said they saved, and how many did not (or said nothing in time, or closed)."""
+        deadline = time.monotonic() + seconds
         with self.changed:
             self.stop = {"kind": "stop", "message": message, "link": link, "seconds": seconds}
-            told = set(self.pages)
+            told = list(self.pages)
             for page in told:
                 page.told_to_save = True
                 page.loop.call_soon_threadsafe(page.queue.put_nowait, self.stop)
-            self.changed.wait_for(lambda: all(page.saved is not None for page in told), timeout=seconds)
+                self.changed.wait_for(page.has_answered, timeout=max(0.0, deadline - time.monotonic()))
             saved = sum(1 for page in told if page.saved)
         return saved, len(told) - saved
 
@@ -69,7 +78,7 @@ class Notices:
         await send({"type": "websocket.accept"})
         page = Page(asyncio.get_running_loop())
         with self.changed:
-            self.pages.add(page)
+            self.pages.append(page)
             if self.stop is not None:
                 page.queue.put_nowait(self.stop)
         sending = asyncio.create_task(self.send_notices(page, send))
@@ -79,8 +88,8 @@ class Notices:
         finally:
             sending.cancel()
             with self.changed:
-                self.pages.discard(page)
-                if page.told_to_save and page.saved is None:
+                self.pages.remove(page)
+                if page.told_to_save and not page.has_answered():
                     page.saved = False  # closed without saying it saved
                 self.changed.notify_all()
 
@@ -99,6 +108,6 @@ class Notices:
         except ValueError:
             return
         with self.changed:
-            if page.told_to_save and page.saved is None and isinstance(answer, dict) and "saved" in answer:
+            if page.told_to_save and not page.has_answered() and isinstance(answer, dict) and "saved" in answer:
                 page.saved = answer["saved"] is True
                 self.changed.notify_all()

@@ -37,7 +37,7 @@ from typing import Any
 from checkpoints import snapshot
 from checkpoints.store import store_for
 
-from . import gate, images, sandbox, work
+from . import gate, images, sandbox, saves, work
 from .notices import Notices
 from .protocol import (
     CHECKPOINT,
@@ -88,6 +88,7 @@ class IDE:
     ready_path: str
     strip_prefix: bool = True
     environ: dict[str, str] = field(default_factory=dict)
+    save_copy_prefix: str = ""  # the copy the IDE makes of a file while it saves it in place (``saves``), if any
 
 
 def ide_for(template: str, python: str, port: int, base_path: str, root_dir: str | Path) -> IDE:
@@ -111,7 +112,7 @@ def ide_for(template: str, python: str, port: int, base_path: str, root_dir: str
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]
-        return IDE(command, "api/status", strip_prefix=False)
+        return IDE(command, "api/status", strip_prefix=False, save_copy_prefix=saves.JUPYTER_COPY_PREFIX)
     if template == "vscode":
         command = [
             "code-server",
@@ -308,17 +309,19 @@ class Supervisor(Reporter):
             sandbox.prepare_layer(self.layout, self.config.layer_mb)
         else:
             self.layer.mkdir()
+        ide_port = free_port()
+        python = sys.executable if self.config.rootfs == "/" else images.SUPERVISOR_PYTHON
+        root_dir = "/workspace" if self.isolated else self.layer
+        ide = ide_for(self.config.template, python, ide_port, self.config.base_path, root_dir)
         if self.config.restore:
             self.restore()
+            # The checkpoint of a session that ended without a final one may hold a save cut short.
+            self.undo_unfinished_saves(ide)
         self.step(MOUNTING, "in-progress")
         data_sources = self.mount_data()
         self.step(MOUNTING, "succeeded", ", ".join(m.name for m in self.config.mounts) or "no datasets")
         ide_step = starting_step(self.config.template)
         self.step(ide_step, "in-progress")
-        ide_port = free_port()
-        python = sys.executable if self.config.rootfs == "/" else images.SUPERVISOR_PYTHON
-        root_dir = "/workspace" if self.isolated else self.layer
-        ide = ide_for(self.config.template, python, ide_port, self.config.base_path, root_dir)
         network_fd = None
         if self.isolated:
             network_fd = self.start_container(ide, data_sources)
@@ -342,6 +345,7 @@ class Supervisor(Reporter):
         code = self.wait_for_ide()
         if not self.stopping.is_set():
             raise SessionEnded(self.ended_reason(code))
+        self.undo_unfinished_saves(ide)
         self.checkpoint(final=True)
         # The platform may be down right now: the final checkpoint is worth waiting a while for.
         deadline = time.monotonic() + FINAL_REPORT_SECONDS
@@ -375,6 +379,12 @@ class Supervisor(Reporter):
         self.manifest = manifest
         files = sum(1 for entry in manifest["entries"] if entry["type"] == "file")
         self.step(RESTORING, "succeeded", f"{files} files in {time.monotonic() - began:.1f} s")
+
+    def undo_unfinished_saves(self, ide: IDE) -> None:
+        """Put the files whose save the IDE did not finish back as they were last saved (``saves``)."""
+        if ide.save_copy_prefix:
+            for path in saves.undo_unfinished(self.layer, ide.save_copy_prefix, self.excluded):
+                log.info("%s: its last save was cut short; kept as saved before it", path)
 
     def mount_data(self) -> dict[str, str | Path]:
         """{dataset name: host folder} for the container to bind; a plain process gets links in its folder."""

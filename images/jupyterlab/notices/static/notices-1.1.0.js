@@ -2,14 +2,17 @@
 //
 // Plain JavaScript with no build step and nothing to install: JupyterLab loads this file as a federated extension's
 // container (window._JUPYTERLAB[name] with get and init, as webpack's module federation makes them), and the plugin
-// it holds uses only the application object and JupyterLab's commands, so it shares no package with JupyterLab.
+// it holds uses only the application object (its shell, commands and contents service), so it shares no package with
+// JupyterLab. The file's name carries the package's version: a browser never runs a copy it cached of another one.
 //
 // The plugin listens on the WebSocket that the session's gate serves itself (protocol.NOTICES_PATH), never the IDE:
 // - "warning": an automatic stop is near. A notification says when and why, with a button to open the studio's page
 //   on the platform, where members keep it running or extend it with their own rights.
 // - "stop": the session stops. Every open document with unsaved changes is saved, the gate hears whether all were
 //   ("saved": true or false, the only thing it reads), and the page is covered with who stopped the studio and why,
-//   instead of JupyterLab's bare "Disconnected". The supervisor waits "seconds" at most for the saves.
+//   instead of JupyterLab's bare "Disconnected". The supervisor waits "seconds" at most for the saves, and tells the
+//   pages one after the other: a file a colleague saved meanwhile is not written over, this page's version of it is
+//   kept beside it.
 //
 // (The package's metadata also turns off JupyterLab's news prompt: sessions run on a closed network.)
 (function () {
@@ -18,6 +21,7 @@
   var NAME = 'studios-notices';
   var NOTICES_PATH = 'studios/notices';
   var OPEN_STUDIO_PAGE = 'studios:open-studio-page';
+  var CHANGED_MARGIN_MS = 500; // JupyterLab's own margin before it calls a file changed on disk
 
   function noticesUrl() {
     var config = JSON.parse(document.getElementById('jupyter-config-data').textContent || '{}');
@@ -28,23 +32,55 @@
     return typeof link === 'string' && /^https?:\/\//.test(link);
   }
 
-  // Save each open document that has unsaved changes, each file once; whether all were saved.
-  function saveAll(app) {
-    var saving = [];
+  // Whether the file changed on disk since this page opened or last saved it: a colleague saved it in the meantime.
+  // (JupyterLab itself would ask whether to overwrite it, a question nobody is left to answer once the session stops.)
+  function changedOnDisk(app, context) {
+    return app.serviceManager.contents.get(context.path, { content: false }).then(function (disk) {
+      var own = context.contentsModel && context.contentsModel.last_modified;
+      return !own || new Date(disk.last_modified) - new Date(own) > CHANGED_MARGIN_MS;
+    });
+  }
+
+  // This page's version of a file a colleague saved meanwhile, kept beside it rather than written over theirs.
+  function keepBeside(app, context, stamp) {
+    var path = context.path.replace(/(\.[^./]*)?$/, function (extension) {
+      return '-not-saved-' + stamp + extension;
+    });
+    var notebook = context.contentsModel.type === 'notebook';
+    return app.serviceManager.contents
+      .save(path, {
+        type: context.contentsModel.type,
+        format: notebook ? 'json' : 'text',
+        content: notebook ? context.model.toJSON() : context.model.toString()
+      })
+      .then(function () {
+        return path;
+      });
+  }
+
+  // Save each open document that has unsaved changes, each file once, one after the other. What became of them:
+  // whether all were saved, and where this page's version of a file a colleague had saved meanwhile was kept.
+  async function saveAll(app) {
+    var outcome = { saved: true, kept: [] };
     var paths = new Set();
+    var stamp = new Date().toISOString().slice(0, 19).replace(/:/g, '-');
     for (var widget of app.shell.widgets('main')) {
       var context = widget.context;
       if (!context || !context.model || !context.model.dirty || context.model.readOnly || paths.has(context.path)) {
         continue;
       }
       paths.add(context.path);
-      saving.push(context.save());
+      try {
+        if (await changedOnDisk(app, context)) {
+          outcome.kept.push(await keepBeside(app, context, stamp));
+        } else {
+          await context.save();
+        }
+      } catch (error) {
+        outcome.saved = false;
+      }
     }
-    return Promise.allSettled(saving).then(function (results) {
-      return results.every(function (result) {
-        return result.status === 'fulfilled';
-      });
-    });
+    return outcome;
   }
 
   function paragraph(text) {
@@ -53,9 +89,9 @@
     return element;
   }
 
-  // Cover the page with why the session stopped and what became of the documents: ``saved`` true, false, or null
-  // when the saves did not finish in time.
-  function cover(notice, saved) {
+  // Cover the page with why the session stopped and what became of the documents: ``outcome`` as saveAll gives it,
+  // or null when the saves did not finish in time.
+  function cover(notice, outcome) {
     var page = document.createElement('div');
     page.id = 'studios-stopped';
     page.style.cssText =
@@ -71,13 +107,18 @@
     box.append(title, paragraph(notice.message || 'The studio was stopped.'));
     box.append(
       paragraph(
-        saved === true
-          ? 'Your open documents were saved: they are there when the studio starts again.'
-          : saved === false
-            ? 'Some open documents could not be saved: their unsaved changes are lost.'
-            : 'Your open documents could not be saved in time: their unsaved changes are lost.'
+        outcome === null
+          ? 'Your open documents could not be saved in time: their unsaved changes are lost.'
+          : outcome.saved
+            ? 'Your open documents were saved: they are there when the studio starts again.'
+            : 'Some open documents could not be saved: their unsaved changes are lost.'
       )
     );
+    for (var path of outcome ? outcome.kept : []) {
+      box.append(
+        paragraph('A colleague saved a file you had changed. Your version was kept beside theirs, as ' + path + '.')
+      );
+    }
     if (isWebLink(notice.link)) {
       var link = document.createElement('a');
       link.href = notice.link;
@@ -92,17 +133,17 @@
   }
 
   function stop(app, socket, notice) {
-    var answered = saveAll(app).then(function (saved) {
+    var answered = saveAll(app).then(function (outcome) {
       if (socket.readyState === WebSocket.OPEN) {
-        socket.send(JSON.stringify({ saved: saved }));
+        socket.send(JSON.stringify({ saved: outcome.saved }));
       }
-      return saved;
+      return outcome;
     });
     var late = new Promise(function (resolve) {
       setTimeout(resolve, (Number(notice.seconds) || 0) * 1000, null);
     });
-    Promise.race([answered, late]).then(function (saved) {
-      cover(notice, saved);
+    Promise.race([answered, late]).then(function (outcome) {
+      cover(notice, outcome);
     });
   }
 

@@ -260,12 +260,13 @@ class SessionWebSocketProxy:
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in upstream_headers(scope, access.token, user.get_username())
         ]
-        connection = None
+        held = None
 
         async def opened():
-            nonlocal connection
+            nonlocal held
             log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
-            connection = await presence.connection_opened(user, studio_id)
+            # Recorded beside the relay, not before it: the member's first frames do not wait for the database.
+            held = asyncio.create_task(presence.connection_opened(user, studio_id))
             await activity.touch(studio_id, user)
 
         relay = asyncio.create_task(
@@ -294,9 +295,9 @@ class SessionWebSocketProxy:
             await send({"type": "websocket.close", "code": 1008})
         finally:
             await watch.stop()
-            if connection is not None:
+            if held is not None:
                 log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
-                await presence.connection_closed(connection)
+                await presence.connection_closed(await held)
 
 
 class RevocationWatch:

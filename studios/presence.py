@@ -124,7 +124,6 @@ async def _settle_and_announce(studio_id):
     await asyncio.shield(settle)
 
 
-
 async def _settle_soon(studio_id):
     """A failure is logged, never raised: it must not break the member's WebSocket, and the heartbeat repairs
     the record (pages that missed an announcement get the current avatars when they reconnect)."""

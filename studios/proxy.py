@@ -294,7 +294,7 @@ class SessionWebSocketProxy:
             log.info("proxy websocket closed: access of user=%s to studio=%s ended", user, studio_id)
             await send({"type": "websocket.close", "code": 1008})
         finally:
-            await watch.stop()
+            watch.stop()
             if held is not None:
                 log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
                 await presence.connection_closed(await held)
@@ -309,7 +309,6 @@ class RevocationWatch:
         self.groups = (revocation.user_group(user_id), revocation.studio_group(studio_id))
         self.relay = None
         self.revoked = False
-        self.asking = None
 
     async def start(self):
         """Listen, then check the access again (a change between the first check and the listening would be missed
@@ -317,14 +316,8 @@ class RevocationWatch:
         (logged): its member's next HTTP request is still checked."""
         await revocation.decisions.watch(self.groups, self.changed)
         if revocation.decisions.in_memory:
-            self.asking = asyncio.create_task(self.ask_again())
+            revocation.decisions.ask_again(self.key, self.studio_id, self.end)
         return (await revocation.decisions.check(self.key, self.studio_id)).status == 200
-
-    async def ask_again(self):
-        """The in-memory channel layer hears no announcement of the platform's processes: ask on a timer."""
-        while True:
-            await asyncio.sleep(revocation.ASK_AGAIN_SECONDS_IN_MEMORY)
-            await self.changed()
 
     def guard(self, relay):
         self.relay = relay
@@ -337,15 +330,18 @@ class RevocationWatch:
         except DATABASE_OUTAGES:
             log.exception("proxy: cannot check again the access to studio %s's socket", self.studio_id)
             return
-        if access.status != 200 and not self.revoked:
+        if access.status != 200:
+            self.end()
+
+    def end(self):
+        if not self.revoked:
             self.revoked = True
             if self.relay is not None:
                 self.relay.cancel()
 
-    async def stop(self):
-        if self.asking is not None:
-            self.asking.cancel()
+    def stop(self):
         revocation.decisions.forget(self.groups, self.changed)
+        revocation.decisions.stop_asking(self.key, self.studio_id, self.end)
 
 
 def outage_answered(application):

@@ -75,7 +75,7 @@ check_access = database_sync_to_async(origins.check_access)
 KEPT_SECONDS = 60.0
 # The in-memory channel layer (the embedded run without Redis) hears only this process's announcements, never the
 # web process's or the worker's: there a decision is kept no longer than the issue allows a cache to trust one, and
-# each open WebSocket asks again this often.
+# the access of open WebSockets is asked again this often (``ask_again``).
 KEPT_SECONDS_IN_MEMORY = 1.0
 ASK_AGAIN_SECONDS_IN_MEMORY = 0.5
 # channels_redis forgets group members after a day (its group_expiry): join again well before.

@@ -243,11 +243,15 @@ def download(target):
 def polling(users):
     """A tab of each user's polling their workspace's studio list, one request after the other, in a thread."""
     stop = threading.Event()
+    refused = []
 
     def poll():
         while not stop.is_set():
             for user in users:
-                assert user.http.get("/w/demo/analysis/").status_code == 200
+                status = user.http.get("/w/demo/analysis/").status_code
+                if status != 200:
+                    refused.append(status)
+                    return
 
     thread = threading.Thread(target=poll)
     thread.start()
@@ -256,6 +260,8 @@ def polling(users):
     finally:
         stop.set()
         thread.join()
+    if refused:  # the figures measured meanwhile were not polled
+        raise SystemExit(f"the polled studio list answered {refused[0]}")
 
 
 def measure(target, kernel, users):

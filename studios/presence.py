@@ -106,9 +106,32 @@ def _settle(studio_id):
     return before != after
 
 
+# The pause that gathers a studio's changes of connections into one settle: what pages wait at most for more than
+# the settle itself.
+SETTLE_AFTER_SECONDS = 0.05
+_settling: dict[int, asyncio.Task] = {}  # studio id -> the settle to come, which includes the changes made now
+
+
 async def _settle_and_announce(studio_id):
+    """Settle and announce the studio's connections as they are a moment from now (``SETTLE_AFTER_SECONDS``),
+    once for every change made until then: a page opens its WebSockets together (JupyterLab several at once), a
+    reload closes and opens them again, and each would cost a transaction, a render and an announcement of its
+    own, on the proxy's CPU, while the next socket opens."""
+    loop = asyncio.get_running_loop()
+    settle = _settling.get(studio_id)
+    if settle is None or settle.get_loop() is not loop:
+        settle = _settling[studio_id] = loop.create_task(_settle_soon(studio_id))
+    await asyncio.shield(settle)
+
+
+async def _settle_soon(studio_id):
     """A failure is logged, never raised: it must not break the member's WebSocket, and the heartbeat repairs
     the record (pages that missed an announcement get the current avatars when they reconnect)."""
+    try:
+        await asyncio.sleep(SETTLE_AFTER_SECONDS)
+    finally:
+        if _settling.get(studio_id) is asyncio.current_task():
+            del _settling[studio_id]  # a change made from now on waits for a settle of its own
     try:
         if await database_sync_to_async(_settle)(studio_id):
             await announce([studio_id])

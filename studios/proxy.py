@@ -260,12 +260,13 @@ class SessionWebSocketProxy:
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in upstream_headers(scope, access.token, user.get_username())
         ]
-        connection = None
+        held = None
 
         async def opened():
-            nonlocal connection
+            nonlocal held
             log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
-            connection = await presence.connection_opened(user, studio_id)
+            # Recorded beside the relay, not before it: the member's first frames do not wait for the database.
+            held = asyncio.create_task(presence.connection_opened(user, studio_id))
             await activity.touch(studio_id, user)
 
         relay = asyncio.create_task(
@@ -293,10 +294,10 @@ class SessionWebSocketProxy:
             log.info("proxy websocket closed: access of user=%s to studio=%s ended", user, studio_id)
             await send({"type": "websocket.close", "code": 1008})
         finally:
-            await watch.stop()
-            if connection is not None:
+            watch.stop()
+            if held is not None:
                 log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
-                await presence.connection_closed(connection)
+                await presence.connection_closed(await held)
 
 
 class RevocationWatch:
@@ -308,7 +309,6 @@ class RevocationWatch:
         self.groups = (revocation.user_group(user_id), revocation.studio_group(studio_id))
         self.relay = None
         self.revoked = False
-        self.asking = None
 
     async def start(self):
         """Listen, then check the access again (a change between the first check and the listening would be missed
@@ -316,14 +316,8 @@ class RevocationWatch:
         (logged): its member's next HTTP request is still checked."""
         await revocation.decisions.watch(self.groups, self.changed)
         if revocation.decisions.in_memory:
-            self.asking = asyncio.create_task(self.ask_again())
+            revocation.decisions.ask_again(self.key, self.studio_id, self.end)
         return (await revocation.decisions.check(self.key, self.studio_id)).status == 200
-
-    async def ask_again(self):
-        """The in-memory channel layer hears no announcement of the platform's processes: ask on a timer."""
-        while True:
-            await asyncio.sleep(revocation.ASK_AGAIN_SECONDS_IN_MEMORY)
-            await self.changed()
 
     def guard(self, relay):
         self.relay = relay
@@ -336,15 +330,18 @@ class RevocationWatch:
         except DATABASE_OUTAGES:
             log.exception("proxy: cannot check again the access to studio %s's socket", self.studio_id)
             return
-        if access.status != 200 and not self.revoked:
+        if access.status != 200:
+            self.end()
+
+    def end(self):
+        if not self.revoked:
             self.revoked = True
             if self.relay is not None:
                 self.relay.cancel()
 
-    async def stop(self):
-        if self.asking is not None:
-            self.asking.cancel()
+    def stop(self):
         revocation.decisions.forget(self.groups, self.changed)
+        revocation.decisions.stop_asking(self.key, self.studio_id, self.end)
 
 
 def outage_answered(application):

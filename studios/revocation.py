@@ -22,6 +22,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from . import origins, presence
+from .exceptions import DATABASE_OUTAGES
 from .models import Membership, SessionAccess, Studio
 from .origins import login_of
 
@@ -74,7 +75,7 @@ check_access = database_sync_to_async(origins.check_access)
 KEPT_SECONDS = 60.0
 # The in-memory channel layer (the embedded run without Redis) hears only this process's announcements, never the
 # web process's or the worker's: there a decision is kept no longer than the issue allows a cache to trust one, and
-# each open WebSocket asks again this often.
+# the access of open WebSockets is asked again this often (``ask_again``).
 KEPT_SECONDS_IN_MEMORY = 1.0
 ASK_AGAIN_SECONDS_IN_MEMORY = 0.5
 # channels_redis forgets group members after a day (its group_expiry): join again well before.
@@ -109,6 +110,7 @@ class Decisions:
         self.sockets: dict[str, set] = {}  # group -> callbacks of the open WebSockets that depend on it
         self.generation = 0  # announcements heard so far: a decision read before one is not kept
         self.tasks: set[asyncio.Task] = set()
+        self.asking: dict[tuple, set] = {}  # (access key, studio id) -> ``ended`` of its open WebSockets (in memory)
 
     async def check(self, key, studio_id):
         """``origins.check_access`` for the cookie's access key on the studio, from what this process keeps when it
@@ -144,6 +146,38 @@ class Decisions:
         for group in groups:
             self.sockets.setdefault(group, set()).add(changed)
         return True
+
+    def ask_again(self, key, studio_id, ended):
+        """For the in-memory channel layer, which hears no announcement of the platform's processes: call ``ended``
+        once the access ends, asking the database every ``ASK_AGAIN_SECONDS_IN_MEMORY`` once for all the open
+        WebSockets of that access (a page holds several)."""
+        self._bind()
+        sockets = self.asking.get((key, studio_id))
+        if sockets is None:
+            sockets = self.asking[(key, studio_id)] = set()
+            task = asyncio.create_task(self._ask_again(key, studio_id, sockets))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        sockets.add(ended)
+
+    def stop_asking(self, key, studio_id, ended):
+        sockets = self.asking.get((key, studio_id))
+        if sockets is not None:
+            sockets.discard(ended)
+            if not sockets:
+                del self.asking[(key, studio_id)]
+
+    async def _ask_again(self, key, studio_id, sockets: set) -> None:
+        while self.asking.get((key, studio_id)) is sockets:
+            await asyncio.sleep(ASK_AGAIN_SECONDS_IN_MEMORY)
+            try:
+                access = await check_access(key, studio_id)
+            except DATABASE_OUTAGES:
+                log.exception("cannot check again the access to studio %s's sockets", studio_id)
+                continue
+            if access.status != 200:
+                for ended in list(sockets):
+                    ended()
 
     def forget(self, groups, changed):
         for group in groups:

@@ -15,6 +15,9 @@ from studios import metrics, origins
 from studios.proxy import SessionHTTPProxy, SessionWebSocketProxy, outage_answered
 
 logging.getLogger("uvicorn.access").disabled = True
+# Nor uvicorn's own lines for each WebSocket ("[accepted]" and "connection open", written before the handshake's
+# answer, then "connection closed"): the proxy logs each socket's open and close itself, with its member and studio.
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 session_origin = {
     "http": metrics.proxy_counted(outage_answered(SessionHTTPProxy())),

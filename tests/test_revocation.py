@@ -215,3 +215,37 @@ def test_a_role_lowered_closes_the_members_sockets_in_every_session_proxy_proces
             assert socket.close_code == 1008, port
     finally:
         echo.shutdown()
+
+
+def test_without_redis_a_role_lowered_elsewhere_closes_each_of_the_members_sockets_within_a_second(
+    live_platform, workspace, settings
+):
+    """The embedded run's in-memory channel layer hears no other process's announcement (a change made in the web
+    process or the worker): the proxy asks the database again for its open sockets."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    echo = serve(lambda websocket: [websocket.send(message) for message in websocket], "127.0.0.1", 0)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    studio = make_running(make_studio(workspace), f"http://127.0.0.1:{echo.socket.getsockname()[1]}")
+    member = make_member(workspace, Role.CONNECT)
+    cookie = {"Cookie": f"studios-session={make_session_cookie(studio, member)}"}
+    host = live_platform.session_host(studio)
+    sockets = []
+    for _ in range(2):  # a page's sockets: the same access
+        socket = connect(
+            f"ws://{host}/k",
+            address=("127.0.0.1", live_platform.session_port),
+            additional_headers=cookie,
+            origin=f"http://{host}",
+        )
+        socket.send("ping")
+        assert socket.recv(timeout=5) == "ping"
+        sockets.append(socket)
+    try:
+        Membership.objects.filter(user=member).update(role=Role.VIEW)  # no announcement: as another process's change
+        began = time.monotonic()
+        for socket in sockets:
+            with pytest.raises(ConnectionClosed):
+                socket.recv(timeout=max(0.01, CLOSED_WITHIN - (time.monotonic() - began)))
+            assert socket.close_code == 1008
+    finally:
+        echo.shutdown()

@@ -3,9 +3,9 @@
 Stock kombu let a worker take a message file before its sender had written it; the worker died on a
 ``JSONDecodeError`` and ``runstudios`` stopped with "The worker stopped". These tests race a sender and a reader
 through two channels on one folder, as the web server and the worker do. Both are threads of this process, so the
-reader only gets in while the sender's write releases the GIL: the megabyte messages make that write long enough
+reader only gets in while the sender's file calls release the GIL: megabyte messages make the write long enough
 for stock kombu to lose dozens of the 200 messages, and to fail reading a hundred or more of the 2000 new tables,
-in every run; separate processes need no such size.
+in every run. (The crash we saw had small messages, between the worker's and the web server's processes.)
 """
 
 import threading

@@ -161,6 +161,8 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "filesystem://"
+    # Kombu's filesystem transport with messages that appear only once complete (see broker.py).
+    CELERY_BROKER_TRANSPORT = "studios_project.broker:Transport"
     _broker_dir = DATA_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # The worker looks for new tasks this often (kombu's default, 1 s, made every start and stop wait half a

@@ -86,7 +86,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'studios.sqlite3'}"),
-        conn_max_age=int(os.environ.get("CONN_MAX_AGE", 60)),
+        # 0: each request closes its connection. Under ASGI Django runs each request's code in a thread of its own,
+        # where a connection kept for later is never used again, only left open until the garbage collector finds
+        # it (the web process held 50 after two minutes of a polled list, and PostgreSQL ran out of connections).
+        conn_max_age=int(os.environ.get("CONN_MAX_AGE", 0)),
         conn_health_checks=True,
     )
 }

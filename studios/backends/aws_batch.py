@@ -69,7 +69,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..supervisor.protocol import SUPERVISOR_COMMAND, TICKET, TOKEN, ticket_sha256
-from .base import BackendError, ComputeBackend, SessionSpec, SessionState
+from .base import BackendError, SchedulerBackend, SessionSpec, SessionState
 
 CLIENT_CONFIG = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
 # A job definition's own resources; every job replaces them with its studio's.
@@ -192,7 +192,7 @@ def ended_reason(job: dict[str, Any], memory_mb: int) -> str:
     )
 
 
-class AwsBatchBackend(ComputeBackend):
+class AwsBatchBackend(SchedulerBackend):
     def __init__(self, *, region: str, job_queue: str, credentials: dict[str, str], images: dict[str, str]) -> None:
         self.region = region
         self.job_queue = job_queue
@@ -331,11 +331,6 @@ class AwsBatchBackend(ComputeBackend):
             raise BackendError(f"AWS Batch did not accept the job on queue {self.job_queue}: {error}") from None
         return {**handle, "job_id": job["jobId"]}
 
-    def recover(self, handle: dict[str, Any]) -> dict[str, Any] | None:
-        """The job an earlier launch of this plan submitted and did not record, by its name (unique to the start)."""
-        job_id = "" if "job_id" in handle else self._submitted(handle)
-        return {**handle, "job_id": job_id} if job_id else None
-
     def _submitted(self, handle: dict[str, Any]) -> str:
         """The id of the planned job, on the queue and not ended, or "". Of jobs of that name, the first submitted:
         the name is unknown to anyone else until the platform's job exists."""
@@ -410,7 +405,7 @@ class AwsBatchBackend(ComputeBackend):
 
     def stop(self, handle: dict[str, Any]) -> None:
         """Batch sends the container SIGTERM (the supervisor saves a final checkpoint), then SIGKILL."""
-        job_id = handle.get("job_id") or self._submitted(handle)
+        job_id = self._job_id(handle)
         if not job_id:
             return
         try:
@@ -421,7 +416,7 @@ class AwsBatchBackend(ComputeBackend):
 
     def terminate(self, handle: dict[str, Any], timeout: float) -> None:
         """Stop the job and wait up to ``timeout`` for it to end."""
-        job_id = handle.get("job_id") or self._submitted(handle)
+        job_id = self._job_id(handle)
         if not job_id:
             return
         self.stop({**handle, "job_id": job_id})

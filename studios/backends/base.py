@@ -143,3 +143,21 @@ class ComputeBackend(ABC):
     def sweep(self, found: Any, owned_handles: Iterable[dict[str, Any]]) -> list[str]:
         """End and remove what ``found`` (``inventory``) lists that none of ``owned_handles`` names; what it did."""
         return []
+
+
+class SchedulerBackend(ComputeBackend):
+    """A backend whose sessions are a scheduler's jobs, named by ``plan`` before they are submitted: a worker killed
+    between submitting a job and recording its id leaves a job the platform finds again by that name."""
+
+    @abstractmethod
+    def _submitted(self, handle: dict[str, Any]) -> str:
+        """The id of the job the plan in ``handle`` names, submitted by the platform and not ended, or ""."""
+
+    def recover(self, handle: dict[str, Any]) -> dict[str, Any] | None:
+        """The job an earlier launch of this plan submitted and did not record, by its name (unique to the start)."""
+        job_id = "" if "job_id" in handle else self._submitted(handle)
+        return {**handle, "job_id": job_id} if job_id else None
+
+    def _job_id(self, handle: dict[str, Any]) -> str:
+        """The session's job: recorded, or submitted by a launch that died before recording it."""
+        return str(handle.get("job_id") or self._submitted(handle))

@@ -44,7 +44,7 @@ from typing import Any
 
 from ..supervisor.protocol import CONFIG_FILE
 from .aws_batch import PORTS, SUPERVISOR_MEMORY_MB
-from .base import BackendError, ComputeBackend, SessionSpec, SessionState
+from .base import BackendError, SchedulerBackend, SessionSpec, SessionState
 from .local import host_environment, image_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def fields_of(line: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in line.split() if "=" in item)
 
 
-class SlurmBackend(ComputeBackend):
+class SlurmBackend(SchedulerBackend):
     def __init__(
         self,
         *,
@@ -314,11 +314,6 @@ class SlurmBackend(ComputeBackend):
             raise BackendError(f"Slurm did not accept the job on partition {self.partition}: {error}") from None
         return {**handle, "job_id": job_id}
 
-    def recover(self, handle: dict[str, Any]) -> dict[str, Any] | None:
-        """The job an earlier launch of this plan submitted and did not record, by its name (unique to the start)."""
-        job_id = "" if "job_id" in handle else self._submitted(handle)
-        return {**handle, "job_id": job_id} if job_id else None
-
     def _comment(self, container: str) -> str:
         """What a session's job says of itself: the work directory it belongs to, and the session."""
         return f"studios {self.work_dir} {container}"
@@ -418,10 +413,6 @@ class SlurmBackend(ComputeBackend):
         """Raise the job's time limit (Slurm lets only its operators raise one: the platform's user must be one)."""
         if handle.get("job_id"):
             run("scontrol", "update", f"JobId={handle['job_id']}", f"TimeLimit={time_limit_minutes}")
-
-    def _job_id(self, handle: dict[str, Any]) -> str:
-        """The session's job: recorded, or submitted by a launch that died before recording it."""
-        return str(handle.get("job_id") or self._submitted(handle))
 
     def stop(self, handle: dict[str, Any]) -> None:
         """SIGTERM to a running job's supervisor (it saves a final checkpoint and ends the session); a job still

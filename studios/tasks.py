@@ -128,18 +128,26 @@ def stop_session(studio_id, forced_by="", claimed=None):
         lifecycle.session_stopped(studio_id, unsaved=unsaved)
 
 
+def ask_supervisor(session, action, notice=None, timeout=5.0):
+    """POST ``action`` (with ``notice``, JSON) to the session supervisor's control endpoint, with the session's token;
+    its answer. Raises ``httpx.HTTPError`` when the supervisor did not take it."""
+    response = httpx.post(
+        f"{session.control_endpoint}/{action}",
+        json=notice,
+        headers={"Authorization": f"Bearer {session.token}"},
+        timeout=timeout,
+    )
+    response.raise_for_status()
+    return response
+
+
 def ask_to_stop(studio, backend):
     """Ask the supervisor to stop through its control endpoint, saying who stopped the studio or why (the session's
     pages save their documents and show it; the supervisor then saves a final checkpoint, takes the session down and
     exits); where it does not answer, have the backend ask (a signal, Batch's TerminateJob)."""
     session = studio.session
     try:
-        httpx.post(
-            f"{session.control_endpoint}/stop",
-            json=notices.stop_notice(studio),
-            headers={"Authorization": f"Bearer {session.token}"},
-            timeout=5,
-        ).raise_for_status()
+        ask_supervisor(session, "stop", notices.stop_notice(studio))
     except httpx.HTTPError as error:
         log.info("studio %s: the supervisor did not take the stop (%s); asking the backend", session.studio_id, error)
         backend.stop(session.handle)
@@ -222,12 +230,7 @@ def request_checkpoint(session):
     if session is None or not session.control_endpoint:
         return False
     try:
-        response = httpx.post(
-            f"{session.control_endpoint}/checkpoint",
-            headers={"Authorization": f"Bearer {session.token}"},
-            timeout=settings.STUDIOS_STOP_TIMEOUT_SECONDS,
-        )
-        response.raise_for_status()
+        response = ask_supervisor(session, "checkpoint", timeout=settings.STUDIOS_STOP_TIMEOUT_SECONDS)
         return bool(response.json().get("recorded"))
     except (httpx.HTTPError, ValueError) as error:
         log.warning("studio %s: checkpoint failed: %s", session.studio_id, error)
@@ -266,12 +269,7 @@ def warn_session(session_id):
     if session is None or session.studio.stop_warning is None:
         return  # extended, or kept running, meanwhile
     try:
-        httpx.post(
-            f"{session.control_endpoint}/notice",
-            json=notices.warning_notice(session.studio),
-            headers={"Authorization": f"Bearer {session.token}"},
-            timeout=5,
-        ).raise_for_status()
+        ask_supervisor(session, "notice", notices.warning_notice(session.studio))
     except httpx.HTTPError as error:
         log.warning("studio %s: could not warn the session's pages: %s", session.studio_id, error)
 

@@ -394,12 +394,17 @@ def access_token_revoke(request, token_id):
     return redirect("access_tokens")
 
 
+def bearer_token(request):
+    """The credential a machine sends as ``Authorization: Bearer <credential>``; "" without one."""
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+
 def metrics(request):
     """Prometheus metrics (``metrics``), for a scraper holding STUDIOS_METRICS_TOKEN; not found when it is unset."""
     expected = settings.STUDIOS_METRICS_TOKEN
     if not expected:
         raise Http404("No metrics here")
-    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    token = bearer_token(request)
     if not hmac.compare_digest(token.encode(), expected.encode()):
         response = HttpResponse("Send the metrics token as a bearer token.", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
@@ -424,7 +429,7 @@ SESSION_REPORTS: dict[str, Callable[..., bool]] = {
 @csrf_exempt
 @require_POST
 def session_report(request, what):
-    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    token = bearer_token(request)
     studio_id = (
         Session.objects.filter(token=token, ended=None).values_list("studio_id", flat=True).first() if token else None
     )
@@ -447,7 +452,7 @@ def session_report(request, what):
 @require_POST
 def redeem_start_ticket(request):
     """A starting session's supervisor trades its start ticket for the session token, once (``protocol.TICKET``)."""
-    ticket = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    ticket = bearer_token(request)
     token = lifecycle.redeem_ticket(ticket)
     if token is None:
         return JsonResponse({"error": "no starting session has this ticket, or it was used already"}, status=403)

@@ -11,9 +11,8 @@ import asyncio
 import functools
 import logging
 import secrets
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
-import websockets
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.cookie import parse_cookie
@@ -232,10 +231,11 @@ class SessionHTTPProxy:
 
 
 class SessionWebSocketProxy:
-    """Relays one browser WebSocket to the session, frame by frame, in both directions, until either side ends or
-    the member's access does (``revocation``).
+    """Passes one browser WebSocket's handshake to the session and splices the two connections (``splice``) until
+    either side ends or the member's access does (``revocation``).
 
-    While it is open, the member counts as connected to the studio (``presence``).
+    While it is open, the member counts as connected to the studio (``presence``), and the frames the member sends
+    count as use (``activity``).
     """
 
     async def __call__(self, scope, receive, send):
@@ -245,48 +245,30 @@ class SessionWebSocketProxy:
             refusal = "Connect over TLS (wss://)."
         key = access_key(scope) if not refusal else None
         access = await revocation.decisions.check(key, studio_id) if key else None
+        await receive()  # websocket.connect
+        if "websocket.splice" not in scope.get("extensions", {}):
+            log.error("proxy: served without its WebSocket protocol; add --ws studios.splice:WebSocketSplice")
+            await forwarding.refuse_websocket(scope, send, 500, "The session proxy cannot open WebSockets.")
+            return
         if access is None or access.status != 200:
-            await receive()  # websocket.connect
             await forwarding.refuse_websocket(scope, send, 403, refusal or "No access to this session.")
             return
         user = access.user
         watch = RevocationWatch(key, studio_id, user.pk)
         if not await watch.start():
-            await receive()
             await forwarding.refuse_websocket(scope, send, 403, "No access to this session.")
             return
-        url = access.endpoint.replace("http", "ws", 1) + forwarding.target(scope)
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in upstream_headers(scope, access.token, user.get_username())
-        ]
         held = None
-
-        async def opened():
-            nonlocal held
-            log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
-            # Recorded beside the relay, not before it: the member's first frames do not wait for the database.
-            held = asyncio.create_task(presence.connection_opened(user, studio_id))
-            await activity.touch(studio_id, user)
-
-        relay = asyncio.create_task(
-            forwarding.relay_websocket(
-                # Frames pass as they come: compressing them again for the session next door costs CPU and gains
-                # nothing (the browser's side negotiates its own); and no HTTP proxy from the environment, which
-                # websockets would look up at every open.
-                functools.partial(websockets.connect, url, compression=None, proxy=None),
-                headers,
-                access.endpoint,
-                scope,
-                receive,
-                send,
-                opened=opened,
-                received=functools.partial(activity.touch, studio_id, user),
-            )
-        )
-        watch.guard(relay)
         try:
-            if not await relay:
+            if await self.open(scope, receive, send, access):
+                log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
+                # Recorded beside the splice, not before it: the member's first frames do not wait for the database.
+                held = asyncio.create_task(presence.connection_opened(user, studio_id))
+                await activity.touch(studio_id, user)
+                used = asyncio.create_task(self.used(receive, studio_id, user))
+                watch.guard(used)
+                await used
+            else:
                 log.warning("proxy: websocket to studio %s failed", studio_id)
         except asyncio.CancelledError:
             if not watch.revoked:
@@ -298,6 +280,43 @@ class SessionWebSocketProxy:
             if held is not None:
                 log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
                 await presence.connection_closed(await held)
+
+    async def open(self, scope, receive, send, access):
+        """Pass the handshake to the session, and its answer back: whether the session accepted the WebSocket.
+        The session gets the handshake's own headers (its key, version, protocols and extensions) with the
+        proxy's (``upstream_headers``); its Host and Origin are the session's own (the browser's origin was checked
+        before)."""
+        endpoint = urlsplit(access.endpoint)
+        headers = [
+            (name, value)
+            for name, value in upstream_headers(scope, access.token, access.user.get_username())
+            if name not in (b"host", b"origin")
+        ]
+        headers += [(b"host", endpoint.netloc.encode()), (b"origin", access.endpoint.encode())]
+        await send(
+            {
+                "type": "websocket.splice",
+                "host": endpoint.hostname,
+                "port": endpoint.port,
+                "target": target(scope),
+                "headers": headers,
+            }
+        )
+        answer = await receive()
+        if answer["type"] != "websocket.splice.answer":
+            return False  # the browser went away
+        if answer["status"] != 101:
+            await forwarding.refuse_websocket(
+                scope, send, 502, "The session did not answer; it may be stopping or restarting."
+            )
+            return False
+        await send({"type": "websocket.accept", "headers": answer_headers(answer["headers"])})
+        return True
+
+    async def used(self, receive, studio_id, user):
+        """Until the socket ends: the member's frames count as use of the studio."""
+        while (await receive())["type"] == "websocket.splice.used":
+            await activity.touch(studio_id, user)
 
 
 class RevocationWatch:

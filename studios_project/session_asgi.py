@@ -1,5 +1,6 @@
 """The session proxy's ASGI application, as its own processes serve it (``runstudios``; README, Deploying): each
-studio's session origin (``<prefix><id>.<session domain>``) to ``studios.proxy``, any other host refused.
+studio's session origin (``<prefix><id>.<session domain>``) to ``studios.proxy``, any other host refused. Its
+WebSockets need uvicorn's ``--ws`` set to ``studios.splice.UVICORN_WS``.
 
 Without uvicorn's access log: Django's logging settings give it a handler (for the platform's errors, see
 ``settings.answered_with_an_error``), and here it would make a record of every request only to drop it, a tenth of
@@ -7,6 +8,12 @@ the proxy's time. The proxy's requests are counted in its metrics instead.
 """
 
 import logging
+import os
+
+# The proxy reads the database from a few long-lived threads (outside Django's request handler, channels'
+# database_sync_to_async runs the access checks and presence records in one thread per process), so a connection
+# kept is used again instead of opened and closed each time (README, STUDIOS_PROXY_CONN_MAX_AGE).
+os.environ["CONN_MAX_AGE"] = os.environ.get("STUDIOS_PROXY_CONN_MAX_AGE", "60")
 
 from studios_project.asgi import host_of, refuse  # sets Django up
 

@@ -103,6 +103,7 @@ def live_platform(transactional_db, settings, tmp_path):
     from celery.contrib.testing.worker import start_worker
     from channels.layers import channel_layers
 
+    from studios.splice import UVICORN_WS
     from studios_project.asgi import application
     from studios_project.celery import app as celery_app
     from studios_project.session_asgi import application as sessions
@@ -120,7 +121,8 @@ def live_platform(transactional_db, settings, tmp_path):
     # and the session proxy share it (as their processes share Redis).
     channel_layers.backends.clear()
     servers = [
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")) for app in (application, sessions)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", ws=ws))
+        for app, ws in ((application, "auto"), (sessions, UVICORN_WS))
     ]
 
     async def serve():

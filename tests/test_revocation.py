@@ -17,6 +17,7 @@ from websockets.sync.server import serve
 
 from studios import lifecycle
 from studios.models import Membership, Role, StudioStatus
+from studios.splice import UVICORN_WS
 from studios.supervisor.supervisor import free_port
 
 from .factories import make_member, make_running, make_session_cookie, make_studio, make_workspace
@@ -165,6 +166,7 @@ def second_proxy(live_platform):
             "-m",
             "uvicorn",
             "studios_project.session_asgi:application",
+            f"--ws={UVICORN_WS}",
             "--port",
             str(port),
             "--lifespan",

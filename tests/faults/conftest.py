@@ -24,6 +24,8 @@ import redis
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
+from studios.splice import UVICORN_WS
+
 from ..live import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,15 +218,16 @@ class Platform:
                     "off",
                     "--log-level",
                     "warning",
+                    f"--ws={ws}",
                 ],
                 cwd=REPO,
                 env=environment,
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
-            for application, port in (
-                ("studios_project.asgi:application", self.url.rsplit(":", 1)[1]),
-                ("studios_project.session_asgi:application", self.session_port),
+            for application, port, ws in (
+                ("studios_project.asgi:application", self.url.rsplit(":", 1)[1], "auto"),
+                ("studios_project.session_asgi:application", self.session_port, UVICORN_WS),
             )
         ]
         wait_until(self.serves, 30, "the platform and the session proxy to serve")

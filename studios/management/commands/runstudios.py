@@ -18,6 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
+from ...splice import UVICORN_WS
 from .prepare import missing
 
 
@@ -82,7 +83,9 @@ class Command(BaseCommand):
             env=others_environment,
         )
         web = self.serve("studios_project.asgi:application", host, port, environment, "--log-level=info")
-        proxy = self.serve("studios_project.session_asgi:application", host, session_port, others_environment)
+        proxy = self.serve(
+            "studios_project.session_asgi:application", host, session_port, others_environment, f"--ws={UVICORN_WS}"
+        )
         self.stdout.write(f"Studios is running at {address}/ (log in with a user and password above)")
         # SIGTERM ends this command as Ctrl-C does: by taking its processes down.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

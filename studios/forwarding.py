@@ -1,8 +1,8 @@
 """Forwarding requests and WebSockets to an upstream server, streamed, for raw ASGI applications.
 
-Two places forward: the platform's connect proxy (browser to session) and the session agent's
-gate (proxy to an IDE that cannot check the session token itself). This module has no Django
-dependency because the agent runs inside session images.
+Two places forward: the platform's connect proxy (browser to session; its WebSockets are spliced,
+``studios.splice``) and the session agent's gate (proxy to an IDE that cannot check the session
+token itself). This module has no Django dependency because the agent runs inside session images.
 """
 
 import asyncio
@@ -121,16 +121,13 @@ async def relay_websocket(
     scope: Scope,
     receive: Receive,
     send: Send,
-    opened: Callable[[], Awaitable[None]] | None = None,
-    received: Callable[[], Awaitable[None]] | None = None,
-) -> bool:
+) -> None:
     """Open the upstream WebSocket, accept the client's, and relay frames both ways until either side ends.
 
     ``connect`` is ``websockets.connect`` with its URL (or ``unix_connect`` with its socket and URL);
     ``headers`` are the client's to pass on: the handshake's own (Host, Origin, Sec-WebSocket-*) are the
     websockets client's to write, and Origin is ``origin``, the upstream's own address (the client's was
-    checked before). ``opened`` is awaited once both sides are open, ``received`` for every frame the client
-    sends. Returns False, having refused the client with a 502, when the upstream cannot be opened.
+    checked before). The client is refused with a 502 when the upstream cannot be opened.
     """
     await receive()  # websocket.connect
     headers = [
@@ -148,7 +145,7 @@ async def relay_websocket(
         )
     except (OSError, websockets.WebSocketException):
         await refuse_websocket(scope, send, 502, "The session did not answer; it may be stopping or restarting.")
-        return False
+        return
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
 
     async def from_upstream() -> None:
@@ -166,14 +163,10 @@ async def relay_websocket(
 
     relay = asyncio.create_task(from_upstream())
     try:
-        if opened is not None:
-            await opened()
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 break
-            if received is not None:
-                await received()
             try:
                 await upstream.send(message["text"] if message.get("text") is not None else message["bytes"])
             except websockets.ConnectionClosed:
@@ -181,4 +174,3 @@ async def relay_websocket(
     finally:
         relay.cancel()
         await upstream.close()
-    return True

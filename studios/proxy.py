@@ -320,13 +320,13 @@ class SessionWebSocketProxy:
 
 
 class RevocationWatch:
-    """Cancels one socket's relay when an announcement in the groups of its member or studio (``revocation``) turns
+    """Cancels one socket's splice when an announcement in the groups of its member or studio (``revocation``) turns
     out to have ended its access."""
 
     def __init__(self, key, studio_id, user_id):
         self.key, self.studio_id = key, studio_id
         self.groups = (revocation.user_group(user_id), revocation.studio_group(studio_id))
-        self.relay = None
+        self.spliced = None
         self.revoked = False
 
     async def start(self):
@@ -338,10 +338,10 @@ class RevocationWatch:
             revocation.decisions.ask_again(self.key, self.studio_id, self.end)
         return (await revocation.decisions.check(self.key, self.studio_id)).status == 200
 
-    def guard(self, relay):
-        self.relay = relay
+    def guard(self, spliced):
+        self.spliced = spliced
         if self.revoked:
-            relay.cancel()
+            spliced.cancel()
 
     async def changed(self):
         try:
@@ -355,8 +355,8 @@ class RevocationWatch:
     def end(self):
         if not self.revoked:
             self.revoked = True
-            if self.relay is not None:
-                self.relay.cancel()
+            if self.spliced is not None:
+                self.spliced.cancel()
 
     def stop(self):
         revocation.decisions.forget(self.groups, self.changed)

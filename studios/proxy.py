@@ -300,6 +300,8 @@ class SessionWebSocketProxy:
                 "port": endpoint.port,
                 "target": target(scope),
                 "headers": headers,
+                # The member's use is written at most this often anyway (``activity.touch``).
+                "used_every": settings.STUDIOS_ACTIVITY_WRITE_SECONDS,
             }
         )
         answer = await receive()

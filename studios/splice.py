@@ -7,12 +7,12 @@ The ASGI application still decides everything, with these messages on a ``websoc
 
 * receive ``websocket.connect``; then either refuse (``websocket.http.response.*``, or ``websocket.close`` for 403)
   or send ``websocket.splice`` with ``host``, ``port``, ``target`` and ``headers``: the handshake as the upstream
-  gets it (this protocol adds ``Connection`` and ``Upgrade``);
+  gets it (this protocol adds ``Connection`` and ``Upgrade``), and ``used_every`` (seconds, see below);
 * receive ``websocket.splice.answer`` with the upstream's ``status`` and ``headers`` (``status`` None when it cannot
   be reached or does not answer in ``ANSWER_SECONDS``); then either refuse, or send ``websocket.accept`` with the
   ``headers`` the browser gets in the 101 (the upstream's ``Sec-WebSocket-Accept`` among them), which starts the
   splice;
-* receive ``websocket.splice.used`` (at most once per ``USED_EVERY_SECONDS``) while the browser sends data frames
+* receive ``websocket.splice.used`` (at most once per ``used_every`` seconds) while the browser sends data frames
   (not its pongs), and ``websocket.disconnect`` when either side has gone;
 * send ``websocket.close`` with a ``code`` to end a spliced socket: the browser gets that close frame once the
   session's frame under way has passed (``BOUNDARY_SECONDS`` at most, else the connection is cut), and the session's
@@ -36,7 +36,6 @@ UVICORN_WS = "studios.splice:WebSocketSplice"  # uvicorn's --ws for it
 
 ANSWER_SECONDS = 10.0  # to connect to the upstream and read its answer to the handshake
 BOUNDARY_SECONDS = 0.5  # for the session's frame under way to pass before a close of the proxy's own
-USED_EVERY_SECONDS = 1.0
 HEAD_LIMIT = 64 * 1024  # the upstream's answer to the handshake
 DATA_OPCODES = {0x0, 0x1, 0x2}  # continuation, text, binary; not close, ping nor pong
 CLOSE_OPCODE = 0x8
@@ -151,6 +150,7 @@ class WebSocketSplice(asyncio.Protocol):
         self.early = b""  # browser bytes before the splice
         self.from_browser, self.to_browser = Frames(), Frames()
         self.used_at = 0.0
+        self.used_every = 0.0
         self.response: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.body = b""
         self.code = 1000  # of the close of the proxy's own
@@ -173,7 +173,7 @@ class WebSocketSplice(asyncio.Protocol):
             if self.from_browser.data:
                 self.from_browser.data = False
                 now = time.monotonic()
-                if now - self.used_at >= USED_EVERY_SECONDS:
+                if now - self.used_at >= self.used_every:
                     self.used_at = now
                     self.messages.put_nowait({"type": "websocket.splice.used"})
         else:
@@ -279,6 +279,7 @@ class WebSocketSplice(asyncio.Protocol):
 
     async def connect(self, message: dict[str, Any]) -> None:
         """Open the upstream and send it the handshake; its answer comes as ``websocket.splice.answer``."""
+        self.used_every = message.get("used_every", 0.0)
         self.waiting = self.loop.call_later(ANSWER_SECONDS, self.no_answer)
         try:
             self.upstream, _ = await self.loop.create_connection(

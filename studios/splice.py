@@ -25,6 +25,7 @@ import asyncio
 import logging
 import struct
 import time
+from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -107,6 +108,14 @@ def close_frame(code: int) -> bytes:
 
 def http_head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     return first_line + b"\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
+
+
+def parse_head(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """``http_head``'s reverse (without its blank line): the first line, and the headers with lowercase names."""
+    first_line, *lines = head.split(b"\r\n")
+    return first_line, [
+        (name.strip().lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)
+    ]
 
 
 class Upstream(asyncio.Protocol):
@@ -208,10 +217,9 @@ class WebSocketSplice(asyncio.Protocol):
     def begin(self, data: bytes) -> None:
         """The handshake, as uvicorn wrote it again from what it parsed: the ASGI scope, and the application run."""
         head, _, self.early = data.partition(b"\r\n\r\n")
-        request_line, *lines = head.split(b"\r\n")
+        request_line, headers = parse_head(head)
         url = request_line.split(b" ")[1]
         raw_path, _, query = url.partition(b"?")
-        headers = [(name.lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
         protocols = b",".join(value for name, value in headers if name == b"sec-websocket-protocol")
         scope = self.scope = {
             "type": "websocket",
@@ -270,7 +278,8 @@ class WebSocketSplice(asyncio.Protocol):
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Refuse the handshake with an HTTP answer."""
         headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        self.transport.write(http_head(b"HTTP/1.1 %d Refused" % status, headers) + body)
+        status_line = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()
+        self.transport.write(http_head(status_line, headers) + body)
         self.transport.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -325,10 +334,9 @@ class WebSocketSplice(asyncio.Protocol):
             return
         self.waiting.cancel()
         self.waiting = None
-        status_line, *lines = head.split(b"\r\n")
+        status_line, headers = parse_head(head)
         parts = status_line.split(b" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-        headers = [(name.strip().lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
         self.answer = rest
         self.messages.put_nowait({"type": "websocket.splice.answer", "status": status, "headers": headers})
 

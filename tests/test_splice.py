@@ -2,6 +2,7 @@
 frames reach the browser as the session sent them, except what a session may not do to a member's browser, and a
 close of the proxy's own lands between two frames."""
 
+import contextlib
 import hashlib
 import logging
 import socket
@@ -16,6 +17,7 @@ from websockets.sync.client import connect
 from websockets.sync.server import serve
 from websockets.utils import accept_key
 
+from studios import splice
 from studios.models import Membership, Role, Studio
 
 from .factories import make_member, make_running, make_session_cookie, make_studio
@@ -227,3 +229,36 @@ def test_large_messages_pass_intact_both_ways(member_socket):
         member.send(message)
         assert member.recv(timeout=30) == message, size
     server.shutdown()
+
+
+def hostile_answer(connection, endless):
+    connection.recv(4096)
+    if endless:  # an answer whose head never ends
+        with contextlib.suppress(OSError):  # the proxy hangs up
+            connection.sendall(b"HTTP/1.1 101 Switching Protocols\r\n")
+            for _ in range(1024):
+                connection.sendall(b"X-Padding: " + b"a" * 1000 + b"\r\n")
+    time.sleep(15)
+
+
+@pytest.mark.parametrize("endless", [True, False], ids=["head never ending", "no answer"])
+def test_a_session_that_never_finishes_its_answer_or_never_answers_is_a_502(member_socket, monkeypatch, endless):
+    """A hostile session cannot hold the member's handshake (nor the proxy's memory) for as long as it likes."""
+    monkeypatch.setattr(splice, "ANSWER_SECONDS", 1.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        connection, _ = listener.accept()
+        with connection:
+            hostile_answer(connection, endless)
+
+    threading.Thread(target=answer, daemon=True).start()
+    began = time.monotonic()
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        member_socket(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    took = time.monotonic() - began
+    assert refused.value.response.status_code == 502
+    assert b"The session did not answer" in refused.value.response.body
+    # The head is cut at its limit, long before the time for an answer runs out; silence waits that time out.
+    assert took < 0.9 if endless else 0.9 < took < 5
+    listener.close()

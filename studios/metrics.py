@@ -2,8 +2,8 @@
 
 Two sources, so that several processes (web, session proxy, worker; several of each in production) add up:
 
-- What the database knows is read at scrape time: studios by status and template, the open session WebSockets
-  (one ``SessionConnection`` each), how long starts and stops took (the activity log's running and stop events).
+- What the database knows is read at scrape time: studios by status and template, the members connected to
+  sessions (``SessionConnection``), how long starts and stops took (the activity log's running and stop events).
   Every process, and every instance, answers the same figures, and no process has to live to count them.
 - What only a process sees is counted where it happens: the proxy's requests and their latency (session proxy), checkpoint
   durations and sizes (web, as sessions report them), Celery task failures (worker). With
@@ -105,9 +105,9 @@ class DatabaseCollector:
             studios.add_metric([status, template], count)
         yield studios
         yield GaugeMetricFamily(
-            "studios_proxy_open_websockets",
-            "WebSockets members hold open to sessions through the proxy.",
-            value=SessionConnection.objects.count(),
+            "studios_connected_members",
+            "Members connected to sessions (through the proxy's WebSockets), once per member and studio.",
+            value=SessionConnection.objects.values("studio", "user").distinct().count(),
         )
         yield _histogram("studios_start_seconds", "From Start to a running session.", START_BUCKETS, Event.Kind.RUNNING)
         yield _histogram(

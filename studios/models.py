@@ -538,11 +538,12 @@ class WebProcess(models.Model):
 
 
 class SessionConnection(models.Model):
-    """One WebSocket a member's browser holds open to a running session, through the proxy.
+    """A member connected to a running session through the proxy process ``web_process``, since ``opened``: one
+    row however many WebSockets the member's pages hold open there (``presence``).
 
-    Written when the WebSocket opens and closes, and again by the heartbeat of ``web_process``, the process holding
-    it, when a write failed. When that process dies without closing its connections, its heartbeat goes stale and
-    the rows are forgotten.
+    Written when the member's first WebSocket opens and after their last one closes, and again by the heartbeat of
+    ``web_process`` when a write failed. When that process dies without closing its connections, its heartbeat goes
+    stale and the rows are forgotten.
     """
 
     studio = models.ForeignKey(Studio, on_delete=models.CASCADE, related_name="connections")

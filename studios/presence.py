@@ -6,7 +6,11 @@ every page of its workspace that listens (``consumers.PresenceConsumer``); so is
 makes to a studio (``studio_changed``).
 
 Each web process holds the connections it relays in memory (``_held``): that is the truth, and the database rows
-(``SessionConnection``) are its record. A write can fail (the database is down for a moment), and so can an
+(``SessionConnection``, one per member and studio the process holds connections of) are its record. Only a
+member's first connection to a studio and their last one's close touch the database: a page holds several
+WebSockets (JupyterLab one per kernel, terminal and event stream) and opens and closes them as it goes, and a
+reload closes and opens them all; a last close is recorded ``LEAVE_AFTER_SECONDS`` later, unless the member is
+back by then. A write can fail (the database is down for a moment), and so can an
 announcement (Redis is); neither may break the member's WebSocket. So each web process keeps a heartbeat that
 writes the record again from what it holds: rows it holds but could not write are created, rows it no longer
 holds but could not delete are deleted. A web process that dies cannot close its connections: the connections of
@@ -21,7 +25,6 @@ import os
 import secrets
 import socket
 import threading
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -47,21 +50,23 @@ PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 @dataclass(frozen=True, eq=False)
 class HeldConnection:
-    """A proxied WebSocket this process holds open; its row is the one with the same studio, member and time."""
+    """A proxied WebSocket this process holds open."""
 
     studio_id: int
     user_id: int
     opened: datetime
 
 
-# Changed on the event loop, read by the threads that write the record.
-_held: set[HeldConnection] = set()
+# (studio id, member id) -> the member's connections to the studio. Changed on the event loop, read by the threads
+# that write the record.
+_held: dict[tuple[int, int], set[HeldConnection]] = {}
 _held_lock = threading.Lock()
 
 
-def _held_connections():
+def _held_members():
+    """{(studio id, member id): when the member's first connection to the studio that this process holds opened}"""
     with _held_lock:
-        return list(_held)
+        return {member: min(held.opened for held in connections) for member, connections in _held.items()}
 
 
 def workspace_group(workspace_id):
@@ -75,8 +80,8 @@ def _lock_studio(studio_id):
 
 
 def _settle(studio_id):
-    """Make this process's rows of one studio match the connections it holds; whether the studio's connected
-    members changed.
+    """Make this process's rows of one studio match the members it holds connections of (one row each, since
+    their first connection's open); whether the studio's connected members changed.
 
     Callers change ``_held`` first and settle after, and the held connections are read under the studio's lock:
     so the last of two settles racing (an open, a close, the heartbeat) writes the newest truth.
@@ -85,23 +90,21 @@ def _settle(studio_id):
         if _lock_studio(studio_id) is None:
             return False  # deleted, and its connections with it
         connections = SessionConnection.objects.filter(studio_id=studio_id)
-        rows = list(connections.values_list("pk", "user_id", "opened", "web_process"))
-        missing = Counter((held.user_id, held.opened) for held in _held_connections() if held.studio_id == studio_id)
+        rows = list(connections.values_list("pk", "user_id", "web_process"))
+        missing = {
+            user_id: opened for (held_studio, user_id), opened in _held_members().items() if held_studio == studio_id
+        }
         surplus = []
-        for pk, user_id, opened, web_process in rows:
-            if web_process != PROCESS_ID:
-                continue
-            if missing[user_id, opened]:
-                missing[user_id, opened] -= 1
-            else:
+        for pk, user_id, web_process in rows:
+            if web_process == PROCESS_ID and missing.pop(user_id, None) is None:
                 surplus.append(pk)
         SessionConnection.objects.filter(pk__in=surplus).delete()
         SessionConnection.objects.bulk_create(
             SessionConnection(studio_id=studio_id, user_id=user_id, opened=opened, web_process=PROCESS_ID)
-            for user_id, opened in missing.elements()
+            for user_id, opened in missing.items()
         )
-        before = {user_id for _, user_id, _, _ in rows}
-        after = {user_id for pk, user_id, _, _ in rows if pk not in surplus} | {user_id for user_id, _ in +missing}
+        before = {user_id for _, user_id, _ in rows}
+        after = {user_id for pk, user_id, _ in rows if pk not in surplus} | set(missing)
         activity.connections_changed(studio_id, before, after)
     return before != after
 
@@ -139,21 +142,38 @@ async def _settle_soon(studio_id):
         log.exception("presence of studio %s not recorded or not announced; the heartbeat repairs it", studio_id)
 
 
+# How long a member whose last connection to a studio closed still counts as connected: a reload, or a page
+# closing one socket as it opens the next, is not a leave.
+LEAVE_AFTER_SECONDS = 1.0
+
+
 async def connection_opened(user, studio_id):
     """Hold a proxied WebSocket that just opened; what to pass to ``connection_closed``."""
     keep_heartbeat()
     connection = HeldConnection(studio_id, user.pk, timezone.now())
     with _held_lock:
-        _held.add(connection)
-    await _settle_and_announce(studio_id)
+        connections = _held.setdefault((studio_id, user.pk), set())
+        first = not connections
+        connections.add(connection)
+    if first:
+        await _settle_and_announce(studio_id)
     return connection
 
 
 async def connection_closed(connection):
-    """Let go of a connection that ``connection_opened`` returned."""
-    with _held_lock:
-        _held.discard(connection)
-    await _settle_and_announce(connection.studio_id)
+    """Let go of a connection that ``connection_opened`` returned, ``LEAVE_AFTER_SECONDS`` from now."""
+    try:
+        await asyncio.sleep(LEAVE_AFTER_SECONDS)
+    finally:
+        member = (connection.studio_id, connection.user_id)
+        with _held_lock:
+            connections = _held[member]
+            connections.discard(connection)
+            last = not connections
+            if last:
+                del _held[member]
+    if last:
+        await _settle_and_announce(connection.studio_id)
 
 
 def avatar_fragments(studios):
@@ -191,10 +211,9 @@ async def announce(studio_ids):
 def _repair_record():
     """Settle every studio whose rows of this process differ from what it holds; the ids of those whose
     connected members changed."""
-    held = Counter((held.studio_id, held.user_id, held.opened) for held in _held_connections())
-    rows = SessionConnection.objects.filter(web_process=PROCESS_ID).values_list("studio_id", "user_id", "opened")
-    written = Counter(rows)
-    differing = {studio_id for studio_id, _, _ in (held - written) | (written - held)}
+    held = set(_held_members())
+    written = set(SessionConnection.objects.filter(web_process=PROCESS_ID).values_list("studio_id", "user_id"))
+    differing = {studio_id for studio_id, _ in held ^ written}
     return {studio_id for studio_id in differing if _settle(studio_id)}
 
 

@@ -4,7 +4,7 @@ import pytest
 from django.urls import reverse
 from prometheus_client.parser import text_string_to_metric_families
 
-from studios.models import Role, StudioStatus
+from studios.models import Role, SessionConnection, StudioStatus
 from studios.tasks import check_compute_environment
 
 from .factories import make_member, make_studio, make_workspace
@@ -57,6 +57,15 @@ def test_studios_are_counted_by_status_and_template(scrape, workspace):
     assert figure(samples, "studios_studios", status="stopped", template="vscode") == 1
     assert figure(samples, "studios_studios", status="running", template="vscode") == 1
     assert ("studios_studios", (("status", "errored"), ("template", "rstudio"))) in samples  # zero, not missing
+
+
+def test_a_member_connected_through_several_processes_is_counted_once(scrape, workspace):
+    studio, other = make_studio(workspace, name="one"), make_studio(workspace, name="two")
+    mia, olaf = make_member(workspace, Role.CONNECT), make_member(workspace, Role.CONNECT)
+    for connected_studio, member, web_process in ((studio, mia, "p1"), (studio, mia, "p2"), (studio, olaf, "p1")):
+        SessionConnection.objects.create(studio=connected_studio, user=member, web_process=web_process)
+    SessionConnection.objects.create(studio=other, user=mia, web_process="p1")
+    assert figure(scrape(), "studios_connected_members") == 3
 
 
 def test_a_task_that_fails_is_counted(scrape, db):

@@ -66,16 +66,38 @@ def test_a_member_with_two_open_sockets_is_connected_once_until_the_last_closes(
     with open_socket(mia) as first, open_socket(mia) as second:
         first.send("ping")
         assert first.recv(timeout=5) == "ping"
-        settled(lambda: SessionConnection.objects.filter(studio=studio).count() == 2, "two connections recorded")
+        settled(lambda: SessionConnection.objects.filter(studio=studio).exists(), "mia's connection recorded")
+        (row,) = SessionConnection.objects.filter(studio=studio)  # one row for both sockets
         assert connected(studio) == ["mia"]
         assert "mia, connected since" in client.get(workspace.get_absolute_url()).content.decode()
 
         first.close()
-        settled(lambda: SessionConnection.objects.filter(studio=studio).count() == 1, "one connection left")
+        time.sleep(presence.LEAVE_AFTER_SECONDS + 0.3)
+        assert list(SessionConnection.objects.filter(studio=studio)) == [row]
         assert connected(studio) == ["mia"]
         second.close()
         settled(lambda: not SessionConnection.objects.filter(studio=studio).exists(), "no connection left")
         assert "mia, connected since" not in client.get(workspace.get_absolute_url()).content.decode()
+
+
+def test_a_reload_is_not_a_leave(websocket_session, workspace):
+    """A page closing its sockets and opening them again a moment later (a reload) keeps its member connected: the
+    record is not written again, nor the activity log."""
+    studio, open_socket = websocket_session
+    member = make_member(workspace, Role.CONNECT)
+    with open_socket(member):
+        settled(lambda: SessionConnection.objects.filter(studio=studio).exists(), "the connection recorded")
+    (row,) = SessionConnection.objects.filter(studio=studio)
+    time.sleep(0.3)  # the page reloading
+    with open_socket(member) as again:
+        again.send("ping")
+        assert again.recv(timeout=5) == "ping"
+        time.sleep(presence.LEAVE_AFTER_SECONDS + 0.3)
+        assert [(r.pk, r.opened) for r in SessionConnection.objects.filter(studio=studio)] == [(row.pk, row.opened)]
+        (event,) = Event.objects.filter(studio=studio, kind=Event.Kind.CONNECTED)
+        assert event.ended is None
+    settled(lambda: not SessionConnection.objects.filter(studio=studio).exists(), "the member to leave")
+    assert Event.objects.get(pk=event.pk).ended is not None
 
 
 def test_a_session_that_dies_closes_its_members_sockets_and_ends_their_presence(websocket_session, workspace):

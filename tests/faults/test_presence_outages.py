@@ -2,6 +2,8 @@
 
 import time
 
+from studios.presence import LEAVE_AFTER_SECONDS
+
 from ..live import wait_until
 from .conftest import HEARTBEAT_SECONDS
 
@@ -24,7 +26,7 @@ def test_a_websocket_closed_while_postgres_is_down_leaves_no_ghost_once_it_is_ba
         postgres.stop()
     closed = f"proxy websocket closed user={studio['member']}"
     wait_until(lambda: closed in platform.log(), 5, "the proxy to see the close")
-    time.sleep(0.5)  # the close is written, and fails, while the database is down
+    time.sleep(LEAVE_AFTER_SECONDS + 0.5)  # the close is written, and fails, while the database is down
     postgres.start()
     wait_until(lambda: not platform.shows_avatar(studio), 3 * HEARTBEAT_SECONDS, "the ghost avatar to go")
 

@@ -16,7 +16,7 @@ each; at 10 connections again while a tab polls each platform's studio list as f
 ``kernel_info`` round trip on a kernel WebSocket (median of ROUND_TRIPS) and a 200 MB file download (curl, best of
 3). Opening the kernel's WebSocket is measured on all the targets at once: WS_RUNS times, one open on each target in
 a shuffled order (median of each), because JupyterLab's own time to open one (direct) moves by half from one second
-to the next, more than the proxies differ. Prints the median of the rounds as a table.
+to the next, more than the proxies differ. Prints each round's opens, then the median of the rounds as a table.
 
 Usage: .venv/bin/python bench/proxy_bench.py [BEFORE] [SECONDS] [WS_RUNS] [ROUNDS]
 Environment: BENCH_DATABASE (a PostgreSQL server URL, postgres://postgres@127.0.0.1:5432 by default; the bench
@@ -388,7 +388,8 @@ def main():
             for name, ws_open in asyncio.run(websocket_opens(targets)).items():
                 results[name]["ws open"] = ws_open
             rounds.append(results)
-            print(f"round {number + 1} of {ROUNDS} done", file=sys.stderr)
+            opens = ", ".join(f"{name} {result['ws open']:.2f}" for name, result in results.items())
+            print(f"round {number + 1} of {ROUNDS} done; WebSocket open ms: {opens}", file=sys.stderr)
         print(f"Medians of {ROUNDS} rounds; each round measures every target in turn.")  # before stopping anything
         table(rounds)
 

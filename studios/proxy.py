@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.cookie import parse_cookie
+from django.utils import timezone
 
 from . import activity, forwarding, origins, presence, revocation, upstream
 from .exceptions import DATABASE_OUTAGES, outage_page
@@ -261,7 +262,7 @@ class SessionWebSocketProxy:
         held = None
         try:
             if await self.open(scope, receive, send, access):
-                log.info("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
+                log.debug("proxy websocket open user=%s studio=%s %s", user, studio_id, scope["path"])
                 # Recorded beside the splice, not before it: the member's first frames do not wait for the database.
                 held = asyncio.create_task(presence.connection_opened(user, studio_id))
                 await activity.touch(studio_id, user)
@@ -278,8 +279,12 @@ class SessionWebSocketProxy:
         finally:
             watch.stop()
             if held is not None:
-                log.info("proxy websocket closed user=%s studio=%s", user, studio_id)
-                await presence.connection_closed(await held)
+                connection = await held
+                seconds = (timezone.now() - connection.opened).total_seconds()
+                log.info(
+                    "proxy websocket closed user=%s studio=%s %s, open %.1f s", user, studio_id, scope["path"], seconds
+                )
+                await presence.connection_closed(connection)
 
     async def open(self, scope, receive, send, access):
         """Pass the handshake to the session, and its answer back: whether the session accepted the WebSocket.

@@ -53,7 +53,8 @@ def main():
         maintainer.post(f"/studios/{studio_id}/start/")
         maintainer.wait_for(studio_id, "running")
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        watcher = log_in(browser.new_context(), base, "view", password)
+        # The platform's CSP has no 'unsafe-eval', which the watching page's polls (wait_for_function) need.
+        watcher = log_in(browser.new_context(bypass_csp=True), base, "view", password)
         watcher.goto(f"{base}/w/demo/analysis/")
         watcher.evaluate(WATCH_AVATAR)
         member = browser.new_context()
@@ -64,7 +65,7 @@ def main():
             watcher.evaluate("window.avatarSeen = window.avatarGone = null")
             session = member.new_page()
             connected = time.time() * 1000
-            session.goto(f"http://s{studio_id}.localhost:{base.rsplit(':', 1)[1]}/")
+            session.goto(f"http://s{studio_id}.localhost:{env['STUDIOS_SESSION_PORT']}/")
             watcher.wait_for_function("window.avatarSeen !== null", timeout=60_000)
             seen = watcher.evaluate("window.avatarSeen")
             to_avatar.append(seen - connected)

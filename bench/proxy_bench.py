@@ -3,7 +3,8 @@
 Runs the product twice side by side on PostgreSQL and Redis (``manage.py runstudios``, demo data, sessions as
 plain processes: the proxy's cost does not depend on the sandbox): the checkout at BEFORE (a git ref, checked out
 in a temporary worktree; ``main`` by default) and this checkout. On each, as the demo ``maintain`` user, it starts
-a JupyterLab studio; then it measures, ROUNDS times, each target in turn with the same clients:
+a JupyterLab studio; then it measures, ROUNDS times, each target in turn (in a shuffled order) with the same
+clients:
 
 * Studios' proxy before and after, on each studio's session origin (with the origin's cookie from the ticket round
   trip);
@@ -384,7 +385,12 @@ def main():
         ]
         rounds = []
         for number in range(ROUNDS):
-            results = {target.name: measure(target, kernel, (before_user, after_user)) for target, kernel in targets}
+            # In a new order each round: a target measured first or last each time would take the machine's drift.
+            measured = {
+                target.name: measure(target, kernel, (before_user, after_user))
+                for target, kernel in random.sample(targets, len(targets))
+            }
+            results = {target.name: measured[target.name] for target, _ in targets}
             for name, ws_open in asyncio.run(websocket_opens(targets)).items():
                 results[name]["ws open"] = ws_open
             rounds.append(results)

@@ -52,32 +52,34 @@ def main():
         studio_id = maintainer.add_studio("presence-bench")
         maintainer.post(f"/studios/{studio_id}/start/")
         maintainer.wait_for(studio_id, "running")
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        # The platform's CSP has no 'unsafe-eval', which the watching page's polls (wait_for_function) need.
-        watcher = log_in(browser.new_context(bypass_csp=True), base, "view", password)
-        watcher.goto(f"{base}/w/demo/analysis/")
-        watcher.evaluate(WATCH_AVATAR)
-        member = browser.new_context()
-        log_in(member, base, "connect", password).close()
+        try:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            # The platform's CSP has no 'unsafe-eval', which the watching page's polls (wait_for_function) need.
+            watcher = log_in(browser.new_context(bypass_csp=True), base, "view", password)
+            watcher.goto(f"{base}/w/demo/analysis/")
+            watcher.evaluate(WATCH_AVATAR)
+            member = browser.new_context()
+            log_in(member, base, "connect", password).close()
 
-        to_avatar, recorded_to_avatar, to_gone = [], [], []
-        for _ in range(RUNS):
-            watcher.evaluate("window.avatarSeen = window.avatarGone = null")
-            session = member.new_page()
-            connected = time.time() * 1000
-            session.goto(f"http://s{studio_id}.localhost:{env['STUDIOS_SESSION_PORT']}/")
-            watcher.wait_for_function("window.avatarSeen !== null", timeout=60_000)
-            seen = watcher.evaluate("window.avatarSeen")
-            to_avatar.append(seen - connected)
-            first = SessionConnection.objects.filter(studio_id=studio_id).earliest("opened").opened
-            recorded_to_avatar.append(seen - first.timestamp() * 1000)
-            closed = time.time() * 1000
-            session.close()
-            watcher.wait_for_function("window.avatarGone !== null", timeout=60_000)
-            to_gone.append(watcher.evaluate("window.avatarGone") - closed)
-        browser.close()
-        maintainer.post(f"/studios/{studio_id}/stop/")
-        maintainer.wait_for(studio_id, "stopped")
+            to_avatar, recorded_to_avatar, to_gone = [], [], []
+            for _ in range(RUNS):
+                watcher.evaluate("window.avatarSeen = window.avatarGone = null")
+                session = member.new_page()
+                connected = time.time() * 1000
+                session.goto(f"http://s{studio_id}.localhost:{env['STUDIOS_SESSION_PORT']}/")
+                watcher.wait_for_function("window.avatarSeen !== null", timeout=60_000)
+                seen = watcher.evaluate("window.avatarSeen")
+                to_avatar.append(seen - connected)
+                first = SessionConnection.objects.filter(studio_id=studio_id).earliest("opened").opened
+                recorded_to_avatar.append(seen - first.timestamp() * 1000)
+                closed = time.time() * 1000
+                session.close()
+                watcher.wait_for_function("window.avatarGone !== null", timeout=60_000)
+                to_gone.append(watcher.evaluate("window.avatarGone") - closed)
+            browser.close()
+        finally:  # a failed run leaves no session running
+            maintainer.post(f"/studios/{studio_id}/stop/")
+            maintainer.wait_for(studio_id, "stopped")
 
     for label, samples in (
         ("connect to avatar", to_avatar),

@@ -323,6 +323,7 @@ def extend_studio(user, studio, hours):
         session.stops_at += timedelta(hours=hours)
         session.save(update_fields=["stops_at"])
         transaction.on_commit(lambda: dispatch(EXTEND_SESSION, session.pk))
+        presence.studio_changed(studio)  # the new stop time, and its warning gone, on every page showing it
     log.info("studio %s extended by %s h by %s", studio.pk, hours, user)
     return studio
 
@@ -383,6 +384,7 @@ def keep_studio(user, studio):
     if studio.status != StudioStatus.RUNNING:
         raise ActionRefused(f"{studio.name} is {studio.status}; only a running studio can be kept running.")
     Studio.objects.filter(pk=studio.pk).update(last_activity=timezone.now(), last_active_user=user)
+    presence.studio_changed(studio)  # the idle warning goes from every page showing it
 
 
 def force_stop_studio(user, studio):

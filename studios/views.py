@@ -257,8 +257,6 @@ def studio_extend(request, studio_id):
         except ActionRefused as error:
             refusal = str(error)
     studio, _ = permissions.studio_for(request.user, studio_id)  # as it is now
-    if not refusal:  # the warning goes from every page showing it
-        presence.studio_changed(studio)
     if request.htmx:
         # 200 with the refusal in the fragment: htmx swaps in no error answer.
         return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
@@ -281,8 +279,6 @@ def studio_keep(request, studio_id):
     except ActionRefused as error:
         refusal = str(error)
     studio, _ = permissions.studio_for(request.user, studio_id)
-    if not refusal:
-        presence.studio_changed(studio)
     if request.htmx:
         return render(request, "studios/partials/lifespan.html", {"studio": studio, "refusal": refusal})
     if refusal:

@@ -1,6 +1,17 @@
 // The few behaviours the pages need beyond links, forms and htmx.
 
-// Copy URL: the session link, made absolute, goes on the clipboard, and the button says so.
+// Copy URL: the session link, made absolute, goes on the clipboard, and the button says so for a while, also when a
+// change pushed meanwhile redraws it (labelCopyButtons runs after every swap, below).
+const COPIED_MS = 2000;
+const copiedAt = new Map();  // link -> when it was copied
+
+function labelCopyButtons() {
+  for (const button of document.querySelectorAll("[data-copy]")) {
+    const copied = Date.now() - (copiedAt.get(button.dataset.copy) ?? -Infinity) < COPIED_MS;
+    button.textContent = copied ? "Copied" : "Copy URL";
+  }
+}
+
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("[data-copy]");
   if (!button) return;
@@ -11,8 +22,9 @@ document.addEventListener("click", async (event) => {
     return;
   }
   await navigator.clipboard.writeText(url);
-  button.textContent = "Copied";
-  setTimeout(() => { button.textContent = "Copy URL"; }, 2000);
+  copiedAt.set(button.dataset.copy, Date.now());
+  labelCopyButtons();
+  setTimeout(labelCopyButtons, COPIED_MS);
 });
 
 // Forms that destroy something ask first. Stop also says who is connected now, from the studio's avatars as they
@@ -118,5 +130,9 @@ function dropSettledMessages() {
     if (badge && badge.textContent.trim() !== "starting") message.remove();
   }
 }
-document.addEventListener("htmx:wsAfterMessage", dropSettledMessages);
-document.addEventListener("htmx:afterSwap", dropSettledMessages);
+function afterSwap() {
+  dropSettledMessages();
+  labelCopyButtons();
+}
+document.addEventListener("htmx:wsAfterMessage", afterSwap);
+document.addEventListener("htmx:afterSwap", afterSwap);

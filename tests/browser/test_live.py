@@ -10,7 +10,7 @@ from studios import lifecycle
 from studios.models import Role, StudioStatus
 from studios.tasks import checkpoint_session
 
-from ..factories import make_member, make_studio, make_workspace
+from ..factories import make_member, make_running, make_studio, make_workspace
 from ..live import wait_for_status, wait_until
 
 pytestmark = pytest.mark.browser
@@ -141,3 +141,24 @@ def test_a_studio_added_by_a_colleague_appears_on_open_lists_where_it_belongs(li
         expect(rows).to_have_count(2)
     expect(lists["?q=variant"].get_by_text("No studio matches")).to_be_visible()
     expect(lists["?q=variant"].get_by_text("rnaseq-new")).to_have_count(0)
+
+
+def test_copy_urls_confirmation_outlasts_a_change_pushed_meanwhile(live_platform, open_page):
+    workspace = make_workspace()
+    maintainer = make_member(workspace, Role.MAINTAIN)
+    studio = make_running(make_studio(workspace, name="copied", lifespan_hours=8))
+    page = open_page(maintainer)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_platform.url)
+    page.goto(studio.get_absolute_url())
+    expect(page.locator("body[data-live=connected]")).to_be_attached()
+
+    page.get_by_role("button", name="Copy URL").click()
+    copied = page.get_by_role("button", name="Copied")
+    expect(copied).to_be_visible()
+    # A change pushed to the page now (here a colleague extends the session) redraws its status panel, button and all:
+    # the member still sees that the link was copied.
+    lifecycle.extend_studio(make_member(workspace, Role.MAINTAIN), studio, 1)
+    expect(page.get_by_label("Status")).to_contain_text("left of 9 h", timeout=PUSHED_WITHIN_MS)
+    assert copied.is_visible(), "the redrawn panel says Copy URL again, as if nothing had been copied"
+    assert page.evaluate("navigator.clipboard.readText()") == f"{live_platform.session_origin(studio)}/"
+    expect(page.get_by_role("button", name="Copy URL")).to_be_visible()  # and then it goes, as it would have

@@ -239,7 +239,9 @@ def studio_start(request, studio_id):
 @require_POST
 def studio_stop(request, studio_id):
     studio, _ = permissions.studio_for(request.user, studio_id)
-    return _studio_action(request, studio, lifecycle.stop_studio, "Stopping {name}.")
+    return _studio_action(
+        request, studio, lifecycle.stop_studio, "Stopping {name}.", extra_tags=f"while-stopping studio-{studio.pk}"
+    )
 
 
 @login_required

@@ -121,13 +121,15 @@ setInterval(() => {
   }
 }, 1000);
 
-// A "Starting …" message goes once its studio no longer starts: the page shows where it stands.
+// A "Starting …" or "Stopping …" message goes once its studio no longer starts or stops: the page shows where it
+// stands. (Its classes name the status it follows, "while-starting", and the studio, "studio-<id>".)
 function dropSettledMessages() {
-  for (const message of document.querySelectorAll(".message.while-starting")) {
+  for (const message of document.querySelectorAll(".message.while-starting, .message.while-stopping")) {
+    const status = [...message.classList].find((name) => name.startsWith("while-")).slice("while-".length);
     const id = [...message.classList].find((name) => /^studio-\d+$/.test(name));
     const badge = id && document.querySelector(
       `#${id} .badge, #studio-status[data-studio="${id.slice("studio-".length)}"] #status-badge`);
-    if (badge && badge.textContent.trim() !== "starting") message.remove();
+    if (badge && badge.textContent.trim() !== status) message.remove();
   }
 }
 function afterSwap() {

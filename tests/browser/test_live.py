@@ -76,11 +76,13 @@ def test_two_members_see_each_others_start_steps_checkpoint_and_stop_without_rel
 
     bob_detail.once("dialog", lambda dialog: dialog.accept())  # the confirmation, which lists who is connected
     bob_detail.get_by_role("button", name="Stop", exact=True).click()
+    expect(bob_detail.get_by_text("Stopping shared-analysis.")).to_be_visible()
     for page in (alice_detail, *lists):
         expect(page.get_by_text(re.compile("^(stopping|stopped)$")).first).to_be_visible(timeout=PUSHED_WITHIN_MS)
     wait_for_status(studio, StudioStatus.STOPPED, timeout=90)
     for badge in badges:
         expect(badge).to_have_text("stopped", timeout=PUSHED_WITHIN_MS)
+    expect(bob_detail.get_by_text("Stopping shared-analysis.")).to_have_count(0)  # the stop is over
     for cells in row:
         expect(cells.get_by_text("stopped", exact=True)).to_be_visible(timeout=PUSHED_WITHIN_MS)
 

@@ -84,11 +84,12 @@ def django_settings():
 
 
 def end_sessions_left_running():
-    """A failed test may leave sessions (and their containers and mounts) behind: end them."""
+    """A failed test may leave sessions (and their containers and mounts) behind: end them, also those whose record
+    a test ended without their compute (``lifecycle.fail_studio`` called directly, while the session starts)."""
     from studios.backends import backend_for
     from studios.models import Session
 
-    for session in Session.objects.filter(ended=None).exclude(handle={}).select_related("studio__compute_environment"):
+    for session in Session.objects.exclude(handle={}).select_related("studio__compute_environment"):
         backend_for(session.studio.compute_environment).terminate(session.handle, 5)
 
 

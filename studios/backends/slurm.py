@@ -263,8 +263,14 @@ class SlurmBackend(SchedulerBackend):
             f"mkdir -m 700 {shlex.quote(session_dir)} && cd {shlex.quote(session_dir)} || exit 1\n"
             # One line of JSON in a quoted here-document: nothing in it is expanded.
             f"cat > job.json <<'STUDIOS_JOB'\n{json.dumps(job)}\nSTUDIOS_JOB\n"
-            f"{session_host}\n"
+            # The shell passes a SIGTERM (the platform's stop, Slurm's cancel) on to the session's host and waits
+            # for it to end: a shell killed by it would leave the host running, no longer the job's, unsignalled.
+            f"{session_host} &\n"
+            "host=$!\n"
+            "trap 'kill -TERM $host' TERM\n"
+            "wait $host\n"
             "code=$?\n"
+            "while kill -0 $host 2>/dev/null; do wait $host; code=$?; done\n"
             f"cd / && rm -rf --one-file-system {shlex.quote(session_dir)}\n"
             "exit $code\n"
         )

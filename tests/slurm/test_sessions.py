@@ -11,6 +11,7 @@ from django.conf import settings
 
 from checkpoints.models import Checkpoint
 from studios import lifecycle
+from studios.backends import backend_for
 from studios.models import ComputeEnvironment, Role, StudioStatus
 from studios.supervisor import sandbox
 from studios.tasks import check_compute_environment, reconcile_sessions
@@ -99,6 +100,42 @@ def test_a_studio_runs_as_a_slurm_job_keeps_its_files_across_restarts_and_its_to
     assert run(live_platform, studio, user, "print(open('/workspace/results.txt').read().strip())") == "42"
     lifecycle.stop_studio(user, studio)
     wait_for_status(studio, StudioStatus.STOPPED)
+
+
+def running_in(folder):
+    """The processes of this host working in ``folder`` (a session's folder on its node), also once it is deleted."""
+    found = []
+    for process in Path("/proc").iterdir():
+        try:
+            if os.readlink(process / "cwd").startswith(folder):
+                found.append(int(process.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_job_the_platform_signals_saves_a_final_checkpoint_and_leaves_nothing_running_on_its_node(
+    live_platform, studio_on_cluster
+):
+    """What the platform sends a running job when its session's control endpoint does not answer, and before it
+    cancels one (a force stop): SIGTERM to the job's batch script, which must reach the session's host."""
+    workspace, environment, user = studio_on_cluster
+    studio = on_cluster(workspace, environment, user, "signalled")
+    lifecycle.start_studio(user, studio)
+    wait_for_status(studio, StudioStatus.RUNNING)
+    job, handle = job_of(studio), studio.session.handle
+    folder = f"/tmp/{handle['container']}"
+    assert running_in(folder)
+
+    backend_for(environment).stop(handle)
+    wait_until(lambda: not job_state(job), 60, f"job {job} to leave the queue")
+    # Once Slurm says the job has ended, nothing of its session runs on the node: not its host (killed by the
+    # signal, the batch script had left it running, unsignalled and no longer the job's), not its sandbox.
+    assert running_in(folder) == []
+    assert not sandbox.exists(handle["container"])
+    assert not os.path.exists(folder)
+    # The host had the signal, as the supervisor in it: it saved a final checkpoint first.
+    assert Checkpoint.objects.filter(studio=studio, state=Checkpoint.State.FINALIZED).count() == 1
 
 
 def test_a_studio_that_does_not_fit_waits_with_slurms_reason_and_one_cancelled_outside_errors(

@@ -426,11 +426,28 @@ def delete_studio(user, studio):
 # What sessions and workers report. These take no user: the session token or the task is the authority.
 
 
+def _locked_session(**match):
+    """The unended session that ``match`` finds, with its studio, both locked: the studio first, as every change of
+    a studio locks it (locking both in one query locks the session first, and a report then deadlocked with the
+    reconcile); None when there is none."""
+    found = Session.objects.filter(ended=None, **match).values_list("pk", "studio_id").first()
+    if found is None:
+        return None
+    Studio.objects.select_for_update().filter(pk=found[1]).values_list("pk", flat=True).first()
+    return (
+        Session.objects.select_for_update()
+        .select_related("studio")
+        .filter(ended=None, **match)
+        .filter(pk=found[0])
+        .first()
+    )
+
+
 def _by_token(token):
     """The active session holding ``token``, locked with its studio; None for anything else."""
     if not token:
         return None
-    session = Session.objects.select_for_update().select_related("studio").filter(token=token, ended=None).first()
+    session = _locked_session(token=token)
     if session is None or session.studio.session_id != session.pk:
         return None
     return session
@@ -445,12 +462,7 @@ def redeem_ticket(ticket):
         return None
     digest = protocol.ticket_sha256(ticket)
     with transaction.atomic():
-        session = (
-            Session.objects.select_for_update()
-            .select_related("studio")
-            .filter(handle__ticket_sha256=digest, ended=None)
-            .first()
-        )
+        session = _locked_session(handle__ticket_sha256=digest)
         if session is None or session.studio.session_id != session.pk:
             log.warning("start ticket refused: no session has it")
             return None
@@ -479,7 +491,7 @@ def redeem_ticket(ticket):
 
 
 def _session(session_id):
-    return Session.objects.select_for_update().select_related("studio").filter(pk=session_id, ended=None).first()
+    return _locked_session(pk=session_id)
 
 
 def session_progress(token, steps):

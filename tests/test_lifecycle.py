@@ -1,17 +1,28 @@
 """The studio state machine: every allowed and refused transition, the limits, and their races."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from studios import lifecycle
 from studios.exceptions import ActionRefused
-from studios.models import ALLOWED_TRANSITIONS, ActiveMount, Event, InvalidTransition, Role, Studio, StudioStatus
+from studios.models import (
+    ALLOWED_TRANSITIONS,
+    ActiveMount,
+    Event,
+    InvalidTransition,
+    Role,
+    Session,
+    Studio,
+    StudioStatus,
+)
 
-from .factories import make_dataset, make_member, make_studio, make_workspace
+from .factories import make_dataset, make_member, make_running, make_studio, make_workspace
+from .live import wait_until
 
 ALL = list(StudioStatus)
 
@@ -374,3 +385,46 @@ def test_starts_racing_for_one_data_path_admit_only_one(race_world):
     results = race([lambda s=s: lifecycle.start_studio(owner, s) for s in studios])
     assert len(refusals(results)) == 3, results
     assert ActiveMount.objects.count() == 1
+
+
+def test_a_session_report_locks_its_studio_before_its_session_as_every_change_of_a_studio_does(race_world):
+    """In the other order, a session's report (here its progress; its ticket's redemption in CI) and the reconcile
+    (its studio locked, then its session) deadlocked: PostgreSQL ended the report, and the session never ran."""
+    workspace, owner = race_world
+    studio = make_running(make_studio(workspace, author=owner), status=StudioStatus.STARTING, token="report-token")
+    studio_locked, release = threading.Event(), threading.Event()
+
+    def change_of_the_studio():
+        try:
+            with transaction.atomic():
+                Studio.objects.select_for_update().filter(pk=studio.pk).values_list("pk", flat=True).first()
+                studio_locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def report():
+        try:
+            return lifecycle.session_progress("report-token", [])
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(change_of_the_studio)
+        assert studio_locked.wait(10)
+        reported = pool.submit(report)
+        wait_until(lambda: waiting_for_a_lock() or reported.done(), 10, "the report to wait for the studio")
+        try:
+            # The report waits for the studio holding nothing: the change of the studio may go on to its session.
+            with transaction.atomic():
+                Session.objects.select_for_update(nowait=True).get(pk=studio.session_id)
+        finally:
+            release.set()
+        holder.result(timeout=30)
+        assert reported.result(timeout=30) is True
+
+
+def waiting_for_a_lock():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return cursor.fetchone()[0] > 0
